@@ -1,0 +1,189 @@
+"""Command line: `bbsd run | label | check | demo`.
+
+Invariant: this is the one error boundary. Lower layers raise `BbsdError` with a hint;
+`main` prints it as one line on stderr and exits with its code. Unknown exceptions print
+one line too, unless BBSD_DEBUG is set or pytest is running, where they re-raise.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+import typer
+
+from bbsd import __version__
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="bbsd labels show photos with a local vision model and writes a sidecar beside each one.\n\n"
+    "Start with `bbsd check --config config.toml`, then `bbsd run --config config.toml`.",
+)
+
+CONFIG = typer.Option(
+    Path("config.toml"), "--config", "-c", envvar="BBSD_CONFIG", show_default=True,
+    help="Configuration file (TOML). Also $BBSD_CONFIG.",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"bbsd {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """Stage-side photo labelling daemon of the Balanced Blended Space show."""
+
+
+def _setup(config: Path):
+    from bbsd import config as config_mod
+    from bbsd import logs
+
+    settings = config_mod.load(config)
+    logs.configure(settings.log.level, settings.log.format)
+    return settings
+
+
+def _open(settings):
+    import structlog
+
+    from bbsd import prompt
+    from bbsd.labeler import open_labeler
+    from bbsd.pipeline import Pipeline
+
+    labeler = open_labeler(settings)
+    if labeler.info.backend == "fake":
+        structlog.get_logger("bbsd").warning("engine.fake", note="fake backend: labels are not from a model")
+    return Pipeline(labeler, settings, prompt.build(settings.catalog))
+
+
+@app.command()
+def run(config: Path = CONFIG) -> None:
+    """Watch the folders and label every new photo (foreground; stop with Ctrl-C or SIGTERM)."""
+    from bbsd import checks
+    from bbsd.service import Daemon
+
+    settings = _setup(config)
+    checks.folders(settings)
+    pipeline = _open(settings)
+    daemon = Daemon(settings, pipeline)
+
+    def _stop(signum, _frame) -> None:  # only sets a flag; the main loop acts on it
+        daemon.stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        daemon.run()
+    finally:
+        pipeline.labeler.close()
+
+
+@app.command()
+def label(
+    photos: list[Path] = typer.Argument(..., help="Photo files (or folders) to label."),
+    config: Path = CONFIG,
+    force: bool = typer.Option(False, "--force", help="Relabel even when the sidecar is up to date."),
+) -> None:
+    """Label the named photos once and print one line per photo; exit 1 if any failed."""
+    from bbsd.pipeline import Status
+
+    settings = _setup(config)
+    targets = _expand(photos, settings)
+    pipeline = _open(settings)
+    failed = 0
+    try:
+        for path in targets:
+            outcome = pipeline.process(path, force=force)
+            failed += outcome.status not in (Status.LABELED, Status.SKIPPED)
+            typer.echo(_line(outcome))
+    finally:
+        pipeline.labeler.close()
+    raise typer.Exit(1 if failed else 0)
+
+
+def _expand(photos: list[Path], settings) -> list[Path]:
+    from bbsd import scan
+    from bbsd.errors import PhotoError
+
+    out = []
+    for p in photos:
+        if p.is_dir():
+            out += sorted(scan.photos((p.resolve(),), settings.watch.extensions, True))
+        elif p.exists():
+            out.append(p.resolve())
+        else:
+            raise PhotoError("missing", f"{p} does not exist", "check the path")
+    return out
+
+
+def _line(outcome) -> str:
+    from bbsd import sidecar
+
+    doc = sidecar.read(outcome.path) or {}
+    name = outcome.path.name
+    if outcome.status.value in ("labeled", "skipped") and doc.get("labels"):
+        lab = doc["labels"]
+        return (f"{outcome.status.value:8} {name}  characters={','.join(lab['characters']) or '-'}"
+                f"  props={','.join(lab['props']) or '-'}  ({doc['timing_ms']['total']:.0f} ms)")
+    err = doc.get("error", {})
+    return f"{outcome.status.value:8} {name}  {err.get('code', outcome.detail)}: {err.get('message', '')}".rstrip()
+
+
+@app.command()
+def check(config: Path = CONFIG) -> None:
+    """Validate the configuration, the watch folders and that the model loads; exit 0 or 2."""
+    from bbsd import checks
+
+    settings = _setup(config)
+    typer.echo(f"config {settings.source}: ok ({len(settings.catalog.characters)} characters, "
+               f"{len(settings.catalog.props)} props)")
+    for line in checks.folders(settings):
+        typer.echo(line)
+    pipeline = _open(settings)
+    info = pipeline.labeler.info
+    pipeline.labeler.close()
+    typer.echo(f"model {info.file} + {info.mmproj}: ok (loaded with backend {info.backend})")
+
+
+@app.command()
+def demo(
+    folder: Path = typer.Option(Path("demo"), "--dir", help="Where the demo writes its model, photos and inbox."),
+) -> None:
+    """Run the daemon on sample photos with a tiny random-weight model. Its labels are meaningless."""
+    from bbsd import demo as demo_mod
+
+    demo_mod.main(folder)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from bbsd.errors import BbsdError
+
+    try:
+        code = app(args=argv, prog_name="bbsd", standalone_mode=False)
+    except typer.Exit as e:
+        code = e.exit_code
+    except typer.TyperException as e:  # usage errors: unknown option, missing argument
+        e.show() if hasattr(e, "show") else print(f"bbsd: error: {e.format_message()}", file=sys.stderr)
+        code = 2
+    except typer.Abort:
+        code = 130
+    except BbsdError as e:
+        print(f"bbsd: error: {e.one_line()}", file=sys.stderr)
+        code = int(e.exit_code)
+    except Exception as e:
+        if os.environ.get("BBSD_DEBUG") or "PYTEST_CURRENT_TEST" in os.environ:
+            raise
+        print(f"bbsd: internal error: {type(e).__name__}: {e} — run with BBSD_DEBUG=1 for the traceback "
+              "and report it", file=sys.stderr)
+        code = 70
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,307 @@
+"""Configuration: read once from TOML (+ `BBSD_*` environment), validated into a frozen `Settings`.
+
+Invariant: nothing downstream ever sees an unvalidated value. Every key has a type,
+a default (or is required), bounds and a description; a wrong one raises `ConfigError`
+naming the key, the file and the fix. Relative paths resolve against the config file's folder.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bbsd.catalog import Catalog, CatalogEntry
+from bbsd.errors import ConfigError
+
+DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "tif", "tiff", "webp")
+REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class Key:
+    """One configuration key: its type, default, bounds and what it is for."""
+
+    kind: str  # "str", "int", "float", "bool", "path", "paths", "strs", "choice"
+    default: Any
+    help: str
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] = ()
+
+
+SCHEMA: dict[str, dict[str, Key]] = {
+    "watch": {
+        "folders": Key("paths", REQUIRED, "folders to watch for new photos (one or more)"),
+        "recursive": Key("bool", True, "also watch sub-folders"),
+        "extensions": Key("strs", DEFAULT_EXTENSIONS, "file extensions taken as photos (case-insensitive)"),
+        "settle_seconds": Key("float", 2.0, "size and mtime must stay unchanged this long", 0.05, 600),
+        "incomplete_timeout_seconds": Key(
+            "float", 60.0, "a file that stays truncated or empty this long gets an error sidecar", 0.5, 86400
+        ),
+        "rescan_seconds": Key("float", 300.0, "full rescan interval, catches missed events", 1, 86400),
+    },
+    "model": {
+        "backend": Key("choice", "llama", "labelling backend", choices=("llama", "fake")),
+        "path": Key("path", None, "text model GGUF (required for the llama backend)"),
+        "mmproj": Key("path", None, "vision projector GGUF (required for the llama backend)"),
+    },
+    "engine": {
+        "context_size": Key("int", 4096, "context window in tokens", 512, 131072),
+        "threads": Key("int", 0, "CPU threads; 0 = one per physical core", 0, 512),
+        "gpu_layers": Key("int", 0, "layers offloaded to the GPU; -1 = all, 0 = CPU only", -1, 10000),
+        "flash_attention": Key("bool", True, "use flash attention (less memory for the KV cache)"),
+        "image_max_side": Key("int", 768, "longest image side in pixels sent to the model", 32, 8192),
+        "max_output_tokens": Key("int", 768, "upper bound on the reply length in tokens", 32, 8192),
+        "temperature": Key("float", 0.0, "sampling temperature; 0 = deterministic", 0.0, 2.0),
+        "seed": Key("int", 0, "sampling seed", 0, 2**31 - 1),
+    },
+    "log": {
+        "level": Key("choice", "info", "lowest level logged", choices=("debug", "info", "warning", "error")),
+        "format": Key("choice", "auto", "auto = console on a terminal, JSON lines otherwise",
+                      choices=("auto", "json", "console")),
+    },
+}
+CATALOG_SECTIONS = ("characters", "props")
+
+
+@dataclass(frozen=True)
+class WatchSettings:
+    folders: tuple[Path, ...]
+    recursive: bool
+    extensions: tuple[str, ...]
+    settle_seconds: float
+    incomplete_timeout_seconds: float
+    rescan_seconds: float
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    backend: str
+    path: Path | None
+    mmproj: Path | None
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    context_size: int
+    threads: int
+    gpu_layers: int
+    flash_attention: bool
+    image_max_side: int
+    max_output_tokens: int
+    temperature: float
+    seed: int
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    level: str
+    format: str
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The whole validated configuration; frozen so no layer can change it behind another's back."""
+
+    source: Path
+    watch: WatchSettings
+    model: ModelSettings
+    engine: EngineSettings
+    log: LogSettings
+    catalog: Catalog
+
+
+def load(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read, merge environment overrides, validate; raise `ConfigError` on the first problem."""
+    path = Path(path)
+    raw = _read_toml(path)
+    env = os.environ if environ is None else environ
+    v = _Validator(path)
+    _reject_unknown(raw, v)
+    values = {s: _section(raw.get(s, {}), s, v, env) for s in SCHEMA}
+    settings = Settings(
+        source=path.resolve(),
+        watch=WatchSettings(**values["watch"]),
+        model=ModelSettings(**values["model"]),
+        engine=EngineSettings(**values["engine"]),
+        log=LogSettings(**values["log"]),
+        catalog=_catalog(raw, v),
+    )
+    _check_backend(settings, v)
+    return settings
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found", "pass --config PATH or copy config.toml") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML ({e})", "fix the syntax at that line") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror})", "check the file's permissions") from None
+
+
+class _Validator:
+    """Formats every complaint the same way: the key, the file, the fix."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def fail(self, key: str, problem: str, hint: str) -> ConfigError:
+        return ConfigError(f"{self.path}: [{key}] {problem}", hint)
+
+
+def _reject_unknown(raw: dict[str, Any], v: _Validator) -> None:
+    known = set(SCHEMA) | set(CATALOG_SECTIONS)
+    for section, body in raw.items():
+        if section not in known:
+            raise v.fail(section, "is not a known section", _did_you_mean(section, known))
+        if section in SCHEMA:
+            if not isinstance(body, dict):
+                raise v.fail(section, "must be a table", f"write it as [{section}]")
+            for key in body:
+                if key not in SCHEMA[section]:
+                    raise v.fail(f"{section}.{key}", "is not a known key", _did_you_mean(key, SCHEMA[section]))
+
+
+def _did_you_mean(word: str, options) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1)
+    listed = ", ".join(sorted(options))
+    return f"did you mean '{close[0]}'? (known: {listed})" if close else f"known: {listed}"
+
+
+def _section(body: dict[str, Any], section: str, v: _Validator, env: Mapping[str, str]) -> dict[str, Any]:
+    out = {}
+    for name, key in SCHEMA[section].items():
+        dotted = f"{section}.{name}"
+        env_name = f"BBSD_{section}_{name}".upper()
+        if env_name in env:
+            out[name] = _coerce_env(env[env_name], key, dotted, env_name, v)
+        elif name in body:
+            out[name] = _coerce(body[name], key, dotted, v, base=v.path.parent)
+        elif key.default is REQUIRED:
+            raise v.fail(dotted, "is required", f"add `{name} = ...` under [{section}]: {key.help}")
+        else:
+            out[name] = key.default
+    return out
+
+
+def _coerce_env(text: str, key: Key, dotted: str, env_name: str, v: _Validator) -> Any:
+    """Environment values are strings; parse them by the key's kind, relative paths against the cwd."""
+    parsers: dict[str, Callable[[str], Any]] = {
+        "int": int,
+        "float": float,
+        "bool": lambda s: {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}[
+            s.strip().lower()
+        ],
+        "paths": lambda s: [p for p in s.split(os.pathsep) if p],
+        "strs": lambda s: [p.strip() for p in s.split(",") if p.strip()],
+    }
+    try:
+        value = parsers.get(key.kind, str)(text)
+    except (ValueError, KeyError):
+        raise v.fail(dotted, f"from ${env_name}={text!r} is not a valid {key.kind}",
+                     f"set ${env_name} to a {key.kind}: {key.help}") from None
+    return _coerce(value, key, dotted, v, base=Path.cwd())
+
+
+def _coerce(value: Any, key: Key, dotted: str, v: _Validator, base: Path) -> Any:
+    checkers = {
+        "str": _as_str, "choice": _as_choice, "int": _as_number, "float": _as_number,
+        "bool": _as_bool, "path": _as_path, "paths": _as_paths, "strs": _as_strs,
+    }
+    return checkers[key.kind](value, key, dotted, v, base)
+
+
+def _as_str(value, key, dotted, v, base):
+    if not isinstance(value, str):
+        raise v.fail(dotted, f"must be a string, got {type(value).__name__}", key.help)
+    return value
+
+
+def _as_choice(value, key, dotted, v, base):
+    value = _as_str(value, key, dotted, v, base)
+    if value not in key.choices:
+        raise v.fail(dotted, f"is {value!r}", f"use one of: {', '.join(key.choices)}")
+    return value
+
+
+def _as_bool(value, key, dotted, v, base):
+    if not isinstance(value, bool):
+        raise v.fail(dotted, f"must be true or false, got {value!r}", key.help)
+    return value
+
+
+def _as_number(value, key, dotted, v, base):
+    ok = isinstance(value, int) if key.kind == "int" else isinstance(value, int | float)
+    if isinstance(value, bool) or not ok:
+        raise v.fail(dotted, f"must be {'an integer' if key.kind == 'int' else 'a number'}, got {value!r}",
+                     key.help)
+    if (key.low is not None and value < key.low) or (key.high is not None and value > key.high):
+        raise v.fail(dotted, f"is {value}, outside {key.low}..{key.high}", key.help)
+    return float(value) if key.kind == "float" else value
+
+
+def _as_path(value, key, dotted, v, base):
+    value = _as_str(value, key, dotted, v, base)
+    if not value.strip():
+        raise v.fail(dotted, "is empty", key.help)
+    return (base / Path(value).expanduser()).resolve()
+
+
+def _as_paths(value, key, dotted, v, base):
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise v.fail(dotted, "must be a non-empty list of paths", key.help)
+    return tuple(_as_path(item, key, dotted, v, base) for item in value)
+
+
+def _as_strs(value, key, dotted, v, base):
+    if not isinstance(value, list | tuple) or not all(isinstance(s, str) and s for s in value):
+        raise v.fail(dotted, "must be a list of non-empty strings", key.help)
+    return tuple(s.lower().lstrip(".") for s in value)
+
+
+def _catalog(raw: dict[str, Any], v: _Validator) -> Catalog:
+    parts = {}
+    for section in CATALOG_SECTIONS:
+        body = raw.get(section, [])
+        if not isinstance(body, list):
+            raise v.fail(section, "must be an array of tables", f"write each entry as [[{section}]]")
+        parts[section] = tuple(_entry(item, f"{section}[{i}]", v) for i, item in enumerate(body))
+        names = [e.name.casefold() for e in parts[section]]
+        dup = next((n for n in names if names.count(n) > 1), None)
+        if dup:
+            raise v.fail(section, f"names {dup!r} twice", "give every entry a unique name")
+    return Catalog(characters=parts["characters"], props=parts["props"])
+
+
+def _entry(item: Any, where: str, v: _Validator) -> CatalogEntry:
+    if not isinstance(item, dict):
+        raise v.fail(where, "must be a table", "write it as [[characters]] with name and description")
+    unknown = set(item) - {"name", "description"}
+    if unknown:
+        raise v.fail(f"{where}.{sorted(unknown)[0]}", "is not a known key", "known: name, description")
+    name, description = item.get("name"), item.get("description", "")
+    if not isinstance(name, str) or not name.strip() or len(name) > 80:
+        raise v.fail(f"{where}.name", "must be a non-empty string of at most 80 characters", "name the entry")
+    if not isinstance(description, str) or len(description) > 500:
+        raise v.fail(f"{where}.description", "must be a string of at most 500 characters",
+                     "describe what it looks like")
+    return CatalogEntry(name=name.strip(), description=description.strip())
+
+
+def _check_backend(settings: Settings, v: _Validator) -> None:
+    if settings.model.backend == "llama":
+        for name in ("path", "mmproj"):
+            if getattr(settings.model, name) is None:
+                raise v.fail(f"model.{name}", "is required for the llama backend",
+                             f"set `{name} = \"gguf_models/....gguf\"` under [model] (see gguf_models/README.md)")

@@ -1,0 +1,69 @@
+"""The `Labeler` protocol and the registry of backends.
+
+Invariant: the rest of bbsd talks to a model only through `Labeler.infer`; backends are
+looked up by name and imported lazily, so the CLI never loads llama.cpp unless a command
+needs the model. New backends (a supervised worker, a remote OpenAI-compatible server)
+register here and change nothing else.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from bbsd.errors import ConfigError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from bbsd.config import Settings
+    from bbsd.prompt import Prompt
+
+
+@dataclass(frozen=True)
+class Inference:
+    """One raw reply and what it cost; validation happens in the pipeline, not the backend."""
+
+    text: str
+    prompt_tokens: int
+    output_tokens: int
+    encode_ms: float  # image encoding and prompt evaluation
+    generate_ms: float  # sampling the reply
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a sidecar records about the model that made it."""
+
+    backend: str
+    file: str
+    mmproj: str | None
+
+
+class Labeler(Protocol):
+    info: ModelInfo
+
+    def infer(
+        self, image: Image.Image, prompt: Prompt, *, attempt: int, cancelled: Callable[[], bool]
+    ) -> Inference:
+        """Return the model's raw reply for one RGB image; `attempt` > 0 asks for a varied retry."""
+        ...
+
+    def close(self) -> None: ...
+
+
+BACKENDS: dict[str, str] = {
+    "llama": "bbsd.llama_engine:open_labeler",
+    "fake": "bbsd.fake_engine:open_labeler",
+}
+
+
+def open_labeler(settings: Settings) -> Labeler:
+    """Load the configured backend; raises `ModelError` when the model cannot be used."""
+    target = BACKENDS.get(settings.model.backend)
+    if target is None:
+        raise ConfigError(f"unknown backend {settings.model.backend!r}", f"use one of: {', '.join(BACKENDS)}")
+    module, _, factory = target.partition(":")
+    return getattr(importlib.import_module(module), factory)(settings)

@@ -1,0 +1,42 @@
+"""Structured logging: `noun.verb` events with key/value fields.
+
+Console rendering on a terminal, JSON lines otherwise (journald, files, pipes). Logs go
+to a duplicate of stderr's file descriptor, so llama-cpp-python's temporary redirection
+of fd 2 during model loading cannot swallow our events.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import TextIO
+
+import structlog
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+def _stream() -> TextIO:
+    try:
+        return os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1, encoding="utf-8", errors="replace")
+    except (AttributeError, OSError, ValueError):  # no real fd (e.g. captured in tests)
+        return sys.stderr
+
+
+def configure(level: str = "info", fmt: str = "auto") -> None:
+    stream = _stream()
+    use_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
+    renderer = structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=False)
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
+        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        cache_logger_on_first_use=False,
+    )

@@ -1,0 +1,45 @@
+"""Memory figures for each photo: resident set size, and GPU memory when a GPU is used.
+
+VRAM comes from NVML (the `nvidia-ml-py` package, optional) for this process; without a
+GPU in use it is None, never a guess.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+
+import psutil
+
+
+def rss_mb() -> float:
+    return round(psutil.Process().memory_info().rss / 2**20, 1)
+
+
+def vram_mb(gpu_in_use: bool) -> float | None:
+    if not gpu_in_use:
+        return None
+    nvml = _nvml()
+    if nvml is None:
+        return None
+    total = 0
+    try:
+        for i in range(nvml.nvmlDeviceGetCount()):
+            handle = nvml.nvmlDeviceGetHandleByIndex(i)
+            for proc in nvml.nvmlDeviceGetComputeRunningProcesses(handle):
+                if proc.pid == os.getpid() and proc.usedGpuMemory:
+                    total += proc.usedGpuMemory
+    except Exception:  # NVML errors vary by driver; a missing figure must not fail a photo
+        return None
+    return round(total / 2**20, 1)
+
+
+@lru_cache(maxsize=1)
+def _nvml():
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return pynvml
+    except Exception:
+        return None

@@ -1,0 +1,147 @@
+"""One photo, start to finish: fingerprint → decode → label → validate → render → atomic write → log.
+
+Invariants: the photo file is only read, never written; a sidecar appears whole or not at
+all; every photo ends in exactly one `photo.labeled`, `photo.failed`, `photo.skipped`,
+`photo.incomplete` or `sidecar.write_failed` event. The same code serves the daemon and
+`bbsd label`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+import structlog
+
+from bbsd import atomic, imaging, labels, metrics, sidecar
+from bbsd.config import Settings
+from bbsd.errors import IncompletePhotoError, PhotoError, SidecarWriteError
+from bbsd.labeler import Inference, Labeler
+from bbsd.prompt import Prompt
+
+log = structlog.get_logger("bbsd.pipeline")
+
+
+class Status(StrEnum):
+    LABELED = "labeled"
+    FAILED = "error"  # an error sidecar was written
+    SKIPPED = "skipped"  # the sidecar was already up to date
+    INCOMPLETE = "incomplete"  # may still be arriving: look again later
+    PENDING = "pending"  # the sidecar could not be written: retry later
+    GONE = "gone"  # the file vanished
+
+
+@dataclass(frozen=True)
+class Outcome:
+    path: Path
+    status: Status
+    detail: str = ""
+    sidecar: Path | None = None
+
+
+class Pipeline:
+    def __init__(self, labeler: Labeler, settings: Settings, prompt: Prompt) -> None:
+        self.labeler = labeler
+        self.prompt = prompt
+        self._max_side = settings.engine.image_max_side
+        self._gpu = settings.engine.gpu_layers != 0
+        self._catalog = settings.catalog
+
+    def process(self, path: Path, *, queue_wait_ms: float = 0.0, allow_incomplete: bool = False,
+                force: bool = False, cancelled: Callable[[], bool] = lambda: False) -> Outcome:
+        t0 = time.perf_counter()
+        try:
+            sha = sidecar.file_sha256(path)
+        except FileNotFoundError:
+            log.info("photo.gone", path=str(path))
+            return Outcome(path, Status.GONE)
+        except OSError as e:
+            return self._fail(path, None, PhotoError("unreadable", f"cannot read the file ({e.strerror})",
+                                                     "check its permissions"), {})
+        if not force and sidecar.is_up_to_date(sidecar.read(path), sha, self.labeler.info, self.prompt):
+            log.debug("photo.skipped", path=str(path), reason="sidecar up to date")
+            return Outcome(path, Status.SKIPPED, sidecar=sidecar.path_for(path))
+        timing = {"queue_wait": queue_wait_ms}
+        try:
+            decoded = imaging.decode(path, self._max_side)
+            timing["decode"] = (time.perf_counter() - t0) * 1000
+            labels_, inference = self._label(decoded.image, cancelled)
+        except IncompletePhotoError as e:
+            if allow_incomplete:
+                log.info("photo.incomplete", path=str(path), code=e.code, message=e.message)
+                return Outcome(path, Status.INCOMPLETE, e.code)
+            return self._fail(path, sha, e, timing)
+        except PhotoError as e:
+            return self._fail(path, sha, e, timing)
+        timing["inference"] = inference.encode_ms + inference.generate_ms
+        timing["total"] = (time.perf_counter() - t0) * 1000
+        record = sidecar.Record(
+            photo=path, sha256=sha, width=decoded.width, height=decoded.height, labels=labels_,
+            timing_ms=timing, tokens={"prompt": inference.prompt_tokens, "output": inference.output_tokens},
+            memory_mb=self._memory(),
+        )
+        return self._write(record, "photo.labeled", Status.LABELED)
+
+    def _label(self, image, cancelled) -> tuple[labels.Labels, Inference]:
+        """Infer and validate; one retry on an invalid reply (grammars can be bypassed)."""
+        for attempt in (0, 1):
+            inference = self.labeler.infer(image, self.prompt, attempt=attempt, cancelled=cancelled)
+            try:
+                return labels.parse_reply(inference.text, self._catalog), inference
+            except labels.InvalidReplyError as e:
+                log.warning("reply.invalid", attempt=attempt, problem=e.message, reply=inference.text[:200])
+                if attempt == 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _memory(self) -> dict[str, float | None]:
+        return {"rss": metrics.rss_mb(), "vram": metrics.vram_mb(self._gpu)}
+
+    def _fail(self, path: Path, sha: str | None, error: PhotoError, timing: dict[str, float]) -> Outcome:
+        timing = {"decode": 0.0, "inference": 0.0, **timing}
+        timing.setdefault("total", sum(v for k, v in timing.items() if k != "queue_wait"))
+        if sha is None:
+            log.error("photo.failed", path=str(path), code=error.code, message=error.message, hint=error.hint)
+            return Outcome(path, Status.FAILED, error.code)
+        record = sidecar.Record(
+            photo=path, sha256=sha, width=None, height=None, labels=None, timing_ms=timing,
+            tokens={"prompt": 0, "output": 0}, memory_mb=self._memory(),
+            error={"code": error.code, "message": error.message, "hint": error.hint},
+        )
+        return self._write(record, "photo.failed", Status.FAILED)
+
+    def _write(self, record: sidecar.Record, event: str, status: Status) -> Outcome:
+        target = sidecar.path_for(record.photo)
+        doc = sidecar.render(record, self.labeler.info, self.prompt)
+        try:
+            atomic.write_bytes(target, sidecar.to_bytes(doc))
+        except SidecarWriteError as e:
+            log.error("sidecar.write_failed", path=str(record.photo), sidecar=str(target),
+                      message=e.message, hint=e.hint)
+            return Outcome(record.photo, Status.PENDING, e.message)
+        fields = _event_fields(record)
+        if status is Status.LABELED:
+            log.info(event, **fields)
+        else:
+            log.warning(event, **fields, code=record.error["code"], message=record.error["message"])
+        return Outcome(record.photo, status, record.error["code"] if record.error else "", target)
+
+
+def _event_fields(record: sidecar.Record) -> dict[str, object]:
+    t = record.timing_ms
+    return {
+        "path": str(record.photo),
+        "queue_wait_ms": round(t.get("queue_wait", 0.0), 1),
+        "decode_ms": round(t.get("decode", 0.0), 1),
+        "inference_ms": round(t.get("inference", 0.0), 1),
+        "total_ms": round(t.get("total", 0.0), 1),
+        "prompt_tokens": record.tokens["prompt"],
+        "output_tokens": record.tokens["output"],
+        "rss_mb": record.memory_mb["rss"],
+        "vram_mb": record.memory_mb["vram"],
+        "characters": list(record.labels.characters) if record.labels else [],
+        "props": list(record.labels.props) if record.labels else [],
+    }

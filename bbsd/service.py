@@ -1,0 +1,176 @@
+"""The daemon: watcher → settle → queue → one worker that owns the model.
+
+Invariants: the watchdog thread only enqueues; the main loop owns settling, rescans and
+shutdown; exactly one worker thread calls the labeler. Stopping sets one event: the worker
+abandons the photo in hand (nothing is written for it, it is redone at the next start),
+the loop drains, and `run` returns.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from pathlib import Path
+
+import structlog
+
+from bbsd import scan, sidecar, watcher
+from bbsd.config import Settings
+from bbsd.errors import AbandonedError
+from bbsd.pipeline import Pipeline, Status
+from bbsd.settle import SettleTracker, stat_or_none
+from bbsd.workqueue import PhotoQueue
+
+log = structlog.get_logger("bbsd.service")
+
+WRITE_RETRY_MIN_S = 2.0
+WRITE_RETRY_MAX_S = 300.0
+
+
+class Daemon:
+    def __init__(self, settings: Settings, pipeline: Pipeline) -> None:
+        self.settings = settings
+        self.pipeline = pipeline
+        self.stop = threading.Event()
+        self._events: queue.Queue[watcher.Event] = queue.Queue()
+        self._feedback: queue.Queue[tuple[Path, float]] = queue.Queue()  # (path, retry at) from the worker
+        self._tracker = SettleTracker(settings.watch.settle_seconds)
+        self._work = PhotoQueue()
+        self._write_failures: dict[Path, int] = {}
+        self.counts = {"labeled": 0, "error": 0, "skipped": 0}
+
+    def run(self) -> None:
+        """Block until `stop` is set; then shut down cleanly."""
+        w = self.settings.watch
+        removed = scan.remove_stale_temps(w.folders, w.recursive)
+        observer = watcher.start(w.folders, w.extensions, w.recursive, self._events)
+        worker = threading.Thread(target=self._work_loop, name="bbsd-worker", daemon=True)
+        worker.start()
+        queued = self._rescan()
+        log.info("daemon.ready", folders=[str(f) for f in w.folders], queued=queued, stale_temps_removed=removed,
+                 model=self.pipeline.labeler.info.file)
+        try:
+            self._main_loop()
+        finally:
+            log.info("daemon.stopping", queue_depth=len(self._work))
+            self._work.close()
+            observer.stop()
+            worker.join()
+            observer.join(timeout=5)
+            log.info("daemon.stopped", **self.counts)
+
+    # --- main loop: events, settling, rescans -------------------------------------------------
+
+    def _main_loop(self) -> None:
+        next_rescan = time.monotonic() + self.settings.watch.rescan_seconds
+        while not self.stop.is_set():
+            now = time.monotonic()
+            self._drain_events(timeout=min(0.25, self._tracker.next_deadline(now)))
+            self._drain_feedback(time.monotonic())
+            for path in self._tracker.poll(time.monotonic()):
+                self._enqueue(path)
+            if time.monotonic() >= next_rescan:
+                self._rescan()
+                next_rescan = time.monotonic() + self.settings.watch.rescan_seconds
+
+    def _drain_events(self, timeout: float) -> None:
+        try:
+            path, closed = self._events.get(timeout=timeout)
+        except queue.Empty:
+            return
+        while True:
+            self._note(path, closed)
+            try:
+                path, closed = self._events.get_nowait()
+            except queue.Empty:
+                return
+
+    def _note(self, path: Path, closed: bool) -> None:
+        if path.is_dir():  # a folder moved in: its photos are new to us
+            for photo in scan.photos((path,), self.settings.watch.extensions, self.settings.watch.recursive):
+                self._tracker.touch(photo, time.monotonic(), closed=True)
+            return
+        self._tracker.touch(path, time.monotonic(), closed=closed)
+
+    def _drain_feedback(self, now: float) -> None:
+        while True:
+            try:
+                path, retry_at = self._feedback.get_nowait()
+            except queue.Empty:
+                return
+            self._tracker.defer(path, now, retry_at)
+
+    def _enqueue(self, path: Path) -> None:
+        st = stat_or_none(path)
+        if st is not None:
+            self._work.put(path, st.st_mtime)
+
+    def _rescan(self) -> int:
+        """Queue every photo whose sidecar looks stale; cheap: no hashing here."""
+        w = self.settings.watch
+        for folder in w.folders:
+            if not folder.is_dir():
+                log.error("folder.missing", folder=str(folder), hint="is the share mounted? it is rescanned")
+        now, queued = time.monotonic(), 0
+        for photo in scan.photos(w.folders, w.extensions, w.recursive):
+            if photo not in self._tracker and self._looks_stale(photo):
+                self._tracker.touch(photo, now)
+                queued += 1
+        log.info("scan.done", candidates=queued, queue_depth=len(self._work))
+        return queued
+
+    def _looks_stale(self, photo: Path) -> bool:
+        """A sidecar newer than its photo, from this model and prompt, is taken as current.
+
+        The worker still verifies the sha256 before labelling, so a wrong guess here costs
+        a hash, never a wrong label.
+        """
+        doc = sidecar.read(photo)
+        info, prompt = self.pipeline.labeler.info, self.pipeline.prompt
+        if doc is None or doc.get("model", {}).get("file") != info.file:
+            return True
+        if doc.get("prompt") != {"version": prompt.version, "catalog_sha256": prompt.catalog_digest}:
+            return True
+        try:
+            return os.stat(sidecar.path_for(photo)).st_mtime_ns < os.stat(photo).st_mtime_ns
+        except OSError:
+            return True
+
+    # --- worker: the one thread that uses the model ------------------------------------------
+
+    def _work_loop(self) -> None:
+        while not self.stop.is_set():
+            job = self._work.get(timeout=0.5)
+            if job is None:
+                continue
+            wait_ms = (time.monotonic() - job.enqueued_at) * 1000
+            try:
+                self._handle(job.path, wait_ms)
+            except AbandonedError:
+                log.info("photo.abandoned", path=str(job.path), reason="shutdown")
+            except Exception:  # a bug must not stop the daemon; the photo is retried at the next rescan
+                log.exception("photo.crashed", path=str(job.path))
+
+    def _handle(self, path: Path, wait_ms: float) -> None:
+        st = stat_or_none(path)
+        if st is None:
+            return
+        young = time.time() - st.st_mtime < self.settings.watch.incomplete_timeout_seconds
+        outcome = self.pipeline.process(path, queue_wait_ms=wait_ms, allow_incomplete=young,
+                                        cancelled=self.stop.is_set)
+        if outcome.status in self.counts:
+            self.counts[outcome.status] += 1
+        if outcome.status is Status.INCOMPLETE:
+            remaining = self.settings.watch.incomplete_timeout_seconds - (time.time() - st.st_mtime)
+            delay = min(max(1.0, self.settings.watch.settle_seconds), max(0.05, remaining + 0.05))
+            self._feedback.put((path, time.monotonic() + delay))
+        elif outcome.status is Status.PENDING:
+            n = self._write_failures.get(path, 0)
+            self._write_failures[path] = n + 1
+            delay = min(WRITE_RETRY_MAX_S, WRITE_RETRY_MIN_S * 2**n)
+            log.info("photo.retry_scheduled", path=str(path), in_s=delay)
+            self._feedback.put((path, time.monotonic() + delay))
+        else:
+            self._write_failures.pop(path, None)

@@ -1,0 +1,185 @@
+"""Tiny random-weight GGUF models: a text model and a LLaVA-style mmproj.
+
+They load and run through the real llama.cpp engine (tokenizer, chat template,
+image encoder, projector, grammar sampling), so tests and the demo exercise
+every real code path; their labels are meaningless by construction.
+No weights are downloaded: everything is generated here with the `gguf` package.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+TEXT_FILE = "tiny-text.gguf"
+MMPROJ_FILE = "tiny-mmproj.gguf"
+
+# ChatML, the convention of Qwen and InternVL; kept inside the GGUF like real models do.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{{ '<|im_end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+# A few merges so the BPE tokenizer has real work to do.
+MERGES = ("Ġ t", "h e", "Ġt he", "Ġ a", "i n", "e r", "Ġ s", "o n")
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    """Shape of the generated pair; small enough to load in milliseconds."""
+
+    n_embd: int = 64
+    n_head: int = 4
+    n_layer: int = 2
+    n_ff: int = 128
+    n_ctx_train: int = 4096
+    v_embd: int = 32
+    v_head: int = 2
+    v_layer: int = 2
+    v_ff: int = 64
+    image_size: int = 56
+    patch_size: int = 14
+    seed: int = 0
+
+
+def _byte_level_alphabet() -> list[str]:
+    """GPT-2's reversible byte-to-unicode map: one printable char per byte."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            chars[b] = chr(b)
+        else:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return [chars[b] for b in range(256)]
+
+
+def _vocab() -> tuple[list[str], list[int]]:
+    import gguf
+
+    tokens = _byte_level_alphabet()
+    tokens += ["".join(m.split(" ")) for m in MERGES]
+    types = [gguf.TokenType.NORMAL] * len(tokens)
+    tokens += list(SPECIAL_TOKENS)
+    types += [gguf.TokenType.CONTROL] * len(SPECIAL_TOKENS)
+    return tokens, [int(t) for t in types]
+
+
+def _rand(rng: np.random.Generator, *shape: int, scale: float = 0.02) -> np.ndarray:
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+def write_text_model(path: Path, spec: TinySpec = TinySpec()) -> Path:
+    """Write a llama-architecture text model with a byte-level BPE vocabulary."""
+    import gguf
+
+    rng = np.random.default_rng(spec.seed)
+    tokens, types = _vocab()
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_name("bbsd-tiny-text")
+    w.add_context_length(spec.n_ctx_train)
+    w.add_embedding_length(spec.n_embd)
+    w.add_block_count(spec.n_layer)
+    w.add_feed_forward_length(spec.n_ff)
+    w.add_head_count(spec.n_head)
+    w.add_head_count_kv(spec.n_head)
+    w.add_rope_dimension_count(spec.n_embd // spec.n_head)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(list(MERGES))
+    w.add_bos_token_id(tokens.index("<|endoftext|>"))
+    w.add_eos_token_id(tokens.index("<|im_end|>"))
+    w.add_add_bos_token(False)
+    w.add_chat_template(CHAT_TEMPLATE)
+    d, v = spec.n_embd, len(tokens)
+    w.add_tensor("token_embd.weight", _rand(rng, v, d, scale=1.0))
+    w.add_tensor("output_norm.weight", np.ones(d, dtype=np.float32))
+    w.add_tensor("output.weight", _rand(rng, v, d, scale=1.0))
+    for i in range(spec.n_layer):
+        p = f"blk.{i}."
+        w.add_tensor(p + "attn_norm.weight", np.ones(d, dtype=np.float32))
+        for name in ("attn_q", "attn_k", "attn_v", "attn_output"):
+            w.add_tensor(p + name + ".weight", _rand(rng, d, d))
+        w.add_tensor(p + "ffn_norm.weight", np.ones(d, dtype=np.float32))
+        w.add_tensor(p + "ffn_gate.weight", _rand(rng, spec.n_ff, d))
+        w.add_tensor(p + "ffn_up.weight", _rand(rng, spec.n_ff, d))
+        w.add_tensor(p + "ffn_down.weight", _rand(rng, d, spec.n_ff))
+    _finish(w)
+    return path
+
+
+def write_mmproj(path: Path, spec: TinySpec = TinySpec()) -> Path:
+    """Write a CLIP vision encoder with LLaVA's `mlp` projector into the text model's width."""
+    import gguf
+
+    rng = np.random.default_rng(spec.seed + 1)
+    e, n_pos = spec.v_embd, (spec.image_size // spec.patch_size) ** 2 + 1
+    w = gguf.GGUFWriter(str(path), "clip")
+    w.add_name("bbsd-tiny-mmproj")
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    w.add_clip_has_vision_encoder(True)
+    w.add_clip_projector_type("mlp")
+    w.add_vision_embedding_length(e)
+    w.add_vision_head_count(spec.v_head)
+    w.add_vision_feed_forward_length(spec.v_ff)
+    w.add_vision_block_count(spec.v_layer)
+    w.add_vision_projection_dim(spec.n_embd)
+    w.add_vision_attention_layernorm_eps(1e-5)
+    w.add_vision_image_size(spec.image_size)
+    w.add_vision_patch_size(spec.patch_size)
+    w.add_vision_image_mean([0.5, 0.5, 0.5])
+    w.add_vision_image_std([0.5, 0.5, 0.5])
+    w.add_vision_use_gelu(True)
+    w.add_tensor("v.patch_embd.weight", _rand(rng, e, 3, spec.patch_size, spec.patch_size))
+    w.add_tensor("v.class_embd", _rand(rng, e))
+    w.add_tensor("v.position_embd.weight", _rand(rng, n_pos, e))
+    w.add_tensor("v.pre_ln.weight", np.ones(e, dtype=np.float32))
+    w.add_tensor("v.pre_ln.bias", np.zeros(e, dtype=np.float32))
+    for i in range(spec.v_layer):
+        p = f"v.blk.{i}."
+        for name in ("attn_q", "attn_k", "attn_v", "attn_out"):
+            w.add_tensor(p + name + ".weight", _rand(rng, e, e))
+            w.add_tensor(p + name + ".bias", np.zeros(e, dtype=np.float32))
+        for ln in ("ln1", "ln2"):
+            w.add_tensor(p + ln + ".weight", np.ones(e, dtype=np.float32))
+            w.add_tensor(p + ln + ".bias", np.zeros(e, dtype=np.float32))
+        w.add_tensor(p + "ffn_up.weight", _rand(rng, spec.v_ff, e))
+        w.add_tensor(p + "ffn_up.bias", np.zeros(spec.v_ff, dtype=np.float32))
+        w.add_tensor(p + "ffn_down.weight", _rand(rng, e, spec.v_ff))
+        w.add_tensor(p + "ffn_down.bias", np.zeros(e, dtype=np.float32))
+    w.add_tensor("mm.0.weight", _rand(rng, spec.n_embd, e))
+    w.add_tensor("mm.0.bias", np.zeros(spec.n_embd, dtype=np.float32))
+    w.add_tensor("mm.2.weight", _rand(rng, spec.n_embd, spec.n_embd))
+    w.add_tensor("mm.2.bias", np.zeros(spec.n_embd, dtype=np.float32))
+    _finish(w)
+    return path
+
+
+def _finish(w) -> None:
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def write_pair(folder: Path, spec: TinySpec = TinySpec()) -> tuple[Path, Path]:
+    """Write both files into `folder` (created if needed); returns (text, mmproj)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return (
+        write_text_model(folder / TEXT_FILE, spec),
+        write_mmproj(folder / MMPROJ_FILE, spec),
+    )
