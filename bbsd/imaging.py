@@ -9,6 +9,7 @@ its warning is an error.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +45,7 @@ def _decode(path: Path, max_side: int) -> Decoded:
         with Image.open(path) as img:
             width, height = _oriented_size(img)
             if img.format == "JPEG":
-                img.draft("RGB", (max_side, max_side))
+                img.draft("RGB", _draft_size(img.size, max_side))
             img.load()
             image = ImageOps.exif_transpose(img)
             image = _to_rgb(image)
@@ -57,6 +58,12 @@ def _decode(path: Path, max_side: int) -> Decoded:
                                    "copy the photo again; it may have been cut off") from None
     image.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
     return Decoded(image=image, width=width, height=height)
+
+
+def _draft_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+    """The smallest size draft may scale to: the final size, same aspect (draft keeps >= this)."""
+    scale = min(1.0, max_side / max(size))
+    return max(1, math.ceil(size[0] * scale)), max(1, math.ceil(size[1] * scale))
 
 
 def _oriented_size(img: Image.Image) -> tuple[int, int]:

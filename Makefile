@@ -1,0 +1,29 @@
+# Two entry points for a fresh machine (see README "Quick start"):
+#   make demo   set up, then run the daemon on sample photos with a tiny random-weight model
+#   make test   set up, then lint and run the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: setup demo test lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	@echo "Installing bbsd; llama-cpp-python compiles llama.cpp on first install (about 6 minutes on 2 cores)."
+	$(VENV)/bin/pip install --quiet -e '.[test]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+setup: $(STAMP)
+
+demo: setup
+	$(VENV)/bin/bbsd demo --dir demo
+
+lint: setup
+	$(VENV)/bin/ruff check bbsd tests
+
+test: lint
+	$(VENV)/bin/python -m pytest
+
+clean:
+	rm -rf $(VENV) demo .pytest_cache .ruff_cache

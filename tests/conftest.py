@@ -1,0 +1,140 @@
+"""Shared fixtures: tiny real GGUF models, real photo files, config files, schema validation."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jsonschema
+import pytest
+from PIL import Image, ImageDraw
+
+from bbsd import sidecar, tiny_model
+
+REPO = Path(__file__).resolve().parent.parent
+
+CATALOG = """
+[[characters]]
+name = "Baba Yaga"
+description = "old witch puppet, long nose, patched red shawl"
+
+[[characters]]
+name = "Koschei"
+description = "skeletal puppet king"
+
+[[props]]
+name = "lantern"
+description = "brass hand lantern"
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> tuple[Path, Path]:
+    """A real (random-weight) text GGUF + LLaVA mmproj, generated once per test session."""
+    return tiny_model.write_pair(tmp_path_factory.mktemp("models"))
+
+
+def make_photo(path: Path, size=(320, 240), color=(180, 40, 40), fmt: str | None = None,
+               orientation: int | None = None) -> Path:
+    """Write a real image file; `orientation` sets the EXIF orientation tag."""
+    mode = "RGBA" if fmt == "PNG" else "RGB"
+    img = Image.new(mode, size, color)
+    ImageDraw.Draw(img).rectangle((10, 10, size[0] // 2, size[1] // 2), fill=(250, 250, 250))
+    kwargs = {}
+    if orientation:
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        kwargs["exif"] = exif
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, fmt or "JPEG", **kwargs)
+    return path
+
+
+def jpeg_bytes(size=(320, 240), color=(40, 90, 160)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def write_config(folder: Path, watch: list[Path], models: tuple[Path, Path] | None = None,
+                 extra: str = "", backend: str = "llama") -> Path:
+    """A config for tests: fast settling, a generous reply budget for the random model."""
+    model = ""
+    if models:
+        model = f'path = "{models[0]}"\nmmproj = "{models[1]}"\n'
+    text = f"""
+[watch]
+folders = {json.dumps([str(w) for w in watch])}
+settle_seconds = 0.3
+incomplete_timeout_seconds = 3
+rescan_seconds = 60
+
+[model]
+backend = "{backend}"
+{model}
+[engine]
+context_size = 8192
+max_output_tokens = 4096
+image_max_side = 256
+threads = 2
+
+[log]
+format = "json"
+level = "info"
+{extra}
+{CATALOG}
+"""
+    path = folder / "config.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def validate_sidecar() -> Callable[[Path], dict]:
+    schema = sidecar.json_schema()
+
+    def check(photo: Path) -> dict:
+        doc = json.loads(sidecar.path_for(photo).read_text())
+        jsonschema.validate(doc, schema)
+        return doc
+
+    return check
+
+
+def bbsd_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "bbsd", *args]
+
+
+def run_bbsd(*args: str, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, **(env or {})}
+    full_env.pop("PYTEST_CURRENT_TEST", None)  # the CLI must behave as in production
+    return subprocess.run(bbsd_cmd(*args), capture_output=True, text=True, timeout=timeout, env=full_env, cwd=REPO)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
+    """Poll with a deadline: the synchronisation for things that happen in another process."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def events(log_text: str) -> list[dict]:
+    """Parse JSON-lines log output, ignoring anything that is not a JSON object."""
+    out = []
+    for line in log_text.splitlines():
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(doc, dict):
+            out.append(doc)
+    return out

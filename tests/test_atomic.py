@@ -1,0 +1,62 @@
+"""A failed write leaves neither a partial sidecar nor a temp file, and the old file intact."""
+
+import errno
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from bbsd import atomic
+from bbsd.errors import SidecarWriteError
+
+
+def test_write_replaces_whole_file(tmp_path):
+    target = tmp_path / "a.jpg.json"
+    atomic.write_bytes(target, b"one")
+    atomic.write_bytes(target, b"two")
+    assert target.read_bytes() == b"two"
+    assert os.listdir(tmp_path) == ["a.jpg.json"]
+
+
+def test_failure_during_write_leaves_old_file_and_no_temp(tmp_path, monkeypatch):
+    target = tmp_path / "a.jpg.json"
+    target.write_bytes(b"old")
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    with pytest.raises(SidecarWriteError) as e:
+        atomic.write_bytes(target, b"new")
+    assert "disk is full" in e.value.hint
+    assert target.read_bytes() == b"old" and os.listdir(tmp_path) == ["a.jpg.json"]
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("needs root to mount a tmpfs")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(mnt)], capture_output=True)
+    if r.returncode:
+        pytest.skip(f"cannot mount tmpfs here: {r.stderr.decode().strip()}")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_real_enospc_leaves_no_partial_file(tiny_tmpfs):
+    target = tiny_tmpfs / "IMG.JPG.json"
+    with pytest.raises(SidecarWriteError, match="No space left"):
+        atomic.write_bytes(target, b"x" * 64 * 1024)
+    assert os.listdir(tiny_tmpfs) == []
+    atomic.write_bytes(target, b"fits")  # once space is there, the write succeeds
+    assert target.read_bytes() == b"fits"
+
+
+def test_stale_temps_are_removed(tmp_path):
+    (tmp_path / f".a.jpg.json{atomic.TEMP_MARK}dead").write_text("{")
+    (tmp_path / "keep.jpg").write_text("x")
+    assert atomic.remove_stale_temps(tmp_path) == 1
+    assert os.listdir(tmp_path) == ["keep.jpg"]

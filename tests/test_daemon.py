@@ -1,0 +1,205 @@
+"""`bbsd run` as a real subprocess on a real folder with the real watcher and the real engine."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from bbsd import sidecar
+from tests.conftest import REPO, bbsd_cmd, events, jpeg_bytes, make_photo, wait_until, write_config
+
+pytestmark = pytest.mark.slow
+CATALOG_NAMES = {"Baba Yaga", "Koschei", "lantern"}
+
+
+class Daemon:
+    """A `bbsd run` child process whose JSON log is read back from a file."""
+
+    def __init__(self, config: Path, log: Path) -> None:
+        self.log_path = log
+        env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
+        self._log = log.open("w")
+        self.proc = subprocess.Popen(bbsd_cmd("run", "--config", str(config)), stdout=self._log,
+                                     stderr=subprocess.STDOUT, env=env, cwd=REPO)
+
+    def events(self, name: str | None = None) -> list[dict]:
+        evs = events(self.log_path.read_text())
+        return [e for e in evs if name is None or e.get("event") == name]
+
+    def wait_for(self, name: str, timeout: float = 60) -> dict:
+        wait_until(lambda: self.events(name) or self.proc.poll() is not None, timeout, name)
+        assert self.proc.poll() is None, self.log_path.read_text()
+        return self.events(name)[0]
+
+    def stop(self, timeout: float = 30) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            self._log.close()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+
+@pytest.fixture
+def daemon_factory(tmp_path):
+    started: list[Daemon] = []
+
+    def start(config: Path, name: str = "run") -> Daemon:
+        d = Daemon(config, tmp_path / f"{name}.log")
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        d.kill()
+
+
+def write_slowly(path: Path, data: bytes, chunks: int, pause: float, before_last=None) -> None:
+    """Write `data` in chunks with pauses, keeping the file open, like a slow network copy."""
+    step = len(data) // chunks + 1
+    with path.open("wb") as f:
+        for i in range(0, len(data), step):
+            if i + step >= len(data) and before_last:
+                before_last()
+            f.write(data[i:i + step])
+            f.flush()
+            time.sleep(pause)  # simulates the copy's pace; not used to synchronise with bbsd
+
+
+def test_daemon_labels_each_photo_once_and_survives_bad_files(tmp_path, tiny_models, daemon_factory,
+                                                              validate_sidecar):
+    inbox = tmp_path / "inbox"
+    (inbox / "day2").mkdir(parents=True)
+    cfg = write_config(tmp_path, [inbox], tiny_models)
+    d = daemon_factory(cfg)
+    d.wait_for("daemon.ready")
+
+    good = [make_photo(inbox / "IMG_0001.JPG", orientation=6), make_photo(inbox / "day2" / "IMG_0002.jpg"),
+            make_photo(inbox / "IMG_0003.png", fmt="PNG", color=(20, 200, 20))]
+    tmp_name = make_photo(inbox / "IMG_0004.jpg.part", color=(9, 9, 90))  # a copy under a temp name…
+    tmp_name.rename(inbox / "IMG_0004.jpg")  # …renamed when complete
+    good.append(inbox / "IMG_0004.jpg")
+    (inbox / "notes.jpg").write_text("not a photo at all\n" * 50)
+    (inbox / "empty.jpg").write_bytes(b"")
+    (inbox / "cut.jpg").write_bytes(jpeg_bytes(size=(800, 600))[:2000])  # truncated, never completes
+    (inbox / ".hidden.jpg").write_bytes(jpeg_bytes())
+    (inbox / "readme.txt").write_text("ignored: not an allowed extension")
+
+    slow = inbox / "IMG_0005.jpg"
+    slow_data = jpeg_bytes(size=(1200, 900), color=(120, 60, 200))
+    no_early_sidecar = []
+    write_slowly(slow, slow_data, chunks=8, pause=0.6,
+                 before_last=lambda: no_early_sidecar.append(not sidecar.path_for(slow).exists()))
+    good.append(slow)
+    bad = {"notes.jpg": "not_an_image", "empty.jpg": "empty_file", "cut.jpg": "truncated"}
+
+    expected = good + [inbox / n for n in bad]
+    wait_until(lambda: all(sidecar.path_for(p).exists() for p in expected), 90, "every sidecar")
+    assert no_early_sidecar == [True], "the slow photo was labelled before its copy completed"
+
+    for photo in good:
+        doc = validate_sidecar(photo)
+        assert doc["status"] == "labeled", doc
+        assert set(doc["labels"]["characters"]) | set(doc["labels"]["props"]) <= CATALOG_NAMES
+    assert validate_sidecar(slow)["photo"]["sha256"] == hashlib.sha256(slow_data).hexdigest()
+    assert validate_sidecar(good[0])["photo"]["width"] == 240  # EXIF orientation 6 applied
+    for name, code in bad.items():
+        assert validate_sidecar(inbox / name)["error"]["code"] == code
+
+    labeled = [e["path"] for e in d.events("photo.labeled")]
+    assert sorted(labeled) == sorted(str(p) for p in good)  # exactly one event per photo
+    for e in d.events("photo.labeled"):
+        assert {"queue_wait_ms", "decode_ms", "inference_ms", "total_ms", "prompt_tokens",
+                "output_tokens", "rss_mb", "vram_mb"} <= set(e)
+    assert not sidecar.path_for(inbox / ".hidden.jpg").exists()
+    all_files = sorted(p.name for p in inbox.rglob("*"))
+    assert not [n for n in all_files if ".bbsd-tmp-" in n]
+    assert d.stop() == 0
+    assert d.events("daemon.stopped")
+    raw = [line for line in d.log_path.read_text().splitlines() if line.strip()]
+    assert all(line.startswith("{") for line in raw), "llama.cpp wrote raw lines to the log"
+
+
+def test_restart_on_a_labelled_folder_writes_nothing(tmp_path, tiny_models, daemon_factory):
+    inbox = tmp_path / "inbox"
+    photos = [make_photo(inbox / f"IMG_{i}.jpg", color=(i * 40, 10, 10)) for i in range(3)]
+    (inbox / "bad.jpg").write_text("junk" * 100)
+    cfg = write_config(tmp_path, [inbox], tiny_models)
+    first = daemon_factory(cfg, "first")
+    wait_until(lambda: all(sidecar.path_for(p).exists() for p in [*photos, inbox / "bad.jpg"]), 60, "sidecars")
+    assert first.stop() == 0
+
+    before = {p: p.stat().st_mtime_ns for p in inbox.iterdir()}
+    second = daemon_factory(cfg, "second")
+    ready = second.wait_for("daemon.ready")
+    assert ready["queued"] == 0
+    assert second.stop() == 0
+    assert {p: p.stat().st_mtime_ns for p in inbox.iterdir()} == before
+    assert not second.events("photo.labeled") and not second.events("photo.failed")
+
+
+def test_sigterm_mid_photo_leaves_no_partial_sidecar(tmp_path, tiny_models, daemon_factory):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    cfg = write_config(tmp_path, [inbox], tiny_models)
+    d = daemon_factory(cfg)
+    d.wait_for("daemon.ready")
+    for i in range(4):
+        make_photo(inbox / f"burst_{i}.jpg", color=(i * 50, 90, 90))
+    wait_until(lambda: d.events("photo.labeled"), 60, "the first label")
+    assert d.stop() == 0
+    for sc in inbox.glob("*.json"):
+        json.loads(sc.read_text())  # every sidecar present is whole
+    assert not [p for p in inbox.iterdir() if ".bbsd-tmp-" in p.name]
+    labeled = {Path(e["path"]).name for e in d.events("photo.labeled")}
+    assert {p.name[:-5] for p in inbox.glob("*.json")} == labeled
+
+
+def test_label_command_prints_a_line_per_photo_and_exit_code(tmp_path, tiny_models):
+    from tests.conftest import run_bbsd
+
+    inbox = tmp_path / "in"
+    ok = make_photo(inbox / "ok.jpg")
+    cfg = write_config(tmp_path, [inbox], tiny_models)
+    r = run_bbsd("label", str(ok), "--config", str(cfg))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("labeled  ok.jpg") and len(r.stdout.splitlines()) == 1
+    (inbox / "bad.jpg").write_text("junk" * 100)
+    r = run_bbsd("label", str(inbox), "--config", str(cfg))
+    assert r.returncode == 1
+    lines = sorted(r.stdout.splitlines())
+    assert lines[0].startswith("error    bad.jpg  not_an_image") and lines[1].startswith("skipped  ok.jpg")
+
+
+def test_version_and_python_m(tmp_path):
+    from bbsd import __version__
+    from tests.conftest import run_bbsd
+
+    r = run_bbsd("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"bbsd {__version__}"
+    exe = shutil.which("bbsd", path=str(Path(os.sys.executable).parent))
+    if exe:
+        assert subprocess.run([exe, "--version"], capture_output=True, text=True).stdout == r.stdout
+
+
+def test_check_passes_on_a_good_setup(tmp_path, tiny_models):
+    from tests.conftest import run_bbsd
+
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    r = run_bbsd("check", "--config", str(write_config(tmp_path, [inbox], tiny_models)))
+    assert r.returncode == 0, r.stderr
+    assert "model tiny-text.gguf + tiny-mmproj.gguf: ok" in r.stdout

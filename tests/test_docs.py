@@ -1,0 +1,21 @@
+"""The README's configuration reference and Quick start stay true to the code."""
+
+import re
+from pathlib import Path
+
+from bbsd.config import SCHEMA
+
+README = (Path(__file__).parent.parent / "README.md").read_text()
+CI = (Path(__file__).parent.parent / ".ci" / "run").read_text()
+
+
+def test_every_config_key_is_documented():
+    documented = set(re.findall(r"^\| `(\w+\.\w+)` \|", README, flags=re.M))
+    assert documented == {f"{s}.{k}" for s, keys in SCHEMA.items() for k in keys}
+
+
+def test_ci_runs_the_readme_test_command():
+    quick = README.split("## Quick start", 1)[1].split("```sh", 1)[1].split("```", 1)[0]
+    commands = [line.split("#")[0].strip() for line in quick.strip().splitlines()]
+    assert commands == ["make demo", "make test"]
+    assert "\nmake test\n" in CI

@@ -1,0 +1,72 @@
+"""Decoding: complete or not at all, oriented, RGB, bounded size, JPEG downscaled during decode."""
+
+import pytest
+from PIL import Image, JpegImagePlugin
+
+from bbsd import imaging
+from bbsd.errors import IncompletePhotoError, PhotoError
+from tests.conftest import jpeg_bytes, make_photo
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    photo = make_photo(tmp_path / "rot.jpg", size=(400, 200), orientation=6)
+    d = imaging.decode(photo, max_side=1000)
+    assert (d.width, d.height) == (200, 400)
+    assert d.image.size == (200, 400)
+
+
+def test_longest_side_is_bounded_and_jpeg_uses_draft(tmp_path, monkeypatch):
+    photo = make_photo(tmp_path / "big.jpg", size=(2000, 1000))
+    drafts = []
+    original = JpegImagePlugin.JpegImageFile.draft
+
+    def spy(self, mode, size):
+        result = original(self, mode, size)
+        drafts.append(self.size)
+        return result
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
+    d = imaging.decode(photo, max_side=256)
+    assert max(d.image.size) == 256 and (d.width, d.height) == (2000, 1000)
+    assert drafts == [(500, 250)]  # the DCT decoded at 1/4 scale: 16x fewer pixels
+
+
+def test_alpha_is_flattened_to_rgb(tmp_path):
+    path = tmp_path / "a.png"
+    Image.new("RGBA", (50, 40), (255, 0, 0, 0)).save(path)
+    d = imaging.decode(path, 100)
+    assert d.image.mode == "RGB" and d.image.getpixel((5, 5)) == (255, 255, 255)
+
+
+@pytest.mark.parametrize("mode", ["CMYK", "P", "L", "I;16"])
+def test_other_modes_become_rgb(tmp_path, mode):
+    path = tmp_path / f"m.{'tif' if mode in ('CMYK', 'I;16') else 'png'}"
+    Image.new(mode, (30, 20)).save(path)
+    assert imaging.decode(path, 100).image.mode == "RGB"
+
+
+def test_truncated_jpeg_is_incomplete_not_half_decoded(tmp_path):
+    data = jpeg_bytes(size=(640, 480))
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(IncompletePhotoError) as e:
+        imaging.decode(path, 256)
+    assert e.value.code == "truncated"
+
+
+def test_empty_and_non_image_files(tmp_path):
+    (tmp_path / "zero.jpg").write_bytes(b"")
+    (tmp_path / "text.jpg").write_text("this is not a photo\n" * 20)
+    with pytest.raises(IncompletePhotoError, match="empty"):
+        imaging.decode(tmp_path / "zero.jpg", 256)
+    with pytest.raises(PhotoError) as e:
+        imaging.decode(tmp_path / "text.jpg", 256)
+    assert e.value.code == "not_an_image" and not isinstance(e.value, IncompletePhotoError)
+
+
+def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
+    photo = make_photo(tmp_path / "bomb.jpg", size=(400, 400))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100 * 100)  # 160k px > limit: the warning band
+    with pytest.raises(PhotoError) as e:
+        imaging.decode(photo, 256)
+    assert e.value.code == "decompression_bomb"

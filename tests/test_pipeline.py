@@ -1,0 +1,96 @@
+"""The per-photo pipeline with a fake labeller (our own seam): invariants users care about."""
+
+import json
+import os
+
+import pytest
+
+from bbsd import config, prompt, sidecar
+from bbsd.fake_engine import FakeLabeler
+from bbsd.pipeline import Pipeline, Status
+from tests.conftest import jpeg_bytes, make_photo, write_config
+
+
+@pytest.fixture
+def setup(tmp_path):
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    settings = config.load(write_config(tmp_path, [inbox], backend="fake"), environ={})
+
+    def make(replies=()):
+        return Pipeline(FakeLabeler(replies), settings, prompt.build(settings.catalog))
+
+    return inbox, make
+
+
+def test_labeled_sidecar_is_schema_valid_and_complete(setup, validate_sidecar):
+    inbox, make = setup
+    photo = make_photo(inbox / "IMG_0001.JPG", size=(300, 200))
+    out = make().process(photo, queue_wait_ms=12.5)
+    assert out.status is Status.LABELED and out.sidecar == inbox / "IMG_0001.JPG.json"
+    doc = validate_sidecar(photo)
+    assert doc["status"] == "labeled" and doc["photo"]["sha256"] == sidecar.file_sha256(photo)
+    assert (doc["photo"]["width"], doc["photo"]["height"]) == (300, 200)
+    assert doc["labels"]["characters"] == ["Baba Yaga"] and doc["timing_ms"]["queue_wait"] == 12.5
+    assert doc["memory_mb"]["rss"] > 0 and doc["memory_mb"]["vram"] is None
+
+
+def test_up_to_date_sidecar_is_not_redone_but_a_changed_photo_is(setup):
+    inbox, make = setup
+    photo = make_photo(inbox / "a.jpg")
+    p = make()
+    assert p.process(photo).status is Status.LABELED
+    before = sidecar.path_for(photo).stat().st_mtime_ns
+    assert p.process(photo).status is Status.SKIPPED
+    assert sidecar.path_for(photo).stat().st_mtime_ns == before and p.labeler.calls == 1
+    photo.write_bytes(jpeg_bytes(color=(1, 2, 3)))  # replaced: new sha256
+    assert p.process(photo).status is Status.LABELED and p.labeler.calls == 2
+
+
+def test_invalid_reply_is_retried_once_then_recorded(setup, validate_sidecar):
+    inbox, make = setup
+    photo = make_photo(inbox / "a.jpg")
+    good = json.dumps({"characters": ["Koschei"], "props": [], "caption": "c", "scene": "s", "visible_text": []})
+    p = make(replies=['{"characters": ["Grinch"]', good])
+    assert p.process(photo).status is Status.LABELED and p.labeler.calls == 2
+    assert validate_sidecar(photo)["labels"]["characters"] == ["Koschei"]
+
+    other = make_photo(inbox / "b.jpg", color=(9, 9, 9))
+    p = make(replies=["nope", '{"characters": ["Grinch"]}'])
+    assert p.process(other).status is Status.FAILED and p.labeler.calls == 2
+    doc = validate_sidecar(other)
+    assert doc["status"] == "error" and doc["error"]["code"] == "invalid_reply" and doc["labels"] is None
+
+
+@pytest.mark.parametrize("content, code", [(b"", "empty_file"), (b"hello, not a photo" * 10, "not_an_image")])
+def test_bad_files_get_error_sidecars(setup, validate_sidecar, content, code):
+    inbox, make = setup
+    bad = inbox / "bad.jpg"
+    bad.write_bytes(content)
+    assert make().process(bad).status is Status.FAILED
+    assert validate_sidecar(bad)["error"]["code"] == code
+
+
+def test_incomplete_file_may_wait_without_a_sidecar(setup):
+    inbox, make = setup
+    photo = inbox / "cut.jpg"
+    photo.write_bytes(jpeg_bytes()[:300])
+    out = make().process(photo, allow_incomplete=True)
+    assert out.status is Status.INCOMPLETE and not sidecar.path_for(photo).exists()
+
+
+def test_unwritable_sidecar_keeps_photo_pending_and_writes_nothing(setup, monkeypatch):
+    inbox, make = setup
+    photo = make_photo(inbox / "a.jpg")
+
+    def full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    assert make().process(photo).status is Status.PENDING
+    assert sorted(os.listdir(inbox)) == ["a.jpg"]
+
+
+def test_vanished_photo_is_gone_quietly(setup):
+    inbox, make = setup
+    assert make().process(inbox / "never.jpg").status is Status.GONE

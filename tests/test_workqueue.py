@@ -1,0 +1,35 @@
+import threading
+from pathlib import Path
+
+from bbsd.workqueue import PhotoQueue
+
+
+def test_newest_first_and_deduplicated():
+    q = PhotoQueue()
+    q.put(Path("old.jpg"), mtime=1)
+    q.put(Path("new.jpg"), mtime=3)
+    q.put(Path("mid.jpg"), mtime=2)
+    q.put(Path("old.jpg"), mtime=1)  # queued twice: comes out once
+    assert len(q) == 3
+    assert [q.get(0).path.name for _ in range(3)] == ["new.jpg", "mid.jpg", "old.jpg"]
+    assert q.get(0.01) is None
+
+
+def test_requeue_with_newer_mtime_moves_it_forward():
+    q = PhotoQueue()
+    q.put(Path("a.jpg"), mtime=1)
+    q.put(Path("b.jpg"), mtime=2)
+    q.put(Path("a.jpg"), mtime=5)
+    assert q.get(0).path.name == "a.jpg"
+    assert q.get(0).path.name == "b.jpg"
+    assert q.get(0.01) is None
+
+
+def test_close_wakes_a_blocked_get():
+    q = PhotoQueue()
+    got = []
+    t = threading.Thread(target=lambda: got.append(q.get(timeout=30)))
+    t.start()
+    q.close()
+    t.join(timeout=5)
+    assert not t.is_alive() and got == [None]
