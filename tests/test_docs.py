@@ -10,7 +10,8 @@ CI = (Path(__file__).parent.parent / ".ci" / "run").read_text()
 
 
 def test_every_config_key_is_documented():
-    documented = set(re.findall(r"^\| `(\w+\.\w+)` \|", README, flags=re.M))
+    section = README.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"^\| `(\w+\.\w+)` \|", section, flags=re.M))
     assert documented == {f"{s}.{k}" for s, keys in SCHEMA.items() for k in keys}
 
 
