@@ -69,21 +69,25 @@ def _open(settings):
 @app.command()
 def run(config: Path = CONFIG) -> None:
     """Watch the folders and label every new photo (foreground; stop with Ctrl-C or SIGTERM)."""
+    import threading
+
     from bbsd import checks
     from bbsd.service import Daemon
 
+    stop = threading.Event()
+
+    def _stop(signum, _frame) -> None:  # only sets a flag; the main loop acts on it
+        stop.set()
+
+    # Installed before the model loads, so a stop during a long load still exits cleanly.
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
     settings = _setup(config)
     checks.folders(settings)
     pipeline = _open(settings)
-    daemon = Daemon(settings, pipeline)
-
-    def _stop(signum, _frame) -> None:  # only sets a flag; the main loop acts on it
-        daemon.stop.set()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
     try:
-        daemon.run()
+        if not stop.is_set():
+            Daemon(settings, pipeline, stop=stop).run()
     finally:
         pipeline.labeler.close()
 

@@ -30,10 +30,10 @@ WRITE_RETRY_MAX_S = 300.0
 
 
 class Daemon:
-    def __init__(self, settings: Settings, pipeline: Pipeline) -> None:
+    def __init__(self, settings: Settings, pipeline: Pipeline, stop: threading.Event | None = None) -> None:
         self.settings = settings
         self.pipeline = pipeline
-        self.stop = threading.Event()
+        self.stop = stop or threading.Event()
         self._events: queue.Queue[watcher.Event] = queue.Queue()
         self._feedback: queue.Queue[tuple[Path, float]] = queue.Queue()  # (path, retry at) from the worker
         self._tracker = SettleTracker(settings.watch.settle_seconds)

@@ -203,3 +203,31 @@ def test_check_passes_on_a_good_setup(tmp_path, tiny_models):
     r = run_bbsd("check", "--config", str(write_config(tmp_path, [inbox], tiny_models)))
     assert r.returncode == 0, r.stderr
     assert "model tiny-text.gguf + tiny-mmproj.gguf: ok" in r.stdout
+
+
+def test_terminal_gets_console_lines_not_json(tmp_path, tiny_models):
+    """On a terminal the log is for people; the same events as JSON lines go to files and journald."""
+    import pty
+
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    cfg = write_config(tmp_path, [inbox], tiny_models)
+    cfg.write_text(cfg.read_text().replace('format = "json"', 'format = "auto"'))
+    pid, fd = pty.fork()
+    if pid == 0:  # child: stdout and stderr are the pty
+        os.environ.pop("PYTEST_CURRENT_TEST", None)
+        os.chdir(REPO)
+        os.execv(bbsd_cmd()[0], bbsd_cmd("check", "--config", str(cfg)))
+    out = b""
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    _, status = os.waitpid(pid, 0)
+    text = out.decode(errors="replace")
+    assert os.waitstatus_to_exitcode(status) == 0, text
+    assert "engine.loaded" in text and '"event"' not in text
