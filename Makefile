@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup demo test lint clean
+.PHONY: setup tools demo test lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,10 +19,17 @@ setup: $(STAMP)
 demo: setup
 	$(VENV)/bin/bbsd demo --dir demo
 
+# exiftool is the tests' independent reader of our XMP (Debian: libimage-exiftool-perl).
+tools:
+	@command -v exiftool >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libimage-exiftool-perl; \
+	  else echo "exiftool missing: install libimage-exiftool-perl (sudo apt-get install libimage-exiftool-perl)"; exit 1; fi; }
+
 lint: setup
 	$(VENV)/bin/ruff check bbsd tests
 
-test: lint
+test: lint tools
 	$(VENV)/bin/python -m pytest
 
 clean:

@@ -60,6 +60,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "temperature": Key("float", 0.0, "sampling temperature; 0 = deterministic", 0.0, 2.0),
         "seed": Key("int", 0, "sampling seed", 0, 2**31 - 1),
     },
+    "xmp": {
+        "naming": Key("choice", "ext", "XMP sidecar name: ext = IMG_0001.JPG.xmp, base = IMG_0001.xmp, off = none",
+                      choices=("ext", "base", "off")),
+        "root": Key("str", "BBS", "root of the hierarchical keywords (BBS|Characters|Baba Yaga)"),
+    },
     "log": {
         "level": Key("choice", "info", "lowest level logged", choices=("debug", "info", "warning", "error")),
         "format": Key("choice", "auto", "auto = console on a terminal, JSON lines otherwise",
@@ -99,6 +104,12 @@ class EngineSettings:
 
 
 @dataclass(frozen=True)
+class XmpSettings:
+    naming: str
+    root: str
+
+
+@dataclass(frozen=True)
 class LogSettings:
     level: str
     format: str
@@ -112,6 +123,7 @@ class Settings:
     watch: WatchSettings
     model: ModelSettings
     engine: EngineSettings
+    xmp: XmpSettings
     log: LogSettings
     catalog: Catalog
 
@@ -129,6 +141,7 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
         watch=WatchSettings(**values["watch"]),
         model=ModelSettings(**values["model"]),
         engine=EngineSettings(**values["engine"]),
+        xmp=XmpSettings(**values["xmp"]),
         log=LogSettings(**values["log"]),
         catalog=_catalog(raw, v),
     )
@@ -221,8 +234,8 @@ def _coerce(value: Any, key: Key, dotted: str, v: _Validator, base: Path) -> Any
 
 
 def _as_str(value, key, dotted, v, base):
-    if not isinstance(value, str):
-        raise v.fail(dotted, f"must be a string, got {type(value).__name__}", key.help)
+    if not isinstance(value, str) or not value.strip():
+        raise v.fail(dotted, f"must be a non-empty string, got {value!r}", key.help)
     return value
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import structlog
 
-from bbsd import atomic, imaging, labels, metrics, sidecar
+from bbsd import atomic, editors, imaging, labels, metrics, sidecar
 from bbsd.config import Settings
 from bbsd.errors import IncompletePhotoError, PhotoError, SidecarWriteError
 from bbsd.labeler import Inference, Labeler
@@ -31,6 +31,7 @@ class Status(StrEnum):
     SKIPPED = "skipped"  # the sidecar was already up to date
     INCOMPLETE = "incomplete"  # may still be arriving: look again later
     PENDING = "pending"  # the sidecar could not be written: retry later
+    KEPT = "kept"  # the existing sidecar is a person's (edited or unreadable): left as it is
     GONE = "gone"  # the file vanished
 
 
@@ -49,6 +50,7 @@ class Pipeline:
         self._max_side = settings.engine.image_max_side
         self._gpu = settings.engine.gpu_layers != 0
         self._catalog = settings.catalog
+        self._xmp = settings.xmp
 
     def process(self, path: Path, *, queue_wait_ms: float = 0.0, allow_incomplete: bool = False,
                 force: bool = False, cancelled: Callable[[], bool] = lambda: False) -> Outcome:
@@ -115,9 +117,21 @@ class Pipeline:
 
     def _write(self, record: sidecar.Record, event: str, status: Status) -> Outcome:
         target = sidecar.path_for(record.photo)
-        doc = sidecar.render(record, self.labeler.info, self.prompt)
         try:
-            atomic.write_bytes(target, sidecar.to_bytes(doc))
+            old = sidecar.read_strict(record.photo)
+        except (OSError, ValueError) as e:
+            log.error("sidecar.unreadable", path=str(record.photo), sidecar=str(target), reason=str(e),
+                      hint="bbsd does not overwrite a sidecar it cannot read; fix or remove it")
+            return Outcome(record.photo, Status.KEPT, "unreadable sidecar")
+        doc = sidecar.render(record, self.labeler.info, self.prompt)
+        if status is Status.FAILED and sidecar.human_edited(old):
+            log.warning("sidecar.kept", path=str(record.photo), reason="labels edited by a person",
+                        code=record.error["code"])
+            return Outcome(record.photo, Status.KEPT, record.error["code"])
+        try:
+            if status is Status.LABELED:  # XMP first: the JSON is the "done" mark of a photo
+                editors.write(record.photo, record.sha256, record.labels, self.labeler.info, self.prompt, self._xmp)
+            atomic.write_bytes(target, sidecar.to_bytes(sidecar.keep_human_labels(doc, old)))
         except SidecarWriteError as e:
             log.error("sidecar.write_failed", path=str(record.photo), sidecar=str(target),
                       message=e.message, hint=e.hint)

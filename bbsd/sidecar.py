@@ -70,7 +70,28 @@ def render(record: Record, model: ModelInfo, prompt: Prompt) -> dict[str, Any]:
     }
     if record.error:
         doc["error"] = record.error
+    else:
+        doc["labels_sha256"] = labels_digest(doc["labels"])
     return doc
+
+
+def labels_digest(labels: dict[str, Any] | None) -> str:
+    return hashlib.sha256(json.dumps(labels, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def human_edited(old: dict[str, Any] | None) -> bool:
+    """True when a person marked the labels reviewed or changed them since bbsd wrote them."""
+    if not old or not isinstance(old.get("labels"), dict):
+        return False
+    return old.get("reviewed") is True or labels_digest(old["labels"]) != old.get("labels_sha256")
+
+
+def keep_human_labels(new: dict[str, Any], old: dict[str, Any] | None) -> dict[str, Any]:
+    """A person's labels stay; bbsd's new labels go beside them as `proposal`."""
+    if new["status"] != "labeled" or not human_edited(old):
+        return new
+    return {**new, "labels": old["labels"], "labels_sha256": old.get("labels_sha256"),
+            "reviewed": old.get("reviewed", False), "proposal": new["labels"]}
 
 
 def to_bytes(doc: dict[str, Any]) -> bytes:
@@ -80,10 +101,20 @@ def to_bytes(doc: dict[str, Any]) -> bytes:
 def read(photo: Path) -> dict[str, Any] | None:
     """The existing sidecar, or None when there is none or it is unreadable."""
     try:
-        doc = json.loads(path_for(photo).read_text(encoding="utf-8"))
+        return read_strict(photo)
     except (OSError, ValueError):
         return None
-    return doc if isinstance(doc, dict) else None
+
+
+def read_strict(photo: Path) -> dict[str, Any] | None:
+    """None when there is no sidecar; raises ValueError when one exists but is not a JSON object."""
+    try:
+        doc = json.loads(path_for(photo).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    if not isinstance(doc, dict):
+        raise ValueError("not a JSON object")
+    return doc
 
 
 def is_up_to_date(doc: dict[str, Any] | None, sha256: str, model: ModelInfo, prompt: Prompt) -> bool:

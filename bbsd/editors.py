@@ -1,0 +1,52 @@
+"""The XMP side of a labelled photo: where its sidecar goes and what happens when it cannot be written.
+
+Invariant: the photo's JSON sidecar never depends on the XMP — a hostile or conflicting XMP
+is reported and skipped, only a disk that refuses writes keeps the photo pending.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import structlog
+
+from bbsd import __version__, xmp
+from bbsd.config import XmpSettings
+from bbsd.labeler import ModelInfo
+from bbsd.labels import Labels
+from bbsd.prompt import Prompt
+
+log = structlog.get_logger("bbsd.xmp")
+OUR_SUFFIXES = (".json", ".xmp")
+
+
+def same_stem_photos(photo: Path) -> list[Path]:
+    """Other files in the folder that would claim `IMG_0001.xmp` too (e.g. IMG_0001.CR2 beside IMG_0001.JPG)."""
+    stem = photo.stem.casefold()
+    return sorted(p for p in photo.parent.iterdir()
+                  if p != photo and p.stem.casefold() == stem and p.suffix.lower() not in OUR_SUFFIXES
+                  and not p.name.startswith("."))
+
+
+def write(photo: Path, sha256: str, labels: Labels, model: ModelInfo, prompt: Prompt,
+          settings: XmpSettings) -> None:
+    """Write or merge the XMP sidecar; raises `SidecarWriteError` (from `atomic`) only when the disk refuses."""
+    if settings.naming == "off":
+        return
+    target = xmp.path_for(photo, settings.naming)
+    if settings.naming == "base" and (others := same_stem_photos(photo)):
+        log.warning("xmp.name_conflict", path=str(photo), sidecar=str(target), others=[p.name for p in others],
+                    hint="two photos would share this XMP; set [xmp] naming = \"ext\"")
+        return
+    provenance = {
+        "model": model.file, "mmproj": model.mmproj or "", "backend": model.backend,
+        "promptVersion": prompt.version, "photoSha256": sha256,
+        "labeledAt": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "version": __version__,
+    }
+    try:
+        xmp.write(target, xmp.proposal_for(labels, settings.root, provenance))
+    except xmp.XmpUnreadableError as e:
+        log.error("xmp.unreadable", path=str(photo), sidecar=str(target), reason=str(e),
+                  hint="bbsd leaves this file alone; repair or remove it to get labels in your photo tool")

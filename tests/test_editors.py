@@ -1,0 +1,143 @@
+"""Issue-level behaviour of the two sidecars together, through the pipeline (fake labeller)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pytest
+import structlog
+
+from bbsd import config, prompt, sidecar
+from bbsd.fake_engine import FakeLabeler
+from bbsd.pipeline import Pipeline, Status
+from tests.conftest import make_photo, write_config
+from tests.test_xmp import GOLDEN, HOSTILE, exiftool, needs_exiftool
+
+
+def reply(chars, caption="on stage"):
+    return json.dumps({"characters": list(chars), "props": ["lantern"], "caption": caption, "scene": "s",
+                       "visible_text": []})
+
+
+@pytest.fixture
+def make(tmp_path):
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+
+    def build(replies=(), extra=""):
+        settings = config.load(write_config(tmp_path, [inbox], backend="fake", extra=extra), environ={})
+        return Pipeline(FakeLabeler(replies), settings, prompt.build(settings.catalog))
+
+    return inbox, build
+
+
+@needs_exiftool
+def test_labelled_photo_gets_an_xmp_that_exiftool_reads(make):
+    inbox, build = make
+    photo = make_photo(inbox / "IMG.JPG")
+    assert build([reply(["Baba Yaga"], "Baba Yaga at the hut")]).process(photo).status is Status.LABELED
+    out = subprocess.run(["exiftool", "-XMP-dc:Subject", "-XMP-lr:HierarchicalSubject", "-XMP-dc:Description",
+                          str(inbox / "IMG.JPG.xmp")], capture_output=True, text=True, check=True).stdout
+    assert "Baba Yaga, lantern" in out and "BBS|Characters|Baba Yaga, BBS|Props|lantern" in out
+    assert "Baba Yaga at the hut" in out
+
+
+@needs_exiftool
+def test_relabel_keeps_rating_darktable_history_and_a_typed_keyword(make):
+    inbox, build = make
+    photo = make_photo(inbox / "IMG_0001.JPG")
+    shutil.copyfile(GOLDEN / "darktable.xmp", inbox / "IMG_0001.JPG.xmp")
+    build([reply(["Baba Yaga"])]).process(photo)
+    photo.write_bytes(photo.read_bytes() + b"\0")  # the photo changed: relabel
+    assert build([reply(["Koschei"])]).process(photo).status is Status.LABELED
+    tags = exiftool(inbox / "IMG_0001.JPG.xmp")
+    assert tags["XMP-xmp:Rating"] == 4
+    assert [h["Operation"] for h in tags["XMP-darktable:History"]] == ["exposure", "colorbalancergb"]
+    assert tags["XMP-dc:Subject"][0] == "curtain call" and "Koschei" in tags["XMP-dc:Subject"]
+    assert "Baba Yaga" not in tags["XMP-dc:Subject"]
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE))
+def test_hostile_xmp_is_reported_untouched_and_json_still_written(make, kind, validate_sidecar):
+    inbox, build = make
+    photo = make_photo(inbox / "IMG.JPG")
+    (inbox / "IMG.JPG.xmp").write_bytes(HOSTILE[kind])
+    with structlog.testing.capture_logs() as logs:
+        assert build().process(photo).status is Status.LABELED
+    assert (inbox / "IMG.JPG.xmp").read_bytes() == HOSTILE[kind]
+    assert [e for e in logs if e["event"] == "xmp.unreadable"]
+    assert validate_sidecar(photo)["status"] == "labeled"
+
+
+def test_base_naming_refuses_a_shared_stem_but_labels(make, validate_sidecar):
+    inbox, build = make
+    jpg = make_photo(inbox / "IMG_0007.JPG")
+    (inbox / "IMG_0007.CR2").write_bytes(b"raw")
+    with structlog.testing.capture_logs() as logs:
+        assert build(extra='[xmp]\nnaming = "base"\n').process(jpg).status is Status.LABELED
+    assert not (inbox / "IMG_0007.xmp").exists()
+    assert [e for e in logs if e["event"] == "xmp.name_conflict"][0]["others"] == ["IMG_0007.CR2"]
+    lone = make_photo(inbox / "IMG_0008.JPG")
+    build(extra='[xmp]\nnaming = "base"\n').process(lone)
+    assert (inbox / "IMG_0008.xmp").exists() and validate_sidecar(lone)
+
+
+def test_naming_off_writes_no_xmp(make):
+    inbox, build = make
+    photo = make_photo(inbox / "a.jpg")
+    build(extra='[xmp]\nnaming = "off"\n').process(photo)
+    assert sorted(p.name for p in inbox.iterdir()) == ["a.jpg", "a.jpg.json"]
+
+
+@pytest.mark.parametrize("edit", ["reviewed", "changed"])
+def test_json_labels_a_person_edited_are_kept_with_the_proposal_beside(make, validate_sidecar, edit):
+    inbox, build = make
+    photo = make_photo(inbox / "a.jpg")
+    build([reply(["Baba Yaga"])]).process(photo)
+    doc = json.loads(sidecar.path_for(photo).read_text())
+    if edit == "reviewed":
+        doc["reviewed"] = True
+    else:
+        doc["labels"]["characters"] = ["Koschei"]
+    sidecar.path_for(photo).write_text(json.dumps(doc))
+    human_labels = doc["labels"]
+    photo.write_bytes(photo.read_bytes() + b"\0")
+    assert build([reply([], "bbsd's new idea")]).process(photo).status is Status.LABELED
+    after = validate_sidecar(photo)
+    assert after["labels"] == human_labels
+    assert after["proposal"]["caption"] == "bbsd's new idea"
+    assert after["photo"]["sha256"] == sidecar.file_sha256(photo)
+
+
+def test_untouched_json_labels_are_replaced(make, validate_sidecar):
+    inbox, build = make
+    photo = make_photo(inbox / "a.jpg")
+    build([reply(["Baba Yaga"])]).process(photo)
+    photo.write_bytes(photo.read_bytes() + b"\0")
+    build([reply(["Koschei"])]).process(photo)
+    after = validate_sidecar(photo)
+    assert after["labels"]["characters"] == ["Koschei"] and "proposal" not in after
+
+
+def test_unreadable_json_sidecar_is_never_overwritten(make):
+    inbox, build = make
+    photo = make_photo(inbox / "a.jpg")
+    sidecar.path_for(photo).write_text('{"labels": {"characters": ["Baba Ya')  # a person's half-edit
+    assert build().process(photo).status is Status.KEPT
+    assert sidecar.path_for(photo).read_text() == '{"labels": {"characters": ["Baba Ya'
+
+
+def test_disk_full_during_xmp_keeps_photo_pending_with_no_sidecars(make, monkeypatch):
+    import os
+
+    inbox, build = make
+    photo = make_photo(inbox / "a.jpg")
+
+    def full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    assert build().process(photo).status is Status.PENDING
+    assert sorted(p.name for p in inbox.iterdir()) == ["a.jpg"]
