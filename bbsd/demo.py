@@ -28,10 +28,6 @@ path = "models/{text}"
 mmproj = "models/{mmproj}"
 
 [engine]
-# A random model writes strings to their maximum length in multi-byte characters;
-# a real one needs far less.
-context_size = 8192
-max_output_tokens = 4096
 image_max_side = 448
 
 [[characters]]

@@ -79,6 +79,37 @@ def _rand(rng: np.random.Generator, *shape: int, scale: float = 0.02) -> np.ndar
     return (rng.standard_normal(shape) * scale).astype(np.float32)
 
 
+def _embeddings(rng: np.random.Generator, v: int, d: int) -> np.ndarray:
+    """Random embeddings plus one large constant dimension.
+
+    After RMS normalisation that dimension stays near +sqrt(d) whatever the input, so the
+    output layer's first column acts as a per-token bias (see `_output`).
+    """
+    emb = _rand(rng, v, d, scale=1.0)
+    emb[:, 0] = 100.0
+    return emb
+
+
+def _output(rng: np.random.Generator, tokens: list[str], d: int) -> np.ndarray:
+    """Output weights whose bias column makes the model write short printable-ASCII strings.
+
+    A purely random model writes every JSON string to its maximum length in multi-byte
+    characters (over a thousand tokens a photo); with this bias a closing quote is likely,
+    so a reply takes tens of tokens and the tests run fast. Still random, still meaningless.
+    """
+    out = _rand(rng, len(tokens), d, scale=1.0)
+    alphabet = _byte_level_alphabet()
+    printable = {alphabet[b] for b in range(0x20, 0x7F)} | {"Ġ"}
+    for i, token in enumerate(tokens):
+        if token == '"':
+            out[i, 0] = 0.32
+        elif token in printable or token in SPECIAL_TOKENS:
+            out[i, 0] = rng.normal(0.0, 0.1)
+        else:
+            out[i, 0] = -1.0  # control and non-ASCII bytes: practically never chosen
+    return out
+
+
 def write_text_model(path: Path, spec: TinySpec = TinySpec()) -> Path:
     """Write a llama-architecture text model with a byte-level BPE vocabulary."""
     import gguf
@@ -106,9 +137,9 @@ def write_text_model(path: Path, spec: TinySpec = TinySpec()) -> Path:
     w.add_add_bos_token(False)
     w.add_chat_template(CHAT_TEMPLATE)
     d, v = spec.n_embd, len(tokens)
-    w.add_tensor("token_embd.weight", _rand(rng, v, d, scale=1.0))
+    w.add_tensor("token_embd.weight", _embeddings(rng, v, d))
     w.add_tensor("output_norm.weight", np.ones(d, dtype=np.float32))
-    w.add_tensor("output.weight", _rand(rng, v, d, scale=1.0))
+    w.add_tensor("output.weight", _output(rng, tokens, d))
     for i in range(spec.n_layer):
         p = f"blk.{i}."
         w.add_tensor(p + "attn_norm.weight", np.ones(d, dtype=np.float32))

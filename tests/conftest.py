@@ -64,7 +64,7 @@ def jpeg_bytes(size=(320, 240), color=(40, 90, 160)) -> bytes:
 
 def write_config(folder: Path, watch: list[Path], models: tuple[Path, Path] | None = None,
                  extra: str = "", backend: str = "llama") -> Path:
-    """A config for tests: fast settling, a generous reply budget for the random model."""
+    """A config for tests: fast settling, small images, JSON logs."""
     model = ""
     if models:
         model = f'path = "{models[0]}"\nmmproj = "{models[1]}"\n'
@@ -79,8 +79,6 @@ rescan_seconds = 60
 backend = "{backend}"
 {model}
 [engine]
-context_size = 8192
-max_output_tokens = 4096
 image_max_side = 256
 threads = 2
 
