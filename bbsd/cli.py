@@ -169,6 +169,14 @@ def demo(
     demo_mod.main(folder)
 
 
+@app.command("_worker", hidden=True)
+def _worker(config: Path = CONFIG, parent: int = typer.Option(..., "--parent")) -> None:
+    """Internal: the engine worker process started by `bbsd run` (not for people)."""
+    from bbsd import worker
+
+    raise typer.Exit(worker.main(config, parent))
+
+
 def main(argv: list[str] | None = None) -> None:
     from bbsd.errors import BbsdError
 

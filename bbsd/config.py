@@ -60,6 +60,14 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "temperature": Key("float", 0.0, "sampling temperature; 0 = deterministic", 0.0, 2.0),
         "seed": Key("int", 0, "sampling seed", 0, 2**31 - 1),
     },
+    "worker": {
+        "isolate": Key("bool", True, "run the model in a supervised worker process (survives engine crashes)"),
+        "timeout_seconds": Key("float", 600.0, "a photo taking longer kills the worker: engine_timeout", 1, 86400),
+        "start_timeout_seconds": Key("float", 600.0, "longest model load before the worker is given up", 1, 86400),
+        "recycle_after_photos": Key("int", 1000, "restart the worker after this many photos; 0 = never", 0, 10**7),
+        "recycle_rss_growth_mb": Key("int", 2048, "restart the worker when its memory grew this much over its "
+                                     "post-load baseline; 0 = never", 0, 10**7),
+    },
     "xmp": {
         "naming": Key("choice", "ext", "XMP sidecar name: ext = IMG_0001.JPG.xmp, base = IMG_0001.xmp, off = none",
                       choices=("ext", "base", "off")),
@@ -104,6 +112,15 @@ class EngineSettings:
 
 
 @dataclass(frozen=True)
+class WorkerSettings:
+    isolate: bool
+    timeout_seconds: float
+    start_timeout_seconds: float
+    recycle_after_photos: int
+    recycle_rss_growth_mb: int
+
+
+@dataclass(frozen=True)
 class XmpSettings:
     naming: str
     root: str
@@ -123,6 +140,7 @@ class Settings:
     watch: WatchSettings
     model: ModelSettings
     engine: EngineSettings
+    worker: WorkerSettings
     xmp: XmpSettings
     log: LogSettings
     catalog: Catalog
@@ -141,6 +159,7 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
         watch=WatchSettings(**values["watch"]),
         model=ModelSettings(**values["model"]),
         engine=EngineSettings(**values["engine"]),
+        worker=WorkerSettings(**values["worker"]),
         xmp=XmpSettings(**values["xmp"]),
         log=LogSettings(**values["log"]),
         catalog=_catalog(raw, v),

@@ -31,6 +31,8 @@ class Inference:
     output_tokens: int
     encode_ms: float  # image encoding and prompt evaluation
     generate_ms: float  # sampling the reply
+    rss_mb: float | None = None  # the engine process's memory, when it is not this process
+    vram_mb: float | None = None
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,19 @@ BACKENDS: dict[str, str] = {
 
 
 def open_labeler(settings: Settings) -> Labeler:
-    """Load the configured backend; raises `ModelError` when the model cannot be used."""
+    """The configured backend, in a supervised worker process unless [worker] isolate = false.
+
+    Raises `ModelError` when the model cannot be used.
+    """
+    if settings.worker.isolate:
+        from bbsd.supervisor import WorkerLabeler
+
+        return WorkerLabeler(settings)
+    return open_in_process(settings)
+
+
+def open_in_process(settings: Settings) -> Labeler:
+    """Load the configured backend into this process (the worker does this)."""
     target = BACKENDS.get(settings.model.backend)
     if target is None:
         raise ConfigError(f"unknown backend {settings.model.backend!r}", f"use one of: {', '.join(BACKENDS)}")

@@ -69,6 +69,7 @@ class Pipeline:
         timing = {"queue_wait": queue_wait_ms}
         try:
             decoded = imaging.decode(path, self._max_side)
+            decoded.image.info["bbsd_name"] = path.name  # lets a worker name the photo in its log
             timing["decode"] = (time.perf_counter() - t0) * 1000
             labels_, inference = self._label(decoded.image, cancelled)
         except IncompletePhotoError as e:
@@ -83,14 +84,20 @@ class Pipeline:
         record = sidecar.Record(
             photo=path, sha256=sha, width=decoded.width, height=decoded.height, labels=labels_,
             timing_ms=timing, tokens={"prompt": inference.prompt_tokens, "output": inference.output_tokens},
-            memory_mb=self._memory(),
+            memory_mb=self._memory(inference),
         )
         return self._write(record, "photo.labeled", Status.LABELED)
 
     def _label(self, image, cancelled) -> tuple[labels.Labels, Inference]:
-        """Infer and validate; one retry on an invalid reply (grammars can be bypassed)."""
+        """Infer and validate; one retry on an invalid reply (grammars can be bypassed) or an engine crash."""
         for attempt in (0, 1):
-            inference = self.labeler.infer(image, self.prompt, attempt=attempt, cancelled=cancelled)
+            try:
+                inference = self.labeler.infer(image, self.prompt, attempt=attempt, cancelled=cancelled)
+            except PhotoError as e:
+                if e.code != "engine_crash" or attempt == 1:
+                    raise
+                log.warning("photo.retry", reason=e.code, message=e.message)
+                continue
             try:
                 return labels.parse_reply(inference.text, self._catalog), inference
             except labels.InvalidReplyError as e:
@@ -99,7 +106,10 @@ class Pipeline:
                     raise
         raise AssertionError("unreachable")
 
-    def _memory(self) -> dict[str, float | None]:
+    def _memory(self, inference: Inference | None = None) -> dict[str, float | None]:
+        """The engine's memory: the worker's figures when it runs apart, else this process's."""
+        if inference is not None and inference.rss_mb is not None:
+            return {"rss": inference.rss_mb, "vram": inference.vram_mb}
         return {"rss": metrics.rss_mb(), "vram": metrics.vram_mb(self._gpu)}
 
     def _fail(self, path: Path, sha: str | None, error: PhotoError, timing: dict[str, float]) -> Outcome:

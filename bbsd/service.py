@@ -18,7 +18,7 @@ import structlog
 
 from bbsd import scan, sidecar, watcher
 from bbsd.config import Settings
-from bbsd.errors import AbandonedError
+from bbsd.errors import AbandonedError, ModelError
 from bbsd.pipeline import Pipeline, Status
 from bbsd.settle import SettleTracker, stat_or_none
 from bbsd.workqueue import PhotoQueue
@@ -40,6 +40,7 @@ class Daemon:
         self._work = PhotoQueue()
         self._write_failures: dict[Path, int] = {}
         self.counts = {"labeled": 0, "error": 0, "skipped": 0}
+        self.fatal: ModelError | None = None
 
     def run(self) -> None:
         """Block until `stop` is set; then shut down cleanly."""
@@ -60,6 +61,8 @@ class Daemon:
             worker.join()
             observer.join(timeout=5)
             log.info("daemon.stopped", **self.counts)
+        if self.fatal is not None:
+            raise self.fatal
 
     # --- main loop: events, settling, rescans -------------------------------------------------
 
@@ -150,6 +153,10 @@ class Daemon:
                 self._handle(job.path, wait_ms)
             except AbandonedError:
                 log.info("photo.abandoned", path=str(job.path), reason="shutdown")
+            except ModelError as e:  # the engine cannot be (re)started: nothing more can be labelled
+                log.error("engine.unavailable", message=e.message, hint=e.hint)
+                self.fatal = e
+                self.stop.set()
             except Exception:  # a bug must not stop the daemon; the photo is retried at the next rescan
                 log.exception("photo.crashed", path=str(job.path))
 

@@ -136,3 +136,19 @@ def events(log_text: str) -> list[dict]:
         if isinstance(doc, dict):
             out.append(doc)
     return out
+
+
+_SUMMARIES: list[str] = []
+
+
+@pytest.fixture
+def summary() -> Callable[[str], None]:
+    """Lines a test wants in the run's output (measured figures), printed at the end of the session."""
+    return _SUMMARIES.append
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _SUMMARIES:
+        terminalreporter.section("bbsd figures")
+        for line in _SUMMARIES:
+            terminalreporter.write_line(line)

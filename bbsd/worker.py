@@ -1,0 +1,107 @@
+"""The engine worker: a child process that owns the model and answers one request at a time.
+
+Invariants: the worker never touches photos or sidecars — it gets pixels and a prompt, and
+returns the raw reply with its own memory figures; it dies with its parent (PR_SET_PDEATHSIG),
+so a killed daemon leaves no orphan holding gigabytes; its stdout is the message pipe only
+(anything native code prints goes to stderr instead).
+
+Test hooks (`BBSD_TEST_HOOKS=1` plus `BBSD_TEST_ABORT_ON`, `BBSD_TEST_HANG_ON`, `BBSD_TEST_SLOW_MS`,
+`BBSD_TEST_LEAK_MB`) exist for the fault-injection tests only and do nothing unless
+`BBSD_TEST_HOOKS=1` is set; never set it in production.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import time
+from pathlib import Path
+
+import structlog
+from PIL import Image
+
+from bbsd import ipc, metrics
+from bbsd.errors import BbsdError, PhotoError
+from bbsd.prompt import Prompt
+
+log = structlog.get_logger("bbsd.worker")
+_leak: list[bytearray] = []
+
+
+def _die_with_parent(parent: int) -> None:
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        return  # not Linux: the pipe's EOF still ends the worker between requests
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _pipes() -> tuple[int, int]:
+    """Keep the real stdin/stdout for messages; point fd 1 at stderr for stray native prints."""
+    inp, out = os.dup(0), os.dup(1)
+    os.dup2(2, 1)
+    return inp, out
+
+
+def main(config_path: Path, parent: int) -> int:
+    from bbsd import config, logs
+    from bbsd.labeler import open_in_process
+
+    _die_with_parent(parent)
+    inp, out = _pipes()
+    settings = config.load(config_path)
+    logs.configure(settings.log.level, settings.log.format)
+    structlog.contextvars.bind_contextvars(worker_pid=os.getpid())
+    try:
+        labeler = open_in_process(settings)
+    except BbsdError as e:
+        ipc.send(out, {"type": "fatal", "message": e.message, "hint": e.hint, "kind": type(e).__name__})
+        return 2
+    gpu = settings.engine.gpu_layers != 0
+    ipc.send(out, {"type": "ready", "pid": os.getpid(), "rss_mb": metrics.rss_mb(), "vram_mb": metrics.vram_mb(gpu),
+                   "info": [labeler.info.backend, labeler.info.file, labeler.info.mmproj]})
+    try:
+        return _serve(labeler, inp, out, gpu)
+    finally:
+        labeler.close()
+
+
+def _serve(labeler, inp: int, out: int, gpu: bool) -> int:
+    while True:
+        try:
+            request, pixels = ipc.receive(inp)
+        except EOFError:
+            return 0
+        if request["type"] == "exit":
+            return 0
+        _test_hooks(request["name"])
+        image = Image.frombytes("RGB", (request["width"], request["height"]), pixels)
+        prompt = Prompt(**request["prompt"])
+        try:
+            r = labeler.infer(image, prompt, attempt=request["attempt"], cancelled=lambda: False)
+        except PhotoError as e:
+            ipc.send(out, {"type": "photo_error", "code": e.code, "message": e.message, "hint": e.hint})
+            continue
+        ipc.send(out, {"type": "result", "text": r.text, "prompt_tokens": r.prompt_tokens,
+                       "output_tokens": r.output_tokens, "encode_ms": r.encode_ms, "generate_ms": r.generate_ms,
+                       "rss_mb": metrics.rss_mb(), "vram_mb": metrics.vram_mb(gpu)})
+
+
+def _test_hooks(name: str) -> None:
+    env = os.environ
+    if env.get("BBSD_TEST_HOOKS") != "1":
+        return
+    if env.get("BBSD_TEST_ABORT_ON") and env["BBSD_TEST_ABORT_ON"] in name:
+        os.abort()  # what a GGML_ASSERT does to the process
+    if env.get("BBSD_TEST_HANG_ON") and env["BBSD_TEST_HANG_ON"] in name:
+        time.sleep(3600)
+    if env.get("BBSD_TEST_SLOW_MS"):
+        time.sleep(int(env["BBSD_TEST_SLOW_MS"]) / 1000)
+    if env.get("BBSD_TEST_LEAK_MB"):
+        block = bytearray(int(env["BBSD_TEST_LEAK_MB"]) * 2**20)
+        block[:: 4096] = b"x" * len(block[:: 4096])  # touch every page so it counts in RSS
+        _leak.append(block)
+
+
