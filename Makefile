@@ -19,12 +19,15 @@ setup: $(STAMP)
 demo: setup
 	$(VENV)/bin/bbsd demo --dir demo
 
-# exiftool is the tests' independent reader of our XMP (Debian: libimage-exiftool-perl).
+# Tools the tests use as independent judges (Debian packages): exiftool reads our XMP,
+# systemd-analyze verifies the unit and scores its sandboxing.
+TOOLS := exiftool:libimage-exiftool-perl systemd-analyze:systemd
 tools:
-	@command -v exiftool >/dev/null || { \
+	@for pair in $(TOOLS); do cmd=$${pair%%:*}; pkg=$${pair#*:}; \
+	  command -v $$cmd >/dev/null && continue; \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libimage-exiftool-perl; \
-	  else echo "exiftool missing: install libimage-exiftool-perl (sudo apt-get install libimage-exiftool-perl)"; exit 1; fi; }
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$pkg || exit 1; \
+	  else echo "$$cmd missing: sudo apt-get install $$pkg"; exit 1; fi; done
 
 lint: setup
 	$(VENV)/bin/ruff check bbsd tests

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import typer
 
-from bbsd import __version__
+from bbsd import __version__, console
 
 app = typer.Typer(
     add_completion=False,
@@ -68,26 +68,32 @@ def _open(settings):
 
 @app.command()
 def run(config: Path = CONFIG) -> None:
-    """Watch the folders and label every new photo (foreground; stop with Ctrl-C or SIGTERM)."""
+    """Watch the folders and label every new photo (foreground; stop with Ctrl-C or SIGTERM, reload with SIGHUP)."""
     import threading
 
-    from bbsd import checks
+    from bbsd import checks, state
+    from bbsd.monitor import Monitor
+    from bbsd.sdnotify import ExtendingStartTimeout, Notifier
     from bbsd.service import Daemon
 
-    stop = threading.Event()
-
-    def _stop(signum, _frame) -> None:  # only sets a flag; the main loop acts on it
-        stop.set()
-
-    # Installed before the model loads, so a stop during a long load still exits cleanly.
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    stop, reload = threading.Event(), threading.Event()
+    # Handlers only set flags, and are installed before the model loads, so a stop during a
+    # long load still exits cleanly.
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: reload.set())
     settings = _setup(config)
     checks.folders(settings)
-    pipeline = _open(settings)
+    notifier = Notifier()
+    with ExtendingStartTimeout(notifier):
+        pipeline = _open(settings)
+    monitor = Monitor(state.state_dir(settings.service.state_dir), pipeline.labeler.info.file,
+                      busy_limit_s=settings.worker.timeout_seconds, notifier=notifier)
     try:
         if not stop.is_set():
-            Daemon(settings, pipeline, stop=stop).run()
+            daemon = Daemon(settings, pipeline, stop=stop, monitor=monitor)
+            daemon.reload = reload
+            daemon.run()
     finally:
         pipeline.labeler.close()
 
@@ -106,10 +112,11 @@ def label(
     pipeline = _open(settings)
     failed = 0
     try:
-        for path in targets:
-            outcome = pipeline.process(path, force=force)
-            failed += outcome.status not in (Status.LABELED, Status.SKIPPED)
-            typer.echo(_line(outcome))
+        with console.Progress(len(targets)) as advance:
+            for path in targets:
+                outcome = pipeline.process(path, force=force)
+                failed += outcome.status not in (Status.LABELED, Status.SKIPPED)
+                advance(console.outcome_line(outcome))
     finally:
         pipeline.labeler.close()
     raise typer.Exit(1 if failed else 0)
@@ -130,19 +137,6 @@ def _expand(photos: list[Path], settings) -> list[Path]:
     return out
 
 
-def _line(outcome) -> str:
-    from bbsd import sidecar
-
-    doc = sidecar.read(outcome.path) or {}
-    name = outcome.path.name
-    if outcome.status.value in ("labeled", "skipped") and doc.get("labels"):
-        lab = doc["labels"]
-        return (f"{outcome.status.value:8} {name}  characters={','.join(lab['characters']) or '-'}"
-                f"  props={','.join(lab['props']) or '-'}  ({doc['timing_ms']['total']:.0f} ms)")
-    err = doc.get("error", {})
-    return f"{outcome.status.value:8} {name}  {err.get('code', outcome.detail)}: {err.get('message', '')}".rstrip()
-
-
 @app.command()
 def check(config: Path = CONFIG) -> None:
     """Validate the configuration, the watch folders and that the model loads; exit 0 or 2."""
@@ -157,6 +151,83 @@ def check(config: Path = CONFIG) -> None:
     info = pipeline.labeler.info
     pipeline.labeler.close()
     typer.echo(f"model {info.file} + {info.mmproj}: ok (loaded with backend {info.backend})")
+
+
+@app.command()
+def status(config: Path = CONFIG, as_json: bool = typer.Option(False, "--json", help="Print the raw status.")) -> None:
+    """Show what the running daemon is doing (from its status file; no network port). Exit 3 when not running."""
+    import json
+
+    from bbsd import config as config_mod
+    from bbsd import state
+
+    settings = config_mod.load(config)
+    folder = state.state_dir(settings.service.state_dir)
+    doc = state.read(folder)
+    running = bool(doc) and doc.get("state") in ("starting", "running") and state.alive(doc["pid"])
+    if as_json:
+        typer.echo(json.dumps({**(doc or {}), "running": running}))
+    elif not doc:
+        typer.echo(f"bbsd is not running (no status file in {folder})")
+    else:
+        typer.echo(console.status_text(doc, running))
+    raise typer.Exit(0 if running else 3)
+
+
+@app.command()
+def report(
+    config: Path = CONFIG,
+    since: str = typer.Option(None, "--since", help="Only photos labelled since: 2h, 30m, 1d or an ISO date."),
+    out: Path = typer.Option(Path("bbsd-report.html"), "--out", "-o", help="The HTML file to write."),
+) -> None:
+    """Write an HTML report (latency, memory, throughput, with plots) from the sidecars, and print a summary."""
+    from datetime import UTC, datetime
+
+    from bbsd import config as config_mod
+    from bbsd import report as report_mod
+
+    settings = config_mod.load(config)
+    since_at = report_mod.parse_since(since, datetime.now(UTC))
+    records = report_mod.collect(settings.watch.folders, settings.watch.extensions, since_at)
+    summary = report_mod.write(out, records)
+    typer.echo(report_mod.text_summary(summary))
+    typer.echo(f"report: {out.resolve()}")
+
+
+service_app = typer.Typer(help="Install or remove the systemd unit.", no_args_is_help=True)
+app.add_typer(service_app, name="service")
+
+
+@service_app.command("install")
+def service_install(
+    config: Path = CONFIG,
+    user: str = typer.Option("bbsd", "--user", help="The system user bbsd runs as (shares files with editors)."),
+    unit_dir: Path = typer.Option(Path("/etc/systemd/system"), "--unit-dir", help="Where units go."),
+) -> None:
+    """Write bbsd.service (and a GPU drop-in when configured) for this config; print the systemctl commands."""
+    from bbsd import config as config_mod
+    from bbsd import unit
+
+    settings = config_mod.load(config)
+    item = unit.plan(settings, user)
+    for path in unit.install(unit_dir, item):
+        typer.echo(f"wrote {path}")
+    typer.echo("next, as root:")
+    for command in item.commands:
+        typer.echo(f"  {command}")
+
+
+@service_app.command("uninstall")
+def service_uninstall(
+    unit_dir: Path = typer.Option(Path("/etc/systemd/system"), "--unit-dir", help="Where units go."),
+) -> None:
+    """Remove the unit and its drop-in; print the systemctl commands that stop it first."""
+    from bbsd import unit
+
+    typer.echo("first, as root:\n  sudo systemctl disable --now bbsd.service")
+    for path in unit.uninstall(unit_dir):
+        typer.echo(f"removed {path}")
+    typer.echo("then:\n  sudo systemctl daemon-reload")
 
 
 @app.command()

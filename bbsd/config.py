@@ -68,6 +68,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "recycle_rss_growth_mb": Key("int", 2048, "restart the worker when its memory grew this much over its "
                                      "post-load baseline; 0 = never", 0, 10**7),
     },
+    "service": {
+        "state_dir": Key("path", None, "where status.json lives; default $STATE_DIRECTORY (systemd), "
+                         "/var/lib/bbsd, or ~/.local/state/bbsd"),
+    },
     "xmp": {
         "naming": Key("choice", "ext", "XMP sidecar name: ext = IMG_0001.JPG.xmp, base = IMG_0001.xmp, off = none",
                       choices=("ext", "base", "off")),
@@ -121,6 +125,11 @@ class WorkerSettings:
 
 
 @dataclass(frozen=True)
+class ServiceSettings:
+    state_dir: Path | None
+
+
+@dataclass(frozen=True)
 class XmpSettings:
     naming: str
     root: str
@@ -141,6 +150,7 @@ class Settings:
     model: ModelSettings
     engine: EngineSettings
     worker: WorkerSettings
+    service: ServiceSettings
     xmp: XmpSettings
     log: LogSettings
     catalog: Catalog
@@ -160,6 +170,7 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
         model=ModelSettings(**values["model"]),
         engine=EngineSettings(**values["engine"]),
         worker=WorkerSettings(**values["worker"]),
+        service=ServiceSettings(**values["service"]),
         xmp=XmpSettings(**values["xmp"]),
         log=LogSettings(**values["log"]),
         catalog=_catalog(raw, v),

@@ -17,6 +17,7 @@ from pathlib import Path
 import structlog
 
 from bbsd import atomic, editors, imaging, labels, metrics, sidecar
+from bbsd import prompt as prompt_mod
 from bbsd.config import Settings
 from bbsd.errors import IncompletePhotoError, PhotoError, SidecarWriteError
 from bbsd.labeler import Inference, Labeler
@@ -41,6 +42,8 @@ class Outcome:
     status: Status
     detail: str = ""
     sidecar: Path | None = None
+    total_ms: float | None = None
+    memory: dict[str, float | None] | None = None
 
 
 class Pipeline:
@@ -51,6 +54,10 @@ class Pipeline:
         self._gpu = settings.engine.gpu_layers != 0
         self._catalog = settings.catalog
         self._xmp = settings.xmp
+
+    def apply(self, settings: Settings) -> None:
+        """Take a new catalog and XMP settings (SIGHUP) without touching the model."""
+        self.prompt, self._catalog, self._xmp = prompt_mod.build(settings.catalog), settings.catalog, settings.xmp
 
     def process(self, path: Path, *, queue_wait_ms: float = 0.0, allow_incomplete: bool = False,
                 force: bool = False, cancelled: Callable[[], bool] = lambda: False) -> Outcome:
@@ -151,7 +158,8 @@ class Pipeline:
             log.info(event, **fields)
         else:
             log.warning(event, **fields, code=record.error["code"], message=record.error["message"])
-        return Outcome(record.photo, status, record.error["code"] if record.error else "", target)
+        return Outcome(record.photo, status, record.error["code"] if record.error else "", target,
+                       total_ms=record.timing_ms.get("total"), memory=record.memory_mb)
 
 
 def _event_fields(record: sidecar.Record) -> dict[str, object]:

@@ -8,6 +8,7 @@ the loop drains, and `run` returns.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue
 import threading
@@ -16,9 +17,11 @@ from pathlib import Path
 
 import structlog
 
-from bbsd import scan, sidecar, watcher
+from bbsd import config as config_mod
+from bbsd import scan, sidecar, state, watcher
 from bbsd.config import Settings
-from bbsd.errors import AbandonedError, ModelError
+from bbsd.errors import AbandonedError, BbsdError, ModelError
+from bbsd.monitor import Monitor
 from bbsd.pipeline import Pipeline, Status
 from bbsd.settle import SettleTracker, stat_or_none
 from bbsd.workqueue import PhotoQueue
@@ -30,10 +33,16 @@ WRITE_RETRY_MAX_S = 300.0
 
 
 class Daemon:
-    def __init__(self, settings: Settings, pipeline: Pipeline, stop: threading.Event | None = None) -> None:
+    def __init__(self, settings: Settings, pipeline: Pipeline, stop: threading.Event | None = None,
+                 monitor: Monitor | None = None) -> None:
         self.settings = settings
         self.pipeline = pipeline
         self.stop = stop or threading.Event()
+        self.reload = threading.Event()  # set by SIGHUP
+        self.monitor = monitor or Monitor(state.state_dir(settings.service.state_dir), pipeline.labeler.info.file,
+                                          busy_limit_s=settings.worker.timeout_seconds)
+        self._in_flight: Path | None = None
+        self._busy_since: float | None = None
         self._events: queue.Queue[watcher.Event] = queue.Queue()
         self._feedback: queue.Queue[tuple[Path, float]] = queue.Queue()  # (path, retry at) from the worker
         self._tracker = SettleTracker(settings.watch.settle_seconds)
@@ -51,16 +60,19 @@ class Daemon:
         worker.start()
         queued = self._rescan()
         log.info("daemon.ready", folders=[str(f) for f in w.folders], queued=queued, stale_temps_removed=removed,
-                 model=self.pipeline.labeler.info.file)
+                 model=self.pipeline.labeler.info.file, status_file=str(self.monitor.status.path))
+        self.monitor.ready(len(self._work))
         try:
             self._main_loop()
         finally:
             log.info("daemon.stopping", queue_depth=len(self._work))
+            self.monitor.stopping(len(self._work))
             self._work.close()
             observer.stop()
             worker.join()
             observer.join(timeout=5)
             log.info("daemon.stopped", **self.counts)
+            self.monitor.stopped()
         if self.fatal is not None:
             raise self.fatal
 
@@ -77,6 +89,30 @@ class Daemon:
             if time.monotonic() >= next_rescan:
                 self._rescan()
                 next_rescan = time.monotonic() + self.settings.watch.rescan_seconds
+            if self.reload.is_set():
+                self.reload.clear()
+                self._reload()
+            in_flight = str(self._in_flight) if self._in_flight else None
+            self.monitor.tick(len(self._work), in_flight, self._busy_since)
+
+    def _reload(self) -> None:
+        """SIGHUP: apply a new catalog and XMP settings; say which changes need a restart."""
+        try:
+            new = config_mod.load(self.settings.source)
+        except BbsdError as e:
+            log.error("config.reload_failed", message=e.one_line(), kept="the running configuration")
+            return
+        restart = [n for n in ("watch", "model", "engine", "worker", "service", "log")
+                   if getattr(new, n) != getattr(self.settings, n)]
+        applied = [n for n in ("catalog", "xmp") if getattr(new, n) != getattr(self.settings, n)]
+        self.settings = dataclasses.replace(self.settings, catalog=new.catalog, xmp=new.xmp)
+        self.pipeline.apply(self.settings)
+        log.info("config.reloaded", applied=applied, model_reloaded=False)
+        if restart:
+            log.warning("config.restart_needed", sections=restart,
+                        hint="these take effect after a restart (systemctl restart bbsd); the model was not reloaded")
+        if "catalog" in applied:
+            self._rescan()  # photos labelled with the old catalog are now out of date
 
     def _drain_events(self, timeout: float) -> None:
         try:
@@ -149,6 +185,7 @@ class Daemon:
             if job is None:
                 continue
             wait_ms = (time.monotonic() - job.enqueued_at) * 1000
+            self._in_flight, self._busy_since = job.path, time.monotonic()
             try:
                 self._handle(job.path, wait_ms)
             except AbandonedError:
@@ -159,6 +196,8 @@ class Daemon:
                 self.stop.set()
             except Exception:  # a bug must not stop the daemon; the photo is retried at the next rescan
                 log.exception("photo.crashed", path=str(job.path))
+            finally:
+                self._in_flight, self._busy_since = None, None
 
     def _handle(self, path: Path, wait_ms: float) -> None:
         st = stat_or_none(path)
@@ -169,6 +208,8 @@ class Daemon:
                                         cancelled=self.stop.is_set)
         if outcome.status in self.counts:
             self.counts[outcome.status] += 1
+        if outcome.status in (Status.LABELED, Status.FAILED):
+            self.monitor.photo_done(outcome.status is Status.LABELED, outcome.total_ms, outcome.memory)
         if outcome.status is Status.INCOMPLETE:
             remaining = self.settings.watch.incomplete_timeout_seconds - (time.time() - st.st_mtime)
             delay = min(max(1.0, self.settings.watch.settle_seconds), max(0.05, remaining + 0.05))

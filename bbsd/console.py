@@ -1,0 +1,69 @@
+"""What people read on a terminal: one line per photo, the status summary, a progress bar.
+
+Invariant: on a terminal a progress bar with ETA; in a pipe or the journal only the plain
+lines, nothing that redraws.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+
+class Progress:
+    """A progress bar with ETA on a terminal; plain lines (nothing else) in a pipe or the journal."""
+
+    def __init__(self, total: int) -> None:
+        self._total = total
+        self._bar = None
+
+    def __enter__(self):
+        if sys.stdout.isatty() and self._total > 1:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+            self._bar = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                                 TimeRemainingColumn(), transient=True)
+            self._bar.start()
+            self._task = self._bar.add_task("labelling", total=self._total)
+        return self._advance
+
+    def _advance(self, line: str) -> None:
+        if self._bar is None:
+            typer.echo(line)
+            return
+        self._bar.console.print(line, highlight=False, markup=False)
+        self._bar.advance(self._task)
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def outcome_line(outcome) -> str:
+    from bbsd import sidecar
+
+    doc = sidecar.read(outcome.path) or {}
+    name = outcome.path.name
+    if outcome.status.value in ("labeled", "skipped") and doc.get("labels"):
+        lab = doc["labels"]
+        return (f"{outcome.status.value:8} {name}  characters={','.join(lab['characters']) or '-'}"
+                f"  props={','.join(lab['props']) or '-'}  ({doc['timing_ms']['total']:.0f} ms)")
+    err = doc.get("error", {})
+    return f"{outcome.status.value:8} {name}  {err.get('code', outcome.detail)}: {err.get('message', '')}".rstrip()
+
+
+def status_text(d: dict, running: bool) -> str:
+    up = f"{d['uptime_s'] // 3600}h {d['uptime_s'] % 3600 // 60:02d}m"
+    head = f"running (pid {d['pid']}, up {up})" if running else f"not running (last status {d['updated_at']})"
+
+    def ms(v):
+        return f"{v:.0f} ms" if v is not None else "-"
+
+    return "\n".join([
+        f"bbsd: {head}, model {d['model']}",
+        f"queue: {d['queue_depth']} waiting, in flight: {d['in_flight'] or '-'}",
+        f"photos since start: {d['labeled']} labelled, {d['failed']} failed",
+        f"latency: p50 {ms(d['p50_ms'])}, p95 {ms(d['p95_ms'])}, last {ms(d['last_ms'])}",
+        f"memory: RSS {d['rss_mb'] or '-'} MB, VRAM {d['vram_mb'] or '-'} MB",
+    ])
