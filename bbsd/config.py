@@ -18,7 +18,8 @@ from typing import Any
 from bbsd.catalog import Catalog, CatalogEntry
 from bbsd.errors import ConfigError
 
-DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "tif", "tiff", "webp")
+DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "tif", "tiff", "webp", "heic", "heif",
+                      "cr2", "cr3", "nef", "arw", "raf", "orf", "rw2", "dng", "pef", "srw")
 REQUIRED = object()
 
 
@@ -44,6 +45,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
             "float", 60.0, "a file that stays truncated or empty this long gets an error sidecar", 0.5, 86400
         ),
         "rescan_seconds": Key("float", 300.0, "full rescan interval, catches missed events", 1, 86400),
+        "observer": Key("choice", "auto", "auto = polling on network filesystems (NFS, SMB/CIFS, sshfs), "
+                        "inotify elsewhere", choices=("auto", "native", "polling")),
+        "poll_seconds": Key("float", 5.0, "polling interval for network filesystems", 0.2, 3600),
+        "pair_seconds": Key("float", 10.0, "a RAW and a JPEG with the same name written this close are one shot; "
+                            "0 = label each file", 0, 3600),
     },
     "model": {
         "backend": Key("choice", "llama", "labelling backend", choices=("llama", "fake")),
@@ -94,6 +100,9 @@ class WatchSettings:
     settle_seconds: float
     incomplete_timeout_seconds: float
     rescan_seconds: float
+    observer: str
+    poll_seconds: float
+    pair_seconds: float
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,22 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from bbsd.errors import IncompletePhotoError, PhotoError
 
+RAW_EXTENSIONS = frozenset({"cr2", "cr3", "crw", "nef", "nrw", "arw", "srf", "sr2", "raf", "orf", "rw2", "dng",
+                            "pef", "srw", "x3f", "3fr", "iiq", "rwl", "erf", "mos", "mrw", "kdc"})
+HEIF_EXTENSIONS = frozenset({"heic", "heif", "hif"})
+
+try:  # HEIC/HEIF from phones; pillow-heif registers itself as a Pillow plugin
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+    HEIF_OK = True
+except ImportError:  # pragma: no cover - it is a declared dependency
+    HEIF_OK = False
+
+
+def is_raw(path: Path) -> bool:
+    return path.suffix.lower().lstrip(".") in RAW_EXTENSIONS
+
 
 @dataclass(frozen=True)
 class Decoded:
@@ -41,6 +57,14 @@ def _decode(path: Path, max_side: int) -> Decoded:
     if path.stat().st_size == 0:
         raise IncompletePhotoError("empty_file", "the file is empty (0 bytes)",
                                    "the copy may have failed; copy the photo again")
+    if is_raw(path):
+        from bbsd import raw
+
+        image, width, height = raw.decode(path, max_side)
+        image.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
+        return Decoded(image=_to_rgb(image), width=width, height=height)
+    if path.suffix.lower().lstrip(".") in HEIF_EXTENSIONS and not HEIF_OK:
+        raise PhotoError("unsupported_format", "HEIC/HEIF support is not installed", "pip install pillow-heif")
     try:
         with Image.open(path) as img:
             width, height = _oriented_size(img)

@@ -28,6 +28,12 @@ class Labels:
     def to_json(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Labels:
+        return cls(characters=tuple(doc.get("characters", ())), props=tuple(doc.get("props", ())),
+                   caption=doc.get("caption", ""), scene=doc.get("scene", ""),
+                   visible_text=tuple(doc.get("visible_text", ())))
+
 
 class InvalidReplyError(PhotoError):
     def __init__(self, problem: str) -> None:

@@ -8,6 +8,7 @@ all; every photo ends in exactly one `photo.labeled`, `photo.failed`, `photo.ski
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import structlog
 
-from bbsd import atomic, editors, imaging, labels, metrics, sidecar
+from bbsd import atomic, editors, imaging, labels, metrics, pairs, sidecar
 from bbsd import prompt as prompt_mod
 from bbsd.config import Settings
 from bbsd.errors import IncompletePhotoError, PhotoError, SidecarWriteError
@@ -33,6 +34,8 @@ class Status(StrEnum):
     INCOMPLETE = "incomplete"  # may still be arriving: look again later
     PENDING = "pending"  # the sidecar could not be written: retry later
     KEPT = "kept"  # the existing sidecar is a person's (edited or unreadable): left as it is
+    WAITING = "waiting"  # a RAW file waits for its JPEG sibling's labels
+    IGNORED = "ignored"  # not a regular file (symlink, FIFO, device): never opened
     GONE = "gone"  # the file vanished
 
 
@@ -52,6 +55,7 @@ class Pipeline:
         self.prompt = prompt
         self._max_side = settings.engine.image_max_side
         self._gpu = settings.engine.gpu_layers != 0
+        self._pair_seconds = settings.watch.pair_seconds
         self._catalog = settings.catalog
         self._xmp = settings.xmp
 
@@ -62,6 +66,9 @@ class Pipeline:
     def process(self, path: Path, *, queue_wait_ms: float = 0.0, allow_incomplete: bool = False,
                 force: bool = False, cancelled: Callable[[], bool] = lambda: False) -> Outcome:
         t0 = time.perf_counter()
+        if (reason := _not_regular(path)) is not None:
+            log.warning("photo.ignored", path=str(path), reason=reason)
+            return Outcome(path, Status.IGNORED, reason)
         try:
             sha = sidecar.file_sha256(path)
         except FileNotFoundError:
@@ -74,6 +81,10 @@ class Pipeline:
             log.debug("photo.skipped", path=str(path), reason="sidecar up to date")
             return Outcome(path, Status.SKIPPED, sidecar=sidecar.path_for(path))
         timing = {"queue_wait": queue_wait_ms}
+        if self._pair_seconds and imaging.is_raw(path):
+            paired = self._from_partner(path, sha, timing, may_wait=allow_incomplete)
+            if paired is not None:
+                return paired
         try:
             decoded = imaging.decode(path, self._max_side)
             decoded.image.info["bbsd_name"] = path.name  # lets a worker name the photo in its log
@@ -94,6 +105,27 @@ class Pipeline:
             memory_mb=self._memory(inference),
         )
         return self._write(record, "photo.labeled", Status.LABELED)
+
+    def _from_partner(self, raw: Path, sha: str, timing: dict, may_wait: bool) -> Outcome | None:
+        """A RAW file takes its JPEG sibling's labels; None means: label it from its own pixels."""
+        mate = pairs.partner(raw, self._pair_seconds)
+        if mate is None:
+            young = time.time() - raw.stat().st_mtime < self._pair_seconds
+            return Outcome(raw, Status.WAITING, "pair") if may_wait and young else None
+        doc = sidecar.read(mate)
+        current = doc is not None and sidecar.is_up_to_date(doc, sidecar.file_sha256(mate), self.labeler.info,
+                                                            self.prompt)
+        if current and doc["status"] == "labeled":
+            width, height = pairs.dimensions(raw)
+            record = sidecar.Record(
+                photo=raw, sha256=sha, width=width, height=height, labels=labels.Labels.from_json(doc["labels"]),
+                timing_ms={"decode": 0.0, "inference": 0.0, "total": 0.0, **timing},
+                tokens={"prompt": 0, "output": 0}, memory_mb=self._memory(),
+                pair={"source": mate.name, "sha256": doc["photo"]["sha256"]})
+            return self._write(record, "photo.labeled", Status.LABELED)
+        if current or not may_wait:
+            return None  # the sibling failed (or we cannot wait): label the RAW itself
+        return Outcome(raw, Status.WAITING, "pair")
 
     def _label(self, image, cancelled) -> tuple[labels.Labels, Inference]:
         """Infer and validate; one retry on an invalid reply (grammars can be bypassed) or an engine crash."""
@@ -162,6 +194,21 @@ class Pipeline:
                        total_ms=record.timing_ms.get("total"), memory=record.memory_mb)
 
 
+def _not_regular(path: Path) -> str | None:
+    """Why `path` must not be opened (a FIFO would block forever), or None for a regular file."""
+    import stat
+
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None  # gone or unreadable: the normal path reports it
+    if stat.S_ISLNK(st.st_mode):
+        return "symlink: bbsd labels the file itself where it is watched, and never follows links out"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file (FIFO, socket or device): never opened"
+    return None
+
+
 def _event_fields(record: sidecar.Record) -> dict[str, object]:
     t = record.timing_ms
     return {
@@ -176,4 +223,5 @@ def _event_fields(record: sidecar.Record) -> dict[str, object]:
         "vram_mb": record.memory_mb["vram"],
         "characters": list(record.labels.characters) if record.labels else [],
         "props": list(record.labels.props) if record.labels else [],
+        **({"pair_source": record.pair["source"]} if record.pair else {}),
     }

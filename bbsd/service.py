@@ -28,6 +28,7 @@ from bbsd.workqueue import PhotoQueue
 
 log = structlog.get_logger("bbsd.service")
 
+FOLDER_CHECK_S = 2.0
 WRITE_RETRY_MIN_S = 2.0
 WRITE_RETRY_MAX_S = 300.0
 
@@ -55,7 +56,8 @@ class Daemon:
         """Block until `stop` is set; then shut down cleanly."""
         w = self.settings.watch
         removed = scan.remove_stale_temps(w.folders, w.recursive)
-        observer = watcher.start(w.folders, w.extensions, w.recursive, self._events)
+        observer = watcher.Watcher(w.folders, w.extensions, w.recursive, w.observer, w.poll_seconds, self._events)
+        observer.start()
         worker = threading.Thread(target=self._work_loop, name="bbsd-worker", daemon=True)
         worker.start()
         queued = self._rescan()
@@ -63,14 +65,13 @@ class Daemon:
                  model=self.pipeline.labeler.info.file, status_file=str(self.monitor.status.path))
         self.monitor.ready(len(self._work))
         try:
-            self._main_loop()
+            self._main_loop(observer)
         finally:
             log.info("daemon.stopping", queue_depth=len(self._work))
             self.monitor.stopping(len(self._work))
             self._work.close()
             observer.stop()
             worker.join()
-            observer.join(timeout=5)
             log.info("daemon.stopped", **self.counts)
             self.monitor.stopped()
         if self.fatal is not None:
@@ -78,9 +79,14 @@ class Daemon:
 
     # --- main loop: events, settling, rescans -------------------------------------------------
 
-    def _main_loop(self) -> None:
+    def _main_loop(self, observer: watcher.Watcher) -> None:
         next_rescan = time.monotonic() + self.settings.watch.rescan_seconds
+        next_folder_check = time.monotonic() + FOLDER_CHECK_S
         while not self.stop.is_set():
+            if time.monotonic() >= next_folder_check:
+                for root in observer.check():  # a share came back: what arrived meanwhile is new to us
+                    self._rescan((root,))
+                next_folder_check = time.monotonic() + FOLDER_CHECK_S
             now = time.monotonic()
             self._drain_events(timeout=min(0.25, self._tracker.next_deadline(now)))
             self._drain_feedback(time.monotonic())
@@ -144,16 +150,13 @@ class Daemon:
     def _enqueue(self, path: Path) -> None:
         st = stat_or_none(path)
         if st is not None:
-            self._work.put(path, st.st_mtime)
+            self._work.put(path, capture_time(path, st.st_mtime))
 
-    def _rescan(self) -> int:
+    def _rescan(self, roots: tuple[Path, ...] | None = None) -> int:
         """Queue every photo whose sidecar looks stale; cheap: no hashing here."""
         w = self.settings.watch
-        for folder in w.folders:
-            if not folder.is_dir():
-                log.error("folder.missing", folder=str(folder), hint="is the share mounted? it is rescanned")
         now, queued = time.monotonic(), 0
-        for photo in scan.photos(w.folders, w.extensions, w.recursive):
+        for photo in scan.photos(roots or w.folders, w.extensions, w.recursive):
             if photo not in self._tracker and self._looks_stale(photo):
                 self._tracker.touch(photo, now)
                 queued += 1
@@ -187,7 +190,8 @@ class Daemon:
             wait_ms = (time.monotonic() - job.enqueued_at) * 1000
             self._in_flight, self._busy_since = job.path, time.monotonic()
             try:
-                self._handle(job.path, wait_ms)
+                with structlog.contextvars.bound_contextvars(queue_depth=len(self._work)):
+                    self._handle(job.path, wait_ms)
             except AbandonedError:
                 log.info("photo.abandoned", path=str(job.path), reason="shutdown")
             except ModelError as e:  # the engine cannot be (re)started: nothing more can be labelled
@@ -210,7 +214,9 @@ class Daemon:
             self.counts[outcome.status] += 1
         if outcome.status in (Status.LABELED, Status.FAILED):
             self.monitor.photo_done(outcome.status is Status.LABELED, outcome.total_ms, outcome.memory)
-        if outcome.status is Status.INCOMPLETE:
+        if outcome.status is Status.WAITING:  # a RAW waiting for its JPEG sibling's labels
+            self._feedback.put((path, time.monotonic() + max(1.0, self.settings.watch.settle_seconds)))
+        elif outcome.status is Status.INCOMPLETE:
             remaining = self.settings.watch.incomplete_timeout_seconds - (time.time() - st.st_mtime)
             delay = min(max(1.0, self.settings.watch.settle_seconds), max(0.05, remaining + 0.05))
             self._feedback.put((path, time.monotonic() + delay))
@@ -222,3 +228,17 @@ class Daemon:
             self._feedback.put((path, time.monotonic() + delay))
         else:
             self._write_failures.pop(path, None)
+
+
+def capture_time(path: Path, fallback: float) -> float:
+    """EXIF DateTimeOriginal as a timestamp (newest shots first), else the file's mtime."""
+    from datetime import datetime
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:  # reads the header only
+            raw = img.getexif().get_ifd(0x8769).get(0x9003)
+        return datetime.strptime(str(raw).strip("\x00 "), "%Y:%m:%d %H:%M:%S").timestamp() if raw else fallback
+    except (OSError, ValueError, UnidentifiedImageError, SyntaxError):
+        return fallback

@@ -17,8 +17,9 @@ Stat = Callable[[Path], "os.stat_result | None"]
 
 
 def stat_or_none(path: Path) -> os.stat_result | None:
+    """The entry's own stat (a symlink is not followed: where it points is not ours to watch)."""
     try:
-        return path.stat()
+        return os.lstat(path)
     except OSError:
         return None
 

@@ -39,6 +39,7 @@ class Record:
     tokens: dict[str, int]
     memory_mb: dict[str, float | None]
     error: dict[str, str] | None = None
+    pair: dict[str, str] | None = None  # a RAW's labels came from its JPEG sibling
 
 
 def path_for(photo: Path) -> Path:
@@ -68,6 +69,8 @@ def render(record: Record, model: ModelInfo, prompt: Prompt) -> dict[str, Any]:
         "created_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
         "bbsd_version": __version__,
     }
+    if record.pair:
+        doc["pair"] = record.pair
     if record.error:
         doc["error"] = record.error
     else:

@@ -1,14 +1,20 @@
-"""watchdog observers over the watch folders.
+"""watchdog observers over the watch folders: inotify locally, polling on network shares.
 
-Invariant: the handler runs on watchdog's thread and only enqueues `(path, closed)` on a
-thread-safe queue; everything else (settling, labelling) happens on our own threads.
+Invariants: handlers run on watchdog's threads and only enqueue `(path, closed)`; a folder
+on NFS/SMB/CIFS/sshfs (where inotify sees nothing written by other machines) is polled; a
+folder that disappears (an unmounted share) is reported once and watched again when it
+comes back — its photos are never taken as deleted, bbsd removes nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import queue
 from pathlib import Path
 
+import psutil
+import structlog
 from watchdog.events import (
     DirMovedEvent,
     FileClosedEvent,
@@ -19,18 +25,35 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 from watchdog.observers import Observer
+from watchdog.observers.polling import PollingObserver
 
 from bbsd.filters import in_junk_dir, is_photo
 
-# (path, closed): closed means the writer finished (close-after-write or renamed in)
-Event = tuple[Path, bool]
+log = structlog.get_logger("bbsd.watcher")
+Event = tuple[Path, bool]  # (path, closed): closed = the writer finished (close-after-write or renamed in)
+NETWORK_FILESYSTEMS = frozenset({"nfs", "nfs4", "cifs", "smb", "smb2", "smb3", "smbfs", "fuse.sshfs", "sshfs",
+                                 "9p", "afs", "ceph", "glusterfs", "fuse.glusterfs", "davfs", "fuse.davfs2",
+                                 "fuse.rclone", "lustre", "gpfs", "beegfs"})
+
+
+def filesystem_type(path: Path, partitions=None) -> str:
+    """The type of the filesystem `path` lives on (longest matching mount point)."""
+    parts = psutil.disk_partitions(all=True) if partitions is None else partitions
+    real = os.path.realpath(path)
+    best = max((p for p in parts if real == p.mountpoint or real.startswith(p.mountpoint.rstrip("/") + "/")),
+               key=lambda p: len(p.mountpoint), default=None)
+    return best.fstype if best else "unknown"
+
+
+def choose_observer(mode: str, fstype: str) -> str:
+    if mode != "auto":
+        return mode
+    return "polling" if fstype in NETWORK_FILESYSTEMS else "native"
 
 
 class _Handler(FileSystemEventHandler):
     def __init__(self, sink: queue.Queue[Event], roots: tuple[Path, ...], extensions: tuple[str, ...]) -> None:
-        self._sink = sink
-        self._roots = roots
-        self._extensions = extensions
+        self._sink, self._roots, self._extensions = sink, roots, extensions
 
     def _offer(self, raw: str | bytes, closed: bool) -> None:
         path = Path(raw.decode() if isinstance(raw, bytes) else raw)
@@ -45,15 +68,57 @@ class _Handler(FileSystemEventHandler):
         elif isinstance(event, FileCreatedEvent | FileModifiedEvent):
             self._offer(event.src_path, closed=False)
         elif isinstance(event, DirMovedEvent):
-            self._sink.put((Path(str(event.dest_path)), True))  # a folder moved in: rescan it
+            self._sink.put((Path(str(event.dest_path)), True))  # a folder moved in: scan it
 
 
-def start(roots: tuple[Path, ...], extensions: tuple[str, ...], recursive: bool,
-          sink: queue.Queue[Event]) -> Observer:
-    observer = Observer()
-    handler = _Handler(sink, roots, extensions)
-    for root in roots:
-        observer.schedule(handler, str(root), recursive=recursive)
-    observer.daemon = True
-    observer.start()
-    return observer
+class Watcher:
+    def __init__(self, roots: tuple[Path, ...], extensions: tuple[str, ...], recursive: bool, mode: str,
+                 poll_seconds: float, sink: queue.Queue[Event]) -> None:
+        self._roots, self._recursive, self._mode = roots, recursive, mode
+        self._handler = _Handler(sink, roots, extensions)
+        self._observers = {"native": Observer(), "polling": PollingObserver(timeout=poll_seconds)}
+        for obs in self._observers.values():
+            obs.daemon = True
+        self._watches: dict[Path, tuple[str, object] | None] = dict.fromkeys(roots)
+
+    def start(self) -> None:
+        for obs in self._observers.values():
+            obs.start()
+        for root in self._roots:
+            if not self._attach(root):
+                log.error("folder.missing", folder=str(root), hint="is the share mounted? watched again when back")
+
+    def _attach(self, root: Path) -> bool:
+        if not root.is_dir():
+            return False
+        fstype = filesystem_type(root)
+        kind = choose_observer(self._mode, fstype)
+        watch = self._observers[kind].schedule(self._handler, str(root), recursive=self._recursive)
+        self._watches[root] = (kind, watch)
+        log.info("folder.watching", folder=str(root), observer=kind, filesystem=fstype)
+        return True
+
+    def check(self) -> list[Path]:
+        """Notice folders that vanished or came back; return those that came back (to rescan)."""
+        back = []
+        for root, current in self._watches.items():
+            present = root.is_dir()
+            if current is not None and not present:
+                self._detach(root, current)
+                log.error("folder.missing", folder=str(root), hint="is the share mounted? watched again when back")
+            elif current is None and present and self._attach(root):
+                log.info("folder.back", folder=str(root))
+                back.append(root)
+        return back
+
+    def _detach(self, root: Path, current: tuple[str, object]) -> None:
+        kind, watch = current
+        with contextlib.suppress(KeyError, OSError):  # inotify may have dropped it with the folder
+            self._observers[kind].unschedule(watch)
+        self._watches[root] = None
+
+    def stop(self) -> None:
+        for obs in self._observers.values():
+            obs.stop()
+        for obs in self._observers.values():
+            obs.join(timeout=5)

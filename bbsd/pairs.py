@@ -1,0 +1,44 @@
+"""RAW + JPEG pairs: two files of one shot are labelled once.
+
+Invariant: a RAW file whose JPEG (or HEIC) sibling — same folder, same stem, written
+within `window_s` of it — exists takes its labels from the sibling's sidecar; it is only
+labelled from its own pixels when there is no sibling, or the sibling failed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+SOURCES = (".jpg", ".jpeg", ".heic", ".heif", ".hif")
+
+
+def partner(raw: Path, window_s: float) -> Path | None:
+    """The JPEG-like sibling of `raw` written within `window_s`, if any (first by extension preference)."""
+    try:
+        raw_mtime = raw.stat().st_mtime
+        names = os.listdir(raw.parent)
+    except OSError:
+        return None
+    stem = raw.stem.casefold()
+    candidates = [raw.parent / n for n in names
+                  if Path(n).stem.casefold() == stem and Path(n).suffix.lower() in SOURCES]
+    for cand in sorted(candidates, key=lambda p: SOURCES.index(p.suffix.lower())):
+        try:
+            if abs(cand.stat().st_mtime - raw_mtime) <= window_s:
+                return cand
+        except OSError:
+            continue
+    return None
+
+
+def dimensions(raw: Path) -> tuple[int | None, int | None]:
+    """Sensor image size after orientation, read from the header without demosaicing."""
+    import rawpy
+
+    try:
+        with rawpy.imread(str(raw)) as r:
+            s = r.sizes
+            return (s.height, s.width) if s.flip in (5, 6) else (s.width, s.height)
+    except Exception:  # LibRaw raises many types; a missing size must not fail the pair
+        return None, None
