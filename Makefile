@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup tools demo test lint clean
+.PHONY: setup tools demo test lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,10 +30,14 @@ tools:
 	  else echo "$$cmd missing: sudo apt-get install $$pkg"; exit 1; fi; done
 
 lint: setup
-	$(VENV)/bin/ruff check bbsd tests
+	$(VENV)/bin/ruff check bbsd tests bench
 
 test: lint tools
 	$(VENV)/bin/python -m pytest
+
+# Benchmarks rewrite their tables in docs/benchmarks.md (not part of `make test`).
+bench: setup
+	$(VENV)/bin/python -m bench.decode
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache .ruff_cache

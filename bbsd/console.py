@@ -49,8 +49,10 @@ def outcome_line(outcome) -> str:
         lab = doc["labels"]
         return (f"{outcome.status.value:8} {name}  characters={','.join(lab['characters']) or '-'}"
                 f"  props={','.join(lab['props']) or '-'}  ({doc['timing_ms']['total']:.0f} ms)")
-    err = doc.get("error", {})
-    return f"{outcome.status.value:8} {name}  {err.get('code', outcome.detail)}: {err.get('message', '')}".rstrip()
+    err = doc.get("error") or {}
+    code = err.get("code") or outcome.detail
+    message = err.get("message") or outcome.message
+    return f"{outcome.status.value:8} {name}  {code}: {message}".rstrip(": ")
 
 
 def status_text(d: dict, running: bool) -> str:

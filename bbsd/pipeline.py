@@ -47,6 +47,7 @@ class Outcome:
     sidecar: Path | None = None
     total_ms: float | None = None
     memory: dict[str, float | None] | None = None
+    message: str = ""  # for people, when there is no sidecar to read it from
 
 
 class Pipeline:
@@ -68,7 +69,7 @@ class Pipeline:
         t0 = time.perf_counter()
         if (reason := _not_regular(path)) is not None:
             log.warning("photo.ignored", path=str(path), reason=reason)
-            return Outcome(path, Status.IGNORED, reason)
+            return Outcome(path, Status.IGNORED, "ignored", message=reason)
         try:
             sha = sidecar.file_sha256(path)
         except FileNotFoundError:
@@ -156,7 +157,7 @@ class Pipeline:
         timing.setdefault("total", sum(v for k, v in timing.items() if k != "queue_wait"))
         if sha is None:
             log.error("photo.failed", path=str(path), code=error.code, message=error.message, hint=error.hint)
-            return Outcome(path, Status.FAILED, error.code)
+            return Outcome(path, Status.FAILED, error.code, message=f"{error.message} — {error.hint}")
         record = sidecar.Record(
             photo=path, sha256=sha, width=None, height=None, labels=None, timing_ms=timing,
             tokens={"prompt": 0, "output": 0}, memory_mb=self._memory(),
@@ -184,7 +185,7 @@ class Pipeline:
         except SidecarWriteError as e:
             log.error("sidecar.write_failed", path=str(record.photo), sidecar=str(target),
                       message=e.message, hint=e.hint)
-            return Outcome(record.photo, Status.PENDING, e.message)
+            return Outcome(record.photo, Status.PENDING, "write_failed", message=f"{e.message} — {e.hint}")
         fields = _event_fields(record)
         if status is Status.LABELED:
             log.info(event, **fields)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import queue
+import stat as stat_module
 import threading
 import time
 from pathlib import Path
@@ -42,6 +43,7 @@ class Daemon:
         self.reload = threading.Event()  # set by SIGHUP
         self.monitor = monitor or Monitor(state.state_dir(settings.service.state_dir), pipeline.labeler.info.file,
                                           busy_limit_s=settings.worker.timeout_seconds)
+        self._folder_scans: list[tuple[float, Path]] = []  # new folders to look into again
         self._in_flight: Path | None = None
         self._busy_since: float | None = None
         self._events: queue.Queue[watcher.Event] = queue.Queue()
@@ -90,6 +92,7 @@ class Daemon:
             now = time.monotonic()
             self._drain_events(timeout=min(0.25, self._tracker.next_deadline(now)))
             self._drain_feedback(time.monotonic())
+            self._due_folder_scans(time.monotonic())
             for path in self._tracker.poll(time.monotonic()):
                 self._enqueue(path)
             if time.monotonic() >= next_rescan:
@@ -133,11 +136,22 @@ class Daemon:
                 return
 
     def _note(self, path: Path, closed: bool) -> None:
-        if path.is_dir():  # a folder moved in: its photos are new to us
-            for photo in scan.photos((path,), self.settings.watch.extensions, self.settings.watch.recursive):
-                self._tracker.touch(photo, time.monotonic(), closed=True)
+        if path.is_dir():  # a folder created or moved in: look now, and once more after settling
+            self._scan_folder(path)
+            self._folder_scans.append((time.monotonic() + self.settings.watch.settle_seconds + 1.0, path))
             return
         self._tracker.touch(path, time.monotonic(), closed=closed)
+
+    def _scan_folder(self, folder: Path) -> None:
+        for photo in scan.photos((folder,), self.settings.watch.extensions, self.settings.watch.recursive):
+            if photo not in self._tracker and self._looks_stale(photo):
+                self._tracker.touch(photo, time.monotonic())
+
+    def _due_folder_scans(self, now: float) -> None:
+        due = [f for t, f in self._folder_scans if t <= now]
+        self._folder_scans = [(t, f) for t, f in self._folder_scans if t > now]
+        for folder in dict.fromkeys(due):
+            self._scan_folder(folder)
 
     def _drain_feedback(self, now: float) -> None:
         while True:
@@ -149,8 +163,12 @@ class Daemon:
 
     def _enqueue(self, path: Path) -> None:
         st = stat_or_none(path)
-        if st is not None:
-            self._work.put(path, capture_time(path, st.st_mtime))
+        if st is None:
+            return
+        # Only a regular file may be opened for its EXIF date: opening a FIFO blocks forever.
+        # Anything else is queued too, so the pipeline records why it is ignored.
+        regular = stat_module.S_ISREG(st.st_mode)
+        self._work.put(path, capture_time(path, st.st_mtime) if regular else st.st_mtime)
 
     def _rescan(self, roots: tuple[Path, ...] | None = None) -> int:
         """Queue every photo whose sidecar looks stale; cheap: no hashing here."""

@@ -16,6 +16,7 @@ from pathlib import Path
 import psutil
 import structlog
 from watchdog.events import (
+    DirCreatedEvent,
     DirMovedEvent,
     FileClosedEvent,
     FileCreatedEvent,
@@ -69,6 +70,10 @@ class _Handler(FileSystemEventHandler):
             self._offer(event.src_path, closed=False)
         elif isinstance(event, DirMovedEvent):
             self._sink.put((Path(str(event.dest_path)), True))  # a folder moved in: scan it
+        elif isinstance(event, DirCreatedEvent):
+            # inotify watches new sub-folders only after they exist: what `mkdir -p` plus a quick
+            # write puts there can slip past, so the service scans new folders too.
+            self._sink.put((Path(str(event.src_path)), True))
 
 
 class Watcher:

@@ -86,6 +86,7 @@ threads = 2
 format = "json"
 level = "info"
 {extra}
+{"" if "[service]" in extra else f'[service]{chr(10)}state_dir = "{folder / "state"}"'}
 {CATALOG}
 """
     path = folder / "config.toml"

@@ -101,7 +101,7 @@ def test_daemon_labels_each_photo_once_and_survives_bad_files(tmp_path, tiny_mod
     slow = inbox / "IMG_0005.jpg"
     slow_data = jpeg_bytes(size=(1200, 900), color=(120, 60, 200))
     no_early_sidecar = []
-    write_slowly(slow, slow_data, chunks=8, pause=0.6,
+    write_slowly(slow, slow_data, chunks=20, pause=0.6,  # 12 s, like a slow network copy
                  before_last=lambda: no_early_sidecar.append(not sidecar.path_for(slow).exists()))
     good.append(slow)
     bad = {"notes.jpg": "not_an_image", "empty.jpg": "empty_file", "cut.jpg": "truncated"}
