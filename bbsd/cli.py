@@ -39,7 +39,7 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                 help="Print the version and exit."),
+                                 help="Print the version and exit (add --verbose for llama.cpp and its backends)."),
 ) -> None:
     """Stage-side photo labelling daemon of the Balanced Blended Space show."""
 
@@ -230,6 +230,11 @@ def service_uninstall(
     typer.echo("then:\n  sudo systemctl daemon-reload")
 
 
+from bbsd.cli_models import models_app  # noqa: E402  (registered after the commands above)
+
+app.add_typer(models_app, name="models")
+
+
 @app.command()
 def demo(
     folder: Path = typer.Option(Path("demo"), "--dir", help="Where the demo writes its model, photos and inbox."),
@@ -248,11 +253,26 @@ def _worker(config: Path = CONFIG, parent: int = typer.Option(..., "--parent")) 
     raise typer.Exit(worker.main(config, parent))
 
 
+def _print_version(verbose: bool) -> None:
+    typer.echo(f"bbsd {__version__}")
+    if verbose:
+        from bbsd import backends
+
+        python = f"Python {sys.version.split()[0]}"
+        typer.echo(f"runtime: {'PyInstaller bundle, ' + python if getattr(sys, 'frozen', False) else python}")
+        for key, value in backends.describe().items():
+            typer.echo(f"{key}: {', '.join(value) if isinstance(value, list) else value}")
+
+
 def main(argv: list[str] | None = None) -> None:
     from bbsd.errors import BbsdError
 
+    args = sys.argv[1:] if argv is None else argv
+    if "--version" in args[:2]:  # before typer: `--version --verbose` in either order
+        _print_version("--verbose" in args or "-v" in args)
+        sys.exit(0)
     try:
-        code = app(args=argv, prog_name="bbsd", standalone_mode=False)
+        code = app(args=args, prog_name="bbsd", standalone_mode=False)
     except typer.Exit as e:
         code = e.exit_code
     except typer.TyperException as e:  # usage errors: unknown option, missing argument

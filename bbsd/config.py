@@ -11,7 +11,7 @@ import difflib
 import os
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,13 +53,16 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "model": {
         "backend": Key("choice", "llama", "labelling backend", choices=("llama", "fake")),
-        "path": Key("path", None, "text model GGUF (required for the llama backend)"),
-        "mmproj": Key("path", None, "vision projector GGUF (required for the llama backend)"),
+        "name": Key("str", None, "a registry name (gguf_models/models.toml); sets path and mmproj"),
+        "dir": Key("path", None, "folder with the GGUF files and models.toml; default gguf_models/ beside the config"),
+        "path": Key("path", None, "text model GGUF (required for the llama backend unless name is set)"),
+        "mmproj": Key("path", None, "vision projector GGUF (required for the llama backend unless name is set)"),
     },
     "engine": {
         "context_size": Key("int", 4096, "context window in tokens", 512, 131072),
         "threads": Key("int", 0, "CPU threads; 0 = one per physical core", 0, 512),
-        "gpu_layers": Key("int", 0, "layers offloaded to the GPU; -1 = all, 0 = CPU only", -1, 10000),
+        "gpu_layers": Key("layers", 0, "layers offloaded to the GPU; -1 = all, 0 = CPU only, \"auto\" = as many as fit",
+                          -1, 10000),
         "flash_attention": Key("bool", True, "use flash attention (less memory for the KV cache)"),
         "image_max_side": Key("int", 768, "longest image side in pixels sent to the model", 32, 8192),
         "max_output_tokens": Key("int", 768, "upper bound on the reply length in tokens", 32, 8192),
@@ -108,6 +111,8 @@ class WatchSettings:
 @dataclass(frozen=True)
 class ModelSettings:
     backend: str
+    name: str | None
+    dir: Path
     path: Path | None
     mmproj: Path | None
 
@@ -116,7 +121,7 @@ class ModelSettings:
 class EngineSettings:
     context_size: int
     threads: int
-    gpu_layers: int
+    gpu_layers: int | str  # "auto" is resolved when the engine loads
     flash_attention: bool
     image_max_side: int
     max_output_tokens: int
@@ -169,10 +174,13 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
     """Read, merge environment overrides, validate; raise `ConfigError` on the first problem."""
     path = Path(path)
     raw = _read_toml(path)
+    if isinstance(raw.get("model"), str):  # `model = "NAME"`: the short form of [model] name
+        raw["model"] = {"name": raw["model"]}
     env = os.environ if environ is None else environ
     v = _Validator(path)
     _reject_unknown(raw, v)
     values = {s: _section(raw.get(s, {}), s, v, env) for s in SCHEMA}
+    values["model"]["dir"] = values["model"]["dir"] or (path.parent / "gguf_models").resolve()
     settings = Settings(
         source=path.resolve(),
         watch=WatchSettings(**values["watch"]),
@@ -184,8 +192,7 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
         log=LogSettings(**values["log"]),
         catalog=_catalog(raw, v),
     )
-    _check_backend(settings, v)
-    return settings
+    return _check_backend(settings, v)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -266,7 +273,7 @@ def _coerce_env(text: str, key: Key, dotted: str, env_name: str, v: _Validator) 
 
 def _coerce(value: Any, key: Key, dotted: str, v: _Validator, base: Path) -> Any:
     checkers = {
-        "str": _as_str, "choice": _as_choice, "int": _as_number, "float": _as_number,
+        "str": _as_str, "choice": _as_choice, "int": _as_number, "float": _as_number, "layers": _as_layers,
         "bool": _as_bool, "path": _as_path, "paths": _as_paths, "strs": _as_strs,
     }
     return checkers[key.kind](value, key, dotted, v, base)
@@ -299,6 +306,14 @@ def _as_number(value, key, dotted, v, base):
     if (key.low is not None and value < key.low) or (key.high is not None and value > key.high):
         raise v.fail(dotted, f"is {value}, outside {key.low}..{key.high}", key.help)
     return float(value) if key.kind == "float" else value
+
+
+def _as_layers(value, key, dotted, v, base):
+    if value == "auto":
+        return value
+    if isinstance(value, str) and value.lstrip("-").isdigit():
+        value = int(value)
+    return _as_number(value, Key("int", key.default, key.help, key.low, key.high), dotted, v, base)
 
 
 def _as_path(value, key, dotted, v, base):
@@ -351,9 +366,29 @@ def _entry(item: Any, where: str, v: _Validator) -> CatalogEntry:
     return CatalogEntry(name=name.strip(), description=description.strip())
 
 
-def _check_backend(settings: Settings, v: _Validator) -> None:
-    if settings.model.backend == "llama":
-        for name in ("path", "mmproj"):
-            if getattr(settings.model, name) is None:
-                raise v.fail(f"model.{name}", "is required for the llama backend",
-                             f"set `{name} = \"gguf_models/....gguf\"` under [model] (see gguf_models/README.md)")
+def _check_backend(settings: Settings, v: _Validator) -> Settings:
+    m = settings.model
+    if m.backend != "llama":
+        return settings
+    if m.name and (m.path is None or m.mmproj is None):
+        settings = _resolve_name(settings, v)
+    for name in ("path", "mmproj"):
+        if getattr(settings.model, name) is None:
+            raise v.fail(f"model.{name}", "is required for the llama backend",
+                         f"set `{name} = \"gguf_models/....gguf\"` or `name = \"...\"` under [model] "
+                         "(see gguf_models/README.md and `bbsd models list`)")
+    return settings
+
+
+def _resolve_name(settings: Settings, v: _Validator) -> Settings:
+    from bbsd import models
+
+    m = settings.model
+    entry = models.find(models.load_registry(models.registry_path(m.dir)), m.name)
+    if entry.status != "runnable":
+        raise v.fail("model.name", f"{entry.name} is {entry.status}", entry.notes or "pick a runnable model")
+    text, mmproj = models.local_files(entry, m.dir)
+    if text is None or mmproj is None:
+        raise v.fail("model.name", f"the files of {entry.name} are not in {m.dir}",
+                     f"fetch them with `bbsd models pull {entry.name}` (or copy them there)")
+    return replace(settings, model=replace(m, path=m.path or text, mmproj=m.mmproj or mmproj))

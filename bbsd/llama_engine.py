@@ -17,7 +17,7 @@ from pathlib import Path
 import structlog
 from PIL import Image
 
-from bbsd import llama_log
+from bbsd import families, llama_log
 from bbsd.errors import AbandonedError, ModelError, PhotoError
 from bbsd.labeler import Inference, ModelInfo
 from bbsd.prompt import Prompt
@@ -58,37 +58,45 @@ class LlamaLabeler:
         llama_log.install()
         from llama_cpp import Llama
 
+        from bbsd import backends, models
+
+        backends.load()
         self._engine = engine
         self.info = ModelInfo(backend="llama", file=model_path.name, mmproj=mmproj_path.name)
+        self._family = families.for_projector(models.inspect(mmproj_path).projector)
         threads = _threads(engine.threads)
+        layers = backends.gpu_layers(engine.gpu_layers, model_path, mmproj_path, engine.context_size)
         try:
             self._llm = Llama(
                 model_path=str(model_path), n_ctx=engine.context_size, n_threads=threads,
-                n_gpu_layers=engine.gpu_layers, flash_attn=engine.flash_attention,
+                n_gpu_layers=layers, flash_attn=engine.flash_attention,
                 seed=engine.seed, verbose=False,
             )
         except (ValueError, RuntimeError) as e:
             raise ModelError(f"cannot load text model {model_path.name}: {e}",
                              "is it a complete llama.cpp GGUF? re-download it or check `bbsd check`") from None
-        self._mtmd = _open_mtmd(mmproj_path, self._llm, engine, threads)
+        self._mtmd = _open_mtmd(mmproj_path, self._llm, engine, threads, layers)
         self._template = self._compile_template()
         self._grammars: dict[str, object] = {}
 
     def _compile_template(self):
         from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-        text = self._llm.metadata.get("tokenizer.chat_template") or FALLBACK_TEMPLATE
-        if text is FALLBACK_TEMPLATE:
-            log.warning("engine.no_chat_template", model=self.info.file, using="chatml")
+        text = self._llm.metadata.get("tokenizer.chat_template")
+        if not text:
+            text = self._family.fallback_template or FALLBACK_TEMPLATE
+            log.warning("engine.no_chat_template", model=self.info.file,
+                        using="family" if self._family.fallback_template else "chatml")
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
         return env.from_string(text)
 
     def _render(self, prompt: Prompt, marker: str) -> str:
-        messages = [
-            {"role": "system", "content": prompt.system},
-            {"role": "user", "content": [{"type": "text", "text": marker + "\n"},
-                                         {"type": "text", "text": prompt.user}]},
-        ]
+        image, ask = {"type": "text", "text": marker + "\n"}, {"type": "text", "text": prompt.user}
+        parts = [image, ask] if self._family.image_first else [ask, image]
+        if self._family.system_role:
+            messages = [{"role": "system", "content": prompt.system}, {"role": "user", "content": parts}]
+        else:
+            messages = [{"role": "user", "content": [{"type": "text", "text": prompt.system + "\n\n"}, *parts]}]
 
         def raise_exception(message: str):
             raise ModelError(f"chat template refused the prompt: {message}", "report this model to the bbsd team")
@@ -211,12 +219,12 @@ def _tokenize(m, ctx, chunks, text: str, bitmap) -> None:
                          "the chat template may lack the image marker; see `bbsd check`")
 
 
-def _open_mtmd(mmproj: Path, llm, engine, threads: int) -> _Mtmd:
+def _open_mtmd(mmproj: Path, llm, engine, threads: int, layers: int) -> _Mtmd:
     import llama_cpp
     from llama_cpp import mtmd_cpp
 
     params = mtmd_cpp.mtmd_context_params_default()
-    params.use_gpu = engine.gpu_layers != 0
+    params.use_gpu = layers != 0
     params.n_threads = threads
     params.print_timings = False
     params.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if engine.flash_attention

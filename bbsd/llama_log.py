@@ -8,7 +8,9 @@ because ctypes callbacks must outlive every call from C.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import sys
 import threading
 
 import structlog
@@ -31,6 +33,13 @@ def _emit(level: str, line: str) -> None:
 
 
 def _on_log(level: int, text: bytes, _user_data) -> None:
+    if sys.is_finalizing():
+        return  # llama.cpp frees its models at exit, after logging has gone
+    with contextlib.suppress(Exception):  # an exception must never cross back into C
+        _route(level, text)
+
+
+def _route(level: int, text: bytes) -> None:
     chunk = text.decode("utf-8", errors="replace") if text else ""
     pending = getattr(_state, "pending", "")
     if level != _CONT:

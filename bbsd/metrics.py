@@ -43,3 +43,25 @@ def _nvml():
         return pynvml
     except Exception:
         return None
+
+
+def free_vram_mb() -> float | None:
+    """Free memory of the first GPU (NVML), or None without one."""
+    nvml = _nvml()
+    if nvml is None:
+        return None
+    try:
+        info = nvml.nvmlDeviceGetMemoryInfo(nvml.nvmlDeviceGetHandleByIndex(0))
+    except Exception:  # no device, or a driver error: same answer
+        return None
+    return info.free / 2**20
+
+
+def total_vram_mb() -> float | None:
+    nvml = _nvml()
+    if nvml is None:
+        return None
+    try:
+        return nvml.nvmlDeviceGetMemoryInfo(nvml.nvmlDeviceGetHandleByIndex(0)).total / 2**20
+    except Exception:  # no device, or a driver error
+        return None

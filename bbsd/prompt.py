@@ -13,7 +13,7 @@ from typing import Any
 
 from bbsd.catalog import Catalog
 
-PROMPT_VERSION = "bbsd.prompt/1"
+PROMPT_VERSION = "bbsd.prompt/2"  # 2: an empty catalog list admits only []
 CAPTION_MAX = 200
 SCENE_MAX = 80
 TEXT_ITEMS_MAX = 5
@@ -63,8 +63,8 @@ def _system_text(catalog: Catalog) -> str:
 
 
 def _names(names: tuple[str, ...]) -> dict[str, Any]:
-    if not names:
-        return {"type": "array", "maxItems": 0}
+    if not names:  # `items` is needed: without it the grammar converter ignores maxItems
+        return {"type": "array", "items": {"type": "string"}, "maxItems": 0}
     return {"type": "array", "items": {"enum": list(names)}, "maxItems": len(names)}
 
 

@@ -49,6 +49,7 @@ class TinySpec:
     image_size: int = 56
     patch_size: int = 14
     seed: int = 0
+    projector: str = "mlp"  # "mlp" (LLaVA) or "internvl" (tiling + pixel shuffle)
 
 
 def _byte_level_alphabet() -> list[str]:
@@ -163,7 +164,7 @@ def write_mmproj(path: Path, spec: TinySpec = TinySpec()) -> Path:
     w.add_name("bbsd-tiny-mmproj")
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
     w.add_clip_has_vision_encoder(True)
-    w.add_clip_projector_type("mlp")
+    w.add_clip_projector_type(spec.projector)
     w.add_vision_embedding_length(e)
     w.add_vision_head_count(spec.v_head)
     w.add_vision_feed_forward_length(spec.v_ff)
@@ -192,12 +193,29 @@ def write_mmproj(path: Path, spec: TinySpec = TinySpec()) -> Path:
         w.add_tensor(p + "ffn_up.bias", np.zeros(spec.v_ff, dtype=np.float32))
         w.add_tensor(p + "ffn_down.weight", _rand(rng, e, spec.v_ff))
         w.add_tensor(p + "ffn_down.bias", np.zeros(e, dtype=np.float32))
-    w.add_tensor("mm.0.weight", _rand(rng, spec.n_embd, e))
-    w.add_tensor("mm.0.bias", np.zeros(spec.n_embd, dtype=np.float32))
-    w.add_tensor("mm.2.weight", _rand(rng, spec.n_embd, spec.n_embd))
-    w.add_tensor("mm.2.bias", np.zeros(spec.n_embd, dtype=np.float32))
+    if spec.projector == "internvl":
+        _internvl_projector(w, rng, spec)
+    else:
+        w.add_tensor("mm.0.weight", _rand(rng, spec.n_embd, e))
+        w.add_tensor("mm.0.bias", np.zeros(spec.n_embd, dtype=np.float32))
+        w.add_tensor("mm.2.weight", _rand(rng, spec.n_embd, spec.n_embd))
+        w.add_tensor("mm.2.bias", np.zeros(spec.n_embd, dtype=np.float32))
     _finish(w)
     return path
+
+
+def _internvl_projector(w, rng: np.random.Generator, spec: TinySpec) -> None:
+    """InternVL: tiles of the image, 2x2 pixel shuffle, then LayerNorm + a GELU MLP into the text width."""
+    w.add_vision_projector_scale_factor(2)
+    w.add_vision_preproc_min_tiles(1)
+    w.add_vision_preproc_max_tiles(4)
+    merged = spec.v_embd * 4
+    w.add_tensor("mm.model.mlp.0.weight", np.ones(merged, dtype=np.float32))
+    w.add_tensor("mm.model.mlp.0.bias", np.zeros(merged, dtype=np.float32))
+    w.add_tensor("mm.model.mlp.1.weight", _rand(rng, spec.n_embd, merged))
+    w.add_tensor("mm.model.mlp.1.bias", np.zeros(spec.n_embd, dtype=np.float32))
+    w.add_tensor("mm.model.mlp.3.weight", _rand(rng, spec.n_embd, spec.n_embd))
+    w.add_tensor("mm.model.mlp.3.bias", np.zeros(spec.n_embd, dtype=np.float32))
 
 
 def _finish(w) -> None:

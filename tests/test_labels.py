@@ -43,7 +43,7 @@ def test_invalid_replies_name_the_problem(text, problem):
 def test_schema_enums_are_the_catalog_and_empty_lists_allow_nothing():
     schema = prompt.reply_schema(Catalog(characters=(CatalogEntry("Baba Yaga"),)))
     assert schema["properties"]["characters"]["items"]["enum"] == ["Baba Yaga"]
-    assert schema["properties"]["props"] == {"type": "array", "maxItems": 0}
+    assert schema["properties"]["props"] == {"type": "array", "items": {"type": "string"}, "maxItems": 0}
     assert list(schema["properties"]) == ["characters", "props", "caption", "scene", "visible_text"]
 
 

@@ -16,7 +16,7 @@ from bbsd.labels import Labels
 from bbsd.merge import ListState, merge_list, merge_text
 
 GOLDEN = Path(__file__).parent / "golden"
-PROVENANCE = {"model": "m.gguf", "mmproj": "p.gguf", "backend": "llama", "promptVersion": "bbsd.prompt/1",
+PROVENANCE = {"model": "m.gguf", "mmproj": "p.gguf", "backend": "llama", "promptVersion": "bbsd.prompt/2",
               "photoSha256": "ab" * 32, "labeledAt": "2026-11-24T07:00:00Z", "version": "0.1.0"}
 BBSD_OWNED = {"XMP-dc:Subject", "XMP-lr:HierarchicalSubject", "XMP-digiKam:TagsList", "XMP-dc:Description",
               "XMP-x:XMPToolkit"}

@@ -1,0 +1,94 @@
+"""`bbsd models list | inspect | pull | fit`: choosing a model, fetching it, and whether it fits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+models_app = typer.Typer(help="The model registry: list, inspect, pull and size up GGUF pairs.",
+                         no_args_is_help=True)
+@models_app.callback()
+def _logging() -> None:
+    from bbsd import logs
+
+    logs.configure("info", "auto")  # download.* events on stderr; results on stdout
+
+
+DIR = typer.Option(Path("gguf_models"), "--dir", help="Folder with models.toml and the GGUF files.")
+
+
+def _mb(v: float) -> str:
+    return f"{v / 1024:.1f} GB" if v >= 1024 else f"{v:.0f} MB"
+
+
+@models_app.command("list")
+def list_models(folder: Path = DIR) -> None:
+    """Every registry row, its status, and which of its files are here (with sizes)."""
+    from bbsd import models
+
+    typer.echo(f"{'name':24} {'family':13} {'params':>7}  {'status':12} here")
+    for e in models.load_registry(models.registry_path(folder)):
+        text, mmproj = models.local_files(e, folder) if e.status == "runnable" else (None, None)
+        here = ", ".join(f"{p.name} ({_mb(p.stat().st_size / 2**20)})" for p in (text, mmproj) if p) or "-"
+        typer.echo(f"{e.name:24} {e.family:13} {e.params_b:>6.2f}B  {e.status:12} {here}")
+    extra = [p for p in sorted(folder.glob("*.gguf"))]
+    if extra:
+        typer.echo(f"\nGGUF files in {folder}: " + ", ".join(p.name for p in extra))
+
+
+@models_app.command("inspect")
+def inspect(files: list[Path] = typer.Argument(..., help="A text GGUF, optionally followed by its mmproj.")) -> None:
+    """GGUF metadata (architecture, projector, context, quantisation, chat template) and the pairing verdict."""
+    from bbsd import models
+
+    infos = [models.inspect(f) for f in files]
+    for i in infos:
+        typer.echo(f"{i.path.name}: {i.kind}, architecture {i.architecture}, quantisation {i.quant}, "
+                   f"{_mb(i.size_bytes / 2**20)}")
+        if i.kind == "text":
+            typer.echo(f"  context {i.context_length}, width {i.embedding_length}, {i.n_layer} layers, "
+                       f"chat template {'yes' if i.chat_template else 'NO (bbsd falls back to ChatML)'}")
+        else:
+            typer.echo(f"  projector {i.projector}, output width {i.projection_dim}")
+    if len(infos) == 2:
+        ok, why = models.pairing(*infos)
+        typer.echo(f"pair: {why}")
+        raise typer.Exit(0 if ok else 1)
+
+
+@models_app.command("pull")
+def pull(name: str = typer.Argument(..., help="A registry name, e.g. SmolVLM-500M."), folder: Path = DIR) -> None:
+    """Download a pair (resumable, sha256-verified, placed atomically). Honours $HF_ENDPOINT."""
+    from bbsd import download, models
+
+    entry = models.find(models.load_registry(models.registry_path(folder)), name)
+    for path in download.pull(entry, folder):
+        typer.echo(f"ready: {path} ({_mb(path.stat().st_size / 2**20)})")
+    typer.echo(f'use it: [model] name = "{entry.name}"')
+
+
+@models_app.command("fit")
+def fit(name: str = typer.Argument(None, help="One registry name; default: every row."), folder: Path = DIR,
+        context: int = typer.Option(4096, "--context", help="Context size to size the KV cache for.")) -> None:
+    """Estimated RAM/VRAM per model against this machine: green fits, yellow is tight, red does not."""
+    import psutil
+
+    from bbsd import metrics, models
+
+    entries = models.load_registry(models.registry_path(folder))
+    if name:
+        entries = [models.find(entries, name)]
+    ram = psutil.virtual_memory().available / 2**20
+    vram = metrics.total_vram_mb()
+    typer.echo(f"this machine: {_mb(ram)} RAM available, " + (f"{_mb(vram)} VRAM" if vram else "no GPU"))
+    typer.echo(f"{'name':24} {'estimate':>9}  {'RAM':7} {'VRAM':7} (weights + mmproj + KV + compute + runtime)")
+    for e in entries:
+        text, mmproj = models.local_files(e, folder) if e.status == "runnable" else (None, None)
+        est = (models.estimate_files(models.inspect(text), models.inspect(mmproj) if mmproj else None, context)
+               if text else models.estimate_entry(e, context))
+        typer.echo(f"{e.name:24} {_mb(est.total_mb):>9}  {models.verdict(est.total_mb, ram):7} "
+                   f"{models.verdict(est.total_mb - models.RUNTIME_MB, vram):7} "
+                   f"({_mb(est.weights_mb)} + {_mb(est.mmproj_mb)} + {_mb(est.kv_mb)} + {_mb(est.compute_mb)} "
+                   f"+ {_mb(est.runtime_mb)}){' from the local files' if text else ''}"
+                   f"{'' if e.status == 'runnable' else '  [' + e.status + ']'}")
