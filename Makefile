@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup tools demo test lint bench clean
+.PHONY: setup tools release-tools demo test lint bench release clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,19 @@ lint: setup
 
 test: lint tools
 	$(VENV)/bin/python -m pytest
+
+# qemu-user runs the artefact on an emulated CPU without AVX (Nehalem) in the release test.
+release-tools:
+	@command -v qemu-x86_64 >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user; \
+	  else echo "qemu-x86_64 missing: sudo apt-get install qemu-user"; exit 1; fi; }
+
+# The venue artefact: build it from this checkout, then its release smoke test (clean environment,
+# no Python on the PATH, an emulated pre-AVX CPU). Size and cold start go to docs/benchmarks.md.
+release: setup release-tools
+	build/build.sh
+	BBSD_ARTEFACT=$$(ls build/out/bbsd-*-linux-x86_64.tar.gz) $(VENV)/bin/python -m pytest tests/test_release.py -v
 
 # Benchmarks rewrite their tables in docs/benchmarks.md (not part of `make test`).
 bench: setup

@@ -21,9 +21,20 @@ _loaded = False
 
 
 def _libggml():
-    from llama_cpp import _ggml
+    """The libggml that libllama itself uses.
 
-    lib = _ggml.libggml
+    Wheels store libggml.so and libggml.so.0 as two files (zip has no symlinks), and
+    llama_cpp._ggml opens the first while libllama links the second: two registries. Opening
+    the soname after libllama is loaded returns libllama's copy.
+    """
+    import llama_cpp  # noqa: F401  (loads libllama, and with it libggml.so.0)
+
+    try:
+        lib = ctypes.CDLL("libggml.so.0")
+    except OSError:
+        from llama_cpp import _ggml
+
+        lib = _ggml.libggml
     lib.ggml_backend_reg_count.restype = ctypes.c_size_t
     lib.ggml_backend_reg_get.restype = ctypes.c_void_p
     lib.ggml_backend_reg_get.argtypes = [ctypes.c_size_t]
@@ -51,8 +62,11 @@ def load() -> None:
     _loaded = True
     variants = sorted(p.name for p in lib_dir().glob("libggml-cpu-*.so"))
     if variants:  # a GGML_BACKEND_DL build: ggml would only look beside the executable and in the cwd
+        from bbsd import llama_log
+
+        llama_log.install()  # ggml reports which variant it picked: into our log, not raw stderr
         _libggml().ggml_backend_load_all_from_path(str(lib_dir()).encode())
-        log.info("backends.loaded", variants=variants, registered=names())
+        log.info("backends.loaded", registered=names(), cpu_variant=loaded_cpu_variant(), available=len(variants))
 
 
 def names() -> list[str]:
@@ -79,8 +93,19 @@ def describe() -> dict[str, object]:
     info["devices"] = devices()
     info["cpu_variants"] = sorted(p.name.removeprefix("libggml-cpu-").removesuffix(".so")
                                   for p in lib_dir().glob("libggml-cpu-*.so")) or ["built-in"]
-    info["system"] = llama_cpp.llama_print_system_info().decode().strip()
+    info["cpu_variant_loaded"] = loaded_cpu_variant() or "built-in"
+    info["system"] = llama_cpp.llama_print_system_info().decode().strip() or "-"
     return info
+
+
+def loaded_cpu_variant() -> str | None:
+    """Which libggml-cpu-<variant>.so this process mapped (ggml picked the best this CPU runs)."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return None
+    found = {line.rsplit("/", 1)[-1] for line in maps.splitlines() if "libggml-cpu-" in line}
+    return ", ".join(sorted(v.removeprefix("libggml-cpu-").removesuffix(".so") for v in found)) or None
 
 
 def gpu_layers(configured: int | str, model: Path, mmproj: Path, context: int) -> int:

@@ -256,8 +256,9 @@ def _worker(config: Path = CONFIG, parent: int = typer.Option(..., "--parent")) 
 def _print_version(verbose: bool) -> None:
     typer.echo(f"bbsd {__version__}")
     if verbose:
-        from bbsd import backends
+        from bbsd import backends, logs
 
+        logs.configure("warning", "auto")  # keep llama.cpp's chatter out of the answer
         python = f"Python {sys.version.split()[0]}"
         typer.echo(f"runtime: {'PyInstaller bundle, ' + python if getattr(sys, 'frozen', False) else python}")
         for key, value in backends.describe().items():

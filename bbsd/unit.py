@@ -24,7 +24,7 @@ Wants=remote-fs.target
 [Service]
 Type=notify
 # Only the daemon's own process (the main PID) sends READY/STATUS/WATCHDOG/STOPPING; its
-# engine worker never notifies. The artefact is a onedir bundle, so the main PID is bbsd itself.
+# engine worker never notifies. The artefact's onedir bootloader re-executes in place (same PID).
 NotifyAccess=main
 ExecStart={exec_start}
 ExecReload=/bin/kill -HUP $MAINPID

@@ -24,10 +24,11 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} CPUs, {ram:.0f} GiB RAM, {platform.system()} {platform.release()}"
 
 
-def update_section(name: str, body: str) -> None:
+def update_section(name: str, body: str, script: str | None = None) -> None:
     """Replace the text between <!-- bench:NAME --> markers (appending the section if new)."""
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    block = f"<!-- bench:{name} -->\n_Measured {stamp} by `bench/{name}.py`._\n\n{body}\n<!-- /bench:{name} -->"
+    by = script or f"bench/{name}.py"
+    block = f"<!-- bench:{name} -->\n_Measured {stamp} by `{by}`._\n\n{body}\n<!-- /bench:{name} -->"
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmarks\n"
     pattern = re.compile(rf"<!-- bench:{name} -->.*?<!-- /bench:{name} -->", re.S)
     text = pattern.sub(lambda _m: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"

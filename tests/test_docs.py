@@ -19,4 +19,4 @@ def test_ci_runs_the_readme_test_command():
     quick = README.split("## Quick start", 1)[1].split("```sh", 1)[1].split("```", 1)[0]
     commands = [line.split("#")[0].strip() for line in quick.strip().splitlines()]
     assert commands == ["make demo", "make test"]
-    assert "\nmake test\n" in CI
+    assert "\nmake test\n" in CI and "\nmake release\n" in CI
