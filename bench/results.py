@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import platform
 import re
 from datetime import UTC, datetime
 from pathlib import Path
 
-import psutil
+from bbsd.report import machine  # noqa: F401  (re-exported for the benchmarks)
 
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
-
-
-def machine() -> str:
-    cpu = platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    ram = psutil.virtual_memory().total / 2**30
-    return f"{cpu}, {os.cpu_count()} CPUs, {ram:.0f} GiB RAM, {platform.system()} {platform.release()}"
 
 
 def update_section(name: str, body: str, script: str | None = None) -> None:

@@ -116,6 +116,56 @@ def run_bbsd(*args: str, timeout: float = 120, env: dict | None = None) -> subpr
     return subprocess.run(bbsd_cmd(*args), capture_output=True, text=True, timeout=timeout, env=full_env, cwd=REPO)
 
 
+class BbsdRun:
+    """`bbsd run` as a child process (as in production: no pytest marker), its JSON log in a file."""
+
+    def __init__(self, config: Path, log: Path, env: dict[str, str] | None = None) -> None:
+        full = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
+        full.update(env or {})
+        self.log_path = log
+        self._log = log.open("w")
+        self.proc = subprocess.Popen(bbsd_cmd("run", "--config", str(config)), stdout=self._log,
+                                     stderr=subprocess.STDOUT, env=full, cwd=REPO)
+
+    def events(self, name: str | None = None) -> list[dict]:
+        return [e for e in events(self.log_path.read_text()) if name is None or e.get("event") == name]
+
+    def wait_for(self, name: str, timeout: float = 60, count: int = 1) -> list[dict]:
+        wait_until(lambda: len(self.events(name)) >= count or self.proc.poll() is not None, timeout, name)
+        assert self.proc.poll() is None, self.log_path.read_text()[-3000:]
+        return self.events(name)
+
+    def stop(self, timeout: float = 30) -> int:
+        import signal
+
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            self._log.close()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+
+@pytest.fixture
+def bbsd_run(tmp_path):
+    """Start `bbsd run` children; any still running at the end of the test are killed."""
+    started: list[BbsdRun] = []
+
+    def start(config: Path, name: str = "run", env: dict[str, str] | None = None) -> BbsdRun:
+        run = BbsdRun(config, tmp_path / f"{name}.log", env)
+        started.append(run)
+        return run
+
+    yield start
+    for run in started:
+        run.kill()
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
     """Poll with a deadline: the synchronisation for things that happen in another process."""
     end = time.monotonic() + timeout

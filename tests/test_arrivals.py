@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import time
 from collections import namedtuple
@@ -22,7 +21,7 @@ import pytest
 from PIL import Image
 
 from bbsd import imaging, sidecar, watcher
-from tests.conftest import REPO, bbsd_cmd, events, jpeg_bytes, make_photo, wait_until, write_config
+from tests.conftest import REPO, BbsdRun, bbsd_cmd, events, jpeg_bytes, make_photo, wait_until, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -126,50 +125,19 @@ def test_network_filesystems_are_polled(fstype, expected):
 # --- the daemon ------------------------------------------------------------------------------------
 
 
-class Run:
-    def __init__(self, config: Path, log: Path, env: dict[str, str] | None = None) -> None:
-        full = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
-        full.update(env or {})
-        self.log_path = log
-        self._log = log.open("w")
-        self.proc = subprocess.Popen(bbsd_cmd("run", "--config", str(config)), stdout=self._log,
-                                     stderr=subprocess.STDOUT, env=full, cwd=REPO)
-
-    def events(self, name: str) -> list[dict]:
-        return [e for e in events(self.log_path.read_text()) if e.get("event") == name]
-
-    def wait_for(self, name: str, timeout: float = 60) -> list[dict]:
-        wait_until(lambda: self.events(name) or self.proc.poll() is not None, timeout, name)
-        assert self.proc.poll() is None, self.log_path.read_text()[-3000:]
-        return self.events(name)
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=30)
-        finally:
-            self._log.close()
-
-
 @pytest.fixture
-def daemon(tmp_path, tiny_models):
-    runs: list[Run] = []
-
-    def start(extra: str = "", env: dict | None = None, backend: str = "llama", name: str = "run") -> tuple[Path, Run]:
+def daemon(tmp_path, tiny_models, bbsd_run):
+    def start(extra: str = "", env: dict | None = None, backend: str = "llama",
+              name: str = "run") -> tuple[Path, BbsdRun]:
         inbox = tmp_path / "inbox"
         inbox.mkdir(exist_ok=True)
         cfg = write_config(tmp_path, [inbox], tiny_models if backend == "llama" else None, extra=extra,
                            backend=backend)
-        r = Run(cfg, tmp_path / f"{name}.log", env)
-        runs.append(r)
+        r = bbsd_run(cfg, name, env)
         r.wait_for("daemon.ready")
         return inbox, r
 
-    yield start
-    for r in runs:
-        if r.proc.poll() is None:
-            r.proc.kill()
-            r.proc.wait()
+    return start
 
 
 def _doc(photo: Path) -> dict:
@@ -360,7 +328,7 @@ def test_a_folder_of_20000_files_starts_without_relabelling(tmp_path, tiny_model
     for i in range(1, 10000):
         (inbox / f"IMG_{i:05d}.jpg.json").write_bytes(doc)
     t0 = time.monotonic()
-    run = Run(cfg, tmp_path / "big.log")
+    run = BbsdRun(cfg, tmp_path / "big.log")
     try:
         ready = run.wait_for("daemon.ready", timeout=120)[0]
         assert ready["queued"] == 0

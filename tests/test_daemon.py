@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -14,57 +13,15 @@ from pathlib import Path
 import pytest
 
 from bbsd import sidecar
-from tests.conftest import REPO, bbsd_cmd, events, jpeg_bytes, make_photo, wait_until, write_config
+from tests.conftest import REPO, bbsd_cmd, jpeg_bytes, make_photo, wait_until, write_config
 
 pytestmark = pytest.mark.slow
 CATALOG_NAMES = {"Baba Yaga", "Koschei", "lantern"}
 
 
-class Daemon:
-    """A `bbsd run` child process whose JSON log is read back from a file."""
-
-    def __init__(self, config: Path, log: Path) -> None:
-        self.log_path = log
-        env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
-        self._log = log.open("w")
-        self.proc = subprocess.Popen(bbsd_cmd("run", "--config", str(config)), stdout=self._log,
-                                     stderr=subprocess.STDOUT, env=env, cwd=REPO)
-
-    def events(self, name: str | None = None) -> list[dict]:
-        evs = events(self.log_path.read_text())
-        return [e for e in evs if name is None or e.get("event") == name]
-
-    def wait_for(self, name: str, timeout: float = 60) -> dict:
-        wait_until(lambda: self.events(name) or self.proc.poll() is not None, timeout, name)
-        assert self.proc.poll() is None, self.log_path.read_text()
-        return self.events(name)[0]
-
-    def stop(self, timeout: float = 30) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=timeout)
-        finally:
-            self._log.close()
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self._log.close()
-
-
 @pytest.fixture
-def daemon_factory(tmp_path):
-    started: list[Daemon] = []
-
-    def start(config: Path, name: str = "run") -> Daemon:
-        d = Daemon(config, tmp_path / f"{name}.log")
-        started.append(d)
-        return d
-
-    yield start
-    for d in started:
-        d.kill()
+def daemon_factory(bbsd_run):
+    return bbsd_run
 
 
 def write_slowly(path: Path, data: bytes, chunks: int, pause: float, before_last=None) -> None:
@@ -144,7 +101,7 @@ def test_restart_on_a_labelled_folder_writes_nothing(tmp_path, tiny_models, daem
 
     before = {p: p.stat().st_mtime_ns for p in inbox.iterdir()}
     second = daemon_factory(cfg, "second")
-    ready = second.wait_for("daemon.ready")
+    ready = second.wait_for("daemon.ready")[0]
     assert ready["queued"] == 0
     assert second.stop() == 0
     assert {p: p.stat().st_mtime_ns for p in inbox.iterdir()} == before

@@ -18,55 +18,17 @@ import jsonschema
 import pytest
 
 from bbsd import sidecar
-from tests.conftest import REPO, bbsd_cmd, events, jpeg_bytes, make_photo, wait_until, write_config
+from tests.conftest import BbsdRun, events, jpeg_bytes, make_photo, wait_until, write_config
 
 pytestmark = pytest.mark.slow
 
 
-class Run:
-    """One `bbsd run` child with test hooks in its environment; its JSON log goes to a file."""
-
-    def __init__(self, config: Path, log: Path, **hooks: str) -> None:
-        env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
-        env.update({"BBSD_TEST_HOOKS": "1", **hooks})
-        self.log_path = log
-        self._log = log.open("w")
-        self.proc = subprocess.Popen(bbsd_cmd("run", "--config", str(config)), stdout=self._log,
-                                     stderr=subprocess.STDOUT, env=env, cwd=REPO)
-
-    def events(self, name: str) -> list[dict]:
-        return [e for e in events(self.log_path.read_text()) if e.get("event") == name]
-
-    def wait_for(self, name: str, timeout: float = 60, count: int = 1) -> list[dict]:
-        wait_until(lambda: len(self.events(name)) >= count or self.proc.poll() is not None, timeout, name)
-        assert self.proc.poll() is None, self.log_path.read_text()[-3000:]
-        return self.events(name)
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout=30)
-        self._log.close()
-        return code
-
-    def kill9(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
-        self._log.close()
-
-
 @pytest.fixture
-def runs(tmp_path):
-    started: list[Run] = []
+def runs(bbsd_run):
+    def start(config: Path, name: str, **hooks: str) -> BbsdRun:
+        return bbsd_run(config, name, env={"BBSD_TEST_HOOKS": "1", **hooks})
 
-    def start(config: Path, name: str, **hooks: str) -> Run:
-        r = Run(config, tmp_path / f"{name}.log", **hooks)
-        started.append(r)
-        return r
-
-    yield start
-    for r in started:
-        if r.proc.poll() is None:
-            r.kill9()
+    return start
 
 
 def _inbox(tmp_path: Path, tiny_models, extra: str = "") -> tuple[Path, Path]:
@@ -202,8 +164,8 @@ def _trial(seed: int, tmp_path: Path, tiny_models, burst: list[bytes], runs) -> 
         os.kill(worker_pid, signal.SIGKILL)
         first_run = first
     else:
-        first.kill9()
-        wait_until(lambda: not _alive(worker_pid), 10, "the orphaned worker to die with its parent")
+        first.kill()
+        wait_until(lambda: not _alive(worker_pid), 30, "the orphaned worker to die with its parent")
         first_run = runs(cfg, f"t{seed}b")
     first_run.wait_for("daemon.ready")
     wait_until(lambda: _done(photos), 120, f"trial {seed}: all sidecars")

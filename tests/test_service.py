@@ -15,7 +15,7 @@ import pytest
 
 from bbsd import config, sidecar, unit
 from bbsd.sdnotify import Notifier
-from tests.conftest import REPO, bbsd_cmd, events, make_photo, run_bbsd, wait_until, write_config
+from tests.conftest import REPO, make_photo, run_bbsd, wait_until, write_config
 
 needs_systemd_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
                                            reason="systemd-analyze missing: `make test` installs systemd")
@@ -66,17 +66,13 @@ def test_notifier_is_a_no_op_outside_systemd(monkeypatch):
     assert not n.enabled and n.ready("x") is False
 
 
-def test_daemon_notifies_ready_after_load_then_status_watchdog_and_stopping(tmp_path, tiny_models, notify_socket):
+def test_daemon_notifies_ready_after_load_then_status_watchdog_and_stopping(tmp_path, tiny_models, notify_socket,
+                                                                            bbsd_run):
     path, sock = notify_socket
     inbox = tmp_path / "in"
     inbox.mkdir()
     cfg = write_config(tmp_path, [inbox], tiny_models, extra=f'[service]\nstate_dir = "{tmp_path / "state"}"\n')
-    log = tmp_path / "run.log"
-    env = {**{k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"},
-           "NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "1000000"}
-    with log.open("w") as out:
-        proc = subprocess.Popen(bbsd_cmd("run", "--config", str(cfg)), stdout=out, stderr=subprocess.STDOUT,
-                                env=env, cwd=REPO)
+    run = bbsd_run(cfg, env={"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "1000000"})
     got: list[str] = []
 
     def ready_seen() -> bool:
@@ -84,14 +80,13 @@ def test_daemon_notifies_ready_after_load_then_status_watchdog_and_stopping(tmp_
         return any("READY=1" in m for m in got)
 
     wait_until(ready_seen, 60, "READY=1")
-    logged = [e["event"] for e in events(log.read_text())]
+    logged = [e["event"] for e in run.events()]
     assert {"worker.started", "daemon.ready"} <= set(logged), "READY came before the model and watcher were up"
     make_photo(inbox / "a.jpg")
     wait_until(lambda: sidecar.path_for(inbox / "a.jpg").exists(), 30, "a sidecar")
     wait_until(lambda: got.extend(drain(sock)) or any("labelled 1" in m for m in got), 10, "a STATUS with the photo")
     wait_until(lambda: got.extend(drain(sock)) or any(m == "WATCHDOG=1" for m in got), 10, "a WATCHDOG ping")
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=30) == 0
+    assert run.stop() == 0
     got.extend(drain(sock))
     kinds = [m.split("\n")[0].split("=")[0] for m in got]
     assert kinds.index("READY") < kinds.index("STOPPING")
@@ -149,18 +144,14 @@ def test_installed_units_verify_for_cpu_and_gpu(tmp_path, tiny_models, summary):
     assert r.returncode == 0 and not (units / "bbsd.service").exists() and not dropin.exists()
 
 
-def test_status_reports_the_running_daemon_and_says_when_it_is_not(tmp_path, tiny_models):
+def test_status_reports_the_running_daemon_and_says_when_it_is_not(tmp_path, tiny_models, bbsd_run):
     inbox = tmp_path / "in"
     inbox.mkdir()
     state_dir = tmp_path / "state"
     cfg = write_config(tmp_path, [inbox], tiny_models, extra=f'[service]\nstate_dir = "{state_dir}"\n')
     r = run_bbsd("status", "--config", str(cfg))
     assert r.returncode == 3 and "not running" in r.stdout
-    log = tmp_path / "run.log"
-    env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
-    with log.open("w") as out:
-        proc = subprocess.Popen(bbsd_cmd("run", "--config", str(cfg)), stdout=out, stderr=subprocess.STDOUT,
-                                env=env, cwd=REPO)
+    run = bbsd_run(cfg)
     try:
         photos = [make_photo(inbox / f"p{i}.jpg", color=(i * 50, 0, 0)) for i in range(3)]
         wait_until(lambda: all(sidecar.path_for(p).exists() for p in photos), 60, "sidecars")
@@ -171,25 +162,18 @@ def test_status_reports_the_running_daemon_and_says_when_it_is_not(tmp_path, tin
         assert "bbsd: running (pid" in r.stdout and "3 labelled, 0 failed" in r.stdout
         assert re.search(r"latency: p50 \d+ ms, p95 \d+ ms", r.stdout) and "RSS" in r.stdout
     finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
+        assert run.stop() == 0
     r = run_bbsd("status", "--config", str(cfg))
     assert r.returncode == 3 and "not running" in r.stdout
 
 
-def test_sighup_reloads_the_catalog_without_reloading_the_model(tmp_path, tiny_models):
+def test_sighup_reloads_the_catalog_without_reloading_the_model(tmp_path, tiny_models, bbsd_run):
     inbox = tmp_path / "in"
     inbox.mkdir()
     cfg = write_config(tmp_path, [inbox], tiny_models)
-    log = tmp_path / "run.log"
-    env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
-    with log.open("w") as out:
-        proc = subprocess.Popen(bbsd_cmd("run", "--config", str(cfg)), stdout=out, stderr=subprocess.STDOUT,
-                                env=env, cwd=REPO)
+    run = bbsd_run(cfg)
+    proc, logged = run.proc, run.events
     try:
-        def logged(name):
-            return [e for e in events(log.read_text()) if e.get("event") == name]
-
         wait_until(lambda: logged("daemon.ready"), 60, "ready")
         cfg.write_text(cfg.read_text() + '\n[[props]]\nname = "mortar"\ndescription = "wooden"\n')
         proc.send_signal(signal.SIGHUP)
@@ -206,24 +190,19 @@ def test_sighup_reloads_the_catalog_without_reloading_the_model(tmp_path, tiny_m
         assert logged("config.restart_needed")[0]["sections"] == ["engine"]
         assert len(logged("worker.started")) == 1  # the model was never reloaded
     finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
+        assert run.stop() == 0
 
 
-def test_report_on_a_50_photo_run_plots_the_50_photos(tmp_path, tiny_models, summary):
+def test_report_on_a_50_photo_run_plots_the_50_photos(tmp_path, tiny_models, summary, bbsd_run):
     inbox = tmp_path / "in"
     inbox.mkdir()
     cfg = write_config(tmp_path, [inbox], tiny_models)
-    env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
-    with (tmp_path / "run.log").open("w") as out:
-        proc = subprocess.Popen(bbsd_cmd("run", "--config", str(cfg)), stdout=out, stderr=subprocess.STDOUT,
-                                env=env, cwd=REPO)
+    run = bbsd_run(cfg)
     try:
         photos = [make_photo(inbox / f"IMG_{i:03d}.jpg", size=(160, 120), color=(i * 5, 90, 9)) for i in range(50)]
         wait_until(lambda: all(sidecar.path_for(p).exists() for p in photos), 120, "50 sidecars")
     finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
+        assert run.stop() == 0
     out = tmp_path / "report.html"
     r = run_bbsd("report", "--config", str(cfg), "--out", str(out), "--since", "1h")
     assert r.returncode == 0, r.stderr
