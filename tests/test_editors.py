@@ -127,17 +127,3 @@ def test_unreadable_json_sidecar_is_never_overwritten(make):
     sidecar.path_for(photo).write_text('{"labels": {"characters": ["Baba Ya')  # a person's half-edit
     assert build().process(photo).status is Status.KEPT
     assert sidecar.path_for(photo).read_text() == '{"labels": {"characters": ["Baba Ya'
-
-
-def test_disk_full_during_xmp_keeps_photo_pending_with_no_sidecars(make, monkeypatch):
-    import os
-
-    inbox, build = make
-    photo = make_photo(inbox / "a.jpg")
-
-    def full(fd):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(os, "fsync", full)
-    assert build().process(photo).status is Status.PENDING
-    assert sorted(p.name for p in inbox.iterdir()) == ["a.jpg"]

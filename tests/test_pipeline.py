@@ -80,6 +80,7 @@ def test_incomplete_file_may_wait_without_a_sidecar(setup):
 
 
 def test_unwritable_sidecar_keeps_photo_pending_and_writes_nothing(setup, monkeypatch):
+    """Disk full: neither the XMP (written first) nor the JSON appears, the photo stays pending."""
     inbox, make = setup
     photo = make_photo(inbox / "a.jpg")
 
