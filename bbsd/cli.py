@@ -91,7 +91,7 @@ def run(config: Path = CONFIG) -> None:
                       busy_limit_s=settings.worker.timeout_seconds, notifier=notifier)
     try:
         if not stop.is_set():
-            daemon = Daemon(settings, pipeline, stop=stop, monitor=monitor)
+            daemon = Daemon(settings, pipeline, stop=stop, monitor=monitor, progress=console.BacklogProgress())
             daemon.reload = reload
             daemon.run()
     finally:

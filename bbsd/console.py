@@ -69,3 +69,40 @@ def status_text(d: dict, running: bool) -> str:
         f"latency: p50 {ms(d['p50_ms'])}, p95 {ms(d['p95_ms'])}, last {ms(d['last_ms'])}",
         f"memory: RSS {d['rss_mb'] or '-'} MB, VRAM {d['vram_mb'] or '-'} MB",
     ])
+
+
+class BacklogProgress:
+    """`bbsd run` by hand: a bar with ETA while the start-up backlog drains. Nothing in a pipe or the journal."""
+
+    def __init__(self) -> None:
+        self._bar = None
+
+    def start(self, total: int) -> None:
+        if total < 2 or not sys.stderr.isatty():
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+        from bbsd import logs
+
+        self._bar = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                             TimeRemainingColumn(), console=Console(file=sys.stderr), transient=True)
+        self._task = self._bar.add_task("start-up backlog", total=total)
+        self._bar.start()
+        logs.route_through(self._bar.console)
+
+    def advance(self) -> None:
+        if self._bar is None:
+            return
+        self._bar.advance(self._task)
+        if self._bar.tasks[0].finished:
+            self.stop()
+
+    def stop(self) -> None:
+        if self._bar is None:
+            return
+        from bbsd import logs
+
+        logs.route_through(None)
+        self._bar.stop()
+        self._bar = None

@@ -24,8 +24,41 @@ def _stream() -> TextIO:
         return sys.stderr
 
 
+class _Switch:
+    """The file structlog prints to; while a progress bar is shown it prints through rich's console,
+    so log lines appear above the bar instead of tearing it."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream, self.console, self._pending = stream, None, ""
+
+    def write(self, text: str) -> int:
+        if self.console is None:
+            return self.stream.write(text)
+        self._pending += text
+        *lines, self._pending = self._pending.split("\n")
+        for line in lines:
+            self.console.out(line, highlight=False)
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+
+_switch: _Switch | None = None
+
+
+def route_through(console) -> None:
+    """Print log lines through a rich console (a progress bar is up), or directly again (None)."""
+    if _switch is not None:
+        _switch.console = console
+
+
 def configure(level: str = "info", fmt: str = "auto") -> None:
-    stream = _stream()
+    global _switch
+    stream = _switch = _Switch(_stream())
     use_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
     renderer = structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=False)
     structlog.configure(

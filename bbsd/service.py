@@ -36,7 +36,7 @@ WRITE_RETRY_MAX_S = 300.0
 
 class Daemon:
     def __init__(self, settings: Settings, pipeline: Pipeline, stop: threading.Event | None = None,
-                 monitor: Monitor | None = None) -> None:
+                 monitor: Monitor | None = None, progress=None) -> None:
         self.settings = settings
         self.pipeline = pipeline
         self.stop = stop or threading.Event()
@@ -44,6 +44,7 @@ class Daemon:
         self.monitor = monitor or Monitor(state.state_dir(settings.service.state_dir), pipeline.labeler.info.file,
                                           busy_limit_s=settings.worker.timeout_seconds)
         self._folder_scans: list[tuple[float, Path]] = []  # new folders to look into again
+        self._progress = progress  # a terminal's start-up backlog bar (console.BacklogProgress), or None
         self._in_flight: Path | None = None
         self._busy_since: float | None = None
         self._events: queue.Queue[watcher.Event] = queue.Queue()
@@ -66,9 +67,13 @@ class Daemon:
         log.info("daemon.ready", folders=[str(f) for f in w.folders], queued=queued, stale_temps_removed=removed,
                  model=self.pipeline.labeler.info.file, status_file=str(self.monitor.status.path))
         self.monitor.ready(len(self._work))
+        if self._progress:
+            self._progress.start(queued)
         try:
             self._main_loop(observer)
         finally:
+            if self._progress:
+                self._progress.stop()
             log.info("daemon.stopping", queue_depth=len(self._work))
             self.monitor.stopping(len(self._work))
             self._work.close()
@@ -232,6 +237,8 @@ class Daemon:
             self.counts[outcome.status] += 1
         if outcome.status in (Status.LABELED, Status.FAILED):
             self.monitor.photo_done(outcome.status is Status.LABELED, outcome.total_ms, outcome.memory)
+        if self._progress and outcome.status not in (Status.INCOMPLETE, Status.WAITING, Status.PENDING):
+            self._progress.advance()
         if outcome.status is Status.WAITING:  # a RAW waiting for its JPEG sibling's labels
             self._feedback.put((path, time.monotonic() + max(1.0, self.settings.watch.settle_seconds)))
         elif outcome.status is Status.INCOMPLETE:

@@ -188,3 +188,47 @@ def test_terminal_gets_console_lines_not_json(tmp_path, tiny_models):
     text = out.decode(errors="replace")
     assert os.waitstatus_to_exitcode(status) == 0, text
     assert "engine.loaded" in text and '"event"' not in text
+
+
+def test_run_by_hand_shows_the_startup_backlog_as_a_progress_bar(tmp_path, tiny_models):
+    """On a terminal the start-up backlog gets a bar with ETA; log lines still print (above it)."""
+    import contextlib
+    import pty
+    import select
+    import signal
+
+    inbox = tmp_path / "in"
+    photos = [make_photo(inbox / f"old_{i}.jpg", color=(i * 40, 80, 80)) for i in range(5)]
+    cfg = write_config(tmp_path, [inbox], tiny_models)
+    cfg.write_text(cfg.read_text().replace('format = "json"', 'format = "auto"'))
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}, "BBSD_TEST_HOOKS": "1",
+           "BBSD_TEST_SLOW_MS": "300", "COLUMNS": "120"}
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.chdir(REPO)
+        os.execve(bbsd_cmd()[0], bbsd_cmd("run", "--config", str(cfg)), env)
+    out = b""
+
+    def read_some() -> bool:
+        nonlocal out
+        if select.select([fd], [], [], 0.1)[0]:
+            with contextlib.suppress(OSError):  # EIO once the child is gone
+                out += os.read(fd, 65536)
+        return all(sidecar.path_for(p).exists() for p in photos)
+
+    wait_until(read_some, 60, "the backlog to be labelled")
+    os.kill(pid, signal.SIGTERM)
+    status: dict[str, int] = {}
+
+    def exited() -> bool:
+        read_some()
+        done, code = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            status["code"] = os.waitstatus_to_exitcode(code)
+        return done == pid
+
+    wait_until(exited, 30, "a clean exit")
+    assert status["code"] == 0
+    text = out.decode(errors="replace")
+    assert "start-up backlog" in text and "/5" in text  # the bar, with its count
+    assert text.count("photo.labeled") == 5 and '"event"' not in text  # console lines, not JSON
