@@ -76,6 +76,7 @@ def test_daemon_labels_each_photo_once_and_survives_bad_files(tmp_path, tiny_mod
     for name, code in bad.items():
         assert validate_sidecar(inbox / name)["error"]["code"] == code
 
+    d.wait_for("photo.labeled", count=len(good))  # each event follows its sidecar's rename
     labeled = [e["path"] for e in d.events("photo.labeled")]
     assert sorted(labeled) == sorted(str(p) for p in good)  # exactly one event per photo
     for e in d.events("photo.labeled"):

@@ -81,6 +81,7 @@ def test_worker_killed_mid_photo_is_replaced_and_the_photo_retried(tmp_path, tin
     run.wait_for("photo.labeled")
     os.kill(pid, signal.SIGKILL)  # mid-photo: every request takes 400 ms
     wait_until(lambda: _done(photos), 60, "all sidecars")
+    run.wait_for("photo.labeled", count=4)  # each event follows its sidecar's rename
     assert run.events("worker.lost")[0]["how"] == "signal 9"
     assert len(run.events("worker.started")) == 2
     labeled = sorted(e["path"] for e in run.events("photo.labeled"))
