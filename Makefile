@@ -49,7 +49,7 @@ release: setup release-tools
 	BBSD_ARTEFACT=$$(ls build/out/bbsd-*-linux-x86_64.tar.gz) $(VENV)/bin/python -m pytest tests/test_release.py -v
 
 # Benchmarks rewrite their tables in docs/benchmarks.md (not part of `make test`).
-bench: setup
+bench: setup  # bench.gpu needs a GPU and a CUDA build: run it by hand there
 	$(VENV)/bin/python -m bench.decode
 
 clean:
