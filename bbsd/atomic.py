@@ -25,8 +25,12 @@ def is_temp(path: Path) -> bool:
     return TEMP_MARK in path.name
 
 
-def write_bytes(target: Path, data: bytes) -> None:
-    """Replace `target` with `data` atomically; raise `SidecarWriteError` naming the cause."""
+def write_bytes(target: Path, data: bytes, durable: bool = True) -> None:
+    """Replace `target` with `data` atomically; raise `SidecarWriteError` naming the cause.
+
+    `durable=False` skips the fsyncs: still all-or-nothing for readers, but a power cut may
+    lose the new version (right for a status file rewritten all the time, wrong for sidecars).
+    """
     tmp = temp_name(target)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -34,11 +38,13 @@ def write_bytes(target: Path, data: bytes) -> None:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, target)
-        _fsync_dir(target.parent)
+        if durable:
+            _fsync_dir(target.parent)
     except OSError as e:
         _remove_quietly(tmp)
         raise SidecarWriteError(f"cannot write {target}: {e.strerror or e}", _hint(e)) from e

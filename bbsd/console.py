@@ -56,7 +56,11 @@ def outcome_line(outcome) -> str:
 
 
 def status_text(d: dict, running: bool) -> str:
-    up = f"{d['uptime_s'] // 3600}h {d['uptime_s'] % 3600 // 60:02d}m"
+    from datetime import UTC, datetime
+
+    # The file is rewritten only on change (plus a heartbeat), so uptime is computed here.
+    seconds = int((datetime.now(UTC) - datetime.fromisoformat(d["started_at"])).total_seconds())
+    up = f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
     head = f"running (pid {d['pid']}, up {up})" if running else f"not running (last status {d['updated_at']})"
 
     def ms(v):

@@ -1,7 +1,8 @@
 """The daemon's status file: what `bbsd status` shows, kept without a network port.
 
 Invariant: `status.json` in the state directory is replaced atomically (readers never see
-half a file) at most about once a second and at every state change that matters.
+half a file) when what it shows changes (at most about once a second), and otherwise every
+HEARTBEAT_S; never fsynced: it is a convenience, and an idle daemon must not wear the disk.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from bbsd import atomic
 from bbsd.errors import SidecarWriteError
 
 FILE = "status.json"
+HEARTBEAT_S = 30.0
 
 
 def state_dir(configured: Path | None) -> Path:
@@ -54,6 +56,7 @@ class Status:
         self.rss_mb: float | None = None
         self.vram_mb: float | None = None
         self._written = 0.0
+        self._shown: tuple | None = None
 
     def record(self, ok: bool, total_ms: float | None, memory: dict[str, float | None] | None) -> None:
         if ok:
@@ -79,12 +82,15 @@ class Status:
         }
 
     def write(self, state: str, queue_depth: int, in_flight: str | None, force: bool = False) -> None:
-        if not force and time.monotonic() - self._written < 1.0:
+        shown = (state, queue_depth, in_flight, self.labeled, self.failed, self.rss_mb)
+        since = time.monotonic() - self._written
+        if not force and (since < 1.0 or (shown == self._shown and since < HEARTBEAT_S)):
             return
-        self._written = time.monotonic()
+        self._written, self._shown = time.monotonic(), shown
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            atomic.write_bytes(self.path, json.dumps(self.snapshot(state, queue_depth, in_flight)).encode())
+            data = json.dumps(self.snapshot(state, queue_depth, in_flight)).encode()
+            atomic.write_bytes(self.path, data, durable=False)
         except (OSError, SidecarWriteError):
             pass  # status is a convenience; labelling goes on without it
 
