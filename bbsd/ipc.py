@@ -2,7 +2,9 @@
 
 Frame: 4-byte header length, 8-byte payload length (big-endian), header (UTF-8 JSON), payload.
 Invariant: a reader either gets a whole message, or `EOFError` (the peer is gone), or
-`TimeoutError` (the deadline passed) — never a part.
+`TimeoutError` (the deadline passed) — never a part. A `TimeoutError` may come after part of a
+message was read, so the stream is then out of step: the caller discards that peer (the
+supervisors kill the child), and never reads from it again.
 """
 
 from __future__ import annotations

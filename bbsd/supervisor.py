@@ -11,22 +11,18 @@ the bound over its post-load baseline.
 from __future__ import annotations
 
 import dataclasses
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 
 import structlog
 from PIL import Image
 
-from bbsd import ipc
+from bbsd import child
 from bbsd.errors import AbandonedError, ModelError, PhotoError
 from bbsd.labeler import Inference, ModelInfo
 from bbsd.prompt import Prompt
 
 log = structlog.get_logger("bbsd.supervisor")
-POLL_S = 0.2  # how often a waiting request checks for shutdown
 
 
 class EngineCrashError(PhotoError):
@@ -42,61 +38,27 @@ class EngineTimeoutError(PhotoError):
 
 
 def worker_argv(config_path: str) -> list[str]:
-    """The command that starts a worker: the frozen binary itself, or this Python with -m bbsd."""
-    base = [sys.executable] if getattr(sys, "frozen", False) else [sys.executable, "-m", "bbsd"]
-    return [*base, "_worker", "--config", config_path, "--parent", str(os.getpid())]
+    """The command that starts an engine worker."""
+    return child.argv("_worker", config_path)
 
 
-class _Worker:
-    """One running child process and its pipes."""
+class _Worker(child.Child):
+    """The engine worker: a child whose hello carries its memory after the model loaded."""
 
     def __init__(self, argv: list[str], start_timeout: float) -> None:
         t0 = time.monotonic()
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
-        self.photos = 0
         try:
-            hello, _ = ipc.receive(self.proc.stdout.fileno(), time.monotonic() + start_timeout)
-        except (EOFError, TimeoutError) as e:
-            self.kill()
-            raise ModelError(f"the engine worker did not start ({type(e).__name__}: {e})",
+            super().__init__(argv, start_timeout)
+        except child.StartError as e:
+            if e.hello is not None:
+                raise ModelError(e.hello["message"], e.hello["hint"]) from None
+            raise ModelError(f"the engine worker did not start ({e})",
                              "see the llama.log / worker events above; run `bbsd check`") from None
-        if hello["type"] == "fatal":
-            self.kill()
-            raise ModelError(hello["message"], hello["hint"])
-        self.baseline_mb = hello["rss_mb"]
-        self.rss_mb = hello["rss_mb"]
-        log.info("worker.started", pid=self.proc.pid, rss_mb=self.baseline_mb, vram_mb=hello["vram_mb"],
+        self.photos = 0
+        self.baseline_mb = self.hello["rss_mb"]
+        self.rss_mb = self.hello["rss_mb"]
+        log.info("worker.started", pid=self.proc.pid, rss_mb=self.baseline_mb, vram_mb=self.hello["vram_mb"],
                  start_ms=round((time.monotonic() - t0) * 1000))
-
-    def request(self, header: dict, payload: bytes, deadline: float, cancelled: Callable[[], bool]) -> dict:
-        ipc.send(self.proc.stdin.fileno(), header, payload)
-        while True:
-            step = min(deadline, time.monotonic() + POLL_S)
-            try:
-                reply, _ = ipc.receive(self.proc.stdout.fileno(), step)
-                return reply
-            except TimeoutError:
-                if cancelled():
-                    raise AbandonedError("labelling abandoned at shutdown", "redone at the next start") from None
-                if time.monotonic() >= deadline:
-                    raise
-
-    def stop(self, grace_s: float = 5.0) -> None:
-        if self.proc.poll() is None:
-            try:
-                ipc.send(self.proc.stdin.fileno(), {"type": "exit"})
-                self.proc.wait(timeout=grace_s)
-            except (OSError, subprocess.TimeoutExpired):
-                pass
-        self.kill()
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        for stream in (self.proc.stdin, self.proc.stdout):
-            if stream:
-                stream.close()
 
 
 class WorkerLabeler:
@@ -123,7 +85,7 @@ class WorkerLabeler:
                   "prompt": dataclasses.asdict(prompt)}
         t0 = time.monotonic()
         try:
-            reply = worker.request(header, image.convert("RGB").tobytes(), t0 + timeout, cancelled)
+            reply, _ = worker.request(header, image.convert("RGB").tobytes(), t0 + timeout, cancelled)
         except AbandonedError:
             self._discard("shutdown")
             raise
@@ -146,9 +108,7 @@ class WorkerLabeler:
         worker, self._worker = self._worker, None
         if worker is None:
             return reason
-        worker.kill()
-        code = worker.proc.returncode
-        detail = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+        detail = worker.kill()
         log.warning("worker.lost", pid=worker.proc.pid, reason=reason, how=detail, photos=worker.photos)
         return detail
 

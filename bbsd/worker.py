@@ -12,16 +12,14 @@ Test hooks (`BBSD_TEST_HOOKS=1` plus `BBSD_TEST_ABORT_ON`, `BBSD_TEST_HANG_ON`, 
 
 from __future__ import annotations
 
-import ctypes
 import os
-import signal
 import time
 from pathlib import Path
 
 import structlog
 from PIL import Image
 
-from bbsd import ipc, metrics
+from bbsd import child, ipc, metrics
 from bbsd.errors import BbsdError, PhotoError
 from bbsd.prompt import Prompt
 
@@ -29,28 +27,12 @@ log = structlog.get_logger("bbsd.worker")
 _leak: list[bytearray] = []
 
 
-def _die_with_parent(parent: int) -> None:
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        return  # not Linux: the pipe's EOF still ends the worker between requests
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
-
-
-def _pipes() -> tuple[int, int]:
-    """Keep the real stdin/stdout for messages; point fd 1 at stderr for stray native prints."""
-    inp, out = os.dup(0), os.dup(1)
-    os.dup2(2, 1)
-    return inp, out
-
-
 def main(config_path: Path, parent: int) -> int:
     from bbsd import config, logs
     from bbsd.labeler import open_in_process
 
-    _die_with_parent(parent)
-    inp, out = _pipes()
+    child.die_with_parent(parent)
+    inp, out = child.message_pipes()
     settings = config.load(config_path)
     logs.configure(settings.log.level, settings.log.format)
     structlog.contextvars.bind_contextvars(worker_pid=os.getpid())
