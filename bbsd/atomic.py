@@ -18,7 +18,10 @@ TEMP_MARK = ".bbsd-tmp-"
 
 
 def temp_name(target: Path) -> Path:
-    return target.with_name(f".{target.name}{TEMP_MARK}{secrets.token_hex(4)}")
+    name = f".{target.name}{TEMP_MARK}{secrets.token_hex(4)}"
+    if len(name.encode("utf-8", "surrogateescape")) > 255:  # a long photo name: keep the temp name legal
+        name = f".{secrets.token_hex(8)}{TEMP_MARK}{secrets.token_hex(4)}"
+    return target.with_name(name)
 
 
 def is_temp(path: Path) -> bool:

@@ -95,7 +95,7 @@ def run(config: Path = CONFIG) -> None:
             daemon.reload = reload
             daemon.run()
     finally:
-        pipeline.labeler.close()
+        pipeline.close()
 
 
 @app.command()
@@ -118,7 +118,7 @@ def label(
                 failed += outcome.status not in (Status.LABELED, Status.SKIPPED)
                 advance(console.outcome_line(outcome))
     finally:
-        pipeline.labeler.close()
+        pipeline.close()
     raise typer.Exit(1 if failed else 0)
 
 
@@ -149,7 +149,7 @@ def check(config: Path = CONFIG) -> None:
         typer.echo(line)
     pipeline = _open(settings)
     info = pipeline.labeler.info
-    pipeline.labeler.close()
+    pipeline.close()
     typer.echo(f"model {info.file} + {info.mmproj}: ok (loaded with backend {info.backend})")
 
 
@@ -251,6 +251,14 @@ def _worker(config: Path = CONFIG, parent: int = typer.Option(..., "--parent")) 
     from bbsd import worker
 
     raise typer.Exit(worker.main(config, parent))
+
+
+@app.command("_decoder", hidden=True)
+def _decoder(config: Path = CONFIG, parent: int = typer.Option(..., "--parent")) -> None:
+    """Internal: the photo decoder process (not for people)."""
+    from bbsd import decode_worker
+
+    raise typer.Exit(decode_worker.main(config, parent))
 
 
 def _print_version(verbose: bool) -> None:

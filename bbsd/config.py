@@ -77,6 +77,14 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "recycle_rss_growth_mb": Key("int", 2048, "restart the worker when its memory grew this much over its "
                                      "post-load baseline; 0 = never", 0, 10**7),
     },
+    "decode": {
+        "timeout_seconds": Key("float", 60.0, "a photo whose decoding takes longer gets decode_timeout "
+                               "(the decoder process is restarted)", 1, 3600),
+        "max_megapixels": Key("float", 180.0, "larger photos get an error sidecar; a JPEG is measured after "
+                              "DCT scaling (a 250 MP panorama decodes at 1/8 size), other formats at full size",
+                              1, 10000),
+        "memory_mb": Key("int", 4096, "address-space limit of the decoder process; 0 = none", 0, 10**6),
+    },
     "service": {
         "state_dir": Key("path", None, "where status.json lives; default $STATE_DIRECTORY (systemd), "
                          "/var/lib/bbsd, or ~/.local/state/bbsd"),
@@ -139,6 +147,13 @@ class WorkerSettings:
 
 
 @dataclass(frozen=True)
+class DecodeSettings:
+    timeout_seconds: float
+    max_megapixels: float
+    memory_mb: int
+
+
+@dataclass(frozen=True)
 class ServiceSettings:
     state_dir: Path | None
 
@@ -164,6 +179,7 @@ class Settings:
     model: ModelSettings
     engine: EngineSettings
     worker: WorkerSettings
+    decode: DecodeSettings
     service: ServiceSettings
     xmp: XmpSettings
     log: LogSettings
@@ -187,6 +203,7 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
         model=ModelSettings(**values["model"]),
         engine=EngineSettings(**values["engine"]),
         worker=WorkerSettings(**values["worker"]),
+        decode=DecodeSettings(**values["decode"]),
         service=ServiceSettings(**values["service"]),
         xmp=XmpSettings(**values["xmp"]),
         log=LogSettings(**values["log"]),

@@ -97,7 +97,7 @@ def main(folder: Path) -> None:
     finally:
         daemon.stop.set()
         thread.join()
-        daemon.pipeline.labeler.close()
+        daemon.pipeline.close()
     for photo in targets:
         doc = sidecar.read(photo)
         print(f"\n{sidecar.path_for(photo)}\n" + json.dumps(doc.get("labels") if doc else None, ensure_ascii=False))

@@ -3,14 +3,14 @@
 Invariants: a file is decoded completely or not at all (a truncated file is an error,
 never a half-grey image); EXIF orientation is applied; the result's longest side is at
 most `max_side`; JPEGs are downscaled during decoding (DCT scaling via draft mode), which
-is several times faster than a full decode. Pillow's decompression-bomb limit stays on and
-its warning is an error.
+is several times faster than a full decode and lets a panorama far over the pixel limit be
+decoded at 1/8 size. The pixel limit is checked on the buffer that is actually decoded,
+before it is allocated. Runs only inside the decoder process (`decode_worker`).
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from bbsd.errors import IncompletePhotoError, PhotoError
 RAW_EXTENSIONS = frozenset({"cr2", "cr3", "crw", "nef", "nrw", "arw", "srf", "sr2", "raf", "orf", "rw2", "dng",
                             "pef", "srw", "x3f", "3fr", "iiq", "rwl", "erf", "mos", "mrw", "kdc"})
 HEIF_EXTENSIONS = frozenset({"heic", "heif", "hif"})
+HEADER_EXIF_FORMATS = frozenset({"JPEG", "MPO", "TIFF", "WEBP", "HEIF"})  # EXIF read without decoding pixels
 
 try:  # HEIC/HEIF from phones; pillow-heif registers itself as a Pillow plugin
     from pillow_heif import register_heif_opener
@@ -42,34 +43,42 @@ class Decoded:
     height: int
 
 
-def decode(path: Path, max_side: int) -> Decoded:
-    """Decode `path`; raise `PhotoError` (or `IncompletePhotoError` when it may still be arriving)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            return _decode(path, max_side)
-        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
-            raise PhotoError("decompression_bomb", f"image is too large to decode safely ({e})",
-                             "export it at a smaller size") from None
+DEFAULT_MAX_PIXELS = 180_000_000
 
 
-def _decode(path: Path, max_side: int) -> Decoded:
+def decode(path: Path, max_side: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
+    """Decode `path`; raise `PhotoError` (or `IncompletePhotoError` when it may still be arriving).
+
+    Pillow's own bomb check is replaced by `max_pixels` on what is actually decoded: a JPEG
+    is measured after DCT scaling, so a huge panorama costs only its scaled-down buffer.
+    """
+    old = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # checked below, per format; the decoder process is single-threaded
+    try:
+        return _decode(path, max_side, max_pixels)
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
+
+
+def _decode(path: Path, max_side: int, max_pixels: int) -> Decoded:
     if path.stat().st_size == 0:
         raise IncompletePhotoError("empty_file", "the file is empty (0 bytes)",
-                                   "the copy may have failed; copy the photo again")
+                                   "copy the photo again; it may have been cut off")
     if is_raw(path):
         from bbsd import raw
 
-        image, width, height = raw.decode(path, max_side)
+        image, width, height = raw.decode(path, max_side, max_pixels)
         image.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
         return Decoded(image=_to_rgb(image), width=width, height=height)
     if path.suffix.lower().lstrip(".") in HEIF_EXTENSIONS and not HEIF_OK:
         raise PhotoError("unsupported_format", "HEIC/HEIF support is not installed", "pip install pillow-heif")
     try:
         with Image.open(path) as img:
-            width, height = _oriented_size(img)
+            full_size = img.size
             if img.format == "JPEG":
                 img.draft("RGB", _draft_size(img.size, max_side))
+            check_pixels(img.size, max_pixels, scaled=img.format == "JPEG")  # before anything loads pixels:
+            width, height = _oriented_size(img, full_size)  # a PNG's getexif() decodes the whole image
             img.load()
             image = ImageOps.exif_transpose(img)
             image = _to_rgb(image)
@@ -84,15 +93,38 @@ def _decode(path: Path, max_side: int) -> Decoded:
     return Decoded(image=image, width=width, height=height)
 
 
+def check_pixels(size: tuple[int, int], max_pixels: int, scaled: bool = False) -> None:
+    """Refuse a decode buffer over the limit before any pixel is allocated."""
+    if size[0] * size[1] > max_pixels:
+        what = "scaled for decoding it is still" if scaled else "it is"
+        raise PhotoError("too_large", f"the photo is too large to decode: {what} {size[0]} × {size[1]} pixels "
+                         f"({size[0] * size[1] / 1e6:.0f} MP, limit {max_pixels / 1e6:.0f} MP)",
+                         "export a smaller version, or raise [decode] max_megapixels")
+
+
+def capture_time(path: Path) -> float | None:
+    """EXIF DateTimeOriginal as a timestamp (newest shots first), or None."""
+    from datetime import datetime
+
+    try:
+        with Image.open(path) as img:
+            if img.format not in HEADER_EXIF_FORMATS:  # elsewhere getexif() may decode the whole image
+                return None
+            raw = img.getexif().get_ifd(0x8769).get(0x9003)
+        return datetime.strptime(str(raw).strip("\x00 "), "%Y:%m:%d %H:%M:%S").timestamp() if raw else None
+    except (OSError, ValueError, UnidentifiedImageError, SyntaxError, Image.DecompressionBombError):
+        return None
+
+
 def _draft_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
     """The smallest size draft may scale to: the final size, same aspect (draft keeps >= this)."""
     scale = min(1.0, max_side / max(size))
     return max(1, math.ceil(size[0] * scale)), max(1, math.ceil(size[1] * scale))
 
 
-def _oriented_size(img: Image.Image) -> tuple[int, int]:
+def _oriented_size(img: Image.Image, size: tuple[int, int]) -> tuple[int, int]:
     orientation = img.getexif().get(0x0112, 1)
-    w, h = img.size
+    w, h = size
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 

@@ -30,15 +30,3 @@ def partner(raw: Path, window_s: float) -> Path | None:
         except OSError:
             continue
     return None
-
-
-def dimensions(raw: Path) -> tuple[int | None, int | None]:
-    """Sensor image size after orientation, read from the header without demosaicing."""
-    import rawpy
-
-    try:
-        with rawpy.imread(str(raw)) as r:
-            s = r.sizes
-            return (s.height, s.width) if s.flip in (5, 6) else (s.width, s.height)
-    except Exception:  # LibRaw raises many types; a missing size must not fail the pair
-        return None, None

@@ -2,8 +2,9 @@
 
 Invariants: the photo file is only read, never written; a sidecar appears whole or not at
 all; every photo ends in exactly one `photo.labeled`, `photo.failed`, `photo.skipped`,
-`photo.incomplete` or `sidecar.write_failed` event. The same code serves the daemon and
-`bbsd label`.
+`photo.incomplete` or `sidecar.write_failed` event, and no exception raised while handling
+it escapes (it becomes an `internal_error` record); the photo's bytes are hashed here but
+parsed only in the decoder process (`Decoder`). The same code serves the daemon and `bbsd label`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import structlog
 from bbsd import atomic, editors, imaging, labels, metrics, pairs, sidecar
 from bbsd import prompt as prompt_mod
 from bbsd.config import Settings
-from bbsd.errors import IncompletePhotoError, PhotoError, SidecarWriteError
+from bbsd.decoder import Decoder, DecoderError
+from bbsd.errors import AbandonedError, IncompletePhotoError, ModelError, PhotoError, SidecarWriteError
 from bbsd.labeler import Inference, Labeler
 from bbsd.prompt import Prompt
 
@@ -51,8 +53,9 @@ class Outcome:
 
 
 class Pipeline:
-    def __init__(self, labeler: Labeler, settings: Settings, prompt: Prompt) -> None:
+    def __init__(self, labeler: Labeler, settings: Settings, prompt: Prompt, decoder: Decoder | None = None) -> None:
         self.labeler = labeler
+        self.decoder = decoder or Decoder(settings)
         self.prompt = prompt
         self._max_side = settings.engine.image_max_side
         self._gpu = settings.engine.gpu_layers != 0
@@ -64,8 +67,45 @@ class Pipeline:
         """Take a new catalog and XMP settings (SIGHUP) without touching the model."""
         self.prompt, self._catalog, self._xmp = prompt_mod.build(settings.catalog), settings.catalog, settings.xmp
 
+    def close(self) -> None:
+        self.decoder.close()
+        self.labeler.close()
+
+    def is_current(self, photo: Path, doc: dict | None = None, sha256: str | None = None) -> bool:
+        """Whether `photo`'s sidecar is current for this model and prompt (`sidecar.is_current`)."""
+        doc = sidecar.read(photo) if doc is None else doc
+        return sidecar.is_current(doc, self.labeler.info, self.prompt, sha256=sha256, photo=photo)
+
     def process(self, path: Path, *, queue_wait_ms: float = 0.0, allow_incomplete: bool = False,
                 force: bool = False, cancelled: Callable[[], bool] = lambda: False) -> Outcome:
+        """Handle one photo; whatever goes wrong ends in a record (error sidecar or event), never escapes.
+
+        Only shutdown (`AbandonedError`) and an engine or decoder that cannot start at all pass.
+        """
+        try:
+            return self._process(path, queue_wait_ms, allow_incomplete, force, cancelled)
+        except (AbandonedError, ModelError, DecoderError):
+            raise
+        except Exception as e:  # a bug must cost this photo, never the service
+            return self.quarantine(path, "internal_error", f"bbsd failed on this photo ({_where(e)})",
+                                   "this is a bug: report it with this sidecar; the photo is not retried "
+                                   "until it changes")
+
+    def quarantine(self, path: Path, code: str, message: str, hint: str) -> Outcome:
+        """Record that `path` cannot be labelled: an error sidecar if at all possible, else an event."""
+        try:
+            sha = sidecar.file_sha256(path)
+        except OSError:
+            sha = None
+        try:
+            return self._fail(path, sha, PhotoError(code, message, hint), {})
+        except Exception as e:  # even the error sidecar failed: the log is the record
+            log.error("photo.failed", path=str(path), code=code, message=message, hint=hint,
+                      sidecar_error=_where(e))
+            return Outcome(path, Status.FAILED, code, message=f"{message} — {hint}")
+
+    def _process(self, path: Path, queue_wait_ms: float, allow_incomplete: bool, force: bool,
+                 cancelled: Callable[[], bool]) -> Outcome:
         t0 = time.perf_counter()
         if (reason := _not_regular(path)) is not None:
             log.warning("photo.ignored", path=str(path), reason=reason)
@@ -78,7 +118,7 @@ class Pipeline:
         except OSError as e:
             return self._fail(path, None, PhotoError("unreadable", f"cannot read the file ({e.strerror})",
                                                      "check its permissions"), {})
-        if not force and sidecar.is_up_to_date(sidecar.read(path), sha, self.labeler.info, self.prompt):
+        if not force and self.is_current(path, sha256=sha):
             log.debug("photo.skipped", path=str(path), reason="sidecar up to date")
             return Outcome(path, Status.SKIPPED, sidecar=sidecar.path_for(path))
         timing = {"queue_wait": queue_wait_ms}
@@ -87,7 +127,7 @@ class Pipeline:
             if paired is not None:
                 return paired
         try:
-            decoded = imaging.decode(path, self._max_side)
+            decoded = self.decoder.decode(path, self._max_side, cancelled)
             decoded.image.info["bbsd_name"] = path.name  # lets a worker name the photo in its log
             timing["decode"] = (time.perf_counter() - t0) * 1000
             labels_, inference = self._label(decoded.image, cancelled)
@@ -114,10 +154,10 @@ class Pipeline:
             young = time.time() - raw.stat().st_mtime < self._pair_seconds
             return Outcome(raw, Status.WAITING, "pair") if may_wait and young else None
         doc = sidecar.read(mate)
-        current = doc is not None and sidecar.is_up_to_date(doc, sidecar.file_sha256(mate), self.labeler.info,
-                                                            self.prompt)
+        current = self.is_current(mate, doc, sha256=sidecar.file_sha256(mate))
         if current and doc["status"] == "labeled":
-            width, height = pairs.dimensions(raw)
+            probe = self.decoder.probe(raw)
+            width, height = (probe.width, probe.height) if probe else (None, None)
             record = sidecar.Record(
                 photo=raw, sha256=sha, width=width, height=height, labels=labels.Labels.from_json(doc["labels"]),
                 timing_ms={"decode": 0.0, "inference": 0.0, "total": 0.0, **timing},
@@ -193,6 +233,15 @@ class Pipeline:
             log.warning(event, **fields, code=record.error["code"], message=record.error["message"])
         return Outcome(record.photo, status, record.error["code"] if record.error else "", target,
                        total_ms=record.timing_ms.get("total"), memory=record.memory_mb)
+
+
+def _where(e: BaseException) -> str:
+    """An exception as one line with its innermost frame: enough to report, no traceback in the log."""
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    at = f" at {Path(tb.tb_frame.f_code.co_filename).name}:{tb.tb_lineno}" if tb else ""
+    return f"{type(e).__name__}: {str(e)[:200]}{at}"
 
 
 def _not_regular(path: Path) -> str | None:

@@ -22,18 +22,20 @@ def orient(image: Image.Image, flip: int) -> Image.Image:
     return image.transpose(_ROTATE[flip]) if flip in _ROTATE else image
 
 
-def decode(path: Path, max_side: int) -> tuple[Image.Image, int, int]:
+def decode(path: Path, max_side: int, max_pixels: int) -> tuple[Image.Image, int, int]:
     import rawpy
+
+    from bbsd.imaging import check_pixels
 
     try:
         with rawpy.imread(str(path)) as raw:
-            sizes = raw.sizes
-            width, height = (sizes.height, sizes.width) if sizes.flip in (5, 6) else (sizes.width, sizes.height)
-            image = _preview(raw, max_side)
+            width, height = oriented_size(raw.sizes)
+            image = _preview(raw, max_side, max_pixels)
             if image is None:
+                check_pixels((raw.sizes.width // 2, raw.sizes.height // 2), max_pixels)
                 image = Image.fromarray(raw.postprocess(half_size=True, use_camera_wb=True, output_bps=8))
             else:
-                image = orient(image, sizes.flip)  # previews are stored unrotated
+                image = orient(image, raw.sizes.flip)  # previews are stored unrotated
     except (rawpy.LibRawFileUnsupportedError, rawpy.NotSupportedError):
         raise PhotoError("not_an_image", "LibRaw cannot read this RAW file",
                          "is the camera supported by LibRaw? the JPEG of the shot is labelled normally") from None
@@ -43,7 +45,23 @@ def decode(path: Path, max_side: int) -> tuple[Image.Image, int, int]:
     return image, width, height
 
 
-def _preview(raw, max_side: int) -> Image.Image | None:
+def oriented_size(sizes) -> tuple[int, int]:
+    """The sensor image's size after LibRaw's `flip`."""
+    return (sizes.height, sizes.width) if sizes.flip in (5, 6) else (sizes.width, sizes.height)
+
+
+def dimensions(path: Path) -> tuple[int | None, int | None]:
+    """Sensor image size after orientation, read from the header without demosaicing."""
+    import rawpy
+
+    try:
+        with rawpy.imread(str(path)) as r:
+            return oriented_size(r.sizes)
+    except Exception:  # LibRaw raises many types; a missing size must not fail the pair
+        return None, None
+
+
+def _preview(raw, max_side: int, max_pixels: int) -> Image.Image | None:
     import rawpy
 
     try:
@@ -51,8 +69,11 @@ def _preview(raw, max_side: int) -> Image.Image | None:
     except (rawpy.LibRawNoThumbnailError, rawpy.LibRawUnsupportedThumbnailError):
         return None
     if thumb.format == rawpy.ThumbFormat.JPEG:
+        from bbsd.imaging import check_pixels
+
         image = Image.open(io.BytesIO(thumb.data))
         image.draft("RGB", (max_side, max_side))
+        check_pixels(image.size, max_pixels, scaled=True)
         image.load()
         return image
     return Image.fromarray(thumb.data)

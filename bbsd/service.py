@@ -1,9 +1,13 @@
 """The daemon: watcher → settle → queue → one worker that owns the model.
 
 Invariants: the watchdog thread only enqueues; the main loop owns settling, rescans and
-shutdown; exactly one worker thread calls the labeler. Stopping sets one event: the worker
-abandons the photo in hand (nothing is written for it, it is redone at the next start),
-the loop drains, and `run` returns.
+shutdown; exactly one worker thread calls the labeler. This process never parses photo
+bytes: capture times come from a probe in a decoder child process, pixels from another.
+A fault while handling one file or event costs that file, never the loop. Stopping sets one
+event: the worker abandons the photo in hand (nothing is written for it, it is redone at the
+next start), the loop drains, and `run` returns; if the main loop itself fails, the same
+happens within seconds and `run` raises `DaemonError` (non-zero exit: systemd restarts it).
+The photo in hand is journalled, so one that kills the whole process twice is quarantined.
 """
 
 from __future__ import annotations
@@ -19,9 +23,11 @@ from pathlib import Path
 import structlog
 
 from bbsd import config as config_mod
-from bbsd import scan, sidecar, state, watcher
+from bbsd import scan, state, watcher
 from bbsd.config import Settings
-from bbsd.errors import AbandonedError, BbsdError, ModelError
+from bbsd.decoder import Decoder
+from bbsd.errors import AbandonedError, BbsdError, ExitCode
+from bbsd.journal import DEATHS_TO_QUARANTINE, Journal
 from bbsd.monitor import Monitor
 from bbsd.pipeline import Pipeline, Status
 from bbsd.settle import SettleTracker, stat_or_none
@@ -32,6 +38,13 @@ log = structlog.get_logger("bbsd.service")
 FOLDER_CHECK_S = 2.0
 WRITE_RETRY_MIN_S = 2.0
 WRITE_RETRY_MAX_S = 300.0
+JOIN_S = 10.0  # at a failure, how long the worker thread gets to let go of its photo
+
+
+class DaemonError(BbsdError):
+    """The daemon's own loop failed (a bug or a broken system, not a photo): exit so systemd restarts it."""
+
+    exit_code = ExitCode.FAILED
 
 
 class Daemon:
@@ -53,36 +66,57 @@ class Daemon:
         self._work = PhotoQueue()
         self._write_failures: dict[Path, int] = {}
         self.counts = {"labeled": 0, "error": 0, "skipped": 0}
-        self.fatal: ModelError | None = None
+        self.fatal: BbsdError | None = None
+        self._prober = Decoder(settings, role="probe")  # the main loop's own decoder process, for capture times
+        self.journal = Journal(self.monitor.status.path.parent)
 
     def run(self) -> None:
         """Block until `stop` is set; then shut down cleanly."""
         w = self.settings.watch
         removed = scan.remove_stale_temps(w.folders, w.recursive)
+        self._recover()
         observer = watcher.Watcher(w.folders, w.extensions, w.recursive, w.observer, w.poll_seconds, self._events)
         observer.start()
         worker = threading.Thread(target=self._work_loop, name="bbsd-worker", daemon=True)
         worker.start()
-        queued = self._rescan()
-        log.info("daemon.ready", folders=[str(f) for f in w.folders], queued=queued, stale_temps_removed=removed,
-                 model=self.pipeline.labeler.info.file, status_file=str(self.monitor.status.path))
-        self.monitor.ready(len(self._work))
-        if self._progress:
-            self._progress.start(queued)
         try:
+            queued = self._rescan()
+            log.info("daemon.ready", folders=[str(f) for f in w.folders], queued=queued, stale_temps_removed=removed,
+                     model=self.pipeline.labeler.info.file, status_file=str(self.monitor.status.path))
+            self.monitor.ready(len(self._work))
+            if self._progress:
+                self._progress.start(queued)
             self._main_loop(observer)
+        except Exception as e:  # the loop itself broke: stop promptly, never spin (systemd restarts us)
+            log.error("daemon.failed", error=f"{type(e).__name__}: {e}", queue_depth=len(self._work))
+            self.fatal = DaemonError(f"the daemon's main loop failed ({type(e).__name__}: {e})",
+                                     "this is a bug: report it with the log; systemd restarts the service")
         finally:
+            self.stop.set()  # the worker abandons its photo exactly as at SIGTERM
             if self._progress:
                 self._progress.stop()
             log.info("daemon.stopping", queue_depth=len(self._work))
             self.monitor.stopping(len(self._work))
             self._work.close()
             observer.stop()
-            worker.join()
+            worker.join(JOIN_S)
+            self._prober.close()
             log.info("daemon.stopped", **self.counts)
             self.monitor.stopped()
         if self.fatal is not None:
             raise self.fatal
+
+    def _recover(self) -> None:
+        """A photo in hand at two deaths in a row of this process is quarantined, not tried again."""
+        found = self.journal.recover()
+        if found is None or found[1] < DEATHS_TO_QUARANTINE:
+            return
+        photo, deaths = found
+        outcome = self.pipeline.quarantine(
+            photo, "daemon_crash", f"the bbsd daemon itself died {deaths} times in a row while labelling this photo",
+            "the photo is not retried until it changes; report it with the log")
+        self.journal.end(photo)
+        log.warning("photo.quarantined", path=str(photo), deaths=deaths, status=outcome.status.value)
 
     # --- main loop: events, settling, rescans -------------------------------------------------
 
@@ -99,7 +133,8 @@ class Daemon:
             self._drain_feedback(time.monotonic())
             self._due_folder_scans(time.monotonic())
             for path in self._tracker.poll(time.monotonic()):
-                self._enqueue(path)
+                _test_hook(path)
+                self._guarded(self._enqueue, path)
             if time.monotonic() >= next_rescan:
                 self._rescan()
                 next_rescan = time.monotonic() + self.settings.watch.rescan_seconds
@@ -134,11 +169,19 @@ class Daemon:
         except queue.Empty:
             return
         while True:
-            self._note(path, closed)
+            self._guarded(self._note, path, closed)
             try:
                 path, closed = self._events.get_nowait()
             except queue.Empty:
                 return
+
+    @staticmethod
+    def _guarded(step, path: Path, *args) -> None:
+        """Run one per-file step of the main loop; a fault costs that file's event, never the loop."""
+        try:
+            step(path, *args)
+        except Exception as e:
+            log.warning("event.failed", path=str(path), step=step.__name__, error=f"{type(e).__name__}: {e}")
 
     def _note(self, path: Path, closed: bool) -> None:
         if path.is_dir():  # a folder created or moved in: look now, and once more after settling
@@ -149,8 +192,11 @@ class Daemon:
 
     def _scan_folder(self, folder: Path) -> None:
         for photo in scan.photos((folder,), self.settings.watch.extensions, self.settings.watch.recursive):
-            if photo not in self._tracker and self._looks_stale(photo):
-                self._tracker.touch(photo, time.monotonic())
+            self._guarded(self._consider, photo)
+
+    def _consider(self, photo: Path) -> None:
+        if photo not in self._tracker and not self.pipeline.is_current(photo):
+            self._tracker.touch(photo, time.monotonic())
 
     def _due_folder_scans(self, now: float) -> None:
         due = [f for t, f in self._folder_scans if t <= now]
@@ -170,38 +216,22 @@ class Daemon:
         st = stat_or_none(path)
         if st is None:
             return
-        # Only a regular file may be opened for its EXIF date: opening a FIFO blocks forever.
-        # Anything else is queued too, so the pipeline records why it is ignored.
-        regular = stat_module.S_ISREG(st.st_mode)
-        self._work.put(path, capture_time(path, st.st_mtime) if regular else st.st_mtime)
+        # Only a regular file is probed for its EXIF date (opening a FIFO blocks forever), and
+        # only in the decoder process. Anything else is queued too, so the pipeline records why it is ignored.
+        when = st.st_mtime
+        if stat_module.S_ISREG(st.st_mode) and (probe := self._prober.probe(path)) and probe.capture_time:
+            when = probe.capture_time
+        self._work.put(path, when)
 
     def _rescan(self, roots: tuple[Path, ...] | None = None) -> int:
         """Queue every photo whose sidecar looks stale; cheap: no hashing here."""
         w = self.settings.watch
-        now, queued = time.monotonic(), 0
+        before = len(self._tracker)
         for photo in scan.photos(roots or w.folders, w.extensions, w.recursive):
-            if photo not in self._tracker and self._looks_stale(photo):
-                self._tracker.touch(photo, now)
-                queued += 1
+            self._guarded(self._consider, photo)
+        queued = len(self._tracker) - before
         log.info("scan.done", candidates=queued, queue_depth=len(self._work))
         return queued
-
-    def _looks_stale(self, photo: Path) -> bool:
-        """A sidecar newer than its photo, from this model and prompt, is taken as current.
-
-        The worker still verifies the sha256 before labelling, so a wrong guess here costs
-        a hash, never a wrong label.
-        """
-        doc = sidecar.read(photo)
-        info, prompt = self.pipeline.labeler.info, self.pipeline.prompt
-        if doc is None or doc.get("model", {}).get("file") != info.file:
-            return True
-        if doc.get("prompt") != {"version": prompt.version, "catalog_sha256": prompt.catalog_digest}:
-            return True
-        try:
-            return os.stat(sidecar.path_for(photo)).st_mtime_ns < os.stat(photo).st_mtime_ns
-        except OSError:
-            return True
 
     # --- worker: the one thread that uses the model ------------------------------------------
 
@@ -212,17 +242,22 @@ class Daemon:
                 continue
             wait_ms = (time.monotonic() - job.enqueued_at) * 1000
             self._in_flight, self._busy_since = job.path, time.monotonic()
+            self.journal.begin(job.path)
             try:
                 with structlog.contextvars.bound_contextvars(queue_depth=len(self._work)):
                     self._handle(job.path, wait_ms)
+                self.journal.end(job.path)
             except AbandonedError:
                 log.info("photo.abandoned", path=str(job.path), reason="shutdown")
-            except ModelError as e:  # the engine cannot be (re)started: nothing more can be labelled
+                self.journal.end(job.path)  # a clean stop is no death: the photo is simply redone
+            except BbsdError as e:  # the engine or the decoder cannot be (re)started: nothing more can be labelled
                 log.error("engine.unavailable", message=e.message, hint=e.hint)
                 self.fatal = e
                 self.stop.set()
-            except Exception:  # a bug must not stop the daemon; the photo is retried at the next rescan
-                log.exception("photo.crashed", path=str(job.path))
+            except Exception as e:  # the per-file boundary: the photo gets a record, the thread goes on
+                self.pipeline.quarantine(job.path, "internal_error", f"bbsd failed on this photo ({e!r:.200})",
+                                         "this is a bug: report it with the log")
+                self.journal.end(job.path)
             finally:
                 self._in_flight, self._busy_since = None, None
 
@@ -255,15 +290,8 @@ class Daemon:
             self._write_failures.pop(path, None)
 
 
-def capture_time(path: Path, fallback: float) -> float:
-    """EXIF DateTimeOriginal as a timestamp (newest shots first), else the file's mtime."""
-    from datetime import datetime
-
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:  # reads the header only
-            raw = img.getexif().get_ifd(0x8769).get(0x9003)
-        return datetime.strptime(str(raw).strip("\x00 "), "%Y:%m:%d %H:%M:%S").timestamp() if raw else fallback
-    except (OSError, ValueError, UnidentifiedImageError, SyntaxError):
-        return fallback
+def _test_hook(path: Path) -> None:
+    """Fault injection for the tests only (inert unless BBSD_TEST_HOOKS=1): a main-loop failure."""
+    on = os.environ.get("BBSD_TEST_LOOP_FAIL_ON") if os.environ.get("BBSD_TEST_HOOKS") == "1" else None
+    if on and on in path.name:
+        raise RuntimeError(f"test hook: main loop fails on {path.name}")

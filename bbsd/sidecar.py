@@ -42,8 +42,28 @@ class Record:
     pair: dict[str, str] | None = None  # a RAW's labels came from its JPEG sibling
 
 
+NAME_MAX = 255  # bytes in a file name on ext4, XFS, Btrfs, NTFS and exFAT
+FALLBACK_MARK = "~bbsd-"
+
+
 def path_for(photo: Path) -> Path:
-    return photo.with_name(photo.name + SUFFIX)
+    return photo.with_name(fit_name(photo.name, SUFFIX))
+
+
+def fit_name(name: str, suffix: str, name_max: int = NAME_MAX) -> str:
+    """`name + suffix`, or when that is too long for a file name, a documented fallback.
+
+    The fallback keeps as much of the photo's name as fits, then `~bbsd-` and 12 hex digits
+    of the name's sha256 (two long names that share a prefix never share a sidecar), then
+    the suffix: `<start of name>~bbsd-1a2b3c4d5e6f.json`. The sidecar names the photo inside.
+    """
+    full = name + suffix
+    if len(full.encode("utf-8", "surrogateescape")) <= name_max:
+        return full
+    tail = f"{FALLBACK_MARK}{hashlib.sha256(name.encode('utf-8', 'surrogateescape')).hexdigest()[:12]}{suffix}"
+    room = name_max - len(tail.encode())
+    head = name.encode("utf-8", "surrogateescape")[:room].decode("utf-8", "ignore")
+    return head + tail
 
 
 def file_sha256(path: Path) -> str:
@@ -61,8 +81,7 @@ def render(record: Record, model: ModelInfo, prompt: Prompt) -> dict[str, Any]:
         "photo": {"file": record.photo.name, "sha256": record.sha256,
                   "width": record.width, "height": record.height},
         "labels": record.labels.to_json() if record.labels else None,
-        "model": {"backend": model.backend, "file": model.file, "mmproj": model.mmproj},
-        "prompt": {"version": prompt.version, "catalog_sha256": prompt.catalog_digest},
+        **identity(model, prompt),
         "timing_ms": {k: round(v, 1) for k, v in record.timing_ms.items()},
         "tokens": record.tokens,
         "memory_mb": record.memory_mb,
@@ -115,19 +134,41 @@ def read_strict(photo: Path) -> dict[str, Any] | None:
         doc = json.loads(path_for(photo).read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
+    except RecursionError:  # hostile nesting: refused like any other unreadable sidecar
+        raise ValueError("nested too deeply") from None
     if not isinstance(doc, dict):
         raise ValueError("not a JSON object")
     return doc
 
 
-def is_up_to_date(doc: dict[str, Any] | None, sha256: str, model: ModelInfo, prompt: Prompt) -> bool:
+def identity(model: ModelInfo, prompt: Prompt) -> dict[str, Any]:
+    """What makes labels current besides the photo itself: the model and the prompt."""
+    return {"model": {"backend": model.backend, "file": model.file, "mmproj": model.mmproj},
+            "prompt": {"version": prompt.version, "catalog_sha256": prompt.catalog_digest}}
+
+
+def is_current(doc: dict[str, Any] | None, model: ModelInfo, prompt: Prompt, *,
+               sha256: str | None = None, photo: Path | None = None) -> bool:
+    """The one rule for "is this sidecar current?": same schema, model and prompt, and same photo.
+
+    "Same photo" is the content's sha256 when the caller has it (before labelling), else the
+    cheap guess that the sidecar is newer than the photo (rescans; the sha256 is still checked
+    before anything is labelled, so a wrong guess costs a hash, never a wrong label). A sidecar
+    is current whatever its status, so a bad file is not retried until it changes.
+    """
     if not doc or doc.get("schema") != SCHEMA_ID:
         return False
-    return (
-        doc.get("photo", {}).get("sha256") == sha256
-        and doc.get("model") == {"backend": model.backend, "file": model.file, "mmproj": model.mmproj}
-        and doc.get("prompt") == {"version": prompt.version, "catalog_sha256": prompt.catalog_digest}
-    )
+    want = identity(model, prompt)
+    if doc.get("model") != want["model"] or doc.get("prompt") != want["prompt"]:
+        return False
+    if sha256 is not None:
+        return isinstance(doc.get("photo"), dict) and doc["photo"].get("sha256") == sha256
+    if photo is None:
+        raise ValueError("is_current needs the photo's sha256 or its path")
+    try:
+        return path_for(photo).stat().st_mtime_ns >= photo.stat().st_mtime_ns
+    except OSError:
+        return False
 
 
 def json_schema() -> dict[str, Any]:

@@ -239,7 +239,9 @@ def _write_bbsd(doc: Document, proposal: Proposal, books: dict, written_caption:
 
 
 def path_for(photo: Path, naming: str) -> Path:
-    return photo.with_name(photo.name + ".xmp") if naming == "ext" else photo.with_suffix(".xmp")
+    from bbsd.sidecar import fit_name  # a name too long for the suffix gets the JSON sidecar's fallback
+
+    return photo.with_name(fit_name(photo.name if naming == "ext" else photo.stem, ".xmp"))
 
 
 def write(target: Path, proposal: Proposal, attempts: int = 3) -> None:

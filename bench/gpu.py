@@ -40,7 +40,7 @@ def run(layers, text: Path, mmproj: Path, tmp: Path) -> dict:
     pipeline = Pipeline(labeler, s, prompt.build(s.catalog))
     for p in photos:
         pipeline.process(p)
-    labeler.close()
+    pipeline.close()
     docs = [json.loads(sidecar.path_for(p).read_text()) for p in photos][5:]  # after warm-up
     return {"p50": statistics.median(d["timing_ms"]["total"] for d in docs),
             "inf": statistics.median(d["timing_ms"]["inference"] for d in docs),

@@ -64,9 +64,12 @@ def test_empty_and_non_image_files(tmp_path):
     assert e.value.code == "not_an_image" and not isinstance(e.value, IncompletePhotoError)
 
 
-def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
-    photo = make_photo(tmp_path / "bomb.jpg", size=(400, 400))
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100 * 100)  # 160k px > limit: the warning band
+def test_pixel_limit_is_checked_on_what_is_decoded(tmp_path):
+    png = make_photo(tmp_path / "big.png", size=(400, 400), fmt="PNG")
     with pytest.raises(PhotoError) as e:
-        imaging.decode(photo, 256)
-    assert e.value.code == "decompression_bomb"
+        imaging.decode(png, 256, max_pixels=100 * 100)  # a PNG is decoded at full size: refused
+    assert e.value.code == "too_large" and "max_megapixels" in e.value.hint
+    jpeg = make_photo(tmp_path / "big.jpg", size=(1600, 1600))
+    assert imaging.decode(jpeg, 100, max_pixels=300 * 300).image.size == (100, 100)  # DCT-scaled to 200 px first
+    with pytest.raises(PhotoError, match="scaled for decoding"):
+        imaging.decode(jpeg, 100, max_pixels=150 * 150)
