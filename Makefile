@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup tools release-tools demo test lint bench release clean
+.PHONY: setup tools release-tools demo test lint bench fuzz release clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ lint: setup
 
 test: lint tools
 	$(VENV)/bin/python -m pytest
+
+# The long fuzz run: 300 mutated files for each of five seeds into a running daemon (make test runs 200 of one).
+# BBSD_FUZZ_CORPUS=/path/to/camera/files adds your own photos as seeds.
+fuzz: setup
+	BBSD_FUZZ_FILES=300 BBSD_FUZZ_SEED=1,2,3,4,5 $(VENV)/bin/python -m pytest tests/test_fuzz.py -v
 
 # qemu-user runs the artefact on an emulated CPU without AVX (Nehalem) in the release test.
 release-tools:

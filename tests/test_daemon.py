@@ -113,17 +113,28 @@ def test_sigterm_mid_photo_leaves_no_partial_sidecar(tmp_path, tiny_models, daem
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     cfg = write_config(tmp_path, [inbox], tiny_models)
-    d = daemon_factory(cfg)
+    # Every photo takes 1.5 s in the engine, so the SIGTERM below surely lands while one is in hand.
+    d = daemon_factory(cfg, env={"BBSD_TEST_HOOKS": "1", "BBSD_TEST_SLOW_MS": "1500"})
     d.wait_for("daemon.ready")
     for i in range(4):
         make_photo(inbox / f"burst_{i}.jpg", color=(i * 50, 90, 90))
     wait_until(lambda: d.events("photo.labeled"), 60, "the first label")
+    wait_until(lambda: _in_hand(tmp_path / "state") is not None, 30, "the next photo in hand")
     assert d.stop() == 0
+    abandoned = [Path(e["path"]) for e in d.events("photo.abandoned")]
+    assert len(abandoned) == 1 and not sidecar.path_for(abandoned[0]).exists()  # it really was mid-photo
     for sc in inbox.glob("*.json"):
         json.loads(sc.read_text())  # every sidecar present is whole
     assert not [p for p in inbox.iterdir() if ".bbsd-tmp-" in p.name]
     labeled = {Path(e["path"]).name for e in d.events("photo.labeled")}
     assert {p.name[:-5] for p in inbox.glob("*.json")} == labeled
+
+
+def _in_hand(state: Path) -> str | None:
+    try:
+        return json.loads((state / "in_hand.json").read_text()).get("in_hand")
+    except (OSError, ValueError):
+        return None
 
 
 def test_label_command_prints_a_line_per_photo_and_exit_code(tmp_path, tiny_models):
