@@ -33,6 +33,7 @@ class Inference:
     generate_ms: float  # sampling the reply
     rss_mb: float | None = None  # the engine process's memory, when it is not this process
     vram_mb: float | None = None
+    evaluated_tokens: int | None = None  # prompt tokens evaluated for this photo (the rest was cached)
 
 
 @dataclass(frozen=True)

@@ -1,24 +1,26 @@
-"""`llama` backend: a GGUF text model and its mmproj, in-process through llama-cpp-python + libmtmd.
+"""`llama` backend: a GGUF text model and its mmproj, in-process through llama.cpp + libmtmd.
 
-Invariants: one thread owns the `Llama` object (the pipeline's worker); pixels reach libmtmd
-as an RGB bitmap, never as a re-encoded file; the reply is sampled under a grammar compiled
-from the prompt's JSON schema (compiled once per prompt); the chat template is the one inside
-the GGUF.
+Invariants: one thread owns the model (the worker's); pixels reach libmtmd as an RGB bitmap,
+never as a re-encoded file; the reply is sampled under a grammar compiled from the prompt's
+JSON schema (compiled once per prompt); the chat template is the one inside the GGUF; the
+prompt prefix (system text, catalog, everything before the image) is evaluated once per
+prompt and kept in the KV cache, so a photo costs its image, the short text after it and the
+reply. llama.cpp itself is reached only through `llama_native`.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
 from PIL import Image
 
 from bbsd import families, llama_log
-from bbsd.errors import AbandonedError, ModelError, PhotoError
+from bbsd.errors import AbandonedError, ModelError
 from bbsd.labeler import Inference, ModelInfo
 from bbsd.prompt import Prompt
 
@@ -52,37 +54,28 @@ def _threads(configured: int) -> int:
 
 
 class LlamaLabeler:
-    """Holds the loaded model and the mtmd context; `infer` labels one image."""
+    """Holds the loaded model; `infer` labels one image, reusing the cached prompt prefix."""
 
     def __init__(self, model_path: Path, mmproj_path: Path, engine) -> None:
         llama_log.install()
-        from llama_cpp import Llama
-
-        from bbsd import backends, models
+        from bbsd import backends, llama_native, models
 
         backends.load()
         self._engine = engine
         self.info = ModelInfo(backend="llama", file=model_path.name, mmproj=mmproj_path.name)
         self._family = families.for_projector(models.inspect(mmproj_path).projector)
-        threads = _threads(engine.threads)
         layers = backends.gpu_layers(engine.gpu_layers, model_path, mmproj_path, engine.context_size)
-        try:
-            self._llm = Llama(
-                model_path=str(model_path), n_ctx=engine.context_size, n_threads=threads,
-                n_gpu_layers=layers, flash_attn=engine.flash_attention,
-                seed=engine.seed, verbose=False,
-            )
-        except (ValueError, RuntimeError) as e:
-            raise ModelError(f"cannot load text model {model_path.name}: {e}",
-                             "is it a complete llama.cpp GGUF? re-download it or check `bbsd check`") from None
-        self._mtmd = _open_mtmd(mmproj_path, self._llm, engine, threads, layers)
+        self._ctx = llama_native.Context(
+            model_path, mmproj_path, n_ctx=engine.context_size, n_batch=batch_size(engine.context_size),
+            threads=_threads(engine.threads), gpu_layers=layers, flash_attention=engine.flash_attention)
         self._template = self._compile_template()
-        self._grammars: dict[str, object] = {}
+        self._grammars: dict[str, str] = {}
+        self._prefix = Prefix()
 
     def _compile_template(self):
         from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-        text = self._llm.metadata.get("tokenizer.chat_template")
+        text = self._ctx.meta("tokenizer.chat_template")
         if not text:
             text = self._family.fallback_template or FALLBACK_TEMPLATE
             log.warning("engine.no_chat_template", model=self.info.file,
@@ -101,144 +94,102 @@ class LlamaLabeler:
         def raise_exception(message: str):
             raise ModelError(f"chat template refused the prompt: {message}", "report this model to the bbsd team")
 
-        piece = self._llm.detokenize
-        return self._template.render(
-            messages=messages, add_generation_prompt=True, raise_exception=raise_exception,
-            bos_token=piece([self._llm.token_bos()]).decode(errors="ignore"),
-            eos_token=piece([self._llm.token_eos()]).decode(errors="ignore"),
-        )
+        bos, eos = self._ctx.bos_eos()
+        return self._template.render(messages=messages, add_generation_prompt=True,
+                                     raise_exception=raise_exception, bos_token=bos, eos_token=eos)
 
-    def _grammar(self, prompt: Prompt):
-        from llama_cpp.llama_grammar import LlamaGrammar
+    def _grammar(self, prompt: Prompt) -> str:
+        from llama_cpp.llama_grammar import json_schema_to_gbnf
 
         key = prompt.schema_json()
         if key not in self._grammars:
-            self._grammars[key] = LlamaGrammar.from_json_schema(key, verbose=False)
+            self._grammars[key] = json_schema_to_gbnf(key)
         return self._grammars[key]
 
     def infer(self, image: Image.Image, prompt: Prompt, *, attempt: int,
               cancelled: Callable[[], bool]) -> Inference:
         t0 = time.perf_counter()
-        n_prompt = self._mtmd.evaluate(self._llm, self._render(prompt, self._mtmd.marker), image)
+        with self._ctx.tokenize(self._render(prompt, self._ctx.marker), image) as chunks:
+            n_past, evaluated = self._evaluate(chunks.items)
         t1 = time.perf_counter()
-        from llama_cpp import StoppingCriteriaList
-
-        out = self._llm.create_completion(
-            prompt=self._llm.input_ids[: self._llm.n_tokens].tolist(),
-            grammar=self._grammar(prompt), max_tokens=self._engine.max_output_tokens,
-            temperature=self._engine.temperature if attempt == 0 else RETRY_TEMPERATURE,
-            seed=self._engine.seed + attempt, repeat_penalty=1.0,
-            stopping_criteria=StoppingCriteriaList([lambda _ids, _logits: cancelled()]),
-        )
-        if cancelled():
-            raise AbandonedError("labelling abandoned at shutdown", "the photo stays pending and is redone at start")
+        temperature = self._engine.temperature if attempt == 0 else RETRY_TEMPERATURE
+        text, n_out = self._generate(prompt, n_past, temperature, self._engine.seed + attempt, cancelled)
         t2 = time.perf_counter()
-        return Inference(text=out["choices"][0]["text"], prompt_tokens=n_prompt,
-                         output_tokens=out["usage"]["completion_tokens"],
-                         encode_ms=(t1 - t0) * 1000, generate_ms=(t2 - t1) * 1000)
+        return Inference(text=text, prompt_tokens=n_past, output_tokens=n_out, encode_ms=(t1 - t0) * 1000,
+                         generate_ms=(t2 - t1) * 1000, evaluated_tokens=evaluated)
 
-    def close(self) -> None:
-        self._mtmd.close()
-        self._llm.close()
+    def layout(self, prompt: Prompt, image: Image.Image) -> dict[str, int]:
+        """Tokens of this prompt and image: the cacheable prefix, the image, the text after it."""
+        with self._ctx.tokenize(self._render(prompt, self._ctx.marker), image) as chunks:
+            items = chunks.items
+        first_image = next((i for i, c in enumerate(items) if not c.is_text), len(items))
+        return {"prefix": sum(c.n_tokens for c in items[:first_image]),
+                "image": sum(c.n_tokens for c in items[first_image:] if not c.is_text),
+                "suffix": sum(c.n_tokens for c in items[first_image:] if c.is_text)}
 
+    def _evaluate(self, chunks: list) -> tuple[int, int]:
+        """Fill the KV cache for this photo; return (next position, prompt tokens evaluated now).
 
-class _Mtmd:
-    """The libmtmd context: tokenizes text + bitmap into chunks and evaluates them into the KV cache."""
+        Everything before the image is the same for every photo of a catalog: it stays in the
+        KV cache and only the image and the text after it are evaluated.
+        """
+        first_image = next((i for i, c in enumerate(chunks) if not c.is_text), len(chunks))
+        head, tail = chunks[:first_image], chunks[first_image:]
+        key = tuple(t for c in head for t in c.tokens)
+        evaluated = 0
+        if self._prefix.tokens == key and self._engine.prefix_cache:
+            self._ctx.forget_from(self._prefix.n_past)  # the previous photo's image and reply
+            n_past = self._prefix.n_past
+        else:
+            self._ctx.forget_from(0)
+            self._prefix = Prefix()  # invalid until it is whole again
+            n_past = 0
+            for c in head:
+                n_past = self._ctx.eval_chunk(c, n_past, logits_last=False)
+                evaluated += c.n_tokens
+            self._prefix = Prefix(key, n_past)
+            log.info("engine.prefix_cached", tokens=len(key), positions=n_past)
+        for i, c in enumerate(tail):
+            n_past = self._ctx.eval_chunk(c, n_past, logits_last=i == len(tail) - 1)
+            evaluated += c.n_tokens
+        return n_past, evaluated
 
-    def __init__(self, ctx, mtmd_cpp) -> None:
-        self._ctx = ctx
-        self._m = mtmd_cpp
-        self.marker = mtmd_cpp.mtmd_default_marker().decode()
-
-    def evaluate(self, llm, text: str, image: Image.Image) -> int:
-        """Fill llm's KV cache with the prompt and the image; return the number of positions used."""
-        m = self._m
-        bitmap = _bitmap(m, image)
-        chunks = m.mtmd_input_chunks_init()
+    def _generate(self, prompt: Prompt, n_past: int, temperature: float, seed: int,
+                  cancelled: Callable[[], bool]) -> tuple[str, int]:
+        sampler = self._ctx.sampler(self._grammar(prompt), temperature, seed)
+        out = bytearray()
+        n = 0
         try:
-            _tokenize(m, self._ctx, chunks, text, bitmap)
-            llm.reset()
-            llm._ctx.kv_cache_clear()
-            for i in range(m.mtmd_input_chunks_size(chunks)):
-                self._eval_chunk(llm, m.mtmd_input_chunks_get(chunks, i))
-            return llm.n_tokens
+            for n in range(1, self._engine.max_output_tokens + 1):  # noqa: B007 - n is the count after the loop
+                if cancelled():
+                    raise AbandonedError("labelling abandoned at shutdown",
+                                         "the photo stays pending and is redone at start")
+                token = self._ctx.sample(sampler)
+                if self._ctx.is_end(token):
+                    n -= 1
+                    break
+                out += self._ctx.piece(token)
+                n_past = self._ctx.eval_tokens([token], n_past)
         finally:
-            m.mtmd_input_chunks_free(chunks)
-            m.mtmd_bitmap_free(bitmap)
-
-    def _eval_chunk(self, llm, chunk) -> None:
-        import llama_cpp
-
-        m = self._m
-        if m.mtmd_input_chunk_get_type(chunk) == m.MTMD_INPUT_CHUNK_TYPE_TEXT:
-            n = ctypes.c_size_t()
-            ptr = m.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(n))
-            tokens = [ptr[j] for j in range(n.value)]
-            _fits(llm, len(tokens))
-            llm.eval(tokens)
-            return
-        _fits(llm, m.mtmd_input_chunk_get_n_tokens(chunk))
-        n_past = llama_cpp.llama_pos(0)
-        rc = m.mtmd_helper_eval_chunk_single(
-            self._ctx, llm._ctx.ctx, chunk, llama_cpp.llama_pos(llm.n_tokens), llama_cpp.llama_seq_id(0),
-            llm.n_batch, False, ctypes.byref(n_past))
-        if rc != 0:
-            raise PhotoError("engine_error", f"image encoding failed (mtmd code {rc})", "see the llama.log events")
-        llm.n_tokens = n_past.value
+            sampler.close()
+        return out.decode("utf-8", errors="replace"), n
 
     def close(self) -> None:
-        if self._ctx is not None:
-            self._m.mtmd_free(self._ctx)
-            self._ctx = None
+        self._ctx.close()
 
 
-def _fits(llm, n: int) -> None:
-    if llm.n_tokens + n > llm.n_ctx():
-        raise PhotoError("context_overflow", f"prompt needs {llm.n_tokens + n} tokens, context has {llm.n_ctx()}",
-                         "raise [engine] context_size or lower image_max_side")
+@dataclass(frozen=True)
+class Prefix:
+    """The prompt prefix held in the KV cache: its tokens and the position after it."""
+
+    tokens: tuple[int, ...] | None = None
+    n_past: int = 0
 
 
-def _bitmap(m, image: Image.Image):
-    rgb = image if image.mode == "RGB" else image.convert("RGB")
-    data = rgb.tobytes()
-    buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
-    bitmap = m.mtmd_bitmap_init(rgb.width, rgb.height, buf)
-    if not bitmap:
-        raise PhotoError("engine_error", "libmtmd refused the bitmap", "see the llama.log events")
-    return bitmap
-
-
-def _tokenize(m, ctx, chunks, text: str, bitmap) -> None:
-    raw = text.encode("utf-8")
-    inp = m.mtmd_input_text()
-    inp.text, inp.text_len, inp.add_special, inp.parse_special = raw, len(raw), True, True
-    bitmaps = (m.mtmd_bitmap_p_ctypes * 1)(bitmap)
-    rc = m.mtmd_tokenize(ctx, chunks, ctypes.byref(inp), bitmaps, 1)
-    if rc != 0:
-        raise PhotoError("engine_error", f"mtmd_tokenize failed (code {rc})",
-                         "the chat template may lack the image marker; see `bbsd check`")
-
-
-def _open_mtmd(mmproj: Path, llm, engine, threads: int, layers: int) -> _Mtmd:
-    import llama_cpp
-    from llama_cpp import mtmd_cpp
-
-    params = mtmd_cpp.mtmd_context_params_default()
-    params.use_gpu = layers != 0
-    params.n_threads = threads
-    params.print_timings = False
-    params.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if engine.flash_attention
-                              else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
-    ctx = mtmd_cpp.mtmd_init_from_file(str(mmproj).encode(), llm.model, params)
-    if not ctx:
-        llm.close()
-        raise ModelError(f"cannot load mmproj {mmproj.name} with this text model",
-                         "the projector must belong to the text model (same family and size); see llama.log")
-    if not mtmd_cpp.mtmd_support_vision(ctx):
-        mtmd_cpp.mtmd_free(ctx)
-        llm.close()
-        raise ModelError(f"{mmproj.name} has no vision encoder", "use the model's vision mmproj GGUF")
-    return _Mtmd(ctx, mtmd_cpp)
+def batch_size(context_size: int) -> int:
+    """Batch = ubatch, large enough for one image in one ubatch (vision encoders with
+    non-causal attention need that) and never larger than the context."""
+    return min(context_size, 2048)
 
 
 def open_labeler(settings) -> LlamaLabeler:

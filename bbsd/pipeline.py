@@ -142,7 +142,7 @@ class Pipeline:
         timing["total"] = (time.perf_counter() - t0) * 1000
         record = sidecar.Record(
             photo=path, sha256=sha, width=decoded.width, height=decoded.height, labels=labels_,
-            timing_ms=timing, tokens={"prompt": inference.prompt_tokens, "output": inference.output_tokens},
+            timing_ms=timing, tokens=_tokens(inference),
             memory_mb=self._memory(inference),
         )
         return self._write(record, "photo.labeled", Status.LABELED)
@@ -235,6 +235,14 @@ class Pipeline:
                        total_ms=record.timing_ms.get("total"), memory=record.memory_mb)
 
 
+def _tokens(inference: Inference) -> dict[str, int]:
+    """Prompt positions, reply tokens, and how many prompt tokens this photo evaluated (not cached)."""
+    tokens = {"prompt": inference.prompt_tokens, "output": inference.output_tokens}
+    if inference.evaluated_tokens is not None:
+        tokens["evaluated"] = inference.evaluated_tokens
+    return tokens
+
+
 def _where(e: BaseException) -> str:
     """An exception as one line with its innermost frame: enough to report, no traceback in the log."""
     tb = e.__traceback__
@@ -269,6 +277,7 @@ def _event_fields(record: sidecar.Record) -> dict[str, object]:
         "total_ms": round(t.get("total", 0.0), 1),
         "prompt_tokens": record.tokens["prompt"],
         "output_tokens": record.tokens["output"],
+        "evaluated_tokens": record.tokens.get("evaluated", record.tokens["prompt"]),
         "rss_mb": record.memory_mb["rss"],
         "vram_mb": record.memory_mb["vram"],
         "characters": list(record.labels.characters) if record.labels else [],

@@ -67,7 +67,8 @@ def _serve(labeler, inp: int, out: int, gpu: bool) -> int:
             ipc.send(out, {"type": "photo_error", "code": e.code, "message": e.message, "hint": e.hint})
             continue
         ipc.send(out, {"type": "result", "text": r.text, "prompt_tokens": r.prompt_tokens,
-                       "output_tokens": r.output_tokens, "encode_ms": r.encode_ms, "generate_ms": r.generate_ms,
+                       "output_tokens": r.output_tokens,
+                       "evaluated_tokens": r.evaluated_tokens, "encode_ms": r.encode_ms, "generate_ms": r.generate_ms,
                        "rss_mb": metrics.rss_mb(), "vram_mb": metrics.vram_mb(gpu)})
 
 

@@ -52,3 +52,54 @@ def test_corrupt_model_file_is_a_model_error(tmp_path, tiny_models):
     settings = config.load(write_config(tmp_path, [tmp_path], (bad, tiny_models[1])), environ={})
     with pytest.raises(ModelError, match="cannot load text model bad.gguf"):
         open_labeler(settings)
+
+
+def _photo(i: int) -> Image.Image:
+    return Image.new("RGB", (256, 192), (40 * i % 256, 90, 200 - 30 * i % 200))
+
+
+def test_prefix_is_evaluated_once_per_catalog_then_only_image_and_suffix(tiny_models, tmp_path):
+    settings = config.load(write_config(tmp_path, [tmp_path], tiny_models), environ={})
+    labeler = open_labeler(settings)
+    try:
+        p = prompt.build(settings.catalog)
+        layout = labeler.layout(p, _photo(0))
+        assert layout["image"] == 16 and layout["prefix"] > layout["suffix"] > 0
+        runs = [labeler.infer(_photo(i), p, attempt=0, cancelled=lambda: False) for i in range(3)]
+        assert runs[0].evaluated_tokens == layout["prefix"] + layout["image"] + layout["suffix"]
+        assert [r.evaluated_tokens for r in runs[1:]] == [layout["image"] + layout["suffix"]] * 2
+        assert all(r.prompt_tokens == runs[0].evaluated_tokens for r in runs)  # same positions each time
+
+        bigger = prompt.build(config.load(_with_character(tmp_path, "Kikimora"), environ={}).catalog)  # SIGHUP
+        new_layout = labeler.layout(bigger, _photo(0))
+        assert new_layout["prefix"] > layout["prefix"]
+        changed = [labeler.infer(_photo(i), bigger, attempt=0, cancelled=lambda: False) for i in range(2)]
+        assert changed[0].evaluated_tokens == sum(new_layout.values())  # the new prefix, evaluated once
+        assert changed[1].evaluated_tokens == new_layout["image"] + new_layout["suffix"]
+    finally:
+        labeler.close()
+
+
+def test_a_cached_prefix_gives_the_same_reply_as_a_fresh_engine(tiny_models, tmp_path):
+    settings = config.load(write_config(tmp_path, [tmp_path], tiny_models), environ={})
+    p = prompt.build(settings.catalog)
+    fresh = open_labeler(settings)
+    try:
+        expected = fresh.infer(_photo(7), p, attempt=0, cancelled=lambda: False)
+    finally:
+        fresh.close()
+    warm = open_labeler(settings)
+    try:
+        for i in range(3):  # other photos first: their image and reply must be forgotten
+            warm.infer(_photo(i), p, attempt=0, cancelled=lambda: False)
+        again = warm.infer(_photo(7), p, attempt=0, cancelled=lambda: False)
+    finally:
+        warm.close()
+    assert again.evaluated_tokens < expected.evaluated_tokens  # the prefix really came from the cache
+    assert again.text == expected.text and again.output_tokens == expected.output_tokens
+
+
+def _with_character(folder, name: str):
+    cfg = folder / "config.toml"
+    cfg.write_text(cfg.read_text() + f'\n[[characters]]\nname = "{name}"\ndescription = "swamp spirit"\n')
+    return cfg

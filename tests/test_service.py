@@ -175,6 +175,9 @@ def test_sighup_reloads_the_catalog_without_reloading_the_model(tmp_path, tiny_m
     proc, logged = run.proc, run.events
     try:
         wait_until(lambda: logged("daemon.ready"), 60, "ready")
+        for i in range(2):
+            make_photo(inbox / f"before_{i}.jpg", color=(9, 40 * i, 9))
+        wait_until(lambda: len(logged("photo.labeled")) == 2, 60, "two photos with the old catalog")
         cfg.write_text(cfg.read_text() + '\n[[props]]\nname = "mortar"\ndescription = "wooden"\n')
         proc.send_signal(signal.SIGHUP)
         wait_until(lambda: logged("config.reloaded"), 10, "the reload")
@@ -183,6 +186,14 @@ def test_sighup_reloads_the_catalog_without_reloading_the_model(tmp_path, tiny_m
         wait_until(lambda: sidecar.path_for(photo).exists(), 30, "a sidecar with the new catalog")
         schema_digest = json.loads(sidecar.path_for(photo).read_text())["prompt"]["catalog_sha256"]
         assert schema_digest == config.load(cfg, environ={}).catalog.digest()
+        # The fixed prompt prefix was evaluated once for each catalog: the second old-catalog photo
+        # evaluated only its image and the text after it; the new catalog's first photo all of it.
+        first = logged("photo.labeled")  # in order; a rescan relabels the old two later
+        old_two = [(e["evaluated_tokens"], e["prompt_tokens"]) for e in first[:2]]
+        assert old_two[0][0] == old_two[0][1] and old_two[1][0] < old_two[1][1] / 2
+        new_first = first[2]  # the first photo labelled with the new catalog
+        assert new_first["evaluated_tokens"] == new_first["prompt_tokens"]
+        assert len(logged("engine.prefix_cached")) >= 2  # old catalog, new catalog (rescans may add photos)
 
         cfg.write_text(cfg.read_text().replace("threads = 2", "threads = 1"))
         proc.send_signal(signal.SIGHUP)

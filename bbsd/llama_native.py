@@ -1,0 +1,250 @@
+"""The one module that drives llama.cpp: llama-cpp-python's documented low-level bindings.
+
+Invariants: every call into llama.cpp and libmtmd goes through here, on the documented C API
+(`llama_model_load_from_file`, `llama_decode` with explicit positions, `llama_memory_seq_rm`,
+sampler chains with the grammar sampler, `mtmd_tokenize` and `mtmd_helper_eval_chunk_single`),
+never through private attributes of the high-level `Llama` class; one thread owns a `Context`;
+positions are whatever libmtmd says they are (M-RoPE images use fewer positions than tokens),
+never a token count kept on the side.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from bbsd.errors import ModelError, PhotoError
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One piece of a tokenized prompt: text tokens, or an image (`n_tokens` embeddings)."""
+
+    handle: object  # the mtmd chunk, valid while its `Chunks` lives
+    is_text: bool
+    tokens: tuple[int, ...]  # the text's tokens; empty for an image
+    n_tokens: int
+
+
+class Context:
+    """A loaded text model, its llama context and its mmproj (libmtmd) context."""
+
+    def __init__(self, model: Path, mmproj: Path, *, n_ctx: int, n_batch: int, threads: int, gpu_layers: int,
+                 flash_attention: bool) -> None:
+        import llama_cpp as ll
+        from llama_cpp import mtmd_cpp
+
+        self._ll, self._m = ll, mtmd_cpp
+        mparams = ll.llama_model_default_params()
+        mparams.n_gpu_layers = gpu_layers
+        self.model = ll.llama_model_load_from_file(str(model).encode(), mparams)
+        if not self.model:
+            raise ModelError(f"cannot load text model {model.name}",
+                             "is it a complete llama.cpp GGUF? re-download it or check `bbsd check`")
+        self.vocab = ll.llama_model_get_vocab(self.model)
+        cparams = ll.llama_context_default_params()
+        cparams.n_ctx, cparams.n_batch, cparams.n_ubatch = n_ctx, n_batch, n_batch
+        cparams.n_threads = cparams.n_threads_batch = threads
+        cparams.flash_attn_type = (ll.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attention
+                                   else ll.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+        cparams.no_perf = True
+        self.ctx = ll.llama_init_from_model(self.model, cparams)
+        if not self.ctx:
+            ll.llama_model_free(self.model)
+            raise ModelError(f"cannot create a context of {n_ctx} tokens for {model.name}",
+                             "lower [engine] context_size, or free memory")
+        self.n_ctx, self.n_batch = ll.llama_n_ctx(self.ctx), n_batch
+        self._mtmd = self._open_mtmd(mmproj, threads, gpu_layers, flash_attention)
+        self.marker = mtmd_cpp.mtmd_default_marker().decode()
+        self._batch = ll.llama_batch_init(n_batch, 0, 1)
+
+    def _open_mtmd(self, mmproj: Path, threads: int, gpu_layers: int, flash_attention: bool):
+        ll, m = self._ll, self._m
+        params = m.mtmd_context_params_default()
+        params.use_gpu = gpu_layers != 0
+        params.n_threads = threads
+        params.print_timings = False
+        params.flash_attn_type = (ll.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attention
+                                  else ll.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+        ctx = m.mtmd_init_from_file(str(mmproj).encode(), self.model, params)
+        if not ctx:
+            self.close()
+            raise ModelError(f"cannot load mmproj {mmproj.name} with this text model",
+                             "the projector must belong to the text model (same family and size); see llama.log")
+        if not m.mtmd_support_vision(ctx):
+            m.mtmd_free(ctx)
+            self.close()
+            raise ModelError(f"{mmproj.name} has no vision encoder", "use the model's vision mmproj GGUF")
+        return ctx
+
+    # --- metadata and tokens --------------------------------------------------------------------
+
+    def meta(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(1 << 16)
+        n = self._ll.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", "replace") if n >= 0 else None
+
+    def piece(self, token: int) -> bytes:
+        buf = ctypes.create_string_buffer(256)
+        n = self._ll.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, True)
+        return buf.raw[:n] if n > 0 else b""
+
+    def bos_eos(self) -> tuple[str, str]:
+        ll = self._ll
+        return (self.piece(ll.llama_vocab_bos(self.vocab)).decode(errors="ignore"),
+                self.piece(ll.llama_vocab_eos(self.vocab)).decode(errors="ignore"))
+
+    def is_end(self, token: int) -> bool:
+        return bool(self._ll.llama_vocab_is_eog(self.vocab, token))
+
+    def tokenize(self, text: str, image: Image.Image) -> Chunks:
+        """Text with one image marker + the image → chunks (text, image, text …)."""
+        return Chunks(self._m, self._mtmd, text, image)
+
+    # --- evaluation -----------------------------------------------------------------------------
+
+    def forget_from(self, pos: int) -> None:
+        """Drop everything at or after position `pos` from the KV cache (pos 0: all of it)."""
+        mem = self._ll.llama_get_memory(self.ctx)
+        if pos <= 0:
+            self._ll.llama_memory_clear(mem, True)
+        elif not self._ll.llama_memory_seq_rm(mem, 0, pos, -1):
+            raise PhotoError("engine_error", "the KV cache refused to drop the previous photo",
+                             "the worker is restarted for the next photo")
+
+    def eval_chunk(self, chunk: Chunk, n_past: int, logits_last: bool) -> int:
+        """Evaluate one chunk at `n_past`; return the next position (libmtmd's, M-RoPE aware).
+
+        Text goes through our own batches with explicit positions: libmtmd's helper placed a
+        text chunk at position 0 whatever `n_past` it was given (llama-cpp-python 0.3.36).
+        """
+        if chunk.is_text:
+            return self.eval_tokens(list(chunk.tokens), n_past, logits_last)
+        self._fits(n_past, chunk.n_tokens)
+        new_n_past = self._ll.llama_pos(0)
+        rc = self._m.mtmd_helper_eval_chunk_single(
+            self._mtmd, self.ctx, chunk.handle, self._ll.llama_pos(n_past), self._ll.llama_seq_id(0),
+            self.n_batch, logits_last, ctypes.byref(new_n_past))
+        if rc != 0:
+            raise PhotoError("engine_error", f"{'text' if chunk.is_text else 'image'} evaluation failed "
+                             f"(mtmd code {rc})", "see the llama.log events")
+        return new_n_past.value
+
+    def eval_tokens(self, tokens: list[int], n_past: int, logits_last: bool = True) -> int:
+        """Append tokens at positions `n_past`…; logits for the last one when asked."""
+        self._fits(n_past, len(tokens))
+        batch = self._batch
+        for start in range(0, len(tokens), self.n_batch):
+            part = tokens[start:start + self.n_batch]
+            batch.n_tokens = len(part)
+            for i, tok in enumerate(part):
+                batch.token[i], batch.pos[i], batch.n_seq_id[i] = tok, n_past + start + i, 1
+                batch.seq_id[i][0] = 0
+                batch.logits[i] = logits_last and start + i == len(tokens) - 1
+            if self._ll.llama_decode(self.ctx, batch) != 0:
+                raise PhotoError("engine_error", "llama_decode failed while generating", "see the llama.log events")
+        return n_past + len(tokens)
+
+    def _fits(self, n_past: int, n: int) -> None:
+        if n_past + n > self.n_ctx:
+            raise PhotoError("context_overflow", f"prompt needs {n_past + n} tokens, context has {self.n_ctx}",
+                             "raise [engine] context_size or lower image_max_side")
+
+    def sampler(self, grammar: str, temperature: float, seed: int) -> Sampler:
+        return Sampler(self._ll, self.vocab, grammar, temperature, seed)
+
+    def sample(self, sampler: Sampler) -> int:
+        """Sample the next token from the last logits under the sampler's grammar (and accept it)."""
+        return self._ll.llama_sampler_sample(sampler.chain, self.ctx, -1)
+
+    def close(self) -> None:
+        ll = self._ll
+        if getattr(self, "_batch", None) is not None:
+            ll.llama_batch_free(self._batch)
+            self._batch = None
+        if getattr(self, "_mtmd", None):
+            self._m.mtmd_free(self._mtmd)
+            self._mtmd = None
+        if getattr(self, "ctx", None):
+            ll.llama_free(self.ctx)
+            self.ctx = None
+        if getattr(self, "model", None):
+            ll.llama_model_free(self.model)
+            self.model = None
+
+
+class Chunks:
+    """A tokenized prompt (mtmd input chunks); free with `close` (or use as a context manager)."""
+
+    def __init__(self, m, mtmd_ctx, text: str, image: Image.Image) -> None:
+        self._m = m
+        rgb = image if image.mode == "RGB" else image.convert("RGB")
+        data = rgb.tobytes()
+        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        self._bitmap = m.mtmd_bitmap_init(rgb.width, rgb.height, buf)
+        if not self._bitmap:
+            raise PhotoError("engine_error", "libmtmd refused the bitmap", "see the llama.log events")
+        self._chunks = m.mtmd_input_chunks_init()
+        raw = text.encode("utf-8")
+        inp = m.mtmd_input_text()
+        inp.text, inp.text_len, inp.add_special, inp.parse_special = raw, len(raw), True, True
+        rc = m.mtmd_tokenize(mtmd_ctx, self._chunks, ctypes.byref(inp), (m.mtmd_bitmap_p_ctypes * 1)(self._bitmap), 1)
+        if rc != 0:
+            self.close()
+            raise PhotoError("engine_error", f"mtmd_tokenize failed (code {rc})",
+                             "the chat template may lack the image marker; see `bbsd check`")
+        self.items = [self._chunk(m.mtmd_input_chunks_get(self._chunks, i))
+                      for i in range(m.mtmd_input_chunks_size(self._chunks))]
+
+    def _chunk(self, handle) -> Chunk:
+        m = self._m
+        if m.mtmd_input_chunk_get_type(handle) == m.MTMD_INPUT_CHUNK_TYPE_TEXT:
+            n = ctypes.c_size_t()
+            ptr = m.mtmd_input_chunk_get_tokens_text(handle, ctypes.byref(n))
+            tokens = tuple(ptr[j] for j in range(n.value))
+            return Chunk(handle, True, tokens, len(tokens))
+        return Chunk(handle, False, (), m.mtmd_input_chunk_get_n_tokens(handle))
+
+    def __enter__(self) -> Chunks:
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._chunks is not None:
+            self._m.mtmd_input_chunks_free(self._chunks)
+            self._chunks = None
+        if self._bitmap is not None:
+            self._m.mtmd_bitmap_free(self._bitmap)
+            self._bitmap = None
+
+
+class Sampler:
+    """A sampler chain: the reply grammar, then greedy (temperature 0) or temperature + seeded draw."""
+
+    def __init__(self, ll, vocab, grammar: str, temperature: float, seed: int) -> None:
+        self._ll = ll
+        self.chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
+        g = ll.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
+        if not g:
+            ll.llama_sampler_free(self.chain)
+            raise PhotoError("engine_error", "llama.cpp refused the reply grammar",
+                             "a catalog name may contain characters the grammar cannot hold; run `bbsd check`")
+        ll.llama_sampler_chain_add(self.chain, g)
+        if temperature > 0:
+            ll.llama_sampler_chain_add(self.chain, ll.llama_sampler_init_temp(temperature))
+            ll.llama_sampler_chain_add(self.chain, ll.llama_sampler_init_dist(seed))
+        else:
+            ll.llama_sampler_chain_add(self.chain, ll.llama_sampler_init_greedy())
+
+    def reset(self) -> None:
+        self._ll.llama_sampler_reset(self.chain)
+
+    def close(self) -> None:
+        if self.chain is not None:
+            self._ll.llama_sampler_free(self.chain)
+            self.chain = None
