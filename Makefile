@@ -56,6 +56,7 @@ release: setup release-tools
 # Benchmarks rewrite their tables in docs/benchmarks.md (not part of `make test`).
 bench: setup  # bench.gpu needs a GPU and a CUDA build: run it by hand there
 	$(VENV)/bin/python -m bench.decode
+	$(VENV)/bin/python -m bench.speed
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache .ruff_cache
