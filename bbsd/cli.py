@@ -53,14 +53,14 @@ def _setup(config: Path):
     return settings
 
 
-def _open(settings):
+def _open(settings, warm_up: bool = False):
     import structlog
 
     from bbsd import prompt
     from bbsd.labeler import open_labeler
     from bbsd.pipeline import Pipeline
 
-    labeler = open_labeler(settings)
+    labeler = open_labeler(settings, warm_up=warm_up)
     if labeler.info.backend == "fake":
         structlog.get_logger("bbsd").warning("engine.fake", note="fake backend: labels are not from a model")
     return Pipeline(labeler, settings, prompt.build(settings.catalog))
@@ -86,7 +86,7 @@ def run(config: Path = CONFIG) -> None:
     checks.folders(settings)
     notifier = Notifier()
     with ExtendingStartTimeout(notifier):
-        pipeline = _open(settings)
+        pipeline = _open(settings, warm_up=True)  # READY only once the first photo will be fast
     monitor = Monitor(state.state_dir(settings.service.state_dir), pipeline.labeler.info.file,
                       busy_limit_s=settings.worker.timeout_seconds, notifier=notifier)
     try:
@@ -246,11 +246,12 @@ def demo(
 
 
 @app.command("_worker", hidden=True)
-def _worker(config: Path = CONFIG, parent: int = typer.Option(..., "--parent")) -> None:
+def _worker(config: Path = CONFIG, parent: int = typer.Option(..., "--parent"),
+            warm: bool = typer.Option(False, "--warm-up")) -> None:
     """Internal: the engine worker process started by `bbsd run` (not for people)."""
     from bbsd import worker
 
-    raise typer.Exit(worker.main(config, parent))
+    raise typer.Exit(worker.main(config, parent, warm))
 
 
 @app.command("_decoder", hidden=True)

@@ -63,16 +63,22 @@ BACKENDS: dict[str, str] = {
 }
 
 
-def open_labeler(settings: Settings) -> Labeler:
+def open_labeler(settings: Settings, warm_up: bool = False) -> Labeler:
     """The configured backend, in a supervised worker process unless [worker] isolate = false.
 
-    Raises `ModelError` when the model cannot be used.
+    `warm_up` labels a generated image once before returning (the daemon: its first photo is
+    then as fast as the rest). Raises `ModelError` when the model cannot be used.
     """
     if settings.worker.isolate:
         from bbsd.supervisor import WorkerLabeler
 
-        return WorkerLabeler(settings)
-    return open_in_process(settings)
+        return WorkerLabeler(settings, warm_up=warm_up)
+    labeler = open_in_process(settings)
+    if warm_up:
+        from bbsd.worker import warm_up as warm
+
+        warm(labeler, settings)
+    return labeler
 
 
 def open_in_process(settings: Settings) -> Labeler:

@@ -37,9 +37,9 @@ class EngineTimeoutError(PhotoError):
                          "the worker was restarted; raise [worker] timeout_seconds for very slow machines")
 
 
-def worker_argv(config_path: str) -> list[str]:
+def worker_argv(config_path: str, warm_up: bool = False) -> list[str]:
     """The command that starts an engine worker."""
-    return child.argv("_worker", config_path)
+    return child.argv("_worker", config_path) + (["--warm-up"] if warm_up else [])
 
 
 class _Worker(child.Child):
@@ -62,9 +62,9 @@ class _Worker(child.Child):
 
 
 class WorkerLabeler:
-    def __init__(self, settings) -> None:
+    def __init__(self, settings, warm_up: bool = False) -> None:
         self._settings = settings
-        self._argv = worker_argv(str(settings.source))
+        self._argv = worker_argv(str(settings.source), warm_up)  # a restarted worker warms up too
         m = settings.model
         self.info = ModelInfo(backend=m.backend, file=m.path.name if m.path else m.backend,
                               mmproj=m.mmproj.name if m.mmproj else None)
