@@ -83,13 +83,22 @@ class Context:
     # --- metadata and tokens --------------------------------------------------------------------
 
     def meta(self, key: str) -> str | None:
-        buf = ctypes.create_string_buffer(1 << 16)
-        n = self._ll.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))
-        return buf.value.decode("utf-8", "replace") if n >= 0 else None
+        size = 1 << 14
+        while True:  # the call returns the full length, like snprintf: grow until it fits
+            buf = ctypes.create_string_buffer(size)
+            n = self._ll.llama_model_meta_val_str(self.model, key.encode(), buf, size)
+            if n < 0:
+                return None
+            if n < size:
+                return buf.raw[:n].decode("utf-8", "replace")
+            size = n + 1
 
     def piece(self, token: int) -> bytes:
-        buf = ctypes.create_string_buffer(256)
+        buf = ctypes.create_string_buffer(64)
         n = self._ll.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, True)
+        if n < 0:  # a longer piece: -n is the size it needs
+            buf = ctypes.create_string_buffer(-n)
+            n = self._ll.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, True)
         return buf.raw[:n] if n > 0 else b""
 
     def bos_eos(self) -> tuple[str, str]:
