@@ -66,6 +66,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "flash_attention": Key("bool", True, "use flash attention (less memory for the KV cache)"),
         "prefix_cache": Key("bool", True, "keep the prompt's fixed part (system text, catalog) in the KV cache and "
                             "evaluate only the image and the text after it per photo; false = everything per photo"),
+        "jump_forward": Key("bool", True, "append the reply's keys, punctuation and the rest of an unambiguous "
+                            "name as text instead of sampling them token by token"),
         "image_max_side": Key("int", 768, "longest image side in pixels sent to the model", 32, 8192),
         "max_output_tokens": Key("int", 768, "upper bound on the reply length in tokens", 32, 8192),
         "temperature": Key("float", 0.0, "sampling temperature; 0 = deterministic", 0.0, 2.0),
@@ -134,6 +136,7 @@ class EngineSettings:
     gpu_layers: int | str  # "auto" is resolved when the engine loads
     flash_attention: bool
     prefix_cache: bool
+    jump_forward: bool
     image_max_side: int
     max_output_tokens: int
     temperature: float

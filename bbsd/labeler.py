@@ -34,6 +34,7 @@ class Inference:
     rss_mb: float | None = None  # the engine process's memory, when it is not this process
     vram_mb: float | None = None
     evaluated_tokens: int | None = None  # prompt tokens evaluated for this photo (the rest was cached)
+    sampled_tokens: int | None = None  # output tokens sampled one by one (the rest the schema fixed)
 
 
 @dataclass(frozen=True)

@@ -113,10 +113,10 @@ class LlamaLabeler:
             n_past, evaluated = self._evaluate(chunks.items)
         t1 = time.perf_counter()
         temperature = self._engine.temperature if attempt == 0 else RETRY_TEMPERATURE
-        text, n_out = self._generate(prompt, n_past, temperature, self._engine.seed + attempt, cancelled)
+        text, n_out, n_sampled = self._generate(prompt, n_past, temperature, self._engine.seed + attempt, cancelled)
         t2 = time.perf_counter()
         return Inference(text=text, prompt_tokens=n_past, output_tokens=n_out, encode_ms=(t1 - t0) * 1000,
-                         generate_ms=(t2 - t1) * 1000, evaluated_tokens=evaluated)
+                         generate_ms=(t2 - t1) * 1000, evaluated_tokens=evaluated, sampled_tokens=n_sampled)
 
     def layout(self, prompt: Prompt, image: Image.Image) -> dict[str, int]:
         """Tokens of this prompt and image: the cacheable prefix, the image, the text after it."""
@@ -155,24 +155,47 @@ class LlamaLabeler:
         return n_past, evaluated
 
     def _generate(self, prompt: Prompt, n_past: int, temperature: float, seed: int,
-                  cancelled: Callable[[], bool]) -> tuple[str, int]:
+                  cancelled: Callable[[], bool]) -> tuple[str, int, int]:
+        """Sample the reply; text the schema fixes is appended in one batch instead (jump-forward).
+
+        Returns (text, output tokens, of which sampled).
+        """
+        from bbsd.jump import Cursor
+
         sampler = self._ctx.sampler(self._grammar(prompt), temperature, seed)
-        out = bytearray()
-        n = 0
+        cursor = Cursor(prompt.schema) if self._engine.jump_forward else None
+        raw, n_out, n_sampled = bytearray(), 0, 0
         try:
-            for n in range(1, self._engine.max_output_tokens + 1):  # noqa: B007 - n is the count after the loop
+            while n_out < self._engine.max_output_tokens:
                 if cancelled():
                     raise AbandonedError("labelling abandoned at shutdown",
                                          "the photo stays pending and is redone at start")
+                forced = cursor.forced(raw.decode("utf-8", "ignore")) if cursor else None
+                if forced is not None and forced.text:
+                    tokens = self._ctx.tokens(forced.text)
+                    if sampler.allows(tokens) and n_out + len(tokens) <= self._engine.max_output_tokens:
+                        sampler.force(tokens)
+                        n_past = self._ctx.eval_tokens(tokens, n_past)
+                        raw += forced.text.encode()
+                        n_out += len(tokens)
+                        if forced.complete:
+                            break
+                        continue
+                    cursor = None  # the grammar disagrees: plain sampling from here on
+                elif forced is not None and forced.complete:
+                    break
+                elif forced is None:
+                    cursor = None
                 token = self._ctx.sample(sampler)
                 if self._ctx.is_end(token):
-                    n -= 1
                     break
-                out += self._ctx.piece(token)
+                sampler.sampled(token)
+                raw += self._ctx.piece(token)
+                n_out, n_sampled = n_out + 1, n_sampled + 1
                 n_past = self._ctx.eval_tokens([token], n_past)
         finally:
             sampler.close()
-        return out.decode("utf-8", errors="replace"), n
+        return raw.decode("utf-8", errors="replace"), n_out, n_sampled
 
     def close(self) -> None:
         self._ctx.close()

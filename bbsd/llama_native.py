@@ -109,6 +109,15 @@ class Context:
     def is_end(self, token: int) -> bool:
         return bool(self._ll.llama_vocab_is_eog(self.vocab, token))
 
+    def tokens(self, text: str) -> list[int]:
+        """Plain text (no special tokens, no BOS) as tokens: for text appended to a reply."""
+        raw = text.encode("utf-8")
+        out = (self._ll.llama_token * (len(raw) + 8))()
+        n = self._ll.llama_tokenize(self.vocab, raw, len(raw), out, len(out), False, False)
+        if n < 0:
+            raise PhotoError("engine_error", "tokenizing the forced reply text failed", "see the llama.log events")
+        return list(out[:n])
+
     def tokenize(self, text: str, image: Image.Image) -> Chunks:
         """Text with one image marker + the image → chunks (text, image, text …)."""
         return Chunks(self._m, self._mtmd, text, image)
@@ -233,13 +242,18 @@ class Chunks:
 
 
 class Sampler:
-    """A sampler chain: the reply grammar, then greedy (temperature 0) or temperature + seeded draw."""
+    """A sampler chain: the reply grammar, then greedy (temperature 0) or temperature + seeded draw.
+
+    A second instance of the grammar (`_judge`) follows every accepted token, so that text the
+    caller wants to append without sampling can be checked before anything accepts it.
+    """
 
     def __init__(self, ll, vocab, grammar: str, temperature: float, seed: int) -> None:
         self._ll = ll
         self.chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
         g = ll.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
-        if not g:
+        self._judge = ll.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
+        if not g or not self._judge:
             ll.llama_sampler_free(self.chain)
             raise PhotoError("engine_error", "llama.cpp refused the reply grammar",
                              "a catalog name may contain characters the grammar cannot hold; run `bbsd check`")
@@ -250,10 +264,35 @@ class Sampler:
         else:
             ll.llama_sampler_chain_add(self.chain, ll.llama_sampler_init_greedy())
 
-    def reset(self) -> None:
-        self._ll.llama_sampler_reset(self.chain)
+    def sampled(self, token: int) -> None:
+        """The chain accepted `token` while sampling it; the judge follows."""
+        self._ll.llama_sampler_accept(self._judge, token)
+
+    def allows(self, tokens: list[int]) -> bool:
+        """Whether the grammar accepts these tokens next (checked on a copy: nothing is accepted)."""
+        ll = self._ll
+        probe = ll.llama_sampler_clone(self._judge)
+        try:
+            one = ll.llama_token_data(0, 0.0, 0.0)
+            arr = ll.llama_token_data_array(ctypes.pointer(one), 1, -1, False)
+            for token in tokens:
+                one.id, one.logit = token, 0.0
+                ll.llama_sampler_apply(probe, ctypes.byref(arr))
+                if one.logit == float("-inf"):
+                    return False
+                ll.llama_sampler_accept(probe, token)
+            return True
+        finally:
+            ll.llama_sampler_free(probe)
+
+    def force(self, tokens: list[int]) -> None:
+        """Accept tokens that were appended without sampling (after `allows`)."""
+        for token in tokens:
+            self._ll.llama_sampler_accept(self.chain, token)
+            self._ll.llama_sampler_accept(self._judge, token)
 
     def close(self) -> None:
         if self.chain is not None:
             self._ll.llama_sampler_free(self.chain)
+            self._ll.llama_sampler_free(self._judge)
             self.chain = None

@@ -236,10 +236,13 @@ class Pipeline:
 
 
 def _tokens(inference: Inference) -> dict[str, int]:
-    """Prompt positions, reply tokens, and how many prompt tokens this photo evaluated (not cached)."""
+    """Prompt positions, reply tokens, how many prompt tokens this photo evaluated (not cached) and
+    how many reply tokens were sampled (the rest the schema fixed)."""
     tokens = {"prompt": inference.prompt_tokens, "output": inference.output_tokens}
     if inference.evaluated_tokens is not None:
         tokens["evaluated"] = inference.evaluated_tokens
+    if inference.sampled_tokens is not None:
+        tokens["sampled"] = inference.sampled_tokens
     return tokens
 
 
@@ -278,6 +281,7 @@ def _event_fields(record: sidecar.Record) -> dict[str, object]:
         "prompt_tokens": record.tokens["prompt"],
         "output_tokens": record.tokens["output"],
         "evaluated_tokens": record.tokens.get("evaluated", record.tokens["prompt"]),
+        "sampled_tokens": record.tokens.get("sampled", record.tokens["output"]),
         "rss_mb": record.memory_mb["rss"],
         "vram_mb": record.memory_mb["vram"],
         "characters": list(record.labels.characters) if record.labels else [],

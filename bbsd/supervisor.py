@@ -102,7 +102,7 @@ class WorkerLabeler:
         return Inference(text=reply["text"], prompt_tokens=reply["prompt_tokens"],
                          output_tokens=reply["output_tokens"], encode_ms=reply["encode_ms"],
                          generate_ms=reply["generate_ms"], rss_mb=reply["rss_mb"], vram_mb=reply["vram_mb"],
-                         evaluated_tokens=reply.get("evaluated_tokens"))
+                         evaluated_tokens=reply.get("evaluated_tokens"), sampled_tokens=reply.get("sampled_tokens"))
 
     def _discard(self, reason: str) -> str:
         """Kill the current worker (the next request starts a new one); return how it ended."""

@@ -87,7 +87,8 @@ def _serve(labeler, inp: int, out: int, gpu: bool) -> int:
             continue
         ipc.send(out, {"type": "result", "text": r.text, "prompt_tokens": r.prompt_tokens,
                        "output_tokens": r.output_tokens,
-                       "evaluated_tokens": r.evaluated_tokens, "encode_ms": r.encode_ms, "generate_ms": r.generate_ms,
+                       "evaluated_tokens": r.evaluated_tokens, "sampled_tokens": r.sampled_tokens,
+                       "encode_ms": r.encode_ms, "generate_ms": r.generate_ms,
                        "rss_mb": metrics.rss_mb(), "vram_mb": metrics.vram_mb(gpu)})
 
 

@@ -103,3 +103,22 @@ def _with_character(folder, name: str):
     cfg = folder / "config.toml"
     cfg.write_text(cfg.read_text() + f'\n[[characters]]\nname = "{name}"\ndescription = "swamp spirit"\n')
     return cfg
+
+
+def test_jump_forward_samples_only_the_choices_and_the_reply_stays_valid(tiny_models, tmp_path):
+    """Keys, punctuation and the rest of an unambiguous name are appended; the reply still parses."""
+    replies = {}
+    for jump in (True, False):
+        settings = config.load(write_config(tmp_path, [tmp_path], tiny_models),
+                               environ={"BBSD_ENGINE_JUMP_FORWARD": str(jump).lower()})
+        labeler = open_labeler(settings)
+        try:
+            replies[jump] = labeler.infer(_photo(3), prompt.build(settings.catalog), attempt=0,
+                                          cancelled=lambda: False)
+        finally:
+            labeler.close()
+        labels.parse_reply(replies[jump].text, settings.catalog)  # schema-valid either way
+    on, off = replies[True], replies[False]
+    assert off.sampled_tokens == off.output_tokens  # every token sampled
+    assert on.sampled_tokens < on.output_tokens / 2  # most of the reply is fixed by the schema
+    assert on.text.startswith('{"characters":[')  # written by bbsd, without the optional spaces

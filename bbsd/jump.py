@@ -1,0 +1,147 @@
+"""Jump-forward decoding: what the reply schema fixes is appended as text, not sampled token by token.
+
+Invariants: `Cursor.forced(text)` returns only text that every schema-valid continuation of
+`text` must start with — keys and punctuation, the rest of an enum name once its start is
+unambiguous, the closing bracket of a full list or quote of a full string — written without the
+optional whitespace the grammar also allows. Where the model has a real choice it returns "".
+If the model's text is not what this cursor understands, it returns None and the caller samples
+as usual (the grammar sampler stays the judge of every token, forced or sampled).
+
+Understood schema shapes (what `prompt.reply_schema` produces): objects with all properties
+required in a fixed order and no others; arrays with `maxItems` of enum strings or of strings;
+strings with `maxLength`; enums of strings without escapes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Forced:
+    text: str
+    complete: bool  # the whole reply is written: stop generating
+
+
+class _Forced(Exception):  # noqa: N818 - control flow, not an error
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+class _Mismatch(Exception):
+    pass
+
+
+class Cursor:
+    def __init__(self, schema: dict[str, Any]) -> None:
+        self._schema = schema
+
+    def forced(self, text: str) -> Forced | None:
+        """The text that must come next after `text` (possibly ""), or None when `text` is not understood."""
+        out = ""
+        while True:
+            try:
+                _Parser(text + out).value(self._schema)
+                return Forced(out, complete=True)
+            except _Forced as f:
+                if not f.text:
+                    return Forced(out, complete=False)
+                out += f.text
+            except _Mismatch:
+                return None if not out else Forced(out, complete=False)
+
+
+class _Parser:
+    """Reads a partial reply against the schema; raises `_Forced` where the text ends."""
+
+    def __init__(self, text: str) -> None:
+        self.text, self.i = text, 0
+
+    def _space(self) -> None:
+        while self.i < len(self.text) and self.text[self.i] in " \t\n":
+            self.i += 1
+
+    def _peek(self) -> str | None:
+        self._space()
+        return self.text[self.i] if self.i < len(self.text) else None
+
+    def _lit(self, lit: str) -> None:
+        self._space()
+        for k, ch in enumerate(lit):
+            if self.i >= len(self.text):
+                raise _Forced(lit[k:])
+            if self.text[self.i] != ch:
+                raise _Mismatch
+            self.i += 1
+
+    def value(self, schema: dict[str, Any]) -> None:
+        if "enum" in schema:
+            return self._enum([str(v) for v in schema["enum"]])
+        kind = schema.get("type")
+        if kind == "object":
+            return self._object(schema)
+        if kind == "array":
+            return self._array(schema)
+        if kind == "string":
+            return self._string(schema.get("maxLength"))
+        raise _Mismatch
+
+    def _object(self, schema: dict[str, Any]) -> None:
+        props = schema.get("properties", {})
+        if schema.get("additionalProperties") is not False or set(schema.get("required", ())) != set(props):
+            raise _Mismatch  # optional or extra keys: the order of keys is not fixed
+        self._lit("{")
+        for n, (key, sub) in enumerate(props.items()):
+            self._lit(("," if n else "") + f'"{key}":')
+            self.value(sub)
+        self._lit("}")
+
+    def _array(self, schema: dict[str, Any]) -> None:
+        limit = schema.get("maxItems")
+        self._lit("[")
+        n = 0
+        while True:
+            if limit is not None and n >= limit:
+                return self._lit("]")
+            nxt = self._peek()
+            if nxt is None:
+                raise _Forced("")  # another item or the end: the model chooses
+            if nxt == "]":
+                return self._lit("]")
+            if n:
+                self._lit(",")
+            self.value(schema.get("items", {}))
+            n += 1
+
+    def _enum(self, names: list[str]) -> None:
+        if any('"' in v or "\\" in v for v in names):
+            raise _Mismatch  # escaped names: leave them to the sampler
+        self._lit('"')
+        start = self.i
+        while True:
+            typed = self.text[start:self.i]
+            left = [v for v in names if v.startswith(typed)]
+            if not left:
+                raise _Mismatch
+            if self.i >= len(self.text):
+                raise _Forced(left[0][len(typed):] + '"' if len(left) == 1 else "")
+            if self.text[self.i] == '"' and typed in names:
+                self.i += 1
+                return
+            self.i += 1
+
+    def _string(self, max_len: int | None) -> None:
+        self._lit('"')
+        chars = 0
+        while True:
+            if max_len is not None and chars >= max_len:
+                return self._lit('"')
+            if self.i >= len(self.text):
+                raise _Forced("")
+            ch = self.text[self.i]
+            if ch == '"':
+                self.i += 1
+                return
+            self.i += 2 if ch == "\\" and self.text[self.i + 1:self.i + 2] != "u" else 6 if ch == "\\" else 1
+            chars += 1

@@ -1,0 +1,71 @@
+"""Jump-forward decoding: the cursor that says which reply text the schema fixes (pure logic)."""
+
+from __future__ import annotations
+
+import json
+
+from bbsd import prompt
+from bbsd.catalog import Catalog, CatalogEntry
+from bbsd.jump import Cursor, Forced
+
+
+def _cursor(characters=("Baba Yaga", "Koschei"), props=("lantern",)) -> Cursor:
+    catalog = Catalog(tuple(CatalogEntry(n, "d") for n in characters), tuple(CatalogEntry(n, "d") for n in props))
+    return Cursor(prompt.build(catalog).schema)
+
+
+def test_keys_and_punctuation_are_forced_and_choices_are_not():
+    c = _cursor()
+    assert c.forced("") == Forced('{"characters":[', complete=False)
+    assert c.forced('{"characters":[') == Forced("", complete=False)  # a name or the end: the model's choice
+    assert c.forced('{"characters":["B') == Forced('aba Yaga"', complete=False)  # unambiguous: the rest of it
+    assert c.forced('{"characters":["Baba Yaga"') == Forced("", complete=False)  # another, or the end
+    assert c.forced('{"characters":["Baba Yaga","Koschei"') == Forced('],"props":[', complete=False)  # full list
+    assert c.forced('{"characters":[],"props":["lantern"') == Forced('],"caption":"', complete=False)
+    assert c.forced('{"characters":[],"props":[],"caption":"a puppet') == Forced("", complete=False)
+    assert c.forced('{"characters":[],"props":[],"caption":"a \\"big\\" puppet"') == Forced(',"scene":"', False)
+    reply = '{"characters":[],"props":[],"caption":"x","scene":"y","visible_text":["z"'
+    assert c.forced(reply) == Forced("", complete=False)
+    assert c.forced(reply + "]") == Forced("}", complete=True)
+    assert c.forced(reply + "]}") == Forced("", complete=True)
+
+
+def test_the_model_may_write_the_whitespace_the_grammar_allows():
+    c = _cursor()
+    assert c.forced('{"characters": [ "K') == Forced('oschei"', complete=False)
+    assert c.forced('{"characters":["Koschei"] ') == Forced(',"props":[', complete=False)
+
+
+def test_shared_prefixes_long_strings_and_empty_catalogs():
+    c = _cursor(characters=("Fox", "Fox Mother", "Wolf"), props=())
+    assert c.forced('{"characters":["Fox') == Forced("", complete=False)  # "Fox" or "Fox Mother"
+    assert c.forced('{"characters":["Fox ') == Forced('Mother"', complete=False)
+    assert c.forced('{"characters":[],"props":[') == Forced('],"caption":"', complete=False)  # maxItems 0
+    long = "a" * prompt.CAPTION_MAX
+    assert c.forced('{"characters":[],"props":[],"caption":"' + long) == Forced('","scene":"', complete=False)
+
+
+def test_text_it_does_not_understand_stops_the_jumping():
+    c = _cursor()
+    assert c.forced('{"props":') is None
+    assert c.forced('{"characters":["Kikimora"') is None
+    escaped = _cursor(characters=('Mr. "Moon"',))
+    assert escaped.forced('{"characters":[') == Forced("", complete=False)
+    assert escaped.forced('{"characters":["M') is None  # escaped names are left to the sampler
+
+
+def test_every_forced_text_completes_into_a_valid_reply():
+    """Follow the cursor from nothing, choosing the first option at each choice: the result parses."""
+    settings_catalog = Catalog((CatalogEntry("Baba Yaga", "d"),), (CatalogEntry("lantern", "d"),))
+    c = Cursor(prompt.build(settings_catalog).schema)
+    text, choices = "", ['"B', '"', 'hi"', 'x"', "]"]
+    for _ in range(40):
+        f = c.forced(text)
+        text += f.text
+        if f.complete:
+            break
+        if not f.text:
+            text += choices.pop(0)
+    doc = json.loads(text)
+    assert not choices and doc["characters"] == ["Baba Yaga"] and doc["caption"] == "hi"
+    assert list(doc) == ["characters", "props", "caption", "scene", "visible_text"]
