@@ -60,6 +60,16 @@ def make_dng(path: Path, size=(256, 192), orientation: int = 1) -> Path:
 def test_every_exif_orientation_is_applied(tmp_path, orientation, size):
     d = imaging.decode(make_photo(tmp_path / "o.jpg", size=(400, 200), orientation=orientation), 1000)
     assert (d.width, d.height) == size and d.image.size == size
+    # make_photo paints the stored image's top-left white: after the transpose it must be where the tag says
+    corner = {1: "tl", 2: "tr", 3: "br", 4: "bl", 5: "tl", 6: "tr", 7: "br", 8: "bl"}[orientation]
+    assert _white_corners(d.image) == [corner]
+
+
+def _white_corners(img) -> list[str]:
+    w, h = img.size
+    points = {"tl": (w // 8, h // 8), "tr": (w - w // 8, h // 8), "bl": (w // 8, h - h // 8),
+              "br": (w - w // 8, h - h // 8)}
+    return [k for k, xy in points.items() if img.getpixel(xy)[1] > 200]
 
 
 def test_heic_from_a_phone_is_decoded(tmp_path):

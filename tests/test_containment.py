@@ -133,7 +133,8 @@ def test_a_failing_main_loop_exits_promptly_and_abandons_the_photo_in_hand(tmp_p
     slow = make_photo(inbox / "slow.jpg")
     wait_until(lambda: _in_hand(tmp_path / "state") == str(slow), 60, "a photo in hand")
     make_photo(inbox / "boom.jpg", color=(9, 9, 9))
-    failed = run.wait_for("daemon.failed", timeout=60)[0]
+    wait_until(lambda: run.events("daemon.failed"), 60, "the main loop's failure")  # the process may exit
+    failed = run.events("daemon.failed")[0]
     t_failed = time.monotonic()
     code = run.proc.wait(timeout=30)
     took = time.monotonic() - t_failed

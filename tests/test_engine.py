@@ -34,8 +34,17 @@ def test_cancel_abandons_the_generation(engine):
     from bbsd.errors import AbandonedError
 
     labeler, settings = engine
+    p, image = prompt.build(settings.catalog), Image.new("RGB", (64, 64))
+    calls = []
+
+    def later() -> bool:  # false for the first checks: the stop comes in the middle of the reply
+        calls.append(1)
+        return len(calls) > 3
+
     with pytest.raises(AbandonedError):
-        labeler.infer(Image.new("RGB", (64, 64)), prompt.build(settings.catalog), attempt=0, cancelled=lambda: True)
+        labeler.infer(image, p, attempt=0, cancelled=later)
+    assert len(calls) == 4  # checked at every step of the generation, not only before it
+    labels.parse_reply(labeler.infer(image, p, attempt=0, cancelled=lambda: False).text, settings.catalog)
 
 
 def test_mmproj_of_another_model_is_refused_with_a_hint(tmp_path, tiny_models):

@@ -64,14 +64,16 @@ def test_the_generic_path_labels_with_a_tiling_internvl_projector(internvl_pair,
 
     settings = config.load(write_config(tmp_path, [tmp_path], internvl_pair), environ={})
     labeler = open_in_process(settings)
+    image, p = Image.new("RGB", (300, 200), (200, 40, 40)), prompt.build(settings.catalog)
     try:
-        out = labeler.infer(Image.new("RGB", (300, 200), (200, 40, 40)), prompt.build(settings.catalog),
-                            attempt=0, cancelled=lambda: False)
+        layout = labeler.layout(p, image)
+        out = labeler.infer(image, p, attempt=0, cancelled=lambda: False)
     finally:
         labeler.close()
     parsed = labels.parse_reply(out.text, settings.catalog)
     assert set(parsed.characters) <= set(settings.catalog.character_names())
-    assert out.prompt_tokens > 20  # several 4-token tiles plus the overview
+    assert layout["image"] >= 8 and layout["image"] % 4 == 0  # two or more 4-token tiles (with the overview)
+    assert out.prompt_tokens == sum(layout.values())
 
 
 # --- pull against a local hub -------------------------------------------------------------------

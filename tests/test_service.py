@@ -90,7 +90,7 @@ def test_daemon_notifies_ready_after_load_then_status_watchdog_and_stopping(tmp_
     got.extend(drain(sock))
     kinds = [m.split("\n")[0].split("=")[0] for m in got]
     assert kinds.index("READY") < kinds.index("STOPPING")
-    assert kinds.index("READY") > (kinds.index("EXTEND_TIMEOUT_USEC") if "EXTEND_TIMEOUT_USEC" in kinds else -1)
+    assert "EXTEND_TIMEOUT_USEC" in kinds and kinds.index("EXTEND_TIMEOUT_USEC") < kinds.index("READY")
     assert "READY" not in kinds[kinds.index("READY") + 1:]  # READY once
     status_line = next(m for m in got if "labelled 1" in m)
     assert re.search(r"STATUS=queue \d+, labelled 1, failed 0, last \d+ ms", status_line)

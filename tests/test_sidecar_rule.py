@@ -47,7 +47,7 @@ def test_current_means_same_schema_model_prompt_and_photo(tmp_path, pipeline):
 
 
 def test_every_caller_uses_the_one_rule(pipeline):
-    """Labelling, rescans and the RAW pair path agree, because they call the same function."""
+    """Labelling and the daemon's rescans (`Pipeline.is_current`) agree, because they call the same function."""
     inbox, p = pipeline
     photo = make_photo(inbox / "b.jpg")
     assert not p.is_current(photo)
