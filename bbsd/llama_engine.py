@@ -95,8 +95,17 @@ class LlamaLabeler:
             raise ModelError(f"chat template refused the prompt: {message}", "report this model to the bbsd team")
 
         bos, eos = self._ctx.bos_eos()
-        return self._template.render(messages=messages, add_generation_prompt=True,
-                                     raise_exception=raise_exception, bos_token=bos, eos_token=eos)
+        specials = {"bos_token": bos, "eos_token": eos}
+        try:
+            return self._template.render(messages=messages, add_generation_prompt=True,
+                                         raise_exception=raise_exception, **specials)
+        except TypeError:
+            # Older templates (InternVL2's InternLM2 ChatML: `'<|im_start|>' + message['content']`) take content
+            # only as a string, not as a list of parts.
+            flat = [{**m, "content": m["content"] if isinstance(m["content"], str)
+                     else "".join(p["text"] for p in m["content"])} for m in messages]
+            return self._template.render(messages=flat, add_generation_prompt=True,
+                                         raise_exception=raise_exception, **specials)
 
     def _grammar(self, prompt: Prompt) -> str:
         from llama_cpp.llama_grammar import json_schema_to_gbnf
