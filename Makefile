@@ -3,15 +3,20 @@
 #   make test   set up, then lint and run the whole test suite
 PYTHON ?= python3
 VENV ?= .venv
+# The tests of `bbsd models convert` need torch: this version is the CPU build these machines keep on disk
+# (a 190 MB wheel); from PyPI alone it would be a CUDA build of several GB.
+CONVERT_TORCH ?= 2.13.0
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup tools release-tools demo test lint bench fuzz release clean
+.PHONY: setup tools release-tools demo test lint bench fuzz release clean vendor-convert
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	@echo "Installing bbsd; llama-cpp-python compiles llama.cpp on first install (about 6 minutes on 2 cores)."
 	$(VENV)/bin/pip install --quiet -e '.[test]'
+	@echo "Installing the convert extra for its tests: torch $(CONVERT_TORCH) (see docs/convert.md)."
+	$(VENV)/bin/pip install --quiet -e '.[test,convert]' 'torch==$(CONVERT_TORCH)'
 	rm -f $(VENV)/.installed-* && touch $@
 
 setup: $(STAMP)
@@ -60,3 +65,11 @@ bench: setup  # bench.gpu needs a GPU and a CUDA build: run it by hand there
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache .ruff_cache
+
+# Re-extract llama.cpp's converter from the pinned llama-cpp-python sdist into bbsd/convert/llamacpp (see VENDORED.md).
+vendor-convert:
+	tmp=$$(mktemp -d) && v=$$(grep -o 'llama-cpp-python==[0-9.]*' pyproject.toml | cut -d= -f3) && \
+	$(PYTHON) -m pip download --quiet --no-deps --no-binary :all: "llama-cpp-python==$$v" -d $$tmp && \
+	tar -C $$tmp -xzf $$tmp/llama_cpp_python-$$v.tar.gz && src=$$tmp/llama_cpp_python-$$v/vendor/llama.cpp && \
+	for f in __init__ base internvl internlm llama qwen; do cp $$src/conversion/$$f.py bbsd/convert/llamacpp/conversion/; done && \
+	cp $$src/gguf-py/gguf/*.py bbsd/convert/llamacpp/gguf-py/gguf/ && cp $$src/LICENSE bbsd/convert/llamacpp/ && rm -rf $$tmp

@@ -1,4 +1,4 @@
-"""`bbsd models list | inspect | pull | fit`: choosing a model, fetching it, and whether it fits."""
+"""`bbsd models list | inspect | pull | convert | fit`: choosing a model, getting it, and whether it fits."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-models_app = typer.Typer(help="The model registry: list, inspect, pull and size up GGUF pairs.",
+models_app = typer.Typer(help="The model registry: list, inspect, pull, convert and size up GGUF pairs.",
                          no_args_is_help=True)
 @models_app.callback()
 def _logging() -> None:
@@ -24,14 +24,17 @@ def _mb(v: float) -> str:
 
 @models_app.command("list")
 def list_models(folder: Path = DIR) -> None:
-    """Every registry row, its status, and which of its files are here (with sizes)."""
+    """Every registry row: its route into bbsd, whether that route was proven here, and which files are here."""
     from bbsd import models
 
-    typer.echo(f"{'name':24} {'family':13} {'params':>7}  {'status':12} here")
+    typer.echo(f"{'name':24} {'family':13} {'params':>7}  {'status':12} {'route':14} {'proven':9} here")
     for e in models.load_registry(models.registry_path(folder)):
-        text, mmproj = models.local_files(e, folder) if e.status == "runnable" else (None, None)
+        text, mmproj = models.local_files(e, folder) if e.status in ("runnable", "convert") else (None, None)
         here = ", ".join(f"{p.name} ({_mb(p.stat().st_size / 2**20)})" for p in (text, mmproj) if p) or "-"
-        typer.echo(f"{e.name:24} {e.family:13} {e.params_b:>6.2f}B  {e.status:12} {here}")
+        typer.echo(f"{e.name:24} {e.family:13} {e.params_b:>6.2f}B  {e.status:12} {models.route(e):14} {e.proven:9} "
+                   f"{here}")
+    typer.echo("\nproven: synthetic = this route ran end to end here on tiny random weights of the model's exact "
+               "structure (tests); paper = read from the model card and llama.cpp's code, not run here")
     extra = [p for p in sorted(folder.glob("*.gguf"))]
     if extra:
         typer.echo(f"\nGGUF files in {folder}: " + ", ".join(p.name for p in extra))
@@ -66,6 +69,25 @@ def pull(name: str = typer.Argument(..., help="A registry name, e.g. SmolVLM-500
     for path in download.pull(entry, folder):
         typer.echo(f"ready: {path} ({_mb(path.stat().st_size / 2**20)})")
     typer.echo(f'use it: [model] name = "{entry.name}"')
+
+
+@models_app.command("convert")
+def convert(checkpoint: Path = typer.Argument(..., help="A downloaded InternVL checkpoint folder (config.json, "
+                                                         "*.safetensors, tokenizer files)."),
+            out: Path = typer.Option(Path("gguf_models"), "--out", help="Folder for the pair (and models.toml)."),
+            quant: str = typer.Option("Q4_K_M", "--quant", help="Text quantisation: Q4_K_M, Q8_0 or F16.")) -> None:
+    """InternVL checkpoint -> text GGUF + mmproj GGUF (llama.cpp's converter, extended), verified and registered."""
+    import sys
+
+    from bbsd import convert as conversion
+    from bbsd.errors import ConvertError
+
+    if quant.upper() not in conversion.QUANTS:
+        raise ConvertError(f"--quant {quant} is not offered", f"use one of {', '.join(conversion.QUANTS)}")
+    done = conversion.convert(checkpoint, out, quant.upper(), progress=sys.stderr.isatty())
+    for p in (done.text, done.mmproj):
+        typer.echo(f"ready: {p} ({_mb(p.stat().st_size / 2**20)})")
+    typer.echo(f"pair verified (bbsd models inspect); {done.registered}; took {done.seconds:.0f} s")
 
 
 @models_app.command("fit")

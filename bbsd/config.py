@@ -408,10 +408,11 @@ def _resolve_name(settings: Settings, v: _Validator) -> Settings:
 
     m = settings.model
     entry = models.find(models.load_registry(models.registry_path(m.dir)), m.name)
-    if entry.status != "runnable":
+    if entry.status not in ("runnable", "convert"):
         raise v.fail("model.name", f"{entry.name} is {entry.status}", entry.notes or "pick a runnable model")
     text, mmproj = models.local_files(entry, m.dir)
     if text is None or mmproj is None:
-        raise v.fail("model.name", f"the files of {entry.name} are not in {m.dir}",
-                     f"fetch them with `bbsd models pull {entry.name}` (or copy them there)")
+        how = (f"convert its checkpoint with `bbsd models convert CHECKPOINT_DIR --out {m.dir}`"
+               if entry.status == "convert" else f"fetch them with `bbsd models pull {entry.name}`")
+        raise v.fail("model.name", f"the files of {entry.name} are not in {m.dir}", f"{how} (or copy them there)")
     return replace(settings, model=replace(m, path=m.path or text, mmproj=m.mmproj or mmproj))

@@ -62,3 +62,7 @@ class SidecarWriteError(BbsdError):
 
 class AbandonedError(BbsdError):
     """Labelling was stopped because the daemon is shutting down; nothing was written."""
+
+
+class ConvertError(ModelError):
+    """A checkpoint cannot be converted (not InternVL, a file missing, no room); nothing was written."""

@@ -16,6 +16,8 @@ from typing import Any
 from bbsd.errors import ConfigError, ModelError
 
 STATUSES = ("runnable", "convert", "not-runnable", "text-only")
+PROVEN = ("synthetic", "paper")  # ran here end to end on tiny weights of the same structure / read, not run
+ROUTES = {"runnable": "ready GGUF", "convert": "convert", "not-runnable": "remote backend", "text-only": "none (text)"}
 # Bits per weight of common llama.cpp quantisations (incl. block scales), for sizes before download.
 BITS_PER_WEIGHT = {"F32": 32.0, "F16": 16.0, "BF16": 16.0, "Q8_0": 8.5, "Q6_K": 6.56, "Q5_K_M": 5.7,
                    "Q4_K_M": 4.85, "Q4_0": 4.55, "IQ4_XS": 4.25, "Q3_K_M": 3.91, "Q2_K": 3.35}
@@ -41,7 +43,13 @@ class Entry:
     n_layer: int = 0
     n_head_kv: int = 0
     head_dim: int = 0
+    proven: str = "paper"
     notes: str = ""
+
+
+def route(entry: Entry) -> str:
+    """How the model gets into bbsd: a ready GGUF pair, `bbsd models convert`, or a remote inference server."""
+    return ROUTES[entry.status]
 
 
 def registry_path(models_dir: Path) -> Path:
@@ -64,6 +72,8 @@ def load_registry(path: Path) -> list[Entry]:
                               f"known keys: {', '.join(sorted(known))}")
         if row.get("status") not in STATUSES:
             raise ConfigError(f"{path}: model {name!r} status {row.get('status')!r}", f"use one of {STATUSES}")
+        if row.get("proven", "paper") not in PROVEN:
+            raise ConfigError(f"{path}: model {name!r} proven {row.get('proven')!r}", f"use one of {PROVEN}")
         entries.append(Entry(**row))
     return entries
 
