@@ -24,9 +24,9 @@ setup: $(STAMP)
 demo: setup
 	$(VENV)/bin/bbsd demo --dir demo
 
-# Tools the tests use as independent judges (Debian packages): exiftool reads our XMP,
-# systemd-analyze verifies the unit and scores its sandboxing.
-TOOLS := exiftool:libimage-exiftool-perl systemd-analyze:systemd
+# Tools the tests use as independent judges (Debian packages): exiftool and exiv2 (the library
+# digiKam and darktable read XMP with) read our XMP, systemd-analyze verifies the unit and scores its sandboxing.
+TOOLS := exiftool:libimage-exiftool-perl exiv2:exiv2 systemd-analyze:systemd
 tools:
 	@for pair in $(TOOLS); do cmd=$${pair%%:*}; pkg=$${pair#*:}; \
 	  command -v $$cmd >/dev/null && continue; \

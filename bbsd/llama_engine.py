@@ -1,9 +1,10 @@
 """`llama` backend: a GGUF text model and its mmproj, in-process through llama.cpp + libmtmd.
 
 Invariants: one thread owns the model (the worker's); pixels reach libmtmd as an RGB bitmap,
-never as a re-encoded file; the reply is sampled under a grammar compiled from the prompt's
-JSON schema (compiled once per prompt); the chat template is the one inside the GGUF; the
-prompt prefix (system text, catalog, everything before the image) is evaluated once per
+never as a re-encoded file; the reply is sampled under a grammar that bbsd writes itself
+(`grammar.py`) and that llama.cpp's own parser accepted (a grammar it rejects is refused as
+`grammar_invalid`, never handed to the sampler); the chat template is the one inside the GGUF;
+the prompt prefix (system text, catalog, everything before the image) is evaluated once per
 prompt and kept in the KV cache, so a photo costs its image, the short text after it and the
 reply. llama.cpp itself is reached only through `llama_native`.
 """
@@ -69,7 +70,6 @@ class LlamaLabeler:
             model_path, mmproj_path, n_ctx=engine.context_size, n_batch=batch_size(engine.context_size),
             threads=_threads(engine.threads), gpu_layers=layers, flash_attention=engine.flash_attention)
         self._template = self._compile_template()
-        self._grammars: dict[str, str] = {}
         self._prefix = Prefix()
 
     def _compile_template(self):
@@ -108,12 +108,8 @@ class LlamaLabeler:
                                          raise_exception=raise_exception, **specials)
 
     def _grammar(self, prompt: Prompt) -> str:
-        from llama_cpp.llama_grammar import json_schema_to_gbnf
-
-        key = prompt.schema_json()
-        if key not in self._grammars:
-            self._grammars[key] = json_schema_to_gbnf(key)
-        return self._grammars[key]
+        """The reply grammar bbsd wrote for this catalog; `llama_native.Sampler` has llama.cpp check it."""
+        return prompt.grammar
 
     def infer(self, image: Image.Image, prompt: Prompt, *, attempt: int,
               cancelled: Callable[[], bool]) -> Inference:

@@ -241,6 +241,22 @@ class Chunks:
             self._bitmap = None
 
 
+class GrammarError(PhotoError):
+    def __init__(self) -> None:
+        super().__init__("grammar_invalid", "llama.cpp cannot parse the reply grammar built from the catalog",
+                         "see the llama.log event above; rename the catalog entry it names, and report it")
+
+
+def check_grammar(vocab, text: str) -> None:
+    """Raise `GrammarError` unless llama.cpp's own parser accepts the GBNF `text`."""
+    import llama_cpp as ll
+
+    sampler = ll.llama_sampler_init_grammar(vocab, text.encode(), b"root")
+    if not sampler:
+        raise GrammarError()
+    ll.llama_sampler_free(sampler)
+
+
 class Sampler:
     """A sampler chain: the reply grammar, then greedy (temperature 0) or temperature + seeded draw.
 
@@ -253,10 +269,9 @@ class Sampler:
         self.chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
         g = ll.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
         self._judge = ll.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
-        if not g or not self._judge:
+        if not g or not self._judge:  # llama.cpp's parser refused it: a NULL sampler would crash at the first token
             ll.llama_sampler_free(self.chain)
-            raise PhotoError("engine_error", "llama.cpp refused the reply grammar",
-                             "a catalog name may contain characters the grammar cannot hold; run `bbsd check`")
+            raise GrammarError()
         ll.llama_sampler_chain_add(self.chain, g)
         if temperature > 0:
             ll.llama_sampler_chain_add(self.chain, ll.llama_sampler_init_temp(temperature))

@@ -1,7 +1,7 @@
 """The prompt and the reply schema, built from the catalog.
 
 Invariant: the reply schema only admits catalog names for characters and props (enums),
-so the grammar that llama.cpp derives from it cannot produce anything else. A change to
+and so does the GBNF grammar written beside it (`grammar.py`), which the engine samples under. A change to
 the wording or the schema bumps PROMPT_VERSION, which relabels photos on purpose.
 """
 
@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from bbsd import grammar
 from bbsd.catalog import Catalog
 
 PROMPT_VERSION = "bbsd.prompt/2"  # 2: an empty catalog list admits only []
@@ -29,6 +30,7 @@ class Prompt:
     user: str
     schema: dict[str, Any]
     catalog_digest: str
+    grammar: str  # GBNF for llama.cpp: the schema's language, with every name escaped by us
 
     def schema_json(self) -> str:
         # Insertion order is the order the grammar makes the model write the fields in.
@@ -42,6 +44,7 @@ def build(catalog: Catalog) -> Prompt:
         user="Label this photo from the show. Reply with the JSON object only.",
         schema=reply_schema(catalog),
         catalog_digest=catalog.digest(),
+        grammar=grammar.reply_grammar(catalog, CAPTION_MAX, SCENE_MAX, TEXT_ITEMS_MAX, TEXT_ITEM_MAX),
     )
 
 
@@ -69,7 +72,7 @@ def _names(names: tuple[str, ...]) -> dict[str, Any]:
 
 
 def reply_schema(catalog: Catalog) -> dict[str, Any]:
-    """JSON Schema of the model's reply; also the grammar's source."""
+    """JSON Schema of the model's reply (backends without GBNF use it; the grammar says the same)."""
     return {
         "type": "object",
         "properties": {

@@ -1,5 +1,6 @@
 """Configuration is validated once; every mistake names the key, the file and the fix."""
 
+import json
 import os
 from pathlib import Path
 
@@ -47,13 +48,25 @@ def test_misspelt_key_names_key_file_and_suggestion(tmp_path):
     ("[engine]\nflash_attention = 1\n", "[engine.flash_attention] must be true or false"),
     ("[log]\nlevel = \"loud\"\n", "use one of: debug, info, warning, error"),
     ("[wach]\n", "[wach] is not a known section"),
-    ('[[props]]\nname = "lantern"\n[[props]]\nname = "Lantern"\n', "names 'lantern' twice"),
+    ('[[props]]\nname = "lantern"\n[[props]]\nname = "Lantern"\n',
+     "[props[1].name] 'Lantern' repeats props[0] 'lantern' (names are compared ignoring case)"),
+    ('[[characters]]\nname = "Fox|Wolf"\n', "[characters[0].name] 'Fox|Wolf' contains '|'"),
+    ('[[props]]\nname = "x"\n[[props]]\nname = "AC/DC amp"\n', "[props[1].name] 'AC/DC amp' contains '/'"),
+    ('[[props]]\nname = "two\\nlines"\n', "[props[0].name] 'two\\nlines' contains the control character U+000A"),
+    ('[[props]]\nname = " lantern "\n[[props]]\nname = "lantern"\n', "[props[1].name] 'lantern' repeats"),
     ('[[characters]]\ndescription = "no name"\n', "[characters[0].name] must be a non-empty string"),
 ])
 def test_wrong_values_are_refused_with_the_key(tmp_path, extra, fragment):
     with pytest.raises(ConfigError) as e:
         config.load(_cfg(tmp_path, MINIMAL + extra), environ={})
     assert fragment in e.value.one_line()
+
+
+def test_names_people_type_are_kept_exactly(tmp_path):
+    names = ['Mr. "Moon"', "Баба Яга", "O'Brien", "back\\slash", "  padded  "]
+    body = "".join(f"[[characters]]\nname = {json.dumps(n)}\n" for n in names)
+    s = config.load(_cfg(tmp_path, MINIMAL + body), environ={})
+    assert s.catalog.character_names() == ('Mr. "Moon"', "Баба Яга", "O'Brien", "back\\slash", "padded")
 
 
 def test_llama_backend_requires_model_paths(tmp_path):

@@ -51,6 +51,22 @@ def test_exiftool_reads_bbsd_labels(tmp_path):
 
 
 @needs_exiftool
+def test_names_with_quotes_backslashes_and_cyrillic_stay_single_keywords(tmp_path):
+    names = ('Mr. "Moon"', "Баба Яга", "back\\slash", "O'Brien")
+    target = tmp_path / "IMG.JPG.xmp"
+    xmp.write(target, proposal(chars=names))
+    tags = exiftool(target)
+    assert tags["XMP-dc:Subject"] == [*names, "lantern"]
+    assert tags["XMP-lr:HierarchicalSubject"] == [*(f"BBS|Characters|{n}" for n in names), "BBS|Props|lantern"]
+    assert tags["XMP-digiKam:TagsList"] == [*(f"BBS/Characters/{n}" for n in names), "BBS/Props/lantern"]
+    if shutil.which("exiv2"):  # the library digiKam and darktable read XMP with
+        out = subprocess.run(["exiv2", "-px", str(target)], capture_output=True, text=True, check=True).stdout
+        line = next(x for x in out.splitlines() if x.startswith("Xmp.lr.hierarchicalSubject"))
+        assert line.split()[1:3] == ["XmpBag", "5"]
+        assert line.endswith(", ".join([*(f"BBS|Characters|{n}" for n in names), "BBS|Props|lantern"]))
+
+
+@needs_exiftool
 @pytest.mark.parametrize("golden", ["darktable.xmp", "digikam.xmp", "lightroom.xmp"])
 def test_relabelling_a_tools_sidecar_keeps_every_foreign_property(tmp_path, golden):
     target = tmp_path / "IMG_0001.JPG.xmp"
