@@ -53,14 +53,15 @@ def _setup(config: Path):
     return settings
 
 
-def _open(settings, warm_up: bool = False):
+def _open(settings, lazy: bool = False, warm_up: bool = False):
+    """The pipeline with the model loaded now (warmed up for `run`), or (lazy) at the first photo that needs it."""
     import structlog
 
     from bbsd import prompt
-    from bbsd.labeler import open_labeler
+    from bbsd.labeler import LazyLabeler, open_labeler
     from bbsd.pipeline import Pipeline
 
-    labeler = open_labeler(settings, warm_up=warm_up)
+    labeler = LazyLabeler(settings) if lazy else open_labeler(settings, warm_up=warm_up)
     if labeler.info.backend == "fake":
         structlog.get_logger("bbsd").warning("engine.fake", note="fake backend: labels are not from a model")
     return Pipeline(labeler, settings, prompt.build(settings.catalog))
@@ -109,7 +110,7 @@ def label(
 
     settings = _setup(config)
     targets = _expand(photos, settings)
-    pipeline = _open(settings)
+    pipeline = _open(settings, lazy=True)  # photos with current sidecars need no model
     failed = 0
     try:
         with console.Progress(len(targets)) as advance:

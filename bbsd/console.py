@@ -52,7 +52,8 @@ def outcome_line(outcome) -> str:
     err = doc.get("error") or {}
     code = err.get("code") or outcome.detail
     message = err.get("message") or outcome.message
-    return f"{outcome.status.value:8} {name}  {code}: {message}".rstrip(": ")
+    line = f"{outcome.status.value:8} {name}  {code}: {message}".rstrip(": ")
+    return f"{line} — {err['hint']}" if err.get("hint") else line
 
 
 def status_text(d: dict, running: bool) -> str:

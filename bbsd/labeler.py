@@ -82,6 +82,40 @@ def open_labeler(settings: Settings, warm_up: bool = False) -> Labeler:
     return labeler
 
 
+def model_info(settings: Settings) -> ModelInfo:
+    """What a labeler for these settings will report, known without loading anything."""
+    m = settings.model
+    return ModelInfo(backend=m.backend, file=m.path.name if m.path else m.backend,
+                     mmproj=m.mmproj.name if m.mmproj else None)
+
+
+class LazyLabeler:
+    """Opens the configured backend at the first photo that needs the model, not before.
+
+    `bbsd label` on photos whose sidecars are current (or on files that are not images)
+    answers in milliseconds instead of loading gigabytes of weights first.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.info = model_info(settings)
+        self._settings = settings
+        self._inner: Labeler | None = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._inner is not None
+
+    def infer(self, image: Image.Image, prompt: Prompt, *, attempt: int, cancelled: Callable[[], bool]) -> Inference:
+        if self._inner is None:
+            self._inner = open_labeler(self._settings)
+        return self._inner.infer(image, prompt, attempt=attempt, cancelled=cancelled)
+
+    def close(self) -> None:
+        if self._inner is not None:
+            self._inner.close()
+            self._inner = None
+
+
 def open_in_process(settings: Settings) -> Labeler:
     """Load the configured backend into this process (the worker does this)."""
     target = BACKENDS.get(settings.model.backend)

@@ -152,6 +152,23 @@ def test_label_command_prints_a_line_per_photo_and_exit_code(tmp_path, tiny_mode
     assert r.returncode == 1
     lines = sorted(r.stdout.splitlines())
     assert lines[0].startswith("error    bad.jpg  not_an_image") and lines[1].startswith("skipped  ok.jpg")
+    assert "engine.loading" not in r.stderr  # a current sidecar and a non-image need no model
+
+
+def test_label_loads_no_model_before_a_photo_needs_it_and_prints_the_hint(tmp_path):
+    from tests.conftest import run_bbsd
+
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    (inbox / "notes.jpg").write_text("meeting notes, not a photo")
+    cfg = write_config(tmp_path, [inbox], (tmp_path / "absent.gguf", tmp_path / "absent-mmproj.gguf"))
+    first = run_bbsd("label", str(inbox / "notes.jpg"), "--config", str(cfg))
+    again = run_bbsd("label", str(inbox / "notes.jpg"), "--config", str(cfg))
+    hint = json.loads(sidecar.path_for(inbox / "notes.jpg").read_text())["error"]["hint"]
+    assert first.returncode == 1 and first.stdout.startswith("error    notes.jpg  not_an_image:"), first.stderr
+    assert again.returncode == 0 and again.stdout.startswith("skipped  notes.jpg  not_an_image:"), again.stderr
+    assert first.stdout.rstrip().endswith(f"— {hint}") and again.stdout.rstrip().endswith(f"— {hint}")
+    assert "absent.gguf" not in first.stderr + again.stderr  # the (missing) model was never opened
 
 
 def test_version_and_python_m(tmp_path):
@@ -201,6 +218,41 @@ def test_terminal_gets_console_lines_not_json(tmp_path, tiny_models):
     text = out.decode(errors="replace")
     assert os.waitstatus_to_exitcode(status) == 0, text
     assert "engine.loaded" in text and '"event"' not in text
+
+
+def read_pty(argv: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """Run a command with stdout and stderr on a pseudo-terminal; its exit code and everything it showed."""
+    import pty
+
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.chdir(REPO)
+        os.execve(argv[0], argv, env)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), out.decode(errors="replace")
+
+
+def test_label_on_a_terminal_shows_a_bar_and_log_lines_without_markup(tmp_path, tiny_models):
+    inbox = tmp_path / "in"
+    for i in range(3):
+        make_photo(inbox / f"p{i}.jpg", color=(i * 60, 80, 80))
+    (inbox / "notes.jpg").write_text("not a photo")  # a warning log line while the bar is up
+    cfg = write_config(tmp_path, [inbox], tiny_models)
+    cfg.write_text(cfg.read_text().replace('format = "json"', 'format = "auto"'))
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}, "COLUMNS": "120"}
+    code, text = read_pty(bbsd_cmd("label", str(inbox), "--config", str(cfg)), env)
+    assert code == 1, text
+    assert "labelling" in text and "/4" in text and "[progress." not in text
+    assert "photo.failed" in text and text.count("labeled  p") == 3 and '"event"' not in text
 
 
 def test_run_by_hand_shows_the_startup_backlog_as_a_progress_bar(tmp_path, tiny_models):
