@@ -11,8 +11,36 @@ import sys
 import typer
 
 
+def _bar(console, description: str, total: int):
+    """A started rich progress bar on `console`; log lines print through the same console above it.
+
+    Everything shown while a bar is up goes through its one console as `Text`, never as markup
+    and never with `markup=False`: rich renders the bar with the options of the print that
+    triggered the refresh, so a `markup=False` print showed the bar's template literally
+    (`[progress.description]labelling ━━━…`).
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+    from rich.progress import Progress as RichProgress
+
+    from bbsd import logs
+
+    bar = RichProgress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+                       TimeRemainingColumn(), console=console, transient=True)
+    bar.add_task(description, total=total)
+    bar.start()
+    logs.route_through(console)
+    return bar
+
+
+def _stop(bar) -> None:
+    from bbsd import logs
+
+    logs.route_through(None)
+    bar.stop()
+
+
 class Progress:
-    """A progress bar with ETA on a terminal; plain lines (nothing else) in a pipe or the journal."""
+    """`bbsd label`: a progress bar with ETA on a terminal; plain lines (nothing else) in a pipe or the journal."""
 
     def __init__(self, total: int) -> None:
         self._total = total
@@ -20,24 +48,23 @@ class Progress:
 
     def __enter__(self):
         if sys.stdout.isatty() and self._total > 1:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+            from rich.console import Console
 
-            self._bar = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                                 TimeRemainingColumn(), transient=True)
-            self._bar.start()
-            self._task = self._bar.add_task("labelling", total=self._total)
+            self._bar = _bar(Console(file=sys.stdout), "labelling", self._total)
         return self._advance
 
     def _advance(self, line: str) -> None:
         if self._bar is None:
             typer.echo(line)
             return
-        self._bar.console.print(line, highlight=False, markup=False)
-        self._bar.advance(self._task)
+        from rich.text import Text
+
+        self._bar.console.print(Text(line), soft_wrap=True)
+        self._bar.advance(self._bar.task_ids[0])
 
     def __exit__(self, *exc) -> None:
         if self._bar is not None:
-            self._bar.stop()
+            _stop(self._bar)
 
 
 def outcome_line(outcome) -> str:
@@ -86,28 +113,17 @@ class BacklogProgress:
         if total < 2 or not sys.stderr.isatty():
             return
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-        from bbsd import logs
-
-        self._bar = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                             TimeRemainingColumn(), console=Console(file=sys.stderr), transient=True)
-        self._task = self._bar.add_task("start-up backlog", total=total)
-        self._bar.start()
-        logs.route_through(self._bar.console)
+        self._bar = _bar(Console(file=sys.stderr), "start-up backlog", total)
 
     def advance(self) -> None:
         if self._bar is None:
             return
-        self._bar.advance(self._task)
+        self._bar.advance(self._bar.task_ids[0])
         if self._bar.tasks[0].finished:
             self.stop()
 
     def stop(self) -> None:
-        if self._bar is None:
-            return
-        from bbsd import logs
-
-        logs.route_through(None)
-        self._bar.stop()
-        self._bar = None
+        if self._bar is not None:
+            _stop(self._bar)
+            self._bar = None

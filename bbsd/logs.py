@@ -36,8 +36,10 @@ class _Switch:
             return self.stream.write(text)
         self._pending += text
         *lines, self._pending = self._pending.split("\n")
-        for line in lines:
-            self.console.out(line, highlight=False)
+        from rich.text import Text
+
+        for line in lines:  # as Text: a log line is never markup (see console._bar)
+            self.console.print(Text(line), soft_wrap=True)
         return len(text)
 
     def flush(self) -> None:

@@ -296,4 +296,5 @@ def test_run_by_hand_shows_the_startup_backlog_as_a_progress_bar(tmp_path, tiny_
     assert status["code"] == 0
     text = out.decode(errors="replace")
     assert "start-up backlog" in text and "/5" in text  # the bar, with its count
+    assert "[progress." not in text  # the bar's markup is rendered, never printed
     assert text.count("photo.labeled") == 5 and '"event"' not in text  # console lines, not JSON
