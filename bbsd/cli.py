@@ -85,11 +85,13 @@ def run(config: Path = CONFIG) -> None:
     signal.signal(signal.SIGHUP, lambda *_: reload.set())
     settings = _setup(config)
     checks.folders(settings)
+    folder = state.folder_for(settings.service.state_dir, settings.source)
+    state.claim(folder, settings.source)
     notifier = Notifier()
     with ExtendingStartTimeout(notifier):
         pipeline = _open(settings, warm_up=True)  # READY only once the first photo will be fast
-    monitor = Monitor(state.state_dir(settings.service.state_dir), pipeline.labeler.info.file,
-                      busy_limit_s=settings.worker.timeout_seconds, notifier=notifier)
+    monitor = Monitor(folder, pipeline.labeler.info.file, busy_limit_s=settings.worker.timeout_seconds,
+                      notifier=notifier, config=settings.source)
     try:
         if not stop.is_set():
             daemon = Daemon(settings, pipeline, stop=stop, monitor=monitor, progress=console.BacklogProgress())
@@ -163,13 +165,15 @@ def status(config: Path = CONFIG, as_json: bool = typer.Option(False, "--json", 
     from bbsd import state
 
     settings = config_mod.load(config)
-    folder = state.state_dir(settings.service.state_dir)
+    folder = state.folder_for(settings.service.state_dir, settings.source)
     doc = state.read(folder)
+    if doc and doc.get("config") not in (None, str(settings.source)):
+        doc = None  # another config's daemon (a shared [service] state_dir): not this one
     running = bool(doc) and doc.get("state") in ("starting", "running") and state.alive(doc["pid"])
     if as_json:
         typer.echo(json.dumps({**(doc or {}), "running": running}))
     elif not doc:
-        typer.echo(f"bbsd is not running (no status file in {folder})")
+        typer.echo(f"bbsd is not running (no status file of {settings.source} in {folder})")
     else:
         typer.echo(console.status_text(doc, running))
     raise typer.Exit(0 if running else 3)

@@ -91,8 +91,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "memory_mb": Key("int", 4096, "address-space limit of the decoder process; 0 = none", 0, 10**6),
     },
     "service": {
-        "state_dir": Key("path", None, "where status.json lives; default $STATE_DIRECTORY (systemd), "
-                         "/var/lib/bbsd, or ~/.local/state/bbsd"),
+        "state_dir": Key("path", None, "where status.json lives; default: a folder per config file "
+                         "(named after its path) in $STATE_DIRECTORY (systemd), /var/lib/bbsd or ~/.local/state/bbsd"),
     },
     "xmp": {
         "naming": Key("choice", "ext", "XMP sidecar name: ext = IMG_0001.JPG.xmp, base = IMG_0001.xmp, off = none",

@@ -16,9 +16,10 @@ from bbsd.sdnotify import Notifier, watchdog_interval
 
 
 class Monitor:
-    def __init__(self, state_folder: Path, model: str, busy_limit_s: float, notifier: Notifier | None = None) -> None:
+    def __init__(self, state_folder: Path, model: str, busy_limit_s: float, notifier: Notifier | None = None,
+                 config: Path | None = None) -> None:
         self.notifier = notifier or Notifier()
-        self.status = state.Status(state_folder, model)
+        self.status = state.Status(state_folder, model, config)
         self._busy_limit = busy_limit_s
         self._watchdog_every = watchdog_interval()
         self._last_ping = 0.0

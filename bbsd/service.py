@@ -54,8 +54,9 @@ class Daemon:
         self.pipeline = pipeline
         self.stop = stop or threading.Event()
         self.reload = threading.Event()  # set by SIGHUP
-        self.monitor = monitor or Monitor(state.state_dir(settings.service.state_dir), pipeline.labeler.info.file,
-                                          busy_limit_s=settings.worker.timeout_seconds)
+        self.monitor = monitor or Monitor(state.folder_for(settings.service.state_dir, settings.source),
+                                          pipeline.labeler.info.file, busy_limit_s=settings.worker.timeout_seconds,
+                                          config=settings.source)
         self._folder_scans: list[tuple[float, Path]] = []  # new folders to look into again
         self._progress = progress  # a terminal's start-up backlog bar (console.BacklogProgress), or None
         self._in_flight: Path | None = None

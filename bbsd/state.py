@@ -1,14 +1,19 @@
 """The daemon's status file: what `bbsd status` shows, kept without a network port.
 
-Invariant: `status.json` in the state directory is replaced atomically (readers never see
+Invariants: each daemon instance (one config file) has its own state folder, derived from the
+config's path unless `[service] state_dir` names one, so two daemons on one PC never share a
+status file and `bbsd status --config X` reads X's; a daemon refuses to start on a state folder
+that a running daemon of another config holds. `status.json` is replaced atomically (readers never see
 half a file) when what it shows changes (at most about once a second), and otherwise every
 HEARTBEAT_S; never fsynced: it is a convenience, and an idle daemon must not wear the disk.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import time
 from collections import deque
 from datetime import UTC, datetime
@@ -16,22 +21,46 @@ from pathlib import Path
 from typing import Any
 
 from bbsd import atomic
-from bbsd.errors import SidecarWriteError
+from bbsd.errors import ConfigError, SidecarWriteError
 
 FILE = "status.json"
 HEARTBEAT_S = 30.0
 
 
-def state_dir(configured: Path | None) -> Path:
-    """Configured dir, else systemd's $STATE_DIRECTORY, else /var/lib/bbsd if usable, else ~/.local/state/bbsd."""
+def folder_for(configured: Path | None, config: Path) -> Path:
+    """`[service] state_dir` if set, else this config's own folder under the state base."""
     if configured is not None:
         return configured
+    name = instance_name(config)
+    return base_dir(name) / name
+
+
+def instance_name(config: Path) -> str:
+    """A readable, stable name per config file: `etc-bbsd-config-1a2b3c4d` for /etc/bbsd/config.toml."""
+    config = Path(config).resolve()
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", f"{config.parent.name}-{config.stem}").strip("-")[:40] or "bbsd"
+    return f"{slug}-{hashlib.sha256(str(config).encode()).hexdigest()[:8]}"
+
+
+def base_dir(instance: str) -> Path:
+    """systemd's $STATE_DIRECTORY, else /var/lib/bbsd if usable (or it holds this instance),
+    else ~/.local/state/bbsd."""
     if os.environ.get("STATE_DIRECTORY"):
         return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
     system = Path("/var/lib/bbsd")
-    if (system / FILE).exists() or (system.is_dir() and os.access(system, os.W_OK)):
+    if (system / instance / FILE).exists() or (system.is_dir() and os.access(system, os.W_OK)):
         return system
     return Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "bbsd"
+
+
+def claim(folder: Path, config: Path) -> None:
+    """Refuse to share a state folder with a running daemon of another config (an explicit state_dir)."""
+    doc = read(folder)
+    if not doc or doc.get("config") in (None, str(config)) or doc.get("state") == "stopped":
+        return
+    if alive(doc.get("pid", 0)) and doc["pid"] != os.getpid():
+        raise ConfigError(f"state folder {folder} is in use by the bbsd daemon of {doc['config']} (pid {doc['pid']})",
+                          f"give each daemon its own [service] state_dir in {config}, or leave it unset")
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -46,8 +75,9 @@ def percentile(values: list[float], q: float) -> float | None:
 class Status:
     """Counters and recent latencies of this daemon run; `write` publishes them."""
 
-    def __init__(self, folder: Path, model: str) -> None:
+    def __init__(self, folder: Path, model: str, config: Path | None = None) -> None:
         self.path = folder / FILE
+        self.config = str(config) if config else None
         self.started = time.time()
         self.model = model
         self.labeled = self.failed = 0
@@ -72,7 +102,7 @@ class Status:
     def snapshot(self, state: str, queue_depth: int, in_flight: str | None) -> dict[str, Any]:
         lat = list(self.latencies)
         return {
-            "pid": os.getpid(), "state": state, "model": self.model,
+            "pid": os.getpid(), "state": state, "model": self.model, "config": self.config,
             "started_at": datetime.fromtimestamp(self.started, UTC).isoformat(timespec="seconds"),
             "uptime_s": round(time.time() - self.started), "queue_depth": queue_depth, "in_flight": in_flight,
             "labeled": self.labeled, "failed": self.failed, "last_ms": self.last_ms,
@@ -103,6 +133,8 @@ def read(folder: Path) -> dict[str, Any] | None:
 
 
 def alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -167,6 +167,47 @@ def test_status_reports_the_running_daemon_and_says_when_it_is_not(tmp_path, tin
     assert r.returncode == 3 and "not running" in r.stdout
 
 
+def test_two_daemons_without_state_dir_each_have_their_own_status(tmp_path, tiny_models, bbsd_run):
+    """Two stages on one PC: neither config sets [service] state_dir; both run under one state base."""
+    env = {"STATE_DIRECTORY": str(tmp_path / "var-lib-bbsd"), "XDG_STATE_HOME": str(tmp_path / "xdg")}
+    stages = {}
+    for name, photos in (("stage-a", 1), ("stage-b", 2)):
+        (tmp_path / name / "in").mkdir(parents=True)
+        cfg = write_config(tmp_path / name, [tmp_path / name / "in"], tiny_models, extra="[service]\n")
+        stages[name] = (cfg, bbsd_run(cfg, name=name, env=env), photos)
+    try:
+        for name, (_, run, photos) in stages.items():
+            shots = [make_photo(tmp_path / name / "in" / f"p{i}.jpg", color=(i * 50, 0, 0)) for i in range(photos)]
+            run.wait_for("photo.labeled", count=photos, timeout=120)
+            assert all(sidecar.path_for(p).exists() for p in shots)
+        for name, (cfg, run, photos) in stages.items():
+            wait_until(lambda c=cfg, n=photos: json.loads(run_bbsd("status", "--config", str(c), "--json", env=env)
+                                                          .stdout).get("labeled") == n, 30, f"{name}'s status")
+            r = run_bbsd("status", "--config", str(cfg), env=env)
+            assert r.returncode == 0 and f"pid {run.proc.pid}," in r.stdout and f"{photos} labelled" in r.stdout
+        files = {json.loads(Path(r.events("daemon.ready")[0]["status_file"]).read_text())["config"]
+                 for _, r, _ in stages.values()}
+        assert files == {str(c.resolve()) for c, _, _ in stages.values()}
+    finally:
+        assert all(run.stop() == 0 for _, run, _ in stages.values())
+    assert run_bbsd("status", "--config", str(stages["stage-a"][0]), env=env).returncode == 3
+
+
+def test_a_daemon_refuses_a_state_dir_held_by_another_running_config(tmp_path, tiny_models, bbsd_run):
+    shared = f'[service]\nstate_dir = "{tmp_path / "shared-state"}"\n'
+    cfgs = []
+    for name in ("one", "two"):
+        (tmp_path / name / "in").mkdir(parents=True)
+        cfgs.append(write_config(tmp_path / name, [tmp_path / name / "in"], tiny_models, extra=shared))
+    first = bbsd_run(cfgs[0], name="one")
+    try:
+        first.wait_for("daemon.ready", timeout=120)
+        r = run_bbsd("run", "--config", str(cfgs[1]))
+        assert r.returncode == 2 and "is in use by the bbsd daemon of" in r.stderr and str(cfgs[0]) in r.stderr
+    finally:
+        assert first.stop() == 0
+
+
 def test_sighup_reloads_the_catalog_without_reloading_the_model(tmp_path, tiny_models, bbsd_run):
     inbox = tmp_path / "in"
     inbox.mkdir()
