@@ -1,13 +1,15 @@
-"""Preflight checks shared by `bbsd check` and `bbsd run`: folders exist and are writable."""
+"""Preflight checks: folders exist and are writable (`bbsd check` and `bbsd run`), and the model
+labels a generated image with the real prompt and grammar (`bbsd check`)."""
 
 from __future__ import annotations
 
 import errno
 import os
 import tempfile
+import time
 
 from bbsd.config import Settings
-from bbsd.errors import FolderError
+from bbsd.errors import FolderError, ModelError, PhotoError
 
 
 def folders(settings: Settings) -> list[str]:
@@ -35,3 +37,28 @@ def _probe_write(folder) -> None:
                           "sidecars are written beside the photos: grant the bbsd user write access") from None
     if not os.access(folder, os.R_OK | os.X_OK):
         raise FolderError(f"watch folder {folder} is not readable", "grant the bbsd user read access")
+
+
+def label_probe(labeler, prompt, settings: Settings) -> str:
+    """Label one generated image as the service would; raise `ModelError` if that fails.
+
+    A catalog whose grammar the engine cannot use, or a model pair that loads but cannot
+    label, fails here, at `bbsd check`, instead of on every photo in the service.
+    """
+    from PIL import Image, ImageDraw
+
+    from bbsd import labels
+
+    side = min(512, settings.engine.image_max_side)
+    image = Image.new("RGB", (side, side * 3 // 4), (90, 60, 40))
+    ImageDraw.Draw(image).ellipse((side // 4, side // 8, side * 3 // 4, side * 5 // 8), fill=(220, 200, 170))
+    image.info["bbsd_name"] = "bbsd-check-probe"
+    t0 = time.perf_counter()
+    try:
+        reply = labeler.infer(image, prompt, attempt=0, cancelled=lambda: False)
+        parsed = labels.parse_reply(reply.text, settings.catalog)
+    except PhotoError as e:
+        raise ModelError(f"the model could not label a test image ({e.code}: {e.message})", e.hint) from None
+    ms = (time.perf_counter() - t0) * 1000
+    return (f"test label: ok ({ms:.0f} ms; the reply named {len(parsed.characters)} characters and "
+            f"{len(parsed.props)} props from the catalog)")

@@ -142,18 +142,24 @@ def _expand(photos: list[Path], settings) -> list[Path]:
 
 @app.command()
 def check(config: Path = CONFIG) -> None:
-    """Validate the configuration, the watch folders and that the model loads; exit 0 or 2."""
+    """Validate the configuration and watch folders, load the model and label a test image; exit 0 or 2."""
     from bbsd import checks
 
+    # The report below is the output; the engine's info events would interleave with it
+    # (in a pipe, as JSON). Warnings and errors still show; BBSD_LOG_LEVEL=info shows all.
+    os.environ.setdefault("BBSD_LOG_LEVEL", "warning")
     settings = _setup(config)
     typer.echo(f"config {settings.source}: ok ({len(settings.catalog.characters)} characters, "
                f"{len(settings.catalog.props)} props)")
     for line in checks.folders(settings):
         typer.echo(line)
     pipeline = _open(settings)
-    info = pipeline.labeler.info
-    pipeline.close()
-    typer.echo(f"model {info.file} + {info.mmproj}: ok (loaded with backend {info.backend})")
+    try:
+        info = pipeline.labeler.info
+        typer.echo(f"model {info.file} + {info.mmproj}: ok (loaded with backend {info.backend})")
+        typer.echo(checks.label_probe(pipeline.labeler, pipeline.prompt, settings))
+    finally:
+        pipeline.close()
 
 
 @app.command()

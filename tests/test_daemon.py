@@ -189,7 +189,36 @@ def test_check_passes_on_a_good_setup(tmp_path, tiny_models):
     inbox.mkdir()
     r = run_bbsd("check", "--config", str(write_config(tmp_path, [inbox], tiny_models)))
     assert r.returncode == 0, r.stderr
-    assert "model tiny-text.gguf + tiny-mmproj.gguf: ok" in r.stdout
+    assert "model tiny-text.gguf + tiny-mmproj.gguf: ok" in r.stdout and "test label: ok" in r.stdout
+    assert r.stderr == ""  # no log lines (JSON in a pipe) in the middle of the report
+
+
+def test_check_labels_a_test_image_with_a_catalog_of_names_people_type(tmp_path, tiny_models):
+    from tests.conftest import CATALOG, run_bbsd
+
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    cfg = write_config(tmp_path, [inbox], tiny_models)
+    names = '[[characters]]\nname = "Mr. \\"Moon\\""\n[[characters]]\nname = "Баба Яга"\n'
+    cfg.write_text(cfg.read_text(encoding="utf-8").replace(CATALOG, names), encoding="utf-8")
+    r = run_bbsd("check", "--config", str(cfg))
+    assert r.returncode == 0 and "(2 characters, 0 props)" in r.stdout and "test label: ok" in r.stdout, r.stderr
+    cfg.write_text(cfg.read_text(encoding="utf-8") + '[[characters]]\nname = "Fox|Wolf"\n', encoding="utf-8")
+    r = run_bbsd("check", "--config", str(cfg))
+    assert r.returncode == 2 and r.stdout == "" and len(r.stderr.splitlines()) == 1
+    assert "[characters[2].name] 'Fox|Wolf' contains '|'" in r.stderr
+
+
+def test_check_fails_when_the_model_cannot_label(tmp_path, tiny_models):
+    """A model that loads but dies on an image fails `bbsd check`, not the service."""
+    from tests.conftest import run_bbsd
+
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    env = {"BBSD_TEST_HOOKS": "1", "BBSD_TEST_ABORT_ON": "bbsd-check-probe"}
+    r = run_bbsd("check", "--config", str(write_config(tmp_path, [inbox], tiny_models)), env=env)
+    assert r.returncode == 2, r.stdout
+    assert "bbsd: error: the model could not label a test image (engine_crash:" in r.stderr
 
 
 def test_terminal_gets_console_lines_not_json(tmp_path, tiny_models):
@@ -203,6 +232,7 @@ def test_terminal_gets_console_lines_not_json(tmp_path, tiny_models):
     pid, fd = pty.fork()
     if pid == 0:  # child: stdout and stderr are the pty
         os.environ.pop("PYTEST_CURRENT_TEST", None)
+        os.environ["BBSD_LOG_LEVEL"] = "info"  # `bbsd check` shows only warnings by default
         os.chdir(REPO)
         os.execv(bbsd_cmd()[0], bbsd_cmd("check", "--config", str(cfg)))
     out = b""
