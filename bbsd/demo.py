@@ -2,13 +2,16 @@
 
 Everything runs for real (watcher, settling, llama.cpp, grammar, atomic sidecars) except
 the model's knowledge: its weights are random, so its labels are meaningless. It says so
-loudly, and it is never used unless asked for by name.
+loudly, and it is never used unless asked for by name. Everything it writes stays inside its
+folder (models, photos, inbox, status), and every run labels its photos afresh.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import sys
 import threading
 import time
 from pathlib import Path
@@ -29,6 +32,12 @@ mmproj = "models/{mmproj}"
 
 [engine]
 image_max_side = 448
+
+[service]
+state_dir = "state"
+
+[log]
+format = "console"
 
 [[characters]]
 name = "Baba Yaga"
@@ -79,7 +88,7 @@ def prepare(folder: Path) -> Path:
 
 def main(folder: Path) -> None:
     from bbsd import config as config_mod
-    from bbsd import logs, prompt
+    from bbsd import logs, prompt, xmp
     from bbsd.labeler import open_labeler
     from bbsd.pipeline import Pipeline
     from bbsd.service import Daemon
@@ -87,7 +96,7 @@ def main(folder: Path) -> None:
     print(BANNER, flush=True)
     cfg = prepare(folder.resolve())
     settings = config_mod.load(cfg)
-    logs.configure("info", "console")
+    logs.configure(settings.log.level, settings.log.format)
     daemon = Daemon(settings, Pipeline(open_labeler(settings), settings, prompt.build(settings.catalog)))
     thread = threading.Thread(target=daemon.run, name="bbsd-demo")
     thread.start()
@@ -100,14 +109,43 @@ def main(folder: Path) -> None:
         daemon.pipeline.close()
     for photo in targets:
         doc = sidecar.read(photo)
-        print(f"\n{sidecar.path_for(photo)}\n" + json.dumps(doc.get("labels") if doc else None, ensure_ascii=False))
-    print(f"\n{BANNER}\nRun it yourself: bbsd run --config {cfg}", flush=True)
+        print(f"\n{_short(photo)}\n  JSON {_short(sidecar.path_for(photo))}\n  XMP  "
+              f"{_short(xmp.path_for(photo, settings.xmp.naming))}\n  "
+              + json.dumps(doc.get("labels") if doc else None, ensure_ascii=False))
+    me = own_command()
+    print(f"\n{BANNER}\nRun it yourself: {me} run --config {_short(cfg)}\n"
+          f"  then copy photos into {_short(folder / 'inbox')}; `{me} status --config {_short(cfg)}` in another "
+          f"terminal shows it (its status file: {_short(daemon.monitor.status.path)})", flush=True)
+
+
+def own_command() -> str:
+    """How to start this same bbsd again from here: `bbsd` if that is on the PATH, else its path."""
+    exe = Path(sys.argv[0])
+    if exe.name == "__main__.py":  # python -m bbsd
+        return f"{_short(Path(sys.executable))} -m bbsd"
+    found = shutil.which("bbsd")
+    if found and Path(found).resolve() == exe.resolve():
+        return "bbsd"
+    return str(_short(exe)) if exe.parent != Path() else f"./{exe}"
+
+
+def _short(path: Path) -> str:
+    """A path relative to the current folder when it is inside it, else absolute."""
+    path = Path(os.path.abspath(path))
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def _drop_photos(folder: Path) -> list[Path]:
+    """Copy the sample photos into the inbox, first removing a previous run's copies and sidecars,
+    so every run labels them afresh (and nothing else in the inbox is touched)."""
     targets = []
     for src in sorted((folder / "photos").iterdir()):
         dst = folder / "inbox" / src.name
+        for old in (dst, *dst.parent.glob(f"{dst.name}.*")):
+            old.unlink(missing_ok=True)
         shutil.copyfile(src, dst)
         targets.append(dst)
     return targets
