@@ -38,6 +38,14 @@ def list_models(folder: Path = DIR) -> None:
     extra = [p for p in sorted(folder.glob("*.gguf"))]
     if extra:
         typer.echo(f"\nGGUF files in {folder}: " + ", ".join(p.name for p in extra))
+    typer.echo("\n" + LEGEND)
+
+
+LEGEND = """status: runnable      llama.cpp runs it: `bbsd models pull NAME`, then [model] name = "NAME"
+        convert       no ready GGUF: convert it with llama.cpp's convert_hf_to_gguf.py (see its notes)
+        not-runnable  llama.cpp has no support for its vision encoder: serve it elsewhere
+        text-only     cannot see photos; its vision sibling is listed
+`bbsd models fit` estimates memory; gguf_models/models.toml has each row's notes."""
 
 
 @models_app.command("inspect")
@@ -104,13 +112,14 @@ def fit(name: str = typer.Argument(None, help="One registry name; default: every
     ram = psutil.virtual_memory().available / 2**20
     vram = metrics.total_vram_mb()
     typer.echo(f"this machine: {_mb(ram)} RAM available, " + (f"{_mb(vram)} VRAM" if vram else "no GPU"))
-    typer.echo(f"{'name':24} {'estimate':>9}  {'RAM':7} {'VRAM':7} (weights + mmproj + KV + compute + runtime)")
+    vram_head = f" {'VRAM':7}" if vram else ""  # without a GPU the column would say `unknown` on every row
+    typer.echo(f"{'name':24} {'estimate':>9}  {'RAM':7}{vram_head} (weights + mmproj + KV + compute + runtime)")
     for e in entries:
         text, mmproj = models.local_files(e, folder) if e.status == "runnable" else (None, None)
         est = (models.estimate_files(models.inspect(text), models.inspect(mmproj) if mmproj else None, context)
                if text else models.estimate_entry(e, context))
-        typer.echo(f"{e.name:24} {_mb(est.total_mb):>9}  {models.verdict(est.total_mb, ram):7} "
-                   f"{models.verdict(est.total_mb - models.RUNTIME_MB, vram):7} "
+        vram_cell = f" {models.verdict(est.total_mb - models.RUNTIME_MB, vram):7}" if vram else ""
+        typer.echo(f"{e.name:24} {_mb(est.total_mb):>9}  {models.verdict(est.total_mb, ram):7}{vram_cell} "
                    f"({_mb(est.weights_mb)} + {_mb(est.mmproj_mb)} + {_mb(est.kv_mb)} + {_mb(est.compute_mb)} "
                    f"+ {_mb(est.runtime_mb)}){' from the local files' if text else ''}"
                    f"{'' if e.status == 'runnable' else '  [' + e.status + ']'}")
