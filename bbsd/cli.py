@@ -16,6 +16,20 @@ import typer
 
 from bbsd import __version__, console
 
+
+def _flags_take_no_value() -> None:
+    """typer 0.29 prints a type after every option in help, flags too (`--help <bool>`), as if
+    they took a value; a flag shows none."""
+    from typer.core import TyperOption
+
+    typed = getattr(TyperOption, "display_type_rich", None)
+    if typed is None:  # a typer without it (pinned <0.30): nothing to fix
+        return
+    TyperOption.display_type_rich = lambda self, ctx: None if self.is_flag else typed(self, ctx)
+
+
+_flags_take_no_value()
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,

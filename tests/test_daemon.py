@@ -182,6 +182,15 @@ def test_version_and_python_m(tmp_path):
         assert subprocess.run([exe, "--version"], capture_output=True, text=True).stdout == r.stdout
 
 
+def test_help_shows_flags_without_a_value_type():
+    from tests.conftest import run_bbsd
+
+    root, label = run_bbsd("--help"), run_bbsd("label", "--help")
+    assert root.returncode == 0 and label.returncode == 0
+    assert "--version" in root.stdout and "--force" in label.stdout
+    assert "<bool>" not in root.stdout + label.stdout and "<path>" in label.stdout  # values keep their type
+
+
 def test_check_passes_on_a_good_setup(tmp_path, tiny_models):
     from tests.conftest import run_bbsd
 
