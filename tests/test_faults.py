@@ -61,7 +61,8 @@ def test_poison_photo_is_quarantined_after_two_crashes_and_the_rest_labelled(tmp
 
 
 def test_hung_worker_is_killed_and_the_photo_gets_engine_timeout(tmp_path, tiny_models, runs):
-    inbox, cfg = _inbox(tmp_path, tiny_models, extra="[worker]\ntimeout_seconds = 2\n")
+    # 5 s: ok.jpg (about 0.2 s idle, up to 4x that on a loaded 2-core machine) must never time out
+    inbox, cfg = _inbox(tmp_path, tiny_models, extra="[worker]\ntimeout_seconds = 5\n")
     run = runs(cfg, "run", BBSD_TEST_HANG_ON="hang")
     run.wait_for("daemon.ready")
     hang = make_photo(inbox / "hang.jpg")
