@@ -11,8 +11,9 @@ import sys
 import typer
 
 
-def _bar(console, description: str, total: int):
-    """A started rich progress bar on `console`; log lines print through the same console above it.
+def _bar(console, description: str, total: int, route_logs: bool = True):
+    """A started rich progress bar on `console`; log lines print through the same console above it
+    (when `route_logs`: they share its terminal).
 
     Everything shown while a bar is up goes through its one console as `Text`, never as markup
     and never with `markup=False`: rich renders the bar with the options of the print that
@@ -28,7 +29,8 @@ def _bar(console, description: str, total: int):
                        TimeRemainingColumn(), console=console, transient=True)
     bar.add_task(description, total=total)
     bar.start()
-    logs.route_through(console)
+    if route_logs:
+        logs.route_through(console)
     return bar
 
 
@@ -50,7 +52,8 @@ class Progress:
         if sys.stdout.isatty() and self._total > 1:
             from rich.console import Console
 
-            self._bar = _bar(Console(file=sys.stdout), "labelling", self._total)
+            # Log lines (stderr) go through the bar's console only when they share its terminal.
+            self._bar = _bar(Console(file=sys.stdout), "labelling", self._total, route_logs=sys.stderr.isatty())
         return self._advance
 
     def _advance(self, line: str) -> None:
