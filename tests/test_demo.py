@@ -24,6 +24,7 @@ def test_demo_tells_the_truth_about_paths_and_labels_afresh_each_run(tmp_path):
         out = r.stdout + r.stderr
         assert r.returncode == 0, out
         assert "daemon.stopped" in out and "labeled=4" in out, f"run {run} did not label its 4 photos:\n{out}"
+        assert not re.search(r'^\{"', out, re.M)  # one format in the stream: the worker logs as the daemon does
         for kind in ("JSON", "XMP "):
             shown = re.findall(rf"^  {kind} (\S+)$", r.stdout, re.M)
             assert len(shown) == 4 and all((tmp_path / p).is_file() for p in shown)
