@@ -156,7 +156,9 @@ def _doc(photo: Path) -> dict:
 
 
 def test_raw_and_jpeg_of_one_shot_are_labelled_once(daemon, tmp_path):
-    inbox, run = daemon()
+    # A RAW waits for its JPEG at most incomplete_timeout_seconds (3 s in the tests' config): on a
+    # loaded machine writing the pair can take longer than that, so give it the default minute.
+    inbox, run = daemon(env={"BBSD_WATCH_INCOMPLETE_TIMEOUT_SECONDS": "60"})
     stage = tmp_path / "stage"
     stage.mkdir()
     raw = make_dng(stage / "IMG_0001.DNG")
