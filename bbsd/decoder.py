@@ -49,6 +49,10 @@ class Decoder:
         self._role = role  # "decode" or "probe", for the log
         self._child: child.Child | None = None
 
+    def start(self) -> None:
+        """Start the process now (the daemon, before READY), so the first photo does not pay for it."""
+        self._ensure()
+
     def decode(self, path: Path, max_side: int, cancelled: Callable[[], bool] = lambda: False) -> Decoded:
         """Decode `path` to RGB with its longest side <= `max_side`; raise `PhotoError` when it cannot."""
         request = {"type": "decode", "path": str(path), "max_side": max_side, "max_pixels": self._max_pixels}

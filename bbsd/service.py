@@ -81,6 +81,8 @@ class Daemon:
         worker = threading.Thread(target=self._work_loop, name="bbsd-worker", daemon=True)
         worker.start()
         try:
+            self._prober.start()  # both decoder processes up before READY: the first photo pays for neither
+            self.pipeline.decoder.start()
             queued = self._rescan()
             log.info("daemon.ready", folders=[str(f) for f in w.folders], queued=queued, stale_temps_removed=removed,
                      model=self.pipeline.labeler.info.file, status_file=str(self.monitor.status.path))
