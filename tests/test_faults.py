@@ -154,6 +154,7 @@ def _trial(seed: int, tmp_path: Path, tiny_models, burst: list[bytes], runs) -> 
     inbox, cfg = _inbox(folder, tiny_models)
     first = runs(cfg, f"t{seed}a")
     worker_pid = first.wait_for("worker.started")[0]["pid"]
+    first.wait_for("daemon.ready")  # decoders up too: the random kill moment is relative to a ready daemon
     photos = []
     for i, data in enumerate(burst):
         p = inbox / f"IMG_{i:04d}.jpg"
