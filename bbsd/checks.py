@@ -1,5 +1,5 @@
-"""Preflight checks: folders exist and are writable (`bbsd check` and `bbsd run`), and the model
-labels a generated image with the real prompt and grammar (`bbsd check`)."""
+"""Preflight checks: folders exist and are writable (`bbsd check` and `bbsd run`), the backend's own,
+and the model labels a generated image with the real prompt and grammar (`bbsd check`)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import tempfile
 import time
 
+from bbsd import engines
 from bbsd.config import Settings
 from bbsd.errors import FolderError, ModelError, PhotoError
 
@@ -62,3 +63,8 @@ def label_probe(labeler, prompt, settings: Settings) -> str:
     ms = (time.perf_counter() - t0) * 1000
     return (f"test label: ok ({ms:.0f} ms; the reply named {len(parsed.characters)} characters and "
             f"{len(parsed.props)} props from the catalog)")
+
+
+def backend(settings: Settings) -> list[str]:
+    """What the configured backend checks before its model is opened (raises its own `BbsdError`)."""
+    return engines.get(settings.engine.backend).check(settings)

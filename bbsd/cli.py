@@ -72,7 +72,7 @@ def _open(settings, lazy: bool = False, warm_up: bool = False):
     import structlog
 
     from bbsd import prompt
-    from bbsd.labeler import LazyLabeler, open_labeler
+    from bbsd.engines import LazyLabeler, open_labeler
     from bbsd.pipeline import Pipeline
 
     labeler = LazyLabeler(settings) if lazy else open_labeler(settings, warm_up=warm_up)
@@ -167,10 +167,13 @@ def check(config: Path = CONFIG) -> None:
                f"{len(settings.catalog.props)} props)")
     for line in checks.folders(settings):
         typer.echo(line)
+    for line in checks.backend(settings):
+        typer.echo(line)
     pipeline = _open(settings)
     try:
         info = pipeline.labeler.info
-        typer.echo(f"model {info.file} + {info.mmproj}: ok (loaded with backend {info.backend})")
+        files = f"{info.file} + {info.mmproj}" if info.mmproj else info.file
+        typer.echo(f"model {files}: ok (loaded with backend {info.backend})")
         typer.echo(checks.label_probe(pipeline.labeler, pipeline.prompt, settings))
     finally:
         pipeline.close()

@@ -3,6 +3,8 @@
 Invariant: nothing downstream ever sees an unvalidated value. Every key has a type,
 a default (or is required), bounds and a description; a wrong one raises `ConfigError`
 naming the key, the file and the fix. Relative paths resolve against the config file's folder.
+The core owns the sections below; the configured backend (`bbsd.engines`) owns its own
+tables and validates them into `Settings.backend`, which nothing else reads.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ import os
 import tomllib
 import unicodedata
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bbsd import engines
 from bbsd.catalog import Catalog, CatalogEntry
 from bbsd.errors import ConfigError
 
@@ -52,23 +55,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "pair_seconds": Key("float", 10.0, "a RAW and a JPEG with the same name written this close are one shot; "
                             "0 = label each file", 0, 3600),
     },
-    "model": {
-        "backend": Key("choice", "llama", "labelling backend", choices=("llama", "fake")),
-        "name": Key("str", None, "a registry name (gguf_models/models.toml); sets path and mmproj"),
-        "dir": Key("path", None, "folder with the GGUF files and models.toml; default gguf_models/ beside the config"),
-        "path": Key("path", None, "text model GGUF (required for the llama backend unless name is set)"),
-        "mmproj": Key("path", None, "vision projector GGUF (required for the llama backend unless name is set)"),
-    },
     "engine": {
-        "context_size": Key("int", 4096, "context window in tokens", 512, 131072),
-        "threads": Key("int", 0, "CPU threads; 0 = one per physical core", 0, 512),
-        "gpu_layers": Key("layers", 0, "layers offloaded to the GPU; -1 = all, 0 = CPU only, \"auto\" = as many as fit",
-                          -1, 10000),
-        "flash_attention": Key("bool", True, "use flash attention (less memory for the KV cache)"),
-        "prefix_cache": Key("bool", True, "keep the prompt's fixed part (system text, catalog) in the KV cache and "
-                            "evaluate only the image and the text after it per photo; false = everything per photo"),
-        "jump_forward": Key("bool", True, "append the reply's keys, punctuation and the rest of an unambiguous "
-                            "name as text instead of sampling them token by token"),
+        "backend": Key("choice", engines.DEFAULT, "labelling backend: llama (in-process llama.cpp); fake is for "
+                       "tests only", choices=tuple(engines.BACKENDS)),
         "image_max_side": Key("int", 768, "longest image side in pixels sent to the model", 32, 8192),
         "max_output_tokens": Key("int", 768, "upper bound on the reply length in tokens", 32, 8192),
         "temperature": Key("float", 0.0, "sampling temperature; 0 = deterministic", 0.0, 2.0),
@@ -122,22 +111,10 @@ class WatchSettings:
 
 
 @dataclass(frozen=True)
-class ModelSettings:
-    backend: str
-    name: str | None
-    dir: Path
-    path: Path | None
-    mmproj: Path | None
-
-
-@dataclass(frozen=True)
 class EngineSettings:
-    context_size: int
-    threads: int
-    gpu_layers: int | str  # "auto" is resolved when the engine loads
-    flash_attention: bool
-    prefix_cache: bool
-    jump_forward: bool
+    """What every backend is asked: which backend, and how to ask the model."""
+
+    backend: str
     image_max_side: int
     max_output_tokens: int
     temperature: float
@@ -183,7 +160,6 @@ class Settings:
 
     source: Path
     watch: WatchSettings
-    model: ModelSettings
     engine: EngineSettings
     worker: WorkerSettings
     decode: DecodeSettings
@@ -191,6 +167,7 @@ class Settings:
     xmp: XmpSettings
     log: LogSettings
     catalog: Catalog
+    backend: Any  # the configured backend's own frozen settings; only that backend reads them
 
 
 def load(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
@@ -200,23 +177,43 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
     if isinstance(raw.get("model"), str):  # `model = "NAME"`: the short form of [model] name
         raw["model"] = {"name": raw["model"]}
     env = os.environ if environ is None else environ
-    v = _Validator(path)
-    _reject_unknown(raw, v)
-    values = {s: _section(raw.get(s, {}), s, v, env) for s in SCHEMA}
-    values["model"]["dir"] = values["model"]["dir"] or (path.parent / "gguf_models").resolve()
-    settings = Settings(
+    v = Validator(path)
+    _legacy_backend_key(raw, v)
+    engine = EngineSettings(**section(_table(raw, "engine", v), "engine", SCHEMA["engine"], v, env))
+    backend = engines.get(engine.backend)
+    _reject_unknown(raw, v, backend)
+    values = {s: section(raw.get(s, {}), s, SCHEMA[s], v, env) for s in SCHEMA if s != "engine"}
+    return Settings(
         source=path.resolve(),
         watch=WatchSettings(**values["watch"]),
-        model=ModelSettings(**values["model"]),
-        engine=EngineSettings(**values["engine"]),
+        engine=engine,
         worker=WorkerSettings(**values["worker"]),
         decode=DecodeSettings(**values["decode"]),
         service=ServiceSettings(**values["service"]),
         xmp=XmpSettings(**values["xmp"]),
         log=LogSettings(**values["log"]),
         catalog=_catalog(raw, v),
+        backend=backend.configure(raw, v, env, engine),
     )
-    return _check_backend(settings, v)
+
+
+def _table(raw: dict[str, Any], name: str, v: Validator) -> dict[str, Any]:
+    body = raw.get(name, {})
+    if not isinstance(body, dict):
+        raise v.fail(name, "must be a table", f"write it as [{name}]")
+    return body
+
+
+def _legacy_backend_key(raw: dict[str, Any], v: Validator) -> None:
+    """`[model] backend` (before backends owned their tables) still selects the backend."""
+    model = raw.get("model")
+    if not isinstance(model, dict) or "backend" not in model:
+        return
+    engine = raw.setdefault("engine", {})
+    legacy = model.pop("backend")
+    if isinstance(engine, dict) and engine.setdefault("backend", legacy) != legacy:
+        raise v.fail("model.backend", f"says {legacy!r} but [engine] backend says {engine['backend']!r}",
+                     "keep only `backend = ...` under [engine]")
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -231,7 +228,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read ({e.strerror})", "check the file's permissions") from None
 
 
-class _Validator:
+class Validator:
     """Formats every complaint the same way: the key, the file, the fix."""
 
     def __init__(self, path: Path) -> None:
@@ -241,17 +238,30 @@ class _Validator:
         return ConfigError(f"{self.path}: [{key}] {problem}", hint)
 
 
-def _reject_unknown(raw: dict[str, Any], v: _Validator) -> None:
-    known = set(SCHEMA) | set(CATALOG_SECTIONS)
-    for section, body in raw.items():
-        if section not in known:
-            raise v.fail(section, "is not a known section", _did_you_mean(section, known))
-        if section in SCHEMA:
-            if not isinstance(body, dict):
-                raise v.fail(section, "must be a table", f"write it as [{section}]")
-            for key in body:
-                if key not in SCHEMA[section]:
-                    raise v.fail(f"{section}.{key}", "is not a known key", _did_you_mean(key, SCHEMA[section]))
+def _reject_unknown(raw: dict[str, Any], v: Validator, backend: engines.Backend) -> None:
+    known = {s: set(keys) for s, keys in SCHEMA.items()}
+    for s, keys in backend.tables.items():
+        known.setdefault(s, set()).update(keys)
+    for name, body in raw.items():
+        if name in CATALOG_SECTIONS:
+            continue
+        if name not in known:
+            raise v.fail(name, *_foreign(name, None, backend, set(known) | set(CATALOG_SECTIONS)))
+        if not isinstance(body, dict):
+            raise v.fail(name, "must be a table", f"write it as [{name}]")
+        for key in body:
+            if key not in known[name]:
+                raise v.fail(f"{name}.{key}", *_foreign(name, key, backend, known[name]))
+
+
+def _foreign(section: str, key: str | None, backend: engines.Backend, known: set[str]) -> tuple[str, str]:
+    """The complaint about an unknown section or key: another backend's, or a typo."""
+    owner = engines.owner_of(section, key)
+    if owner and owner != backend.name:
+        return (f"belongs to the {owner} backend, and this configuration uses {backend.name}",
+                f"remove it, or set `backend = \"{owner}\"` under [engine]")
+    what = "is not a known section" if key is None else "is not a known key"
+    return what, _did_you_mean(key or section, known)
 
 
 def _did_you_mean(word: str, options) -> str:
@@ -260,23 +270,25 @@ def _did_you_mean(word: str, options) -> str:
     return f"did you mean '{close[0]}'? (known: {listed})" if close else f"known: {listed}"
 
 
-def _section(body: dict[str, Any], section: str, v: _Validator, env: Mapping[str, str]) -> dict[str, Any]:
+def section(body: dict[str, Any], table: str, keys: Mapping[str, Key], v: Validator,
+            env: Mapping[str, str]) -> dict[str, Any]:
+    """Validate one table's keys (a `BBSD_SECTION_KEY` variable wins over the file); backends use this too."""
     out = {}
-    for name, key in SCHEMA[section].items():
-        dotted = f"{section}.{name}"
-        env_name = f"BBSD_{section}_{name}".upper()
+    for name, key in keys.items():
+        dotted = f"{table}.{name}"
+        env_name = f"BBSD_{table}_{name}".upper()
         if env_name in env:
             out[name] = _coerce_env(env[env_name], key, dotted, env_name, v)
         elif name in body:
             out[name] = _coerce(body[name], key, dotted, v, base=v.path.parent)
         elif key.default is REQUIRED:
-            raise v.fail(dotted, "is required", f"add `{name} = ...` under [{section}]: {key.help}")
+            raise v.fail(dotted, "is required", f"add `{name} = ...` under [{table}]: {key.help}")
         else:
             out[name] = key.default
     return out
 
 
-def _coerce_env(text: str, key: Key, dotted: str, env_name: str, v: _Validator) -> Any:
+def _coerce_env(text: str, key: Key, dotted: str, env_name: str, v: Validator) -> Any:
     """Environment values are strings; parse them by the key's kind, relative paths against the cwd."""
     parsers: dict[str, Callable[[str], Any]] = {
         "int": int,
@@ -295,7 +307,7 @@ def _coerce_env(text: str, key: Key, dotted: str, env_name: str, v: _Validator) 
     return _coerce(value, key, dotted, v, base=Path.cwd())
 
 
-def _coerce(value: Any, key: Key, dotted: str, v: _Validator, base: Path) -> Any:
+def _coerce(value: Any, key: Key, dotted: str, v: Validator, base: Path) -> Any:
     checkers = {
         "str": _as_str, "choice": _as_choice, "int": _as_number, "float": _as_number, "layers": _as_layers,
         "bool": _as_bool, "path": _as_path, "paths": _as_paths, "strs": _as_strs,
@@ -361,7 +373,7 @@ def _as_strs(value, key, dotted, v, base):
     return tuple(s.lower().lstrip(".") for s in value)
 
 
-def _catalog(raw: dict[str, Any], v: _Validator) -> Catalog:
+def _catalog(raw: dict[str, Any], v: Validator) -> Catalog:
     parts = {}
     for section in CATALOG_SECTIONS:
         body = raw.get(section, [])
@@ -383,7 +395,7 @@ def _catalog(raw: dict[str, Any], v: _Validator) -> Catalog:
 HIERARCHY_DELIMITERS = {"|": "Lightroom, darktable and digiKam", "/": "digiKam"}
 
 
-def _entry(item: Any, where: str, v: _Validator) -> CatalogEntry:
+def _entry(item: Any, where: str, v: Validator) -> CatalogEntry:
     if not isinstance(item, dict):
         raise v.fail(where, "must be a table", "write it as [[characters]] with name and description")
     unknown = set(item) - {"name", "description"}
@@ -399,7 +411,7 @@ def _entry(item: Any, where: str, v: _Validator) -> CatalogEntry:
     return CatalogEntry(name=name.strip(), description=description.strip())
 
 
-def _check_name(name: str, where: str, v: _Validator) -> None:
+def _check_name(name: str, where: str, v: Validator) -> None:
     """Refuse what cannot survive as one keyword: hierarchy delimiters and control characters.
 
     Quotes, backslashes, apostrophes and any script are fine: the grammar escapes them.
@@ -414,31 +426,3 @@ def _check_name(name: str, where: str, v: _Validator) -> None:
         raise v.fail(where, f"{name!r} contains the control character U+{ord(bad):04X}",
                      "write the name on one line without tabs or control characters")
 
-
-def _check_backend(settings: Settings, v: _Validator) -> Settings:
-    m = settings.model
-    if m.backend != "llama":
-        return settings
-    if m.name and (m.path is None or m.mmproj is None):
-        settings = _resolve_name(settings, v)
-    for name in ("path", "mmproj"):
-        if getattr(settings.model, name) is None:
-            raise v.fail(f"model.{name}", "is required for the llama backend",
-                         f"set `{name} = \"gguf_models/....gguf\"` or `name = \"...\"` under [model] "
-                         "(see gguf_models/README.md and `bbsd models list`)")
-    return settings
-
-
-def _resolve_name(settings: Settings, v: _Validator) -> Settings:
-    from bbsd import models
-
-    m = settings.model
-    entry = models.find(models.load_registry(models.registry_path(m.dir)), m.name)
-    if entry.status not in ("runnable", "convert"):
-        raise v.fail("model.name", f"{entry.name} is {entry.status}", entry.notes or "pick a runnable model")
-    text, mmproj = models.local_files(entry, m.dir)
-    if text is None or mmproj is None:
-        how = (f"convert its checkpoint with `bbsd models convert CHECKPOINT_DIR --out {m.dir}`"
-               if entry.status == "convert" else f"fetch them with `bbsd models pull {entry.name}`")
-        raise v.fail("model.name", f"the files of {entry.name} are not in {m.dir}", f"{how} (or copy them there)")
-    return replace(settings, model=replace(m, path=m.path or text, mmproj=m.mmproj or mmproj))

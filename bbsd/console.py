@@ -97,13 +97,23 @@ def status_text(d: dict, running: bool) -> str:
     def ms(v):
         return f"{v:.0f} ms" if v is not None else "-"
 
+    busy = f" ({d['busy']} photos in hand)" if d.get("busy", 0) > 1 else ""
     return "\n".join([
         f"bbsd: {head}, model {d['model']}",
-        f"queue: {d['queue_depth']} waiting, in flight: {d['in_flight'] or '-'}",
+        f"queue: {d['queue_depth']} waiting, in flight: {d['in_flight'] or '-'}{busy}",
         f"photos since start: {d['labeled']} labelled, {d['failed']} failed",
         f"latency: p50 {ms(d['p50_ms'])}, p95 {ms(d['p95_ms'])}, last {ms(d['last_ms'])}",
         f"memory: RSS {d['rss_mb'] or '-'} MB, VRAM {d['vram_mb'] or '-'} MB",
+        *[endpoint_line(e) for e in d.get("endpoints", [])],
     ])
+
+
+def endpoint_line(e: dict) -> str:
+    """One inference-server endpoint's health, as a remote backend reports it (status file, report)."""
+    p50 = f"{e['p50_ms']:.0f} ms" if e.get("p50_ms") is not None else "-"
+    why = f", last error: {e['last_error']}" if e.get("state") != "up" and e.get("last_error") else ""
+    return (f"endpoint {e.get('url')} ({e.get('model')}): {e.get('state')}, {e.get('in_flight', 0)}/"
+            f"{e.get('limit', '-')} in flight, {e.get('done', 0)} done, {e.get('failed', 0)} failed, p50 {p50}{why}")
 
 
 class BacklogProgress:

@@ -89,7 +89,7 @@ def prepare(folder: Path) -> Path:
 def main(folder: Path) -> None:
     from bbsd import config as config_mod
     from bbsd import logs, prompt, xmp
-    from bbsd.labeler import open_labeler
+    from bbsd.engines import open_labeler
     from bbsd.pipeline import Pipeline
     from bbsd.service import Daemon
 

@@ -1,19 +1,36 @@
 """`fake` backend: deterministic replies without a model, for fast pipeline tests.
 
 Never chosen implicitly: it must be named in the configuration, and the daemon logs
-`engine.fake` at start so nobody mistakes its labels for real ones.
+`engine.fake` at start so nobody mistakes its labels for real ones. Its [fake] table lets
+tests ask for several photos in flight (`concurrency`) and a per-photo delay.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from PIL import Image
 
+from bbsd.config import Key, Validator, section
+from bbsd.engines import Backend
 from bbsd.labeler import Inference, ModelInfo
 from bbsd.prompt import Prompt
+
+TABLES = {"fake": {
+    "concurrency": Key("int", 1, "photos in flight at once (tests of the daemon's worker threads)", 1, 64),
+    "delay_ms": Key("int", 0, "time each reply takes", 0, 600_000),
+}}
+
+
+@dataclass(frozen=True)
+class FakeSettings:
+    concurrency: int
+    delay_ms: int
 
 
 class FakeLabeler:
@@ -23,17 +40,23 @@ class FakeLabeler:
     which lets tests feed invalid replies through the real validation path.
     """
 
-    def __init__(self, replies: Iterable[str] = (), delay_s: float = 0.0) -> None:
+    gpu = False
+
+    def __init__(self, replies: Iterable[str] = (), delay_s: float = 0.0, concurrency: int = 1) -> None:
         self.info = ModelInfo(backend="fake", file="fake", mmproj=None)
+        self.concurrency = concurrency
         self._replies = list(replies)
         self._delay_s = delay_s
+        self._lock = threading.Lock()
         self.calls = 0
 
     def infer(self, image: Image.Image, prompt: Prompt, *, attempt: int,
               cancelled: Callable[[], bool]) -> Inference:
-        self.calls += 1
+        with self._lock:
+            self.calls += 1
+            scripted = self._replies.pop(0) if self._replies else None
         time.sleep(self._delay_s)
-        text = self._replies.pop(0) if self._replies else self._default(image, prompt)
+        text = scripted if scripted is not None else self._default(image, prompt)
         return Inference(text=text, prompt_tokens=0, output_tokens=len(text), encode_ms=0.0, generate_ms=0.0)
 
     @staticmethod
@@ -46,9 +69,20 @@ class FakeLabeler:
             "scene": "test", "visible_text": [],
         })
 
+    def health(self) -> list[dict[str, Any]]:
+        return []
+
     def close(self) -> None:
         pass
 
 
+def configure(raw: dict[str, Any], v: Validator, env: Mapping[str, str], engine) -> FakeSettings:
+    return FakeSettings(**section(raw.get("fake", {}), "fake", TABLES["fake"], v, env))
+
+
 def open_labeler(settings) -> FakeLabeler:
-    return FakeLabeler()
+    s: FakeSettings = settings.backend
+    return FakeLabeler(delay_s=s.delay_ms / 1000, concurrency=s.concurrency)
+
+
+BACKEND = Backend(name="fake", tables=TABLES, configure=configure, open=open_labeler, isolate=True)

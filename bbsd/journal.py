@@ -1,17 +1,19 @@
-"""The photo in hand, remembered across deaths of the daemon process itself.
+"""The photos in hand, remembered across deaths of the daemon process itself.
 
 Invariant: before a photo is handed to the decoder and the engine its path is written here,
-and cleared when it ends in a record. If the daemon dies with a photo in hand (kill -9, a
-native crash, the OOM killer), the next start finds it; a photo that was in hand at two
-consecutive deaths is quarantined instead of being tried a third time, so no single file
-can hold the service in a restart loop. The file is tiny and rewritten without fsync: it
-must survive the process, not a power cut.
+and cleared when it ends in a record (with several worker threads, several photos are in
+hand at once). If the daemon dies with photos in hand (kill -9, a native crash, the OOM
+killer), the next start finds them; a photo that was in hand at two consecutive deaths is
+quarantined instead of being tried a third time, so no single file can hold the service in a
+restart loop. The file is tiny and rewritten without fsync: it must survive the process,
+not a power cut.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import threading
 from pathlib import Path
 
 import structlog
@@ -27,32 +29,37 @@ DEATHS_TO_QUARANTINE = 2
 class Journal:
     def __init__(self, folder: Path) -> None:
         self.path = folder / NAME
-        self._suspect: str | None = None  # in hand at the last death(s)
-        self._deaths = 0
+        self._suspects: dict[str, int] = {}  # in hand at the last death(s) -> deaths in a row
+        self._in_hand: list[str] = []
+        self._lock = threading.Lock()  # worker threads begin and end photos concurrently
 
-    def recover(self) -> tuple[Path, int] | None:
-        """At start: the photo that was in hand when the daemon last died, and at how many deaths in a row."""
+    def recover(self) -> list[tuple[Path, int]]:
+        """At start: the photos in hand when the daemon last died, each with at how many deaths in a row."""
         with contextlib.suppress(OSError):  # reported by the first write
             self.path.parent.mkdir(parents=True, exist_ok=True)
         doc = self._read()
-        in_hand = doc.get("in_hand")
-        if not in_hand:
-            self._write(None)
-            return None
-        deaths = int(doc.get("deaths", 0)) + 1 if doc.get("suspect") == in_hand else 1
-        self._suspect, self._deaths = in_hand, deaths
-        self._write(None)
-        log.warning("daemon.died_with_photo", path=in_hand, deaths_in_a_row=deaths,
-                    quarantine_at=DEATHS_TO_QUARANTINE)
-        return Path(in_hand), deaths
+        in_hand = doc.get("in_hand") or []
+        if isinstance(in_hand, str):  # written by a bbsd that had one worker thread
+            in_hand = [in_hand]
+        before = doc.get("suspects") if isinstance(doc.get("suspects"), dict) else {}
+        self._suspects = {p: int(before.get(p, 0)) + 1 for p in in_hand if isinstance(p, str)}
+        self._write()
+        for photo, deaths in self._suspects.items():
+            log.warning("daemon.died_with_photo", path=photo, deaths_in_a_row=deaths,
+                        quarantine_at=DEATHS_TO_QUARANTINE)
+        return [(Path(p), n) for p, n in self._suspects.items()]
 
     def begin(self, photo: Path) -> None:
-        self._write(str(photo))
+        with self._lock:
+            self._in_hand.append(str(photo))
+            self._write()
 
     def end(self, photo: Path) -> None:
-        if self._suspect == str(photo):  # it survived this time: the deaths were not its fault
-            self._suspect, self._deaths = None, 0
-        self._write(None)
+        with self._lock:
+            self._suspects.pop(str(photo), None)  # it survived this time: the deaths were not its fault
+            with contextlib.suppress(ValueError):
+                self._in_hand.remove(str(photo))
+            self._write()
 
     def _read(self) -> dict:
         try:
@@ -61,8 +68,8 @@ class Journal:
             return {}
         return doc if isinstance(doc, dict) else {}
 
-    def _write(self, in_hand: str | None) -> None:
-        doc = {"in_hand": in_hand, "suspect": self._suspect, "deaths": self._deaths}
+    def _write(self) -> None:
+        doc = {"in_hand": self._in_hand, "suspects": self._suspects}
         try:
             atomic.write_bytes(self.path, json.dumps(doc).encode(), durable=False)
         except SidecarWriteError as e:  # the state folder is gone or full: labelling goes on

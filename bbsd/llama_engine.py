@@ -57,6 +57,8 @@ def _threads(configured: int) -> int:
 class LlamaLabeler:
     """Holds the loaded model; `infer` labels one image, reusing the cached prompt prefix."""
 
+    concurrency = 1  # one context, one photo at a time
+
     def __init__(self, model_path: Path, mmproj_path: Path, engine) -> None:
         llama_log.install()
         from bbsd import backends, llama_native, models
@@ -64,6 +66,7 @@ class LlamaLabeler:
         backends.load()
         self._engine = engine
         self.info = ModelInfo(backend="llama", file=model_path.name, mmproj=mmproj_path.name)
+        self.gpu = engine.gpu_layers != 0
         self._family = families.for_projector(models.inspect(mmproj_path).projector)
         layers = backends.gpu_layers(engine.gpu_layers, model_path, mmproj_path, engine.context_size)
         self._ctx = llama_native.Context(
@@ -131,6 +134,9 @@ class LlamaLabeler:
         return {"prefix": sum(c.n_tokens for c in items[:first_image]),
                 "image": sum(c.n_tokens for c in items[first_image:] if not c.is_text),
                 "suffix": sum(c.n_tokens for c in items[first_image:] if c.is_text)}
+
+    def health(self) -> list[dict]:
+        return []
 
     def _evaluate(self, chunks: list) -> tuple[int, int]:
         """Fill the KV cache for this photo; return (next position, prompt tokens evaluated now).
@@ -221,10 +227,11 @@ def batch_size(context_size: int) -> int:
 
 
 def open_labeler(settings) -> LlamaLabeler:
-    model = _check_file(settings.model.path, "text model")
-    mmproj = _check_file(settings.model.mmproj, "mmproj")
+    llama = settings.backend  # llama_backend.LlamaSettings
+    model = _check_file(llama.path, "text model")
+    mmproj = _check_file(llama.mmproj, "mmproj")
     log.info("engine.loading", model=str(model), mmproj=str(mmproj))
     t0 = time.perf_counter()
-    labeler = LlamaLabeler(model, mmproj, settings.engine)
+    labeler = LlamaLabeler(model, mmproj, llama)
     log.info("engine.loaded", model=model.name, mmproj=mmproj.name, load_ms=round((time.perf_counter() - t0) * 1000))
     return labeler

@@ -34,8 +34,9 @@ class Monitor:
     def photo_done(self, ok: bool, total_ms: float | None, memory: dict | None) -> None:
         self.status.record(ok, total_ms, memory)
 
-    def tick(self, queue_depth: int, in_flight: str | None, busy_since: float | None) -> None:
-        """Called from the main loop a few times a second."""
+    def tick(self, queue_depth: int, in_flight: str | None, busy_since: float | None, *, busy: int = 0,
+             endpoints: list[dict] | None = None) -> None:
+        """Called from the main loop a few times a second; `in_flight`/`busy_since` are the oldest photo in hand."""
         now = time.monotonic()
         healthy = busy_since is None or now - busy_since < self._busy_limit
         if self._watchdog_every and healthy and now - self._last_ping >= self._watchdog_every:
@@ -45,6 +46,7 @@ class Monitor:
         if line != self._last_status:
             self.notifier.status(line)
             self._last_status = line
+        self.status.busy, self.status.endpoints = busy, endpoints or []
         self.status.write(self.phase, queue_depth, in_flight)
 
     def stopping(self, queue_depth: int) -> None:

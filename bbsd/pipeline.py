@@ -10,6 +10,7 @@ parsed only in the decoder process (`Decoder`). The same code serves the daemon 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,12 +54,18 @@ class Outcome:
 
 
 class Pipeline:
+    """Safe to call from `labeler.concurrency` threads at once: each thread decodes with its own `Decoder`."""
+
     def __init__(self, labeler: Labeler, settings: Settings, prompt: Prompt, decoder: Decoder | None = None) -> None:
         self.labeler = labeler
-        self.decoder = decoder or Decoder(settings)
+        self._settings = settings
+        self._decoders: list[Decoder] = []
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        if decoder is not None:
+            self._adopt(decoder)
         self.prompt = prompt
         self._max_side = settings.engine.image_max_side
-        self._gpu = settings.engine.gpu_layers != 0
         self._pair_seconds = settings.watch.pair_seconds
         self._catalog = settings.catalog
         self._xmp = settings.xmp
@@ -67,8 +74,23 @@ class Pipeline:
         """Take a new catalog and XMP settings (SIGHUP) without touching the model."""
         self.prompt, self._catalog, self._xmp = prompt_mod.build(settings.catalog), settings.catalog, settings.xmp
 
+    @property
+    def decoder(self) -> Decoder:
+        """This thread's decoder process (started on first use)."""
+        mine = getattr(self._local, "decoder", None)
+        return mine if mine is not None else self._adopt(Decoder(self._settings))
+
+    def _adopt(self, decoder: Decoder) -> Decoder:
+        self._local.decoder = decoder
+        with self._lock:
+            self._decoders.append(decoder)
+        return decoder
+
     def close(self) -> None:
-        self.decoder.close()
+        with self._lock:
+            decoders, self._decoders = self._decoders, []
+        for d in decoders:
+            d.close()
         self.labeler.close()
 
     def is_current(self, photo: Path, doc: dict | None = None, sha256: str | None = None) -> bool:
@@ -143,7 +165,7 @@ class Pipeline:
         record = sidecar.Record(
             photo=path, sha256=sha, width=decoded.width, height=decoded.height, labels=labels_,
             timing_ms=timing, tokens=_tokens(inference),
-            memory_mb=self._memory(inference),
+            memory_mb=self._memory(inference), served=inference.served,
         )
         return self._write(record, "photo.labeled", Status.LABELED)
 
@@ -190,7 +212,7 @@ class Pipeline:
         """The engine's memory: the worker's figures when it runs apart, else this process's."""
         if inference is not None and inference.rss_mb is not None:
             return {"rss": inference.rss_mb, "vram": inference.vram_mb}
-        return {"rss": metrics.rss_mb(), "vram": metrics.vram_mb(self._gpu)}
+        return {"rss": metrics.rss_mb(), "vram": metrics.vram_mb(self.labeler.gpu)}
 
     def _fail(self, path: Path, sha: str | None, error: PhotoError, timing: dict[str, float]) -> Outcome:
         timing = {"decode": 0.0, "inference": 0.0, **timing}
@@ -287,4 +309,5 @@ def _event_fields(record: sidecar.Record) -> dict[str, object]:
         "characters": list(record.labels.characters) if record.labels else [],
         "props": list(record.labels.props) if record.labels else [],
         **({"pair_source": record.pair["source"]} if record.pair else {}),
+        **({"served": record.served} if record.served else {}),
     }

@@ -31,6 +31,8 @@ class Record:
     rss_mb: float | None
     vram_mb: float | None
     model: str
+    endpoint: str | None = None  # the inference server that answered (remote backends)
+    server_ms: float | None = None  # its client-side latency
 
 
 def parse_since(text: str | None, now: datetime) -> datetime | None:
@@ -59,8 +61,10 @@ def collect(folders: tuple[Path, ...], extensions: tuple[str, ...], since: datet
         if since and when < since:
             continue
         mem = doc.get("memory_mb") or {}
+        served = doc.get("served") if isinstance(doc.get("served"), dict) else {}
         records.append(Record(when, doc["status"], float(doc["timing_ms"]["total"]), mem.get("rss"),
-                              mem.get("vram"), doc.get("model", {}).get("file", "?")))
+                              mem.get("vram"), doc.get("model", {}).get("file", "?"), served.get("endpoint"),
+                              served.get("latency_ms")))
     return sorted(records, key=lambda r: r.when)
 
 
@@ -89,6 +93,7 @@ def summarise(records: list[Record]) -> dict[str, object]:
         "per_minute": round(len(records) / span_min, 1) if span_min else None,
         "peak_rss_mb": max(rss) if rss else None, "peak_vram_mb": max(vram) if vram else None,
         "models": sorted({r.model for r in records}),
+        **({"endpoints": per_endpoint(records)} if any(r.endpoint for r in records) else {}),
         "first": records[0].when.isoformat(timespec="seconds") if records else None,
         "last": records[-1].when.isoformat(timespec="seconds") if records else None,
         "machine": machine(),
@@ -105,8 +110,20 @@ def text_summary(s: dict[str, object]) -> str:
         f"throughput: {s['per_minute'] if s['per_minute'] is not None else '-'} photos/min",
         f"peak memory: RSS {s['peak_rss_mb'] or '-'} MB, VRAM {s['peak_vram_mb'] or '-'} MB",
         f"model: {', '.join(s['models']) or '-'}",
+        *[f"endpoint {url}: {e['photos']} photos, p50 {e['p50_ms']} ms, p95 {e['p95_ms']} ms"
+          for url, e in s.get("endpoints", {}).items()],
         f"machine: {s['machine']}",
     ])
+
+
+def per_endpoint(records: list[Record]) -> dict[str, dict[str, object]]:
+    """Photos and client-side latency per inference-server endpoint."""
+    out: dict[str, dict[str, object]] = {}
+    for url in sorted({r.endpoint for r in records if r.endpoint}):
+        lat = [r.server_ms for r in records if r.endpoint == url and r.server_ms is not None]
+        out[url] = {"photos": sum(r.endpoint == url for r in records), "p50_ms": percentile(lat, 0.5),
+                    "p95_ms": percentile(lat, 0.95)}
+    return out
 
 
 def _per_minute(records: list[Record]) -> list[int]:
@@ -131,7 +148,12 @@ def html(records: list[Record], s: dict[str, object]) -> str:
         svg.bars(_per_minute(records), "Photos per minute", span, "photos"),
     ]
     rows = "".join(f"<tr><th>{escape(k)}</th><td>{escape(str(v if not isinstance(v, list) else ', '.join(v)))}"
-                   f"</td></tr>" for k, v in s.items())
+                   f"</td></tr>" for k, v in s.items() if k != "endpoints")
+    ends = "".join(f"<tr><td>{escape(url)}</td><td>{e['photos']}</td><td>{e['p50_ms']}</td><td>{e['p95_ms']}</td>"
+                   "</tr>" for url, e in s.get("endpoints", {}).items())
+    if ends:
+        rows += ("</table><h2>Endpoints</h2><table id='endpoints'><tr><th>endpoint</th><th>photos</th>"
+                 f"<th>p50 ms</th><th>p95 ms</th></tr>{ends}")
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>bbsd report</title>"
         "<style>body{font-family:sans-serif;margin:2em;max-width:760px}th{text-align:left;padding-right:1em}"

@@ -1,13 +1,15 @@
-"""The daemon: watcher → settle → queue → one worker that owns the model.
+"""The daemon: watcher → settle → queue → worker threads that hand photos to the labeler.
 
 Invariants: the watchdog thread only enqueues; the main loop owns settling, rescans and
-shutdown; exactly one worker thread calls the labeler. This process never parses photo
+shutdown; as many worker threads call the labeler as it declares (`Labeler.concurrency`: 1
+for an in-process model, more for inference servers), each with its own decoder process, and
+the queue never hands one photo to two of them. This process never parses photo
 bytes: capture times come from a probe in a decoder child process, pixels from another.
 A fault while handling one file or event costs that file, never the loop. Stopping sets one
-event: the worker abandons the photo in hand (nothing is written for it, it is redone at the
-next start), the loop drains, and `run` returns; if the main loop itself fails, the same
+event: the workers abandon the photos in hand (nothing is written for them, they are redone at
+the next start), the loop drains, and `run` returns; if the main loop itself fails, the same
 happens within seconds and `run` raises `DaemonError` (non-zero exit: systemd restarts it).
-The photo in hand is journalled, so one that kills the whole process twice is quarantined.
+Photos in hand are journalled, so one that kills the whole process twice is quarantined.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ log = structlog.get_logger("bbsd.service")
 FOLDER_CHECK_S = 2.0
 WRITE_RETRY_MIN_S = 2.0
 WRITE_RETRY_MAX_S = 300.0
-JOIN_S = 10.0  # at a failure, how long the worker thread gets to let go of its photo
+JOIN_S = 10.0  # at a failure, how long the worker threads get to let go of their photos
 
 
 class DaemonError(BbsdError):
@@ -59,8 +61,8 @@ class Daemon:
                                           config=settings.source)
         self._folder_scans: list[tuple[float, Path]] = []  # new folders to look into again
         self._progress = progress  # a terminal's start-up backlog bar (console.BacklogProgress), or None
-        self._in_flight: Path | None = None
-        self._busy_since: float | None = None
+        self._in_flight: dict[Path, float] = {}  # photo -> monotonic time a worker took it
+        self._lock = threading.Lock()  # guards _in_flight and counts across worker threads
         self._events: queue.Queue[watcher.Event] = queue.Queue()
         self._feedback: queue.Queue[tuple[Path, float]] = queue.Queue()  # (path, retry at) from the worker
         self._tracker = SettleTracker(settings.watch.settle_seconds)
@@ -78,14 +80,17 @@ class Daemon:
         self._recover()
         observer = watcher.Watcher(w.folders, w.extensions, w.recursive, w.observer, w.poll_seconds, self._events)
         observer.start()
-        worker = threading.Thread(target=self._work_loop, name="bbsd-worker", daemon=True)
-        worker.start()
+        workers = [threading.Thread(target=self._work_loop, name=f"bbsd-worker-{i}", daemon=True)
+                   for i in range(max(1, self.pipeline.labeler.concurrency))]
+        for worker in workers:
+            worker.start()
         try:
             self._prober.start()  # both decoder processes up before READY: the first photo pays for neither
             self.pipeline.decoder.start()
             queued = self._rescan()
             log.info("daemon.ready", folders=[str(f) for f in w.folders], queued=queued, stale_temps_removed=removed,
-                     model=self.pipeline.labeler.info.file, status_file=str(self.monitor.status.path))
+                     model=self.pipeline.labeler.info.file, status_file=str(self.monitor.status.path),
+                     workers=len(workers))
             self.monitor.ready(len(self._work))
             if self._progress:
                 self._progress.start(queued)
@@ -95,14 +100,16 @@ class Daemon:
             self.fatal = DaemonError(f"the daemon's main loop failed ({type(e).__name__}: {e})",
                                      "this is a bug: report it with the log; systemd restarts the service")
         finally:
-            self.stop.set()  # the worker abandons its photo exactly as at SIGTERM
+            self.stop.set()  # the workers abandon their photos exactly as at SIGTERM
             if self._progress:
                 self._progress.stop()
             log.info("daemon.stopping", queue_depth=len(self._work))
             self.monitor.stopping(len(self._work))
             self._work.close()
             observer.stop()
-            worker.join(JOIN_S)
+            deadline = time.monotonic() + JOIN_S
+            for worker in workers:
+                worker.join(max(0.0, deadline - time.monotonic()))
             self._prober.close()
             log.info("daemon.stopped", **self.counts)
             self.monitor.stopped()
@@ -111,15 +118,14 @@ class Daemon:
 
     def _recover(self) -> None:
         """A photo in hand at two deaths in a row of this process is quarantined, not tried again."""
-        found = self.journal.recover()
-        if found is None or found[1] < DEATHS_TO_QUARANTINE:
-            return
-        photo, deaths = found
-        outcome = self.pipeline.quarantine(
-            photo, "daemon_crash", f"the bbsd daemon itself died {deaths} times in a row while labelling this photo",
-            "the photo is not retried until it changes; report it with the log")
-        self.journal.end(photo)
-        log.warning("photo.quarantined", path=str(photo), deaths=deaths, status=outcome.status.value)
+        for photo, deaths in self.journal.recover():
+            if deaths < DEATHS_TO_QUARANTINE:
+                continue
+            outcome = self.pipeline.quarantine(
+                photo, "daemon_crash", f"the bbsd daemon itself died {deaths} times in a row while labelling "
+                "this photo", "the photo is not retried until it changes; report it with the log")
+            self.journal.end(photo)
+            log.warning("photo.quarantined", path=str(photo), deaths=deaths, status=outcome.status.value)
 
     # --- main loop: events, settling, rescans -------------------------------------------------
 
@@ -144,8 +150,11 @@ class Daemon:
             if self.reload.is_set():
                 self.reload.clear()
                 self._reload()
-            in_flight = str(self._in_flight) if self._in_flight else None
-            self.monitor.tick(len(self._work), in_flight, self._busy_since)
+            with self._lock:
+                oldest = min(self._in_flight.items(), key=lambda kv: kv[1], default=(None, None))
+                busy = len(self._in_flight)
+            self.monitor.tick(len(self._work), str(oldest[0]) if oldest[0] else None, oldest[1],
+                              busy=busy, endpoints=self.pipeline.labeler.health())
 
     def _reload(self) -> None:
         """SIGHUP: apply a new catalog and XMP settings; say which changes need a restart."""
@@ -154,7 +163,7 @@ class Daemon:
         except BbsdError as e:
             log.error("config.reload_failed", message=e.one_line(), kept="the running configuration")
             return
-        restart = [n for n in ("watch", "model", "engine", "worker", "service", "log")
+        restart = [n for n in ("watch", "engine", "backend", "worker", "service", "log")
                    if getattr(new, n) != getattr(self.settings, n)]
         applied = [n for n in ("catalog", "xmp") if getattr(new, n) != getattr(self.settings, n)]
         self.settings = dataclasses.replace(self.settings, catalog=new.catalog, xmp=new.xmp)
@@ -236,7 +245,7 @@ class Daemon:
         log.info("scan.done", candidates=queued, queue_depth=len(self._work))
         return queued
 
-    # --- worker: the one thread that uses the model ------------------------------------------
+    # --- workers: the threads that hand photos to the labeler ----------------------------------
 
     def _work_loop(self) -> None:
         while not self.stop.is_set():
@@ -244,7 +253,8 @@ class Daemon:
             if job is None:
                 continue
             wait_ms = (time.monotonic() - job.enqueued_at) * 1000
-            self._in_flight, self._busy_since = job.path, time.monotonic()
+            with self._lock:
+                self._in_flight[job.path] = time.monotonic()
             self.journal.begin(job.path)
             try:
                 with structlog.contextvars.bound_contextvars(queue_depth=len(self._work)):
@@ -262,7 +272,9 @@ class Daemon:
                                          "this is a bug: report it with the log")
                 self.journal.end(job.path)
             finally:
-                self._in_flight, self._busy_since = None, None
+                with self._lock:
+                    self._in_flight.pop(job.path, None)
+                self._work.done(job.path)
 
     def _handle(self, path: Path, wait_ms: float) -> None:
         st = stat_or_none(path)
@@ -272,7 +284,8 @@ class Daemon:
         outcome = self.pipeline.process(path, queue_wait_ms=wait_ms, allow_incomplete=young,
                                         cancelled=self.stop.is_set)
         if outcome.status in self.counts:
-            self.counts[outcome.status] += 1
+            with self._lock:
+                self.counts[outcome.status] += 1
         if outcome.status in (Status.LABELED, Status.FAILED):
             self.monitor.photo_done(outcome.status is Status.LABELED, outcome.total_ms, outcome.memory)
         if self._progress and outcome.status not in (Status.INCOMPLETE, Status.WAITING, Status.PENDING):

@@ -40,6 +40,7 @@ class Record:
     memory_mb: dict[str, float | None]
     error: dict[str, str] | None = None
     pair: dict[str, str] | None = None  # a RAW's labels came from its JPEG sibling
+    served: dict[str, Any] | None = None  # which endpoint/model answered, when the backend says (remote servers)
 
 
 NAME_MAX = 255  # bytes in a file name on ext4, XFS, Btrfs, NTFS and exFAT
@@ -90,6 +91,8 @@ def render(record: Record, model: ModelInfo, prompt: Prompt) -> dict[str, Any]:
     }
     if record.pair:
         doc["pair"] = record.pair
+    if record.served:
+        doc["served"] = record.served
     if record.error:
         doc["error"] = record.error
     else:

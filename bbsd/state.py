@@ -85,6 +85,8 @@ class Status:
         self.last_ms: float | None = None
         self.rss_mb: float | None = None
         self.vram_mb: float | None = None
+        self.busy = 0  # photos in hand (several with a remote backend)
+        self.endpoints: list[dict[str, Any]] = []  # a remote backend's per-endpoint health and latency
         self._written = 0.0
         self._shown: tuple | None = None
 
@@ -107,12 +109,14 @@ class Status:
             "uptime_s": round(time.time() - self.started), "queue_depth": queue_depth, "in_flight": in_flight,
             "labeled": self.labeled, "failed": self.failed, "last_ms": self.last_ms,
             "p50_ms": percentile(lat, 0.5), "p95_ms": percentile(lat, 0.95),
-            "rss_mb": self.rss_mb, "vram_mb": self.vram_mb,
+            "rss_mb": self.rss_mb, "vram_mb": self.vram_mb, "busy": self.busy,
+            **({"endpoints": self.endpoints} if self.endpoints else {}),
             "updated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
 
     def write(self, state: str, queue_depth: int, in_flight: str | None, force: bool = False) -> None:
-        shown = (state, queue_depth, in_flight, self.labeled, self.failed, self.rss_mb)
+        shown = (state, queue_depth, in_flight, self.labeled, self.failed, self.rss_mb, self.busy,
+                 [(e.get("url"), e.get("state"), e.get("in_flight")) for e in self.endpoints])
         since = time.monotonic() - self._written
         if not force and (since < 1.0 or (shown == self._shown and since < HEARTBEAT_S)):
             return

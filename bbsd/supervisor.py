@@ -62,14 +62,18 @@ class _Worker(child.Child):
 
 
 class WorkerLabeler:
+    concurrency = 1  # one worker process, one photo at a time
+
     def __init__(self, settings, warm_up: bool = False) -> None:
         self._settings = settings
         self._argv = worker_argv(str(settings.source), warm_up)  # a restarted worker warms up too
-        m = settings.model
-        self.info = ModelInfo(backend=m.backend, file=m.path.name if m.path else m.backend,
-                              mmproj=m.mmproj.name if m.mmproj else None)
         self._worker: _Worker | None = None
-        self._ensure()  # load at start: a bad model fails `run` and `check` at once, not at the first photo
+        hello = self._ensure().hello  # load at start: a bad model fails `run` and `check` at once
+        self.info = ModelInfo(*hello["info"])  # what the backend itself says, not a guess from settings
+        self.gpu = bool(hello.get("gpu"))
+
+    def health(self) -> list[dict]:
+        return []
 
     def _ensure(self) -> _Worker:
         if self._worker is None:

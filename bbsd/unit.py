@@ -12,10 +12,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from bbsd import engines
+from bbsd.engines import UnitNeeds
+
 TEMPLATE = """\
 # bbsd — stage-side photo labelling daemon. Reference unit for a CPU-only venue PC.
 # `bbsd service install` writes this unit with absolute paths, the right user and folders,
-# plus a drop-in for GPU access when [engine] gpu_layers is not 0. See README "Run as a service".
+# plus a drop-in for GPU access when the backend uses a GPU, and IP networking only for a remote
+# backend (inference servers). See README "Run as a service".
 [Unit]
 Description=bbsd photo labelling daemon (Balanced Blended Space)
 After=local-fs.target remote-fs.target
@@ -67,11 +71,7 @@ RestrictSUIDSGID=yes
 LockPersonality=yes
 RemoveIPC=yes
 KeyringMode=private
-# No network at all: the model is local. Only AF_UNIX, for the notify socket.
-PrivateNetwork=yes
-IPAddressDeny=any
-RestrictAddressFamilies=AF_UNIX
-SystemCallArchitectures=native
+{network}SystemCallArchitectures=native
 SystemCallFilter=@system-service
 SystemCallFilter=~@privileged @resources
 SystemCallErrorNumber=EPERM
@@ -83,7 +83,7 @@ WantedBy=multi-user.target
 """
 
 GPU_DROPIN = """\
-# Written by `bbsd service install` because [engine] gpu_layers is not 0: NVIDIA GPU access.
+# Written by `bbsd service install` because the backend uses a GPU ([engine] gpu_layers): NVIDIA GPU access.
 [Service]
 PrivateDevices=no
 DevicePolicy=closed
@@ -97,8 +97,30 @@ DeviceAllow=char-nvidia-caps rw
 ProcSubset=all
 """
 
+LOCAL_ONLY = """\
+# No network at all: the model is local. Only AF_UNIX, for the notify socket.
+PrivateNetwork=yes
+IPAddressDeny=any
+RestrictAddressFamilies=AF_UNIX
+"""
+
+
+def network_block(needs: UnitNeeds) -> str:
+    """No network for a local model; for inference servers IP, and only to their addresses where known."""
+    if not needs.network:
+        return LOCAL_ONLY
+    lines = ["# The backend talks to inference servers over HTTP: IP networking, nothing else but AF_UNIX."]
+    if needs.ip_allow:
+        lines += ["# Only to the configured endpoints' addresses (and loopback).", "IPAddressDeny=any",
+                  f"IPAddressAllow=localhost {' '.join(needs.ip_allow)}"]
+    else:
+        lines.append("# An endpoint is a host name: its addresses are not known here, so none are filtered.")
+    lines.append("RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6")
+    return "\n".join(lines) + "\n"
+
+
 REFERENCE = {"exec_start": "/usr/bin/env bbsd run --config /etc/bbsd/config.toml", "user": "bbsd", "group": "bbsd",
-             "rw_paths": "/srv/photos/export", "protect_home": "yes"}
+             "rw_paths": "/srv/photos/export", "protect_home": "yes", "network": LOCAL_ONLY}
 
 
 @dataclass(frozen=True)
@@ -108,9 +130,10 @@ class Install:
     commands: list[str]
 
 
-def render(exec_start: str, user: str, group: str, rw_paths: list[Path], protect_home: str) -> str:
+def render(exec_start: str, user: str, group: str, rw_paths: list[Path], protect_home: str,
+           network: str = LOCAL_ONLY) -> str:
     return TEMPLATE.format(exec_start=exec_start, user=user, group=group, protect_home=protect_home,
-                           rw_paths=" ".join(shlex.quote(str(p)) for p in rw_paths))
+                           rw_paths=" ".join(shlex.quote(str(p)) for p in rw_paths), network=network)
 
 
 def reference() -> str:
@@ -128,12 +151,12 @@ def bbsd_executable() -> str:
 def plan(settings, user: str, executable: str | None = None) -> Install:
     """The unit (and drop-in) for this configuration, and the commands a tech runs next."""
     exe = executable or bbsd_executable()
-    needed = [Path(exe), settings.source, *settings.watch.folders,
-              *[p for p in (settings.model.path, settings.model.mmproj) if p]]
+    needs = engines.get(settings.engine.backend).unit(settings)
+    needed = [Path(exe), settings.source, *settings.watch.folders, *needs.read_paths]
     in_home = any(str(p).startswith(("/home/", "/root/", "/run/user/")) for p in needed)
     unit = render(f"{shlex.quote(exe)} run --config {shlex.quote(str(settings.source))}", user, user,
-                  list(settings.watch.folders), "read-only" if in_home else "yes")
-    gpu = GPU_DROPIN if settings.engine.gpu_layers != 0 else None
+                  list(settings.watch.folders), "read-only" if in_home else "yes", network_block(needs))
+    gpu = GPU_DROPIN if needs.gpu else None
     commands = [
         f"id {user} >/dev/null 2>&1 || sudo useradd --system --home-dir /var/lib/bbsd --shell /usr/sbin/nologin {user}",
         *[f"sudo chgrp {user} {shlex.quote(str(f))} && sudo chmod g+rwxs {shlex.quote(str(f))}"

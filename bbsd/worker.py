@@ -46,7 +46,7 @@ def warm_up(labeler, settings) -> None:
 
 def main(config_path: Path, parent: int, warm: bool = False) -> int:
     from bbsd import config, logs
-    from bbsd.labeler import open_in_process
+    from bbsd.engines import open_in_process
 
     child.die_with_parent(parent)
     inp, out = child.message_pipes()
@@ -60,9 +60,9 @@ def main(config_path: Path, parent: int, warm: bool = False) -> int:
     except BbsdError as e:
         ipc.send(out, {"type": "fatal", "message": e.message, "hint": e.hint, "kind": type(e).__name__})
         return 2
-    gpu = settings.engine.gpu_layers != 0
+    gpu = labeler.gpu
     ipc.send(out, {"type": "ready", "pid": os.getpid(), "rss_mb": metrics.rss_mb(), "vram_mb": metrics.vram_mb(gpu),
-                   "info": [labeler.info.backend, labeler.info.file, labeler.info.mmproj]})
+                   "info": [labeler.info.backend, labeler.info.file, labeler.info.mmproj], "gpu": gpu})
     try:
         return _serve(labeler, inp, out, gpu)
     finally:

@@ -1,8 +1,10 @@
 """The queue between settling and the worker that owns the model.
 
 Invariants: a photo is queued at most once at a time (re-queuing updates it); the newest
-photo (by mtime) comes out first, so the last shots of a burst come back first; `get`
-blocks with a timeout and wakes at once on `close`.
+photo (by mtime) comes out first, so the last shots of a burst come back first; a photo
+taken by one worker thread is not handed to another until that one calls `done`, so several
+workers never label the same photo at once; `get` blocks with a timeout and wakes at once
+on `close`.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class PhotoQueue:
         self._seq = itertools.count()
         self._cond = threading.Condition()
         self._closed = False
+        self._taken: set[Path] = set()  # handed to a worker and not yet done
 
     def __len__(self) -> int:
         with self._cond:
@@ -46,17 +49,41 @@ class PhotoQueue:
         deadline = time.monotonic() + timeout
         with self._cond:
             while not self._closed:
-                while self._heap:
-                    _, seq, path = heapq.heappop(self._heap)
-                    live = self._live.get(path)
-                    if live and live[0] == seq:  # skip entries superseded by a later put
-                        del self._live[path]
-                        return Job(path, live[1])
+                job = self._pop()
+                if job is not None:
+                    return job
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return None
                 self._cond.wait(remaining)
             return None
+
+    def _pop(self) -> Job | None:
+        """The newest live entry not in a worker's hands; entries for taken photos wait their turn."""
+        held = []
+        job = None
+        while self._heap:
+            entry = heapq.heappop(self._heap)
+            _, seq, path = entry
+            live = self._live.get(path)
+            if not live or live[0] != seq:  # superseded by a later put
+                continue
+            if path in self._taken:
+                held.append(entry)
+                continue
+            del self._live[path]
+            self._taken.add(path)
+            job = Job(path, live[1])
+            break
+        for entry in held:
+            heapq.heappush(self._heap, entry)
+        return job
+
+    def done(self, path: Path) -> None:
+        """The worker let go of `path`: a later put of it may now be handed out."""
+        with self._cond:
+            self._taken.discard(path)
+            self._cond.notify_all()
 
     def close(self) -> None:
         with self._cond:

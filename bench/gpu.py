@@ -16,7 +16,7 @@ from pathlib import Path
 from PIL import Image
 
 from bbsd import backends, config, metrics, prompt, sidecar, tiny_model
-from bbsd.labeler import open_in_process
+from bbsd.engines import open_in_process
 from bbsd.pipeline import Pipeline
 from bench.results import machine, update_section
 

@@ -69,7 +69,7 @@ def write_config(folder: Path, models: tuple[Path, Path], n_catalog: int, max_to
 
 def engine_loop(cfg: Path, images: list[Image.Image], prefix_cache: bool) -> list[dict]:
     """The bare engine in this process: what bbsd's worker does per photo, without the daemon."""
-    from bbsd.labeler import open_in_process
+    from bbsd.engines import open_in_process
 
     settings = config.load(cfg, environ={"BBSD_ENGINE_PREFIX_CACHE": str(prefix_cache).lower()})
     labeler = open_in_process(settings)
@@ -93,8 +93,9 @@ def handler_loop(cfg: Path, images: list[Image.Image], max_tokens: int) -> list[
 
     settings = config.load(cfg, environ={})
     p = prompt.build(settings.catalog)
-    llm = Llama(model_path=str(settings.model.path), n_ctx=settings.engine.context_size, n_batch=2048,
-                n_ubatch=2048, chat_handler=MTMDChatHandler(clip_model_path=str(settings.model.mmproj), verbose=False),
+    llama = settings.backend  # llama_backend.LlamaSettings
+    llm = Llama(model_path=str(llama.path), n_ctx=llama.context_size, n_batch=2048,
+                n_ubatch=2048, chat_handler=MTMDChatHandler(clip_model_path=str(llama.mmproj), verbose=False),
                 n_threads=_threads(), verbose=False)
     rows = []
     try:

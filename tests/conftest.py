@@ -71,7 +71,7 @@ def write_config(folder: Path, watch: list[Path], models: tuple[Path, Path] | No
     """A config for tests: fast settling, small images, JSON logs."""
     model = ""
     if models:
-        model = f'path = "{models[0]}"\nmmproj = "{models[1]}"\n'
+        model = f'[model]\npath = "{models[0]}"\nmmproj = "{models[1]}"\n'
     text = f"""
 [watch]
 folders = {json.dumps([str(w) for w in watch])}
@@ -79,12 +79,11 @@ settle_seconds = 0.3
 incomplete_timeout_seconds = 3
 rescan_seconds = 60
 
-[model]
-backend = "{backend}"
 {model}
 [engine]
+backend = "{backend}"
 image_max_side = 256
-threads = 2
+{"threads = 2" if backend == "llama" else ""}
 
 [log]
 format = "json"

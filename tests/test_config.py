@@ -23,10 +23,10 @@ MINIMAL = '[watch]\nfolders = ["in"]\n[model]\npath = "m/t.gguf"\nmmproj = "m/p.
 def test_defaults_and_relative_paths_resolve_against_the_config_folder(tmp_path):
     s = config.load(_cfg(tmp_path, MINIMAL), environ={})
     assert s.watch.folders == ((tmp_path / "in").resolve(),)
-    assert s.model.path == (tmp_path / "m/t.gguf").resolve()
-    assert s.engine.context_size == 4096 and s.watch.recursive is True
+    assert s.backend.path == (tmp_path / "m/t.gguf").resolve()
+    assert s.backend.context_size == 4096 and s.watch.recursive is True
     with pytest.raises(AttributeError):
-        s.engine.threads = 3  # frozen
+        s.backend.threads = 3  # frozen
 
 
 def test_the_shipped_config_is_valid():
@@ -78,7 +78,7 @@ def test_environment_overrides_win_and_are_validated(tmp_path):
     path = _cfg(tmp_path, MINIMAL)
     s = config.load(path, environ={"BBSD_ENGINE_THREADS": "3", "BBSD_WATCH_RECURSIVE": "no",
                                    "BBSD_WATCH_FOLDERS": f"{tmp_path}/a:{tmp_path}/b"})
-    assert s.engine.threads == 3 and s.watch.recursive is False
+    assert s.backend.threads == 3 and s.watch.recursive is False
     assert s.watch.folders == (tmp_path / "a", tmp_path / "b")
     with pytest.raises(ConfigError, match=r"\$BBSD_ENGINE_THREADS='x' is not a valid int"):
         config.load(path, environ={"BBSD_ENGINE_THREADS": "x"})

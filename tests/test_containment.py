@@ -86,10 +86,12 @@ def test_hostile_files_each_end_in_one_record_and_the_daemon_labels_on(tmp_path,
 
 
 def _in_hand(state: Path) -> str | None:
+    """The photo in hand (these daemons run one worker thread)."""
     try:
-        return json.loads((state / "in_hand.json").read_text()).get("in_hand")
+        in_hand = json.loads((state / "in_hand.json").read_text()).get("in_hand")
     except (OSError, ValueError):
         return None
+    return in_hand[0] if in_hand else None
 
 
 def test_photo_in_hand_at_two_daemon_deaths_is_quarantined(tmp_path, tiny_models, bbsd_run):

@@ -132,10 +132,12 @@ def test_sigterm_mid_photo_leaves_no_partial_sidecar(tmp_path, tiny_models, daem
 
 
 def _in_hand(state: Path) -> str | None:
+    """The photo in hand (these daemons run one worker thread)."""
     try:
-        return json.loads((state / "in_hand.json").read_text()).get("in_hand")
+        in_hand = json.loads((state / "in_hand.json").read_text()).get("in_hand")
     except (OSError, ValueError):
         return None
+    return in_hand[0] if in_hand else None
 
 
 def test_label_command_prints_a_line_per_photo_and_exit_code(tmp_path, tiny_models):

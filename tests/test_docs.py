@@ -3,6 +3,7 @@
 import re
 from pathlib import Path
 
+from bbsd import engines
 from bbsd.config import SCHEMA
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
@@ -12,7 +13,8 @@ CI = (Path(__file__).parent.parent / ".ci" / "run").read_text()
 def test_every_config_key_is_documented():
     section = README.split("## Configuration", 1)[1].split("\n## ", 1)[0]
     documented = set(re.findall(r"^\| `(\w+\.\w+)` \|", section, flags=re.M))
-    assert documented == {f"{s}.{k}" for s, keys in SCHEMA.items() for k in keys}
+    tables = [SCHEMA, *(engines.get(name).tables for name in engines.BACKENDS)]  # the core's and each backend's
+    assert documented == {f"{s}.{k}" for t in tables for s, keys in t.items() for k in keys}
 
 
 def test_ci_runs_the_readme_test_command():

@@ -4,8 +4,8 @@ import pytest
 from PIL import Image
 
 from bbsd import config, labels, prompt, tiny_model
+from bbsd.engines import open_in_process as open_labeler  # the engine itself, not its worker
 from bbsd.errors import ModelError
-from bbsd.labeler import open_in_process as open_labeler  # the engine itself, not its worker
 from tests.conftest import write_config
 
 

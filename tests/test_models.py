@@ -62,7 +62,7 @@ def test_inspect_prints_metadata_and_pairing_for_two_projector_families(tiny_mod
 
 
 def test_the_generic_path_labels_with_a_tiling_internvl_projector(internvl_pair, tmp_path):
-    from bbsd.labeler import open_in_process
+    from bbsd.engines import open_in_process
 
     settings = config.load(write_config(tmp_path, [tmp_path], internvl_pair), environ={})
     labeler = open_in_process(settings)
@@ -191,7 +191,7 @@ def test_config_model_name_resolves_through_the_registry(hub, tmp_path):
     cfg = tmp_path / "config.toml"
     cfg.write_text(f'model = "tiny-vl"\n[watch]\nfolders = ["{inbox}"]\n')  # dir defaults to ./gguf_models
     s = config.load(cfg, environ={})
-    assert s.model.path == folder / "Tiny-VL-F32.gguf" and s.model.mmproj == folder / "mmproj-Tiny-VL-F32.gguf"
+    assert s.backend.path == folder / "Tiny-VL-F32.gguf" and s.backend.mmproj == folder / "mmproj-Tiny-VL-F32.gguf"
     photo = make_photo(inbox / "a.jpg")
     r = run_bbsd("label", str(photo), "--config", str(cfg))
     assert r.returncode == 0 and r.stdout.startswith("labeled")
@@ -228,4 +228,4 @@ def test_gpu_layers_auto_is_zero_without_a_gpu(tiny_models, tmp_path):
     assert backends.gpu_layers(7, *tiny_models, 4096) == 7
     cfg = write_config(tmp_path, [tmp_path], tiny_models)
     s = config.load(cfg, environ={"BBSD_ENGINE_GPU_LAYERS": "auto"})
-    assert s.engine.gpu_layers == "auto"
+    assert s.backend.gpu_layers == "auto"

@@ -33,3 +33,16 @@ def test_close_wakes_a_blocked_get():
     q.close()
     t.join(timeout=5)
     assert not t.is_alive() and got == [None]
+
+
+def test_a_photo_in_a_workers_hands_is_not_given_to_another_until_done():
+    q = PhotoQueue()
+    q.put(Path("a.jpg"), mtime=2)
+    q.put(Path("b.jpg"), mtime=1)
+    first = q.get(0)
+    assert first.path.name == "a.jpg"
+    q.put(Path("a.jpg"), mtime=9)  # changed again while being labelled
+    assert q.get(0).path.name == "b.jpg"  # the newer a.jpg waits: one photo is never in two workers' hands
+    assert q.get(0.01) is None
+    q.done(first.path)
+    assert q.get(0).path.name == "a.jpg"

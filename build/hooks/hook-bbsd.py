@@ -1,4 +1,4 @@
-# bbsd imports its backends lazily by name (labeler.BACKENDS) and ships its sidecar JSON Schema.
+# bbsd imports its backends lazily by name (engines.BACKENDS) and ships its sidecar JSON Schema.
 from PyInstaller.utils.hooks import collect_data_files, collect_submodules
 
 hiddenimports = collect_submodules("bbsd")

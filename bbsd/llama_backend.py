@@ -1,0 +1,113 @@
+"""`llama` backend: a GGUF model and its mmproj run in-process by llama.cpp (`llama_engine`).
+
+Invariant: this module owns everything llama-specific outside the engine itself — the [model]
+table and the llama keys of [engine], resolving a registry name to files, the unit's read
+paths and GPU drop-in — and imports llama.cpp only when the model is opened.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from bbsd.config import Key, Validator, section
+from bbsd.engines import Backend, UnitNeeds
+
+TABLES = {
+    "model": {
+        "name": Key("str", None, "a registry name (gguf_models/models.toml); sets path and mmproj"),
+        "dir": Key("path", None, "folder with the GGUF files and models.toml; default gguf_models/ beside the config"),
+        "path": Key("path", None, "text model GGUF (required for the llama backend unless name is set)"),
+        "mmproj": Key("path", None, "vision projector GGUF (required for the llama backend unless name is set)"),
+    },
+    "engine": {
+        "context_size": Key("int", 4096, "context window in tokens", 512, 131072),
+        "threads": Key("int", 0, "CPU threads; 0 = one per physical core", 0, 512),
+        "gpu_layers": Key("layers", 0, "layers offloaded to the GPU; -1 = all, 0 = CPU only, \"auto\" = as many as fit",
+                          -1, 10000),
+        "flash_attention": Key("bool", True, "use flash attention (less memory for the KV cache)"),
+        "prefix_cache": Key("bool", True, "keep the prompt's fixed part (system text, catalog) in the KV cache and "
+                            "evaluate only the image and the text after it per photo; false = everything per photo"),
+        "jump_forward": Key("bool", True, "append the reply's keys, punctuation and the rest of an unambiguous "
+                            "name as text instead of sampling them token by token"),
+    },
+}
+
+
+@dataclass(frozen=True)
+class LlamaSettings:
+    """The model files and every engine setting the llama.cpp engine reads."""
+
+    name: str | None
+    dir: Path
+    path: Path | None
+    mmproj: Path | None
+    context_size: int
+    threads: int
+    gpu_layers: int | str  # "auto" is resolved when the engine loads
+    flash_attention: bool
+    prefix_cache: bool
+    jump_forward: bool
+    image_max_side: int
+    max_output_tokens: int
+    temperature: float
+    seed: int
+
+
+def configure(raw: dict[str, Any], v: Validator, env: Mapping[str, str], engine) -> LlamaSettings:
+    model = section(raw.get("model", {}), "model", TABLES["model"], v, env)
+    model["dir"] = model["dir"] or (v.path.parent / "gguf_models").resolve()
+    own = section(raw.get("engine", {}), "engine", TABLES["engine"], v, env)
+    s = LlamaSettings(**model, **own, image_max_side=engine.image_max_side,
+                      max_output_tokens=engine.max_output_tokens, temperature=engine.temperature, seed=engine.seed)
+    if s.name and (s.path is None or s.mmproj is None):
+        s = _resolve_name(s, v)
+    for name in ("path", "mmproj"):
+        if getattr(s, name) is None:
+            raise v.fail(f"model.{name}", "is required for the llama backend",
+                         f"set `{name} = \"gguf_models/....gguf\"` or `name = \"...\"` under [model] "
+                         "(see gguf_models/README.md and `bbsd models list`)")
+    return s
+
+
+def _resolve_name(s: LlamaSettings, v: Validator) -> LlamaSettings:
+    from bbsd import models
+
+    entry = models.find(models.load_registry(models.registry_path(s.dir)), s.name)
+    if entry.status not in ("runnable", "convert"):
+        raise v.fail("model.name", f"{entry.name} is {entry.status}", entry.notes or "pick a runnable model")
+    text, mmproj = models.local_files(entry, s.dir)
+    if text is None or mmproj is None:
+        how = (f"convert its checkpoint with `bbsd models convert CHECKPOINT_DIR --out {s.dir}`"
+               if entry.status == "convert" else f"fetch them with `bbsd models pull {entry.name}`")
+        raise v.fail("model.name", f"the files of {entry.name} are not in {s.dir}", f"{how} (or copy them there)")
+    return replace(s, path=s.path or text, mmproj=s.mmproj or mmproj)
+
+
+def open_labeler(settings):
+    from bbsd import llama_engine
+
+    return llama_engine.open_labeler(settings)
+
+
+def unit(settings) -> UnitNeeds:
+    s: LlamaSettings = settings.backend
+    return UnitNeeds(read_paths=tuple(p for p in (s.path, s.mmproj) if p), gpu=s.gpu_layers != 0)
+
+
+def info(settings):
+    from bbsd.labeler import ModelInfo
+
+    s: LlamaSettings = settings.backend
+    return ModelInfo(backend="llama", file=s.path.name, mmproj=s.mmproj.name)
+
+
+def check(settings) -> list[str]:
+    s: LlamaSettings = settings.backend
+    return [f"model files {s.path.name} + {s.mmproj.name}: found"]
+
+
+BACKEND = Backend(name="llama", tables=TABLES, configure=configure, open=open_labeler, isolate=True,
+                  info=info, check=check, unit=unit)
