@@ -10,6 +10,7 @@ in `BACKENDS`.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -78,6 +79,20 @@ def owner_of(section: str, key: str | None = None) -> str | None:
         if section in tables and (key is None or key in tables[section]):
             return name
     return None
+
+
+def changed_tables(old: Settings, new: Settings) -> list[str]:
+    """The configuration tables of the backend's own settings that differ between two loads (for
+    SIGHUP's restart notice): the table a user edited, not the name of a settings object."""
+    if old.engine.backend != new.engine.backend:
+        return ["engine"]
+    tables = get(new.engine.backend).tables
+    changed = []
+    for f in dataclasses.fields(old.backend):
+        if getattr(old.backend, f.name) != getattr(new.backend, f.name):
+            table = next((t for t, keys in tables.items() if f.name in keys), "engine")  # else an [engine] copy
+            changed += [table] if table not in changed else []
+    return changed
 
 
 def open_labeler(settings: Settings, warm_up: bool = False) -> Labeler:

@@ -25,7 +25,7 @@ from pathlib import Path
 import structlog
 
 from bbsd import config as config_mod
-from bbsd import scan, state, watcher
+from bbsd import engines, scan, state, watcher
 from bbsd.config import Settings
 from bbsd.decoder import Decoder
 from bbsd.errors import AbandonedError, BbsdError, ExitCode
@@ -163,8 +163,9 @@ class Daemon:
         except BbsdError as e:
             log.error("config.reload_failed", message=e.one_line(), kept="the running configuration")
             return
-        restart = [n for n in ("watch", "engine", "backend", "worker", "service", "log")
+        restart = [n for n in ("watch", "engine", "worker", "service", "log")
                    if getattr(new, n) != getattr(self.settings, n)]
+        restart += [t for t in engines.changed_tables(self.settings, new) if t not in restart]
         applied = [n for n in ("catalog", "xmp") if getattr(new, n) != getattr(self.settings, n)]
         self.settings = dataclasses.replace(self.settings, catalog=new.catalog, xmp=new.xmp)
         self.pipeline.apply(self.settings)
