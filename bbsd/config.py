@@ -211,6 +211,8 @@ def _legacy_backend_key(raw: dict[str, Any], v: Validator) -> None:
         return
     engine = raw.setdefault("engine", {})
     legacy = model.pop("backend")
+    if not model:
+        del raw["model"]  # `[model]\nbackend = "fake"` alone: nothing of the llama backend's is left in it
     if isinstance(engine, dict) and engine.setdefault("backend", legacy) != legacy:
         raise v.fail("model.backend", f"says {legacy!r} but [engine] backend says {engine['backend']!r}",
                      "keep only `backend = ...` under [engine]")
