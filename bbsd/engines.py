@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 BACKENDS: dict[str, str] = {
     "llama": "bbsd.llama_backend",
     "fake": "bbsd.fake_engine",
+    "openai": "bbsd.openai_backend",
 }
 DEFAULT = "llama"
 

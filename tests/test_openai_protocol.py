@@ -1,0 +1,173 @@
+"""The `openai` backend's protocol corners a real server will not produce on demand: an in-test HTTP
+server answers malformed JSON, 500s and slow replies. Real llama-server instances are in test_openai.py.
+"""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from bbsd import config, prompt, sidecar
+from bbsd.engines import open_labeler
+from bbsd.errors import ConfigError
+from bbsd.pipeline import Pipeline, Status
+from tests.conftest import make_photo, write_config
+
+GOOD = {"characters": ["Baba Yaga"], "props": [], "caption": "a witch", "scene": "stage", "visible_text": []}
+SECRET = "sk-test-never-written-anywhere"
+
+
+class FakeServer:
+    """Answers /v1/chat/completions from a script: each entry is 'ok', 'garbage', '500', 'slow' or 'text'."""
+
+    def __init__(self, script: list[str]) -> None:
+        self.script, self.seen, self.auth = list(script), [], []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                self._send(200, b'{"data": []}')
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.seen.append(body)
+                outer.auth.append(self.headers.get("Authorization"))
+                step = outer.script.pop(0) if outer.script else "ok"
+                if step == "500":
+                    return self._send(500, b"overloaded")
+                if step == "slow":
+                    outer.release.wait(10)
+                content = {"garbage": None, "text": "Sure! The witch is there."}.get(step, json.dumps(GOOD))
+                if step == "garbage":
+                    return self._send(200, b"<html>not json")
+                reply = {"model": "fake-served", "choices": [{"message": {"content": content}}],
+                         "usage": {"prompt_tokens": 7, "completion_tokens": 5},
+                         "timings": {"prompt_ms": 1.5, "predicted_ms": 2.5}}
+                self._send(200, json.dumps(reply).encode())
+
+            def _send(self, code, data):
+                self.send_response(code)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.release = threading.Event()
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.release.set()
+        self.httpd.shutdown()
+
+
+@pytest.fixture
+def servers():
+    made = []
+
+    def make(script):
+        made.append(FakeServer(script))
+        return made[-1]
+    yield make
+    for s in made:
+        s.close()
+
+
+def _settings(tmp_path, urls, extra="", env=None, **opts):
+    inbox = tmp_path / "in"
+    inbox.mkdir(exist_ok=True)
+    ends = "".join(f'[[openai.endpoints]]\nurl = "{u}"\nmodel = "m"\nin_flight = 2\napi_key_env = "BBSD_T_KEY"\n'
+                   for u in urls)
+    table = {"timeout_seconds": 2, "backoff_seconds": 0.05, "probe_seconds": 0.3, **opts}
+    body = "[openai]\n" + "".join(f"{k} = {v}\n" for k, v in table.items()) + f"{ends}{extra}"
+    cfg = write_config(tmp_path, [inbox], backend="openai", extra=body)
+    return inbox, config.load(cfg, environ={"BBSD_T_KEY": SECRET, **(env or {})})
+
+
+def _label(tmp_path, settings, inbox, name="p.jpg"):
+    photo = make_photo(inbox / name)
+    pipeline = Pipeline(open_labeler(settings), settings, prompt.build(settings.catalog))
+    try:
+        return photo, pipeline.process(photo), pipeline
+    finally:
+        pipeline.close()
+
+
+def test_reply_schema_image_and_key_go_to_the_server_and_the_sidecar_names_who_served(tmp_path, servers, monkeypatch):
+    monkeypatch.setenv("BBSD_T_KEY", SECRET)
+    s = servers(["ok"])
+    inbox, settings = _settings(tmp_path, [s.url])
+    photo, outcome, _ = _label(tmp_path, settings, inbox)
+    assert outcome.status is Status.LABELED
+    body = s.seen[0]
+    assert body["response_format"]["type"] == "json_schema"
+    assert body["response_format"]["json_schema"]["schema"]["properties"]["characters"]
+    image = body["messages"][1]["content"][0]["image_url"]["url"]
+    assert image.startswith("data:image/jpeg;base64,")
+    assert s.auth[0] == f"Bearer {SECRET}"
+    doc = sidecar.read(photo)
+    assert doc["served"]["endpoint"] == s.url and doc["served"]["model"] == "fake-served"
+    assert doc["served"]["server_timings"] == {"prompt_ms": 1.5, "predicted_ms": 2.5}
+    assert doc["model"] == {"backend": "openai", "file": "m", "mmproj": None}
+    assert SECRET not in sidecar.path_for(photo).read_text()
+
+
+def test_malformed_json_and_500s_are_retried_on_the_other_endpoint(tmp_path, servers, monkeypatch):
+    monkeypatch.setenv("BBSD_T_KEY", SECRET)
+    bad, good = servers(["garbage", "500", "500"]), servers([])
+    inbox, settings = _settings(tmp_path, [bad.url, good.url])
+    pipeline = Pipeline(open_labeler(settings), settings, prompt.build(settings.catalog))
+    try:
+        outcomes = [pipeline.process(make_photo(inbox / f"p{i}.jpg", color=(i, 0, 0))) for i in range(6)]
+        health = {h["url"]: h for h in pipeline.labeler.health()}
+    finally:
+        pipeline.close()
+    assert all(o.status is Status.LABELED for o in outcomes)
+    assert health[bad.url]["failed"] == 3 and health[good.url]["done"] >= 3
+
+
+def test_an_endpoint_down_after_repeated_failures_is_probed_and_rejoins(tmp_path, servers, monkeypatch):
+    monkeypatch.setenv("BBSD_T_KEY", SECRET)
+    flaky = servers(["500", "500", "500"])
+    inbox, settings = _settings(tmp_path, [flaky.url], down_after_failures=2, retries=4)
+    pipeline = Pipeline(open_labeler(settings), settings, prompt.build(settings.catalog))
+    try:
+        outcome = pipeline.process(make_photo(inbox / "p.jpg"))  # waits out the down time, then succeeds
+        (h,) = pipeline.labeler.health()
+    finally:
+        pipeline.close()
+    assert outcome.status is Status.LABELED
+    assert h["state"] == "up" and h["done"] == 1 and h["failed"] == 3
+
+
+def test_a_slow_reply_times_out_and_goes_elsewhere(tmp_path, servers, monkeypatch):
+    monkeypatch.setenv("BBSD_T_KEY", SECRET)
+    slow, fast = servers(["slow"]), servers([])
+    inbox, settings = _settings(tmp_path, [slow.url, fast.url], timeout_seconds=1)
+    photo, outcome, _ = _label(tmp_path, settings, inbox)
+    assert outcome.status is Status.LABELED
+    assert sidecar.read(photo)["served"]["endpoint"] == fast.url
+
+
+def test_unconstrained_text_gets_the_same_validation_and_retry_as_the_local_engine(tmp_path, servers, monkeypatch):
+    monkeypatch.setenv("BBSD_T_KEY", SECRET)
+    s = servers(["text", "ok"])  # llama-server answers 200 with free text when its grammar fails
+    inbox, settings = _settings(tmp_path, [s.url])
+    photo, outcome, _ = _label(tmp_path, settings, inbox)
+    assert outcome.status is Status.LABELED and len(s.seen) == 2
+    assert s.seen[1]["temperature"] == 0.7  # the varied retry
+
+
+def test_config_refuses_credentials_in_urls_and_missing_key_variables(tmp_path):
+    with pytest.raises(ConfigError, match=r"carries credentials"):
+        _settings(tmp_path, ["http://user:pw@10.0.0.5:8080"])
+    with pytest.raises(ConfigError, match=r"names \$BBSD_T_KEY, which is not set"):
+        cfg = write_config(tmp_path, [tmp_path], backend="openai", extra='[openai]\n[[openai.endpoints]]\n'
+                           'url = "http://10.0.0.5:8080"\nmodel = "m"\napi_key_env = "BBSD_T_KEY"\n')
+        config.load(cfg, environ={})
+    with pytest.raises(ConfigError, match=r"belongs to the llama backend"):
+        _settings(tmp_path, ["http://10.0.0.5:8080"], extra='[model]\npath = "x.gguf"\n')
