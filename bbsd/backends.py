@@ -17,6 +17,42 @@ log = structlog.get_logger("bbsd.backends")
 # tests/test_models.py keeps this next to the pin in pyproject.toml.
 LLAMA_CPP_PYTHON = "0.3.36"
 LLAMA_CPP_COMMIT = "0c1e57098"
+
+
+def import_llama():
+    """`import llama_cpp` after `pin_cxx_runtime()`: the only way bbsd imports llama-cpp-python."""
+    pin_cxx_runtime()
+    import llama_cpp
+
+    return llama_cpp
+
+
+def pin_cxx_runtime() -> None:
+    """Put the process's libstdc++ in the global symbol scope before libllama loads (idempotent).
+
+    A CUDA build's libggml-cuda.so carries its own copies of libstdc++'s locale and regex
+    internals and exports them. llama-cpp-python opens its libraries RTLD_GLOBAL, so when
+    libstdc++ was already loaded privately (numpy's, Pillow's and PyYAML's extensions load it
+    RTLD_LOCAL), libllama's std::regex bound to libggml-cuda's copies and
+    `llama_model_load_from_file` crashed in the tokenizer (an H200 run: numpy imported first
+    crashed, llama_cpp first did not). Promoting the one libstdc++ to the global scope first makes
+    every library bind to it, whatever was imported before.
+    """
+    global _cxx_pinned
+    if _cxx_pinned:
+        return
+    import ctypes.util
+    import os
+
+    name = ctypes.util.find_library("stdc++") or "libstdc++.so.6"
+    try:
+        ctypes.CDLL(name, mode=os.RTLD_GLOBAL)
+    except OSError:
+        log.debug("backends.cxx_runtime_not_found", library=name)  # a static build: nothing to pin
+    _cxx_pinned = True
+
+
+_cxx_pinned = False
 _loaded = False
 
 
@@ -27,7 +63,7 @@ def _libggml():
     llama_cpp._ggml opens the first while libllama links the second: two registries. Opening
     the soname after libllama is loaded returns libllama's copy.
     """
-    import llama_cpp  # noqa: F401  (loads libllama, and with it libggml.so.0)
+    import_llama()  # loads libllama, and with it libggml.so.0
 
     try:
         lib = ctypes.CDLL("libggml.so.0")
@@ -50,7 +86,7 @@ def _libggml():
 
 
 def lib_dir() -> Path:
-    import llama_cpp
+    llama_cpp = import_llama()
 
     return Path(llama_cpp.__file__).resolve().parent / "lib"
 
@@ -83,7 +119,7 @@ def devices() -> list[str]:
 
 def describe() -> dict[str, object]:
     """What `bbsd --version --verbose` prints: versions, the llama.cpp build and its backends."""
-    import llama_cpp
+    llama_cpp = import_llama()
 
     load()
     info: dict[str, object] = {"llama_cpp_python": llama_cpp.__version__}
@@ -112,7 +148,7 @@ def gpu_layers(configured: int | str, model: Path, mmproj: Path, context: int) -
     """`auto`: as many layers as fit in free VRAM (0 without a usable GPU); numbers pass through."""
     if configured != "auto":
         return int(configured)
-    import llama_cpp
+    llama_cpp = import_llama()
 
     from bbsd import metrics, models
 

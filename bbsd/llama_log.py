@@ -59,7 +59,9 @@ def _route(level: int, text: bytes) -> None:
 def install() -> None:
     """Point both llama.cpp's and libmtmd's loggers at `_on_log` (idempotent)."""
     global _callback
-    import llama_cpp
+    from bbsd.backends import import_llama
+
+    llama_cpp = import_llama()
     from llama_cpp import mtmd_cpp
 
     if _callback is None:

@@ -34,7 +34,9 @@ class Context:
 
     def __init__(self, model: Path, mmproj: Path, *, n_ctx: int, n_batch: int, threads: int, gpu_layers: int,
                  flash_attention: bool) -> None:
-        import llama_cpp as ll
+        from bbsd.backends import import_llama
+
+        ll = import_llama()
         from llama_cpp import mtmd_cpp
 
         self._ll, self._m = ll, mtmd_cpp
@@ -249,7 +251,9 @@ class GrammarError(PhotoError):
 
 def check_grammar(vocab, text: str) -> None:
     """Raise `GrammarError` unless llama.cpp's own parser accepts the GBNF `text`."""
-    import llama_cpp as ll
+    from bbsd.backends import import_llama
+
+    ll = import_llama()
 
     sampler = ll.llama_sampler_init_grammar(vocab, text.encode(), b"root")
     if not sampler:
