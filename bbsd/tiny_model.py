@@ -50,6 +50,8 @@ class TinySpec:
     patch_size: int = 14
     seed: int = 0
     projector: str = "mlp"  # "mlp" (LLaVA) or "internvl" (tiling + pixel shuffle)
+    n_head_kv: int = 0  # 0: as many as n_head; fewer is grouped-query attention, as real models have
+    f16: bool = False  # store the text model's matrices as f16 (benchmark shapes of billions of weights)
 
 
 def _byte_level_alphabet() -> list[str]:
@@ -124,10 +126,11 @@ def write_text_model(path: Path, spec: TinySpec = TinySpec()) -> Path:
     w.add_block_count(spec.n_layer)
     w.add_feed_forward_length(spec.n_ff)
     w.add_head_count(spec.n_head)
-    w.add_head_count_kv(spec.n_head)
+    n_kv = spec.n_head_kv or spec.n_head
+    w.add_head_count_kv(n_kv)
     w.add_rope_dimension_count(spec.n_embd // spec.n_head)
     w.add_layer_norm_rms_eps(1e-5)
-    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if spec.f16 else gguf.LlamaFileType.ALL_F32)
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("default")
     w.add_token_list(tokens)
@@ -138,18 +141,20 @@ def write_text_model(path: Path, spec: TinySpec = TinySpec()) -> Path:
     w.add_add_bos_token(False)
     w.add_chat_template(CHAT_TEMPLATE)
     d, v = spec.n_embd, len(tokens)
+    d_kv = d // spec.n_head * n_kv
+    dtype = np.float16 if spec.f16 else np.float32
     w.add_tensor("token_embd.weight", _embeddings(rng, v, d))
     w.add_tensor("output_norm.weight", np.ones(d, dtype=np.float32))
     w.add_tensor("output.weight", _output(rng, tokens, d))
     for i in range(spec.n_layer):
         p = f"blk.{i}."
         w.add_tensor(p + "attn_norm.weight", np.ones(d, dtype=np.float32))
-        for name in ("attn_q", "attn_k", "attn_v", "attn_output"):
-            w.add_tensor(p + name + ".weight", _rand(rng, d, d))
+        for name, rows in (("attn_q", d), ("attn_k", d_kv), ("attn_v", d_kv), ("attn_output", d)):
+            w.add_tensor(p + name + ".weight", _rand(rng, rows, d).astype(dtype))
         w.add_tensor(p + "ffn_norm.weight", np.ones(d, dtype=np.float32))
-        w.add_tensor(p + "ffn_gate.weight", _rand(rng, spec.n_ff, d))
-        w.add_tensor(p + "ffn_up.weight", _rand(rng, spec.n_ff, d))
-        w.add_tensor(p + "ffn_down.weight", _rand(rng, d, spec.n_ff))
+        w.add_tensor(p + "ffn_gate.weight", _rand(rng, spec.n_ff, d).astype(dtype))
+        w.add_tensor(p + "ffn_up.weight", _rand(rng, spec.n_ff, d).astype(dtype))
+        w.add_tensor(p + "ffn_down.weight", _rand(rng, d, spec.n_ff).astype(dtype))
     _finish(w)
     return path
 

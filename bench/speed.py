@@ -1,49 +1,67 @@
-"""Benchmark: time per photo of the engine with and without the cached prompt prefix, against
-llama-cpp-python's plain `MTMDChatHandler` loop and bbsd end to end, in one run.
+"""Benchmark (`make bench`): bbsd's time per photo against every other way to run the same model, in one run.
 
-Everything runs on the same machine, model files, distinct photos, threads and output limit;
-the figures that matter are the ratios against the baselines measured in the same run. The
-models have random weights (labels are meaningless; loading, image encoding, grammar and
-timing are real): the tiny test pair and, with `--shapes tiny,smol`, a pair with the text
-and vision dimensions of SmolVLM-256M (f32, a LLaVA `mlp` projector, 256 image tokens).
-Writes its table into docs/benchmarks.md between the `speed` markers.
+On the same machine, model files, distinct photos, prompt, reply grammar, threads, GPU layers and
+output limit, it measures per photo:
+  (a) bbsd end to end: `bbsd run`, file settled → sidecar written (the production path);
+  (b) the bare engine in this process, prefix cached: only the unavoidable work (and with the
+      prefix re-evaluated, to show what the cache saves);
+  (c) `llama-server` with its prompt cache, over loopback HTTP (bench/baselines.py);
+  (d) `llama-mtmd-cli` once per photo;
+  (e) llama-cpp-python's plain `MTMDChatHandler` loop;
+then a 200-photo burst into `bbsd run`: the newest photo's settled → sidecar time against one
+photo's. The ratios are the figures; absolute times hold for this machine only. Distinct photos
+throughout (an identical image would flatter any cache keyed on pixels). Random-weight models of
+real shapes (labels meaningless; loading, image encoding, grammar and timing real): `tiny` (the
+test pair), `smol` (SmolVLM-256M's dimensions), `2b` (a 2B-class LLaVA-style shape: CLIP-L/336,
+576 image tokens, a 1.5B f16 text model; for a GPU). Writes its table into docs/benchmarks.md.
 
-Run: .venv/bin/python -m bench.speed [--photos 12] [--shapes tiny] [--catalogs 2,30]
+Run: .venv/bin/python -m bench.speed [--shapes tiny,smol] [--photos 12] [--gpu-layers 0|-1]
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
-import io
 import json
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from bbsd import config, logs, prompt, tiny_model
+from bbsd import config, logs, prompt, sidecar, tiny_model
+from bench import baselines
 from bench.results import machine, update_section
 
+REPO = Path(__file__).resolve().parent.parent
 SHAPES = {
     "tiny": tiny_model.TinySpec(),
-    # SmolVLM-256M's text model (576 wide, 30 layers, 9 heads) and a SigLIP-sized encoder
-    # (768 wide, 12 layers) at 224 px / 14 px patches: 256 image tokens, as in the issue's figures.
-    "smol": tiny_model.TinySpec(n_embd=576, n_head=9, n_layer=30, n_ff=1536, v_embd=768, v_head=12, v_layer=12,
-                                v_ff=3072, image_size=224, patch_size=14),
+    # SmolVLM-256M's text model (576 wide, 30 layers, 9 heads, 3 KV heads) and a SigLIP-sized
+    # encoder (768 wide, 12 layers) at 224 px / 14 px patches: 256 image tokens.
+    "smol": tiny_model.TinySpec(n_embd=576, n_head=9, n_head_kv=3, n_layer=30, n_ff=1536, v_embd=768, v_head=12,
+                                v_layer=12, v_ff=3072, image_size=224, patch_size=14),
+    # A 2B-class LLaVA-style pair: CLIP-L/336 (1024 wide, 24 layers, 576 image tokens) and a
+    # Qwen2-1.5B-sized text model (1536 wide, 28 layers, 12 heads, 2 KV heads), f16.
+    "2b": tiny_model.TinySpec(n_embd=1536, n_head=12, n_head_kv=2, n_layer=28, n_ff=8960, v_embd=1024, v_head=16,
+                              v_layer=24, v_ff=4096, image_size=336, patch_size=14, f16=True),
 }
 
 
-def photos(folder: Path, n: int) -> list[Path]:
-    """Distinct photos (an identical image would flatter any cache keyed on pixels)."""
+def photos(folder: Path, n: int, start: int = 0) -> list[Path]:
+    """Distinct photos, oldest first (an identical image would flatter any cache keyed on pixels)."""
+    folder.mkdir(parents=True, exist_ok=True)
     out = []
-    for i in range(n):
-        img = Image.new("RGB", (1024, 768), (20 * i % 256, 90, 200 - 15 * i % 200))
-        ImageDraw.Draw(img).ellipse((40 + 30 * i, 60, 400 + 20 * i, 500), fill=(250, 200 - 10 * i % 200, 30))
-        path = folder / f"p{i:03d}.jpg"
+    for i in range(start, start + n):
+        img = Image.new("RGB", (1024, 768), (20 * i % 256, (90 + 7 * i) % 256, 200 - 15 * i % 200))
+        x0 = 40 + 30 * (i % 20)
+        ImageDraw.Draw(img).ellipse((x0, 60, x0 + 300 + 20 * (i % 25), 500),
+                                    fill=(250, 200 - 10 * i % 200, 30 + i % 200))
+        path = folder / f"p{i:04d}.jpg"
         img.save(path, quality=90)
+        os.utime(path, (1_700_000_000 + i, 1_700_000_000 + i))  # mtime order = arrival order
         out.append(path)
     return out
 
@@ -55,13 +73,15 @@ def catalog_toml(n: int) -> str:
         f'[[props]]\nname = "{p}"\ndescription = "a wooden stage prop, number {i}"\n' for i, p in enumerate(names[1]))
 
 
-def write_config(folder: Path, models: tuple[Path, Path], n_catalog: int, max_tokens: int, extra: str = "") -> Path:
+def write_config(folder: Path, models: tuple[Path, Path], n_catalog: int, args, extra: str = "") -> Path:
     inbox = folder / "inbox"
-    inbox.mkdir(exist_ok=True)
+    inbox.mkdir(parents=True, exist_ok=True)
     cfg = folder / "bench.toml"
     cfg.write_text(f'[watch]\nfolders = ["{inbox}"]\nsettle_seconds = 0.05\n'
                    f'[model]\npath = "{models[0]}"\nmmproj = "{models[1]}"\n'
-                   f'[engine]\nimage_max_side = 768\nmax_output_tokens = {max_tokens}\n{extra}\n'
+                   f'[engine]\nimage_max_side = 768\nmax_output_tokens = {args.max_tokens}\n'
+                   f'threads = {args.threads}\ngpu_layers = {args.gpu_layers}\ncontext_size = {args.n_ctx}\n'
+                   f'[worker]\nrecycle_after_photos = 0\nrecycle_rss_growth_mb = 0\n{extra}\n'
                    f'[service]\nstate_dir = "{folder / "state"}"\n[log]\nformat = "json"\nlevel = "warning"\n'
                    + catalog_toml(n_catalog))
     return cfg
@@ -80,71 +100,74 @@ def engine_loop(cfg: Path, images: list[Image.Image], prefix_cache: bool) -> lis
             t0 = time.perf_counter()
             r = labeler.infer(img, p, attempt=0, cancelled=lambda: False)
             rows.append({"ms": (time.perf_counter() - t0) * 1000, "prompt": r.evaluated_tokens,
-                         "out": r.output_tokens, "prompt_ms": r.encode_ms, "gen_ms": r.generate_ms})
+                         "out": r.output_tokens, "gen_ms": r.generate_ms, "sampled": r.sampled_tokens})
     finally:
         labeler.close()
     return rows
 
 
-def handler_loop(cfg: Path, images: list[Image.Image], max_tokens: int) -> list[dict]:
-    """llama-cpp-python's own multimodal path: `MTMDChatHandler` + `create_chat_completion` per photo."""
-    from llama_cpp import Llama
-    from llama_cpp.llama_chat_format import MTMDChatHandler
+class Daemon:
+    """`bbsd run` as in production, as a subprocess; photos are hard-linked into its inbox."""
 
-    settings = config.load(cfg, environ={})
-    p = prompt.build(settings.catalog)
-    llama = settings.backend  # llama_backend.LlamaSettings
-    llm = Llama(model_path=str(llama.path), n_ctx=llama.context_size, n_batch=2048,
-                n_ubatch=2048, chat_handler=MTMDChatHandler(clip_model_path=str(llama.mmproj), verbose=False),
-                n_threads=_threads(), verbose=False)
-    rows = []
+    def __init__(self, cfg: Path) -> None:
+        self.inbox = config.load(cfg, environ={}).watch.folders[0]
+        self.log = Path(cfg).with_suffix(".log")
+        env = {**os.environ, "BBSD_LOG_LEVEL": "info"}
+        with self.log.open("w") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "bbsd", "run", "--config", str(cfg)], stdout=out,
+                                         stderr=subprocess.STDOUT, env=env)
+        _wait(lambda: "daemon.ready" in self.log.read_text(), 600)
+
+    def drop(self, f: Path) -> Path:
+        target = self.inbox / f.name
+        os.link(f, target)
+        return target
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=120)
+
+
+def _record(target: Path) -> dict:
+    doc = json.loads(sidecar.path_for(target).read_text())
+    if doc["status"] != "labeled":  # an error sidecar's timing is not a photo's: never a row of the table
+        raise RuntimeError(f"{target.name} was not labelled: {doc.get('error')}")
+    t = doc["timing_ms"]
+    return {"ms": t["total"] + t.get("queue_wait", 0.0), "prompt": doc["tokens"].get("evaluated"),
+            "out": doc["tokens"]["output"], "rss": doc["memory_mb"]["rss"]}
+
+
+def daemon_run(cfg: Path, files: list[Path], burst: list[Path]) -> tuple[list[dict], dict | None]:
+    """(a): photos one at a time, settled → sidecar; then `burst` dropped at once: its newest photo's record."""
+    daemon = Daemon(cfg)
     try:
-        for img in images:
-            buf = io.BytesIO()
-            img.save(buf, "JPEG", quality=92)
-            url = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
-            t0 = time.perf_counter()
-            out = llm.create_chat_completion(
-                messages=[{"role": "system", "content": p.system},
-                          {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
-                                                       {"type": "text", "text": p.user}]}],
-                response_format={"type": "json_object", "schema": p.schema}, max_tokens=max_tokens, temperature=0.0)
-            rows.append({"ms": (time.perf_counter() - t0) * 1000, "prompt": out["usage"]["prompt_tokens"],
-                         "out": out["usage"]["completion_tokens"]})
-    finally:
-        llm.close()
-    return rows
-
-
-def daemon_run(cfg: Path, files: list[Path]) -> list[dict]:
-    """bbsd end to end: `bbsd run` as in production; each photo renamed in, timed settled → sidecar."""
-    import os
-    import subprocess
-    import sys
-
-    from bbsd import sidecar
-
-    inbox = config.load(cfg, environ={}).watch.folders[0]
-    log = Path(cfg).with_suffix(".log")
-    env = {**os.environ, "BBSD_LOG_LEVEL": "info"}
-    with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "bbsd", "run", "--config", str(cfg)], stdout=out,
-                                stderr=subprocess.STDOUT, env=env)
-    try:
-        _wait(lambda: "daemon.ready" in log.read_text(), 300)
         rows = []
         for f in files:
-            target = inbox / f.name
-            os.link(f, target)
-            _wait(lambda t=target: sidecar.path_for(t).exists(), 300)
-            doc = json.loads(sidecar.path_for(target).read_text())
-            t = doc["timing_ms"]
-            rows.append({"ms": t["total"] + t.get("queue_wait", 0.0), "prompt": doc["tokens"].get("evaluated"),
-                         "out": doc["tokens"]["output"]})
-        return rows
+            target = daemon.drop(f)
+            _wait(lambda t=target: sidecar.path_for(t).exists(), 600)
+            rows.append(_record(target))
+        if not burst:
+            return rows, None
+        targets = [daemon.drop(f) for f in burst]
+        newest = targets[-1]
+        _wait(lambda: sidecar.path_for(newest).exists(), 3600)
+        return rows, _record(newest)
     finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+        daemon.stop()
+
+
+def memory_run(cfg: Path, files: list[Path], marks: tuple[int, ...] = (100, 1000)) -> dict[int, float]:
+    """The worker's RSS after 100 and after 1,000 photos (recycling off), from the sidecars in labelling order."""
+    daemon = Daemon(cfg)
+    try:
+        targets = [daemon.drop(f) for f in files]
+        _wait(lambda: all(sidecar.path_for(t).exists() for t in targets[-50:]), 3600)
+        _wait(lambda: all(sidecar.path_for(t).exists() for t in targets), 3600)
+    finally:
+        daemon.stop()
+    events = [json.loads(line) for line in daemon.log.read_text().splitlines() if line.startswith("{")]
+    rss = [e["rss_mb"] for e in events if e.get("event") == "photo.labeled"]  # in labelling order
+    return {m: rss[m - 1] for m in marks if m <= len(rss)}
 
 
 def _wait(predicate, timeout: float) -> None:
@@ -156,68 +179,133 @@ def _wait(predicate, timeout: float) -> None:
     raise TimeoutError("benchmark step timed out")
 
 
+def summary(rows: list[dict], warm: int = 2) -> dict:
+    """Medians over the photos after the first `warm` (load and the first prefix are not per-photo costs)."""
+    rows = rows[warm:] or rows
+    med = {k: statistics.median(r[k] for r in rows if r.get(k) is not None)
+           for k in ("ms", "prompt", "out", "gen_ms", "sampled") if any(r.get(k) is not None for r in rows)}
+    return med
+
+
+def at_tokens(s: dict, out: float) -> float:
+    """Per-photo time with the generation part rescaled to `out` output tokens (equal work), where known."""
+    if not s.get("gen_ms") or not s.get("out"):
+        return s["ms"]
+    return s["ms"] - s["gen_ms"] + s["gen_ms"] / s["out"] * out
+
+
+def tools() -> tuple[Path, Path] | None:
+    """llama-server and llama-mtmd-cli, built once from the vendored llama.cpp (None if the build fails).
+
+    BBSD_LLAMA_TOOLS names a folder holding both instead (a CUDA build from bench/cuda.sh).
+    """
+    if os.environ.get("BBSD_LLAMA_TOOLS"):
+        folder = Path(os.environ["BBSD_LLAMA_TOOLS"])
+        found = folder / "llama-server", folder / "llama-mtmd-cli"
+        return found if all(os.access(f, os.X_OK) for f in found) else None
+    r = subprocess.run([str(REPO / "build" / "llama-server.sh")], capture_output=True, text=True)
+    if r.returncode != 0:
+        print(f"llama-server.sh failed, baselines (c) and (d) skipped:\n{r.stderr[-1500:]}", file=sys.stderr)
+        return None
+    server = Path(r.stdout.strip().splitlines()[-1])
+    return server, server.parent / "llama-mtmd-cli"
+
+
+def run_shape(shape: str, args, tmp: Path, binaries: tuple[Path, Path] | None) -> list[str]:
+    from bbsd import imaging
+
+    models = tiny_model.write_pair(tmp / f"models-{shape}", SHAPES[shape])
+    files = photos(tmp / f"photos-{shape}", args.photos)
+    burst = photos(tmp / f"burst-{shape}", args.burst, start=args.photos)
+    images = [imaging.decode(f, 768).image for f in files]
+    cfg = write_config(tmp / shape, models, args.catalog, args)
+    p = prompt.build(config.load(cfg, environ={}).catalog)
+    common = {"max_tokens": args.max_tokens, "threads": args.threads or _threads(), "gpu_layers": args.gpu_layers,
+              "n_ctx": args.n_ctx}
+    rows, newest = daemon_run(cfg, files, burst)
+    bbsd, cached, uncached = summary(rows), summary(engine_loop(cfg, images, True)), summary(
+        engine_loop(cfg, images, False))
+    setups = [("(a) bbsd run, settled → sidecar", bbsd), ("(b) bare engine, prefix cached", cached),
+              ("    engine, prefix re-evaluated", uncached)]
+    if binaries:
+        setups.append(("(c) llama-server, prompt cache, HTTP", summary(baselines.server_loop(
+            binaries[0], models, p, images, log=tmp / f"server-{shape}.log", **common))))
+        setups.append(("(d) llama-mtmd-cli per photo", summary(baselines.mtmd_cli_loop(
+            binaries[1], models, p, files[:args.cli_photos], folder=tmp, **common), warm=1)))
+    setups.append(("(e) MTMDChatHandler loop", summary(baselines.handler_loop(models, p, images, **common))))
+    out = cached["out"]
+    base = {name[:3]: at_tokens(s, out) for name, s in setups}
+    lines = [f"| {shape} | {name} | {s['ms']:.0f} | {s.get('prompt', 0):.0f} | {s.get('out', 0):.0f} "
+             f"| {at_tokens(s, out):.0f} | {_ratio(at_tokens(s, out), base.get('(c)'))} "
+             f"| {_ratio(at_tokens(s, out), base['(e)'])} | {at_tokens(s, out) / base['(b)']:.2f} |"
+             for name, s in setups]
+    if newest:
+        lines.append(f"| {shape} | newest of a {args.burst}-photo burst, settled → sidecar | {newest['ms']:.0f} "
+                     f"| | | | | | {newest['ms'] / bbsd['ms']:.2f} × one photo (a) |")
+    return lines
+
+
+def _ratio(value: float, base: float | None) -> str:
+    return f"{value / base:.2f}" if base else "–"
+
+
 def _threads() -> int:
     import psutil
 
     return psutil.cpu_count(logical=False) or 1
 
 
-def summary(rows: list[dict], warm: int = 2) -> dict:
-    """Median over the photos after the first `warm` (load and the first prefix are not per-photo costs)."""
-    rows = rows[warm:] or rows
-    med = {k: statistics.median(r[k] for r in rows if r.get(k) is not None)
-           for k in ("ms", "prompt", "out") if any(r.get(k) is not None for r in rows)}
-    med["ms_per_out"] = statistics.median(r["ms"] / max(1, r["out"]) for r in rows)
-    return med
-
-
-def run_shape(shape: str, n_photos: int, catalogs: list[int], max_tokens: int, tmp: Path) -> list[str]:
-    models = tiny_model.write_pair(tmp / f"models-{shape}", SHAPES[shape])
-    (tmp / f"photos-{shape}").mkdir()
-    files = photos(tmp / f"photos-{shape}", n_photos)
-    from bbsd import imaging
-
-    images = [imaging.decode(f, 768).image for f in files]
-    lines = []
-    for n in catalogs:
-        folder = tmp / f"{shape}-{n}"
-        folder.mkdir()
-        cfg = write_config(folder, models, n, max_tokens)
-        on, off = summary(engine_loop(cfg, images, True)), summary(engine_loop(cfg, images, False))
-        handler = summary(handler_loop(cfg, images, max_tokens))
-        bbsd = summary(daemon_run(cfg, files))
-        for name, s in [("bbsd run (settled → sidecar)", bbsd), ("engine, prefix cached", on),
-                        ("engine, prefix re-evaluated", off), ("MTMDChatHandler loop", handler)]:
-            lines.append(f"| {shape} | {n} | {name} | {s['ms']:.0f} | {s.get('prompt', 0):.0f} | {s.get('out', 0):.0f} "
-                         f"| {s['ms_per_out']:.1f} | {s['ms'] / on['ms']:.2f} | {s['ms'] / handler['ms']:.2f} |")
-    return lines
+def _gpu() -> str:
+    try:
+        r = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                           capture_output=True, text=True, timeout=30)
+        return r.stdout.strip().splitlines()[0] if r.returncode == 0 else "no GPU"
+    except (OSError, IndexError, subprocess.TimeoutExpired):
+        return "no GPU"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--photos", type=int, default=12)
-    ap.add_argument("--shapes", default="tiny")
-    ap.add_argument("--catalogs", default="2,30")
-    ap.add_argument("--max-tokens", type=int, default=256)
+    ap.add_argument("--shapes", default="tiny,smol")
+    ap.add_argument("--photos", type=int, default=12, help="distinct photos per setup (the first two are warm-up)")
+    ap.add_argument("--cli-photos", type=int, default=4, help="photos for llama-mtmd-cli (a model load each)")
+    ap.add_argument("--burst", type=int, default=200, help="photos dropped at once after the single-photo run")
+    ap.add_argument("--catalog", type=int, default=5, help="catalog entries (characters + props)")
+    # Random weights write every string to its cap: 1,024 lets every reply complete (a truncated one is
+    # an error sidecar in bbsd run, and no row); all setups then generate the same reply length.
+    ap.add_argument("--max-tokens", type=int, default=1024)
+    ap.add_argument("--threads", type=int, default=0, help="0: one per physical core")
+    ap.add_argument("--gpu-layers", type=int, default=0)
+    ap.add_argument("--n-ctx", type=int, default=4096)
+    ap.add_argument("--memory", type=int, default=0, help="also label this many photos (1000) for RSS after 100 vs all")
+    ap.add_argument("--section", default="speed", help="the docs/benchmarks.md section to write")
     args = ap.parse_args()
     logs.configure("warning", "console")
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
+    binaries = tools()
+    rows, notes = [], []
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
         for shape in args.shapes.split(","):
-            rows += run_shape(shape, args.photos, [int(c) for c in args.catalogs.split(",")], args.max_tokens,
-                              Path(tmp))
+            rows += run_shape(shape, args, tmp, binaries)
+        if args.memory:
+            cfg = write_config(tmp / "memory", tiny_model.write_pair(tmp / "models-memory"), args.catalog, args)
+            rss = memory_run(cfg, photos(tmp / "photos-memory", args.memory), (100, args.memory))
+            notes.append(f"Memory, tiny model, recycling off: worker RSS after 100 photos {rss[100]:.1f} MB, after "
+                         f"{args.memory} {rss[args.memory]:.1f} MB ({(rss[args.memory] / rss[100] - 1) * 100:+.1f} %).")
     body = "\n".join([
-        f"Machine: {machine()}. Threads: one per physical core. Photos: {args.photos} distinct 1024×768 JPEGs "
-        f"per row, medians after the first two; output limit {args.max_tokens} tokens, temperature 0, reply "
-        "grammar on in every row. Random-weight models: `tiny` is the test pair; `smol` has SmolVLM-256M's "
-        "dimensions (f32). *prompt* = prompt tokens evaluated per photo (all of them for the handler).",
+        f"Machine: {machine()}; GPU: {_gpu()}. Threads: {args.threads or _threads()}, gpu_layers {args.gpu_layers}, "
+        f"context {args.n_ctx}, catalog of {args.catalog} entries, output limit {args.max_tokens} tokens, temperature "
+        f"0, bbsd's reply grammar in every setup. {args.photos} distinct 1024×768 JPEGs per setup (medians after the "
+        f"first two; llama-mtmd-cli {args.cli_photos}, after the first). *prompt* = prompt tokens evaluated per photo. "
+        "*at equal tokens*: the per-photo time with its generation rescaled to the bare engine's output tokens "
+        "(where the setup reports its generation time); the ratios use it.",
         "",
-        "| shape | catalog entries | setup | ms / photo | prompt tokens | output tokens | ms / output token "
-        "| × engine (cached) | × MTMDChatHandler |",
+        "| shape | setup | ms / photo | prompt tokens | output tokens | ms at equal tokens | × llama-server "
+        "| × MTMDChatHandler | × bare engine |",
         "|---|---|---|---|---|---|---|---|---|",
-        *rows,
+        *rows, "", *notes,
     ])
-    update_section("speed", body, "bench/speed.py")
+    update_section(args.section, body, "bench/speed.py")
     print(body)
 
 

@@ -1,0 +1,154 @@
+"""The baselines `bench.speed` holds bbsd against: other ways to run the same model on the same photos.
+
+Each loop gets the same model pair, prompt (system text, user text, bbsd's own reply grammar),
+threads, GPU layers and output limit as bbsd, and returns one row per photo: `ms` (the whole
+photo as its user would time it), `prompt` and `out` tokens where the tool reports them, and
+`gen_ms` (time spent generating) so a per-photo time can be compared at equal output tokens.
+
+- `handler_loop`: llama-cpp-python's own multimodal path (`MTMDChatHandler`), in this process.
+- `server_loop`: `llama-server` (one slot, its prompt cache on) over loopback HTTP, the image as a
+  JPEG data URI, as any client would send it.
+- `mtmd_cli_loop`: `llama-mtmd-cli` run once per photo, as a shell script would (model load included).
+Both tools are built from the llama.cpp vendored in the pinned llama-cpp-python (build/llama-server.sh).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+from PIL import Image
+
+from bbsd.prompt import Prompt
+
+
+def data_uri(image: Image.Image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", quality=92)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def messages(p: Prompt, image: Image.Image) -> list[dict]:
+    return [{"role": "system", "content": p.system},
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_uri(image)}},
+                                         {"type": "text", "text": p.user}]}]
+
+
+def handler_loop(models: tuple[Path, Path], p: Prompt, images: list[Image.Image], *, max_tokens: int, threads: int,
+                 gpu_layers: int, n_ctx: int) -> list[dict]:
+    """llama-cpp-python's own multimodal path: `MTMDChatHandler` + `create_chat_completion` per photo."""
+    from bbsd.backends import import_llama
+
+    import_llama()  # the C++ runtime pinned first, as bbsd does
+    from llama_cpp import Llama, LlamaGrammar
+    from llama_cpp.llama_chat_format import MTMDChatHandler
+
+    llm = Llama(model_path=str(models[0]), n_ctx=n_ctx, n_batch=2048, n_ubatch=2048, n_gpu_layers=gpu_layers,
+                chat_handler=MTMDChatHandler(clip_model_path=str(models[1]), verbose=False),
+                n_threads=threads, verbose=False)
+    grammar = LlamaGrammar.from_string(p.grammar, verbose=False)
+    rows = []
+    try:
+        for img in images:
+            t0 = time.perf_counter()
+            out = llm.create_chat_completion(messages=messages(p, img), grammar=grammar, max_tokens=max_tokens,
+                                             temperature=0.0)
+            rows.append({"ms": (time.perf_counter() - t0) * 1000, "prompt": out["usage"]["prompt_tokens"],
+                         "out": out["usage"]["completion_tokens"]})
+    finally:
+        llm.close()
+    return rows
+
+
+def _ngl(gpu_layers: int) -> int:
+    """bbsd's -1 (all layers) in the tools' own words: a number above any model's layer count."""
+    return 999 if gpu_layers < 0 else gpu_layers
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(url: str, body: dict, timeout: float) -> dict:
+    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"llama-server exited: {log.read_text()[-1500:]}")
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                if json.loads(r.read()).get("status") == "ok":
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError("llama-server did not become healthy")
+
+
+def server_loop(binary: Path, models: tuple[Path, Path], p: Prompt, images: list[Image.Image], *, max_tokens: int,
+                threads: int, gpu_layers: int, n_ctx: int, log: Path) -> list[dict]:
+    """`llama-server` with one slot and its prompt cache, over loopback HTTP; client-side time per photo."""
+    port = _free_port()
+    argv = [str(binary), "-m", str(models[0]), "--mmproj", str(models[1]), "--host", "127.0.0.1",
+            "--port", str(port), "-np", "1", "-c", str(n_ctx), "-b", "2048", "-ub", "2048", "-t", str(threads),
+            "-ngl", str(_ngl(gpu_layers)), "--no-webui"]
+    if gpu_layers == 0:
+        argv.append("--no-mmproj-offload")
+    url = f"http://127.0.0.1:{port}"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+    rows = []
+    try:
+        _wait_healthy(url, proc, log, 300)
+        for img in images:
+            body = {"messages": messages(p, img), "grammar": p.grammar, "max_tokens": max_tokens,
+                    "temperature": 0.0, "cache_prompt": True}
+            t0 = time.perf_counter()
+            reply = _post(url + "/v1/chat/completions", body, 600)
+            ms = (time.perf_counter() - t0) * 1000
+            t = reply.get("timings", {})
+            rows.append({"ms": ms, "prompt": t.get("prompt_n"), "out": reply["usage"]["completion_tokens"],
+                         "gen_ms": t.get("predicted_ms")})
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    return rows
+
+
+_EVAL_RUNS = re.compile(r"\beval time =\s*([\d.]+) ms /\s*(\d+) runs")
+
+
+def mtmd_cli_loop(binary: Path, models: tuple[Path, Path], p: Prompt, files: list[Path], *, max_tokens: int,
+                  threads: int, gpu_layers: int, n_ctx: int, folder: Path) -> list[dict]:
+    """`llama-mtmd-cli` once per photo (loading the model each time), as a script around it would."""
+    grammar = folder / "reply.gbnf"
+    grammar.write_text(p.grammar)
+    rows = []
+    for f in files:
+        argv = [str(binary), "-m", str(models[0]), "--mmproj", str(models[1]), "--image", str(f),
+                "-sys", p.system, "-p", p.user, "--grammar-file", str(grammar), "-n", str(max_tokens),
+                "--temp", "0", "-t", str(threads), "-c", str(n_ctx), "-b", "2048", "-ub", "2048",
+                "-ngl", str(_ngl(gpu_layers)), "--perf"]
+        t0 = time.perf_counter()
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+        ms = (time.perf_counter() - t0) * 1000
+        if r.returncode != 0:
+            raise RuntimeError(f"llama-mtmd-cli failed: {r.stderr[-1500:]}")
+        runs = _EVAL_RUNS.findall(r.stderr)
+        gen_ms, out = (float(runs[-1][0]), int(runs[-1][1])) if runs else (None, None)
+        rows.append({"ms": ms, "out": out, "gen_ms": gen_ms})
+    return rows
