@@ -57,7 +57,7 @@ def label_probe(labeler, prompt, settings: Settings) -> str:
     t0 = time.perf_counter()
     try:
         reply = labeler.infer(image, prompt, attempt=0, cancelled=lambda: False)
-        parsed = labels.parse_reply(reply.text, settings.catalog)
+        parsed = labels.parse_reply(reply.text, settings.catalog, settings.questions)
     except PhotoError as e:
         raise ModelError(f"the model could not label a test image ({e.code}: {e.message})", e.hint) from None
     ms = (time.perf_counter() - t0) * 1000

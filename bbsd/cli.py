@@ -78,7 +78,7 @@ def _open(settings, lazy: bool = False, warm_up: bool = False):
     labeler = LazyLabeler(settings) if lazy else open_labeler(settings, warm_up=warm_up)
     if labeler.info.backend == "fake":
         structlog.get_logger("bbsd").warning("engine.fake", note="fake backend: labels are not from a model")
-    return Pipeline(labeler, settings, prompt.build(settings.catalog))
+    return Pipeline(labeler, settings, prompt.build(settings.catalog, settings.questions))
 
 
 @app.command()

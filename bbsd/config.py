@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bbsd import engines
+from bbsd import engines, questions
 from bbsd.catalog import Catalog, CatalogEntry
 from bbsd.errors import ConfigError
 
@@ -87,6 +87,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "naming": Key("choice", "ext", "XMP sidecar name: ext = IMG_0001.JPG.xmp, base = IMG_0001.xmp, off = none",
                       choices=("ext", "base", "off")),
         "root": Key("str", "BBS", "root of the hierarchical keywords (BBS|Characters|Baba Yaga)"),
+        "questions_branch": Key("str", None, "keyword branch of the answers to [[questions]], levels split by |; "
+                                "default: root (BBS|Act|Act 2)"),
     },
     "log": {
         "level": Key("choice", "info", "lowest level logged", choices=("debug", "info", "warning", "error")),
@@ -95,6 +97,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
 }
 CATALOG_SECTIONS = ("characters", "props")
+ARRAY_SECTIONS = (*CATALOG_SECTIONS, "questions")
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,11 @@ class ServiceSettings:
 class XmpSettings:
     naming: str
     root: str
+    questions_branch: str | None
+
+    def answers_branch(self) -> str:
+        """Where answer keywords go: `questions_branch`, else the root."""
+        return self.questions_branch or self.root
 
 
 @dataclass(frozen=True)
@@ -167,6 +175,7 @@ class Settings:
     xmp: XmpSettings
     log: LogSettings
     catalog: Catalog
+    questions: tuple[questions.Question, ...]
     backend: Any  # the configured backend's own frozen settings; only that backend reads them
 
 
@@ -190,9 +199,10 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
         worker=WorkerSettings(**values["worker"]),
         decode=DecodeSettings(**values["decode"]),
         service=ServiceSettings(**values["service"]),
-        xmp=XmpSettings(**values["xmp"]),
+        xmp=_xmp(values["xmp"], v),
         log=LogSettings(**values["log"]),
         catalog=_catalog(raw, v),
+        questions=questions.parse(raw.get("questions", []), v.fail, lambda name, where: _check_name(name, where, v)),
         backend=backend.configure(raw, v, env, engine),
     )
 
@@ -245,10 +255,10 @@ def _reject_unknown(raw: dict[str, Any], v: Validator, backend: engines.Backend)
     for s, keys in backend.tables.items():
         known.setdefault(s, set()).update(keys)
     for name, body in raw.items():
-        if name in CATALOG_SECTIONS:
+        if name in ARRAY_SECTIONS:
             continue
         if name not in known:
-            raise v.fail(name, *_foreign(name, None, backend, set(known) | set(CATALOG_SECTIONS)))
+            raise v.fail(name, *_foreign(name, None, backend, set(known) | set(ARRAY_SECTIONS)))
         if not isinstance(body, dict):
             raise v.fail(name, "must be a table", f"write it as [{name}]")
         for key in body:
@@ -373,6 +383,19 @@ def _as_strs(value, key, dotted, v, base):
     if not isinstance(value, list | tuple) or not all(isinstance(s, str) and s for s in value):
         raise v.fail(dotted, "must be a list of non-empty strings", key.help)
     return tuple(s.lower().lstrip(".") for s in value)
+
+
+def _xmp(values: dict[str, Any], v: Validator) -> XmpSettings:
+    """The answers' branch is a keyword path: each level must survive as one keyword, like a name."""
+    branch = values["questions_branch"]
+    for level in (branch.split("|") if branch is not None else ()):
+        if not level.strip() or level != level.strip():
+            raise v.fail("xmp.questions_branch", f"{branch!r} has an empty or padded level",
+                         "write levels split by | without spaces around them, e.g. \"BBS|Questions\"")
+        if "/" in level:
+            raise v.fail("xmp.questions_branch", f"{branch!r} contains '/', which digiKam reads as a level separator",
+                         "split levels with | only")
+    return XmpSettings(**values)
 
 
 def _catalog(raw: dict[str, Any], v: Validator) -> Catalog:
