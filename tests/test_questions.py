@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
+import statistics
 import subprocess
 import threading
 
 import pytest
+from PIL import Image, ImageDraw
 
 from bbsd import config, labels, prompt, sidecar, xmp
+from bbsd.engines import open_in_process as open_labeler  # the engine itself, not its worker
 from bbsd.errors import ConfigError
 from bbsd.fake_engine import FakeLabeler
 from bbsd.jump import Cursor
@@ -269,3 +273,60 @@ def test_sighup_applies_new_questions_and_the_running_daemon_relabels(tmp_path):
         thread.join(30)
         pipeline.close()
     assert "Finale" in pipeline.prompt.system and "Finale" in pipeline.prompt.grammar
+
+
+# --- the tiny real model: the grammar holds over 50 photos; what each question costs ---------------
+
+
+def _photo(i: int) -> Image.Image:
+    img = Image.new("RGB", (128, 96), (37 * i % 256, 91 * i % 256, 200 - 3 * i))
+    ImageDraw.Draw(img).ellipse((i % 40, 10, 60 + i % 50, 80), fill=(255 - 5 * i % 256, 220, 40))
+    return img
+
+
+def _infer(labeler, p, photos: range) -> list:
+    return [labeler.infer(_photo(i), p, attempt=0, cancelled=lambda: False) for i in photos]
+
+
+def test_tiny_model_answers_only_yes_no_and_listed_answers_over_50_photos(tiny_models, tmp_path, summary):
+    s = config.load(write_config(tmp_path, [tmp_path], tiny_models, extra=QUESTIONS), environ={})
+    as_text = tuple(dataclasses.replace(q, kind="text", max_length=10) for q in s.questions[:2])
+    labeler = open_labeler(s)
+    try:
+        runs = _infer(labeler, prompt.build(s.catalog, s.questions), range(50))
+        free = _infer(labeler, prompt.build(s.catalog, as_text), range(5))
+    finally:
+        labeler.close()
+    # The control: asked the same two questions as free text, the model answers neither from the list
+    # nor yes/no (it writes "0"), so it is the grammar that keeps the answers below closed.
+    loose = [json.loads(r.text, strict=False)["answers"] for r in free]
+    assert not {a["act"] for a in loose} & {"Act 1", "Act 2", "Act 3"}
+    assert not {a["puppeteer_visible"] for a in loose} & {"yes", "no"}
+    answers = [json.loads(r.text, strict=False)["answers"] for r in runs]  # the raw reply: the grammar's work alone
+    assert {a["puppeteer_visible"] for a in answers} <= {"yes", "no"}
+    assert {a["act"] for a in answers} <= {"Act 1", "Act 2", "Act 3"}
+    assert all(0 <= a["puppet_count"] <= 12 and len(a["mood"]) <= 30 for a in answers)
+    for r in runs:  # and every reply passes bbsd's own validation
+        labels.parse_reply(r.text, s.catalog, s.questions)
+    seen = {k: sorted({str(a[k]) for a in answers}) for k in ("puppeteer_visible", "act", "puppet_count")}
+    summary(f"questions, 50 photos on the tiny model: answers seen {seen}")
+
+
+def test_tiny_model_cost_of_each_question_type_in_output_tokens(tiny_models, tmp_path, summary):
+    """One question of each type against the same prompt without questions, greedy, same photos."""
+    s = config.load(write_config(tmp_path, [tmp_path], tiny_models, extra=QUESTIONS), environ={})
+    labeler = open_labeler(s)
+    try:
+        bare = _infer(labeler, prompt.build(s.catalog), range(5))
+        cost = {q.kind: _infer(labeler, prompt.build(s.catalog, (q,)), range(5)) for q in s.questions}
+    finally:
+        labeler.close()
+
+    def extra(runs: list, field: str) -> float:
+        return statistics.mean(getattr(r, field) for r in runs) - statistics.mean(getattr(r, field) for r in bare)
+
+    assert all(extra(runs, "output_tokens") > 0 for runs in cost.values())
+    assert extra(cost["yes_no"], "sampled_tokens") <= 3  # the rest of the answer and every key are forced
+    summary("questions, cost per photo on the tiny model (mean of 5 photos, vs no questions): "
+            + ", ".join(f"{kind} +{extra(runs, 'output_tokens'):.1f} output / +{extra(runs, 'sampled_tokens'):.1f} "
+                        "sampled tokens" for kind, runs in cost.items()))
