@@ -163,8 +163,9 @@ def check(config: Path = CONFIG) -> None:
     # (in a pipe, as JSON). Warnings and errors still show; BBSD_LOG_LEVEL=info shows all.
     os.environ.setdefault("BBSD_LOG_LEVEL", "warning")
     settings = _setup(config)
+    asked = f", {len(settings.questions)} questions" if settings.questions else ""
     typer.echo(f"config {settings.source}: ok ({len(settings.catalog.characters)} characters, "
-               f"{len(settings.catalog.props)} props)")
+               f"{len(settings.catalog.props)} props{asked})")
     for line in checks.folders(settings):
         typer.echo(line)
     for line in checks.backend(settings):

@@ -12,12 +12,12 @@ import threading
 import pytest
 from PIL import Image, ImageDraw
 
-from bbsd import config, labels, prompt, sidecar, xmp
+from bbsd import config, console, labels, prompt, sidecar, xmp
 from bbsd.engines import open_in_process as open_labeler  # the engine itself, not its worker
 from bbsd.errors import ConfigError
 from bbsd.fake_engine import FakeLabeler
 from bbsd.jump import Cursor
-from bbsd.pipeline import Pipeline, Status
+from bbsd.pipeline import Outcome, Pipeline, Status
 from bbsd.service import Daemon
 from tests.conftest import make_photo, wait_until, write_config
 from tests.test_grammar import grammar_accepts, vocab_model  # noqa: F401 - vocab_model is a fixture
@@ -189,6 +189,11 @@ def test_json_sidecar_records_every_answer_under_its_key(labelled, validate_side
     doc = validate_sidecar(labelled[0])
     assert doc["labels"]["answers"] == ANSWERS
     assert len(doc["prompt"]["questions_sha256"]) == 64
+
+
+def test_bbsd_label_prints_the_answers(tmp_path, labelled):
+    line = console.outcome_line(Outcome(labelled[0], Status.LABELED))
+    assert "  act=Act 2  puppeteer_visible=yes  puppet_count=3  mood=tense, lantern-lit  (" in line
 
 
 @needs_exiftool
