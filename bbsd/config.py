@@ -12,14 +12,13 @@ from __future__ import annotations
 import difflib
 import os
 import tomllib
-import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bbsd import engines, questions
-from bbsd.catalog import Catalog, CatalogEntry
+from bbsd import catalog, engines, questions
+from bbsd.catalog import Catalog
 from bbsd.errors import ConfigError
 
 DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "tif", "tiff", "webp", "heic", "heif",
@@ -96,8 +95,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
                       choices=("auto", "json", "console")),
     },
 }
-CATALOG_SECTIONS = ("characters", "props")
-ARRAY_SECTIONS = (*CATALOG_SECTIONS, "questions")
+ARRAY_SECTIONS = (*catalog.SECTIONS, "questions")  # [[characters]], [[props]], [[questions]]
 
 
 @dataclass(frozen=True)
@@ -201,8 +199,8 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
         service=ServiceSettings(**values["service"]),
         xmp=_xmp(values["xmp"], v),
         log=LogSettings(**values["log"]),
-        catalog=_catalog(raw, v),
-        questions=questions.parse(raw.get("questions", []), v.fail, lambda name, where: _check_name(name, where, v)),
+        catalog=catalog.parse(raw, v.fail),
+        questions=questions.parse(raw.get("questions", []), v.fail),
         backend=backend.configure(raw, v, env, engine),
     )
 
@@ -396,58 +394,3 @@ def _xmp(values: dict[str, Any], v: Validator) -> XmpSettings:
             raise v.fail("xmp.questions_branch", f"{branch!r} contains '/', which digiKam reads as a level separator",
                          "split levels with | only")
     return XmpSettings(**values)
-
-
-def _catalog(raw: dict[str, Any], v: Validator) -> Catalog:
-    parts = {}
-    for section in CATALOG_SECTIONS:
-        body = raw.get(section, [])
-        if not isinstance(body, list):
-            raise v.fail(section, "must be an array of tables", f"write each entry as [[{section}]]")
-        parts[section] = tuple(_entry(item, f"{section}[{i}]", v) for i, item in enumerate(body))
-        seen: dict[str, int] = {}
-        for i, entry in enumerate(parts[section]):
-            first = seen.setdefault(entry.name.casefold(), i)
-            if first != i:
-                raise v.fail(f"{section}[{i}].name", f"{entry.name!r} repeats {section}[{first}] "
-                             f"{parts[section][first].name!r} (names are compared ignoring case)",
-                             "give every entry a unique name")
-    return Catalog(characters=parts["characters"], props=parts["props"])
-
-
-# Photo tools split hierarchical keywords at these: Lightroom, darktable and digiKam's
-# lr:hierarchicalSubject at '|', digiKam:TagsList at '/'. XMP has no escape for them.
-HIERARCHY_DELIMITERS = {"|": "Lightroom, darktable and digiKam", "/": "digiKam"}
-
-
-def _entry(item: Any, where: str, v: Validator) -> CatalogEntry:
-    if not isinstance(item, dict):
-        raise v.fail(where, "must be a table", "write it as [[characters]] with name and description")
-    unknown = set(item) - {"name", "description"}
-    if unknown:
-        raise v.fail(f"{where}.{sorted(unknown)[0]}", "is not a known key", "known: name, description")
-    name, description = item.get("name"), item.get("description", "")
-    if not isinstance(name, str) or not name.strip() or len(name.strip()) > 80:
-        raise v.fail(f"{where}.name", "must be a non-empty string of at most 80 characters", "name the entry")
-    _check_name(name.strip(), f"{where}.name", v)
-    if not isinstance(description, str) or len(description) > 500:
-        raise v.fail(f"{where}.description", "must be a string of at most 500 characters",
-                     "describe what it looks like")
-    return CatalogEntry(name=name.strip(), description=description.strip())
-
-
-def _check_name(name: str, where: str, v: Validator) -> None:
-    """Refuse what cannot survive as one keyword: hierarchy delimiters and control characters.
-
-    Quotes, backslashes, apostrophes and any script are fine: the grammar escapes them.
-    """
-    for ch, tools in HIERARCHY_DELIMITERS.items():
-        if ch in name:
-            raise v.fail(where, f"{name!r} contains '{ch}', which {tools} read as a keyword level separator "
-                         f"(one name would show as {name.count(ch) + 1} nested keywords)",
-                         f"rename it without '{ch}', e.g. {name.replace(ch, ' and ' if ch == '|' else '-')!r}")
-    bad = next((ch for ch in name if unicodedata.category(ch) in ("Cc", "Zl", "Zp")), None)
-    if bad is not None:
-        raise v.fail(where, f"{name!r} contains the control character U+{ord(bad):04X}",
-                     "write the name on one line without tabs or control characters")
-

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from bbsd.catalog import Fail, check_keyword
+
 YES_NO = ("yes", "no")
 KINDS = ("yes_no", "choice", "integer", "text")
 MAX_QUESTIONS = 16  # each one costs output tokens on every photo (README: "Questions")
@@ -72,18 +74,16 @@ def digest(questions: tuple[Question, ...]) -> str:
     return hashlib.sha256(json.dumps([asdict(q) for q in questions], ensure_ascii=False).encode()).hexdigest()
 
 
-Fail = Callable[[str, str, str], Exception]  # Validator.fail: (key, problem, hint) -> ConfigError
-CheckName = Callable[[str, str], None]  # refuses keyword delimiters and control characters
 
 
-def parse(body: Any, fail: Fail, check_name: CheckName) -> tuple[Question, ...]:
+def parse(body: Any, fail: Fail) -> tuple[Question, ...]:
     """Validate the `[[questions]]` array; raise the first problem as one line naming the entry."""
     if not isinstance(body, list):
         raise fail("questions", "must be an array of tables", "write each entry as [[questions]]")
     if len(body) > MAX_QUESTIONS:
         raise fail("questions", f"has {len(body)} entries, more than {MAX_QUESTIONS}",
                    "every question costs output tokens on every photo: keep the ones editors filter on")
-    out = tuple(_entry(item, f"questions[{i}]", fail, check_name) for i, item in enumerate(body))
+    out = tuple(_entry(item, f"questions[{i}]", fail) for i, item in enumerate(body))
     _unique(out, "key", lambda q: q.key, fail)
     _unique(out, "label", lambda q: q.label.casefold(), fail)
     return out
@@ -98,7 +98,7 @@ def _unique(questions: tuple[Question, ...], field: str, of: Callable[[Question]
                        f"give every question its own {field}")
 
 
-def _entry(item: Any, where: str, fail: Fail, check_name: CheckName) -> Question:
+def _entry(item: Any, where: str, fail: Fail) -> Question:
     if not isinstance(item, dict):
         raise fail(where, "must be a table", "write it as [[questions]] with key, question and type")
     kind = _text(item, "type", where, fail, 20)
@@ -113,17 +113,17 @@ def _entry(item: Any, where: str, fail: Fail, check_name: CheckName) -> Question
         raise fail(f"{where}.key", f"{key!r} is not a stable key",
                    "use lower-case letters, digits and _, starting with a letter (e.g. puppeteer_visible)")
     label = _text(item, "label", where, fail, 40, default=key.replace("_", " ").capitalize())
-    check_name(label, f"{where}.label")
+    check_keyword(label, f"{where}.label", fail)
     if label.casefold() in RESERVED_LABELS:
         raise fail(f"{where}.label", f"{label!r} is the catalog's keyword branch", "give the question its own label")
     return Question(key=key, text=_text(item, "question", where, fail, 300), kind=kind, label=label,
-                    **_shape(item, kind, where, fail, check_name))
+                    **_shape(item, kind, where, fail))
 
 
-def _shape(item: dict, kind: str, where: str, fail: Fail, check_name: CheckName) -> dict[str, Any]:
+def _shape(item: dict, kind: str, where: str, fail: Fail) -> dict[str, Any]:
     """The type's own fields: the closed list, the integer range or the text cap."""
     if kind == "choice":
-        return {"choices": _choices(item.get("choices"), f"{where}.choices", fail, check_name)}
+        return {"choices": _choices(item.get("choices"), f"{where}.choices", fail)}
     if kind == "integer":
         low = _int(item, "min", where, fail, 0, 1000, None)
         high = _int(item, "max", where, fail, low + 1, low + 100, None)
@@ -133,7 +133,7 @@ def _shape(item: dict, kind: str, where: str, fail: Fail, check_name: CheckName)
     return {}
 
 
-def _choices(value: Any, where: str, fail: Fail, check_name: CheckName) -> tuple[str, ...]:
+def _choices(value: Any, where: str, fail: Fail) -> tuple[str, ...]:
     if not isinstance(value, list) or not 2 <= len(value) <= 20:
         raise fail(where, "must be a list of 2 to 20 answers", FIELDS["choices"][0])
     out: list[str] = []
@@ -141,7 +141,7 @@ def _choices(value: Any, where: str, fail: Fail, check_name: CheckName) -> tuple
         if not isinstance(answer, str) or not answer.strip() or len(answer.strip()) > 40:
             raise fail(f"{where}[{i}]", f"{answer!r} is not a non-empty string of at most 40 characters",
                        FIELDS["choices"][0])
-        check_name(answer.strip(), f"{where}[{i}]")
+        check_keyword(answer.strip(), f"{where}[{i}]", fail)
         if answer.strip().casefold() in (a.casefold() for a in out):
             raise fail(f"{where}[{i}]", f"{answer.strip()!r} is listed twice (compared ignoring case)",
                        "list every answer once")
