@@ -57,12 +57,13 @@ def label_probe(labeler, prompt, settings: Settings) -> str:
     t0 = time.perf_counter()
     try:
         reply = labeler.infer(image, prompt, attempt=0, cancelled=lambda: False)
-        parsed = labels.parse_reply(reply.text, settings.catalog)
+        parsed = labels.parse_reply(reply.text, settings.catalog, settings.questions)
     except PhotoError as e:
         raise ModelError(f"the model could not label a test image ({e.code}: {e.message})", e.hint) from None
     ms = (time.perf_counter() - t0) * 1000
+    answered = f" and answered {len(parsed.answers)} questions" if parsed.answers else ""
     return (f"test label: ok ({ms:.0f} ms; the reply named {len(parsed.characters)} characters and "
-            f"{len(parsed.props)} props from the catalog)")
+            f"{len(parsed.props)} props from the catalog{answered})")
 
 
 def backend(settings: Settings) -> list[str]:

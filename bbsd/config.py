@@ -12,14 +12,13 @@ from __future__ import annotations
 import difflib
 import os
 import tomllib
-import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bbsd import engines
-from bbsd.catalog import Catalog, CatalogEntry
+from bbsd import catalog, engines, questions
+from bbsd.catalog import Catalog
 from bbsd.errors import ConfigError
 
 DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "tif", "tiff", "webp", "heic", "heif",
@@ -87,6 +86,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "naming": Key("choice", "ext", "XMP sidecar name: ext = IMG_0001.JPG.xmp, base = IMG_0001.xmp, off = none",
                       choices=("ext", "base", "off")),
         "root": Key("str", "BBS", "root of the hierarchical keywords (BBS|Characters|Baba Yaga)"),
+        "questions_branch": Key("str", None, "keyword branch of the answers to [[questions]], levels split by |; "
+                                "default: root (BBS|Act|Act 2)"),
     },
     "log": {
         "level": Key("choice", "info", "lowest level logged", choices=("debug", "info", "warning", "error")),
@@ -94,7 +95,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
                       choices=("auto", "json", "console")),
     },
 }
-CATALOG_SECTIONS = ("characters", "props")
+ARRAY_SECTIONS = (*catalog.SECTIONS, "questions")  # [[characters]], [[props]], [[questions]]
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,11 @@ class ServiceSettings:
 class XmpSettings:
     naming: str
     root: str
+    questions_branch: str | None
+
+    def answers_branch(self) -> str:
+        """Where answer keywords go: `questions_branch`, else the root."""
+        return self.questions_branch or self.root
 
 
 @dataclass(frozen=True)
@@ -167,6 +173,7 @@ class Settings:
     xmp: XmpSettings
     log: LogSettings
     catalog: Catalog
+    questions: tuple[questions.Question, ...]
     backend: Any  # the configured backend's own frozen settings; only that backend reads them
 
 
@@ -190,9 +197,10 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
         worker=WorkerSettings(**values["worker"]),
         decode=DecodeSettings(**values["decode"]),
         service=ServiceSettings(**values["service"]),
-        xmp=XmpSettings(**values["xmp"]),
+        xmp=_xmp(values["xmp"], v),
         log=LogSettings(**values["log"]),
-        catalog=_catalog(raw, v),
+        catalog=catalog.parse(raw, v.fail),
+        questions=questions.parse(raw.get("questions", []), v.fail),
         backend=backend.configure(raw, v, env, engine),
     )
 
@@ -245,10 +253,10 @@ def _reject_unknown(raw: dict[str, Any], v: Validator, backend: engines.Backend)
     for s, keys in backend.tables.items():
         known.setdefault(s, set()).update(keys)
     for name, body in raw.items():
-        if name in CATALOG_SECTIONS:
+        if name in ARRAY_SECTIONS:
             continue
         if name not in known:
-            raise v.fail(name, *_foreign(name, None, backend, set(known) | set(CATALOG_SECTIONS)))
+            raise v.fail(name, *_foreign(name, None, backend, set(known) | set(ARRAY_SECTIONS)))
         if not isinstance(body, dict):
             raise v.fail(name, "must be a table", f"write it as [{name}]")
         for key in body:
@@ -375,56 +383,14 @@ def _as_strs(value, key, dotted, v, base):
     return tuple(s.lower().lstrip(".") for s in value)
 
 
-def _catalog(raw: dict[str, Any], v: Validator) -> Catalog:
-    parts = {}
-    for section in CATALOG_SECTIONS:
-        body = raw.get(section, [])
-        if not isinstance(body, list):
-            raise v.fail(section, "must be an array of tables", f"write each entry as [[{section}]]")
-        parts[section] = tuple(_entry(item, f"{section}[{i}]", v) for i, item in enumerate(body))
-        seen: dict[str, int] = {}
-        for i, entry in enumerate(parts[section]):
-            first = seen.setdefault(entry.name.casefold(), i)
-            if first != i:
-                raise v.fail(f"{section}[{i}].name", f"{entry.name!r} repeats {section}[{first}] "
-                             f"{parts[section][first].name!r} (names are compared ignoring case)",
-                             "give every entry a unique name")
-    return Catalog(characters=parts["characters"], props=parts["props"])
-
-
-# Photo tools split hierarchical keywords at these: Lightroom, darktable and digiKam's
-# lr:hierarchicalSubject at '|', digiKam:TagsList at '/'. XMP has no escape for them.
-HIERARCHY_DELIMITERS = {"|": "Lightroom, darktable and digiKam", "/": "digiKam"}
-
-
-def _entry(item: Any, where: str, v: Validator) -> CatalogEntry:
-    if not isinstance(item, dict):
-        raise v.fail(where, "must be a table", "write it as [[characters]] with name and description")
-    unknown = set(item) - {"name", "description"}
-    if unknown:
-        raise v.fail(f"{where}.{sorted(unknown)[0]}", "is not a known key", "known: name, description")
-    name, description = item.get("name"), item.get("description", "")
-    if not isinstance(name, str) or not name.strip() or len(name.strip()) > 80:
-        raise v.fail(f"{where}.name", "must be a non-empty string of at most 80 characters", "name the entry")
-    _check_name(name.strip(), f"{where}.name", v)
-    if not isinstance(description, str) or len(description) > 500:
-        raise v.fail(f"{where}.description", "must be a string of at most 500 characters",
-                     "describe what it looks like")
-    return CatalogEntry(name=name.strip(), description=description.strip())
-
-
-def _check_name(name: str, where: str, v: Validator) -> None:
-    """Refuse what cannot survive as one keyword: hierarchy delimiters and control characters.
-
-    Quotes, backslashes, apostrophes and any script are fine: the grammar escapes them.
-    """
-    for ch, tools in HIERARCHY_DELIMITERS.items():
-        if ch in name:
-            raise v.fail(where, f"{name!r} contains '{ch}', which {tools} read as a keyword level separator "
-                         f"(one name would show as {name.count(ch) + 1} nested keywords)",
-                         f"rename it without '{ch}', e.g. {name.replace(ch, ' and ' if ch == '|' else '-')!r}")
-    bad = next((ch for ch in name if unicodedata.category(ch) in ("Cc", "Zl", "Zp")), None)
-    if bad is not None:
-        raise v.fail(where, f"{name!r} contains the control character U+{ord(bad):04X}",
-                     "write the name on one line without tabs or control characters")
-
+def _xmp(values: dict[str, Any], v: Validator) -> XmpSettings:
+    """The answers' branch is a keyword path: each level must survive as one keyword, like a name."""
+    branch = values["questions_branch"]
+    for level in (branch.split("|") if branch is not None else ()):
+        if not level.strip() or level != level.strip():
+            raise v.fail("xmp.questions_branch", f"{branch!r} has an empty or padded level",
+                         "write levels split by | without spaces around them, e.g. \"BBS|Questions\"")
+        if "/" in level:
+            raise v.fail("xmp.questions_branch", f"{branch!r} contains '/', which digiKam reads as a level separator",
+                         "split levels with | only")
+    return XmpSettings(**values)

@@ -77,8 +77,9 @@ def outcome_line(outcome) -> str:
     name = outcome.path.name
     if outcome.status.value in ("labeled", "skipped") and doc.get("labels"):
         lab = doc["labels"]
+        answers = "".join(f"  {k}={v}" for k, v in (lab.get("answers") or {}).items())
         return (f"{outcome.status.value:8} {name}  characters={','.join(lab['characters']) or '-'}"
-                f"  props={','.join(lab['props']) or '-'}  ({doc['timing_ms']['total']:.0f} ms)")
+                f"  props={','.join(lab['props']) or '-'}{answers}  ({doc['timing_ms']['total']:.0f} ms)")
     err = doc.get("error") or {}
     code = err.get("code") or outcome.detail
     message = err.get("message") or outcome.message

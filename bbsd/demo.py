@@ -97,7 +97,8 @@ def main(folder: Path) -> None:
     cfg = prepare(folder.resolve())
     settings = config_mod.load(cfg)
     logs.configure(settings.log.level, settings.log.format)
-    daemon = Daemon(settings, Pipeline(open_labeler(settings), settings, prompt.build(settings.catalog)))
+    pipeline = Pipeline(open_labeler(settings), settings, prompt.build(settings.catalog, settings.questions))
+    daemon = Daemon(settings, pipeline)
     thread = threading.Thread(target=daemon.run, name="bbsd-demo")
     thread.start()
     try:

@@ -16,6 +16,7 @@ from bbsd.config import XmpSettings
 from bbsd.labeler import ModelInfo
 from bbsd.labels import Labels
 from bbsd.prompt import Prompt
+from bbsd.questions import Question
 
 log = structlog.get_logger("bbsd.xmp")
 OUR_SUFFIXES = (".json", ".xmp")
@@ -30,7 +31,7 @@ def same_stem_photos(photo: Path) -> list[Path]:
 
 
 def write(photo: Path, sha256: str, labels: Labels, model: ModelInfo, prompt: Prompt,
-          settings: XmpSettings) -> None:
+          settings: XmpSettings, questions: tuple[Question, ...] = ()) -> None:
     """Write or merge the XMP sidecar; raises `SidecarWriteError` (from `atomic`) only when the disk refuses."""
     if settings.naming == "off":
         return
@@ -46,7 +47,7 @@ def write(photo: Path, sha256: str, labels: Labels, model: ModelInfo, prompt: Pr
         "version": __version__,
     }
     try:
-        xmp.write(target, xmp.proposal_for(labels, settings.root, provenance))
+        xmp.write(target, xmp.proposal_for(labels, settings.root, provenance, questions, settings.answers_branch()))
     except xmp.XmpUnreadableError as e:
         log.error("xmp.unreadable", path=str(photo), sidecar=str(target), reason=str(e),
                   hint="bbsd leaves this file alone; repair or remove it to get labels in your photo tool")

@@ -63,17 +63,26 @@ class FakeLabeler:
     def _default(image: Image.Image, prompt: Prompt) -> str:
         props = prompt.schema["properties"]
         first = [p.get("items", {}).get("enum", [])[:1] for p in (props["characters"], props["props"])]
-        return json.dumps({
+        reply = {
             "characters": first[0], "props": first[1],
             "caption": f"fake label of a {image.width}x{image.height} image",
             "scene": "test", "visible_text": [],
-        })
+        }
+        if "answers" in props:  # the first answer each question's schema admits
+            reply["answers"] = {k: _first_answer(a) for k, a in props["answers"]["properties"].items()}
+        return json.dumps(reply)
 
     def health(self) -> list[dict[str, Any]]:
         return []
 
     def close(self) -> None:
         pass
+
+
+def _first_answer(schema: dict[str, Any]) -> str | int:
+    if "enum" in schema:
+        return schema["enum"][0]
+    return schema["minimum"] if schema.get("type") == "integer" else "fake"
 
 
 def configure(raw: dict[str, Any], v: Validator, env: Mapping[str, str], engine) -> FakeSettings:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 
 from bbsd.catalog import Catalog
+from bbsd.questions import Question
 
 # A JSON string character, as llama.cpp's own JSON grammar writes it.
 CHAR = r'char ::= [^"\\] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F])'
@@ -57,9 +58,28 @@ def _names(names: tuple[str, ...]) -> str | None:
     return " | ".join(literal(json.dumps(n, ensure_ascii=False)) for n in names)
 
 
-def reply_grammar(catalog: Catalog, caption_max: int, scene_max: int, items_max: int, item_max: int) -> str:
-    """The reply object in the schema's field order: characters, props, caption, scene, visible_text."""
-    fields = ("characters", "props", "caption", "scene", "visible_text")
+def _answer(q: Question) -> str:
+    """One answer's value: only the declared yes/no or list answers, integers of the range, capped text."""
+    if q.kind == "integer":  # every number listed: the range is small (at most 101 values)
+        return "(" + " | ".join(f'"{n}"' for n in range(q.low, q.high + 1)) + ") space"
+    if q.kind == "text":
+        return f'"\\"" char{{0,{q.max_length}}} "\\"" space'
+    return "(" + " | ".join(literal(json.dumps(a, ensure_ascii=False)) for a in q.closed_answers() or ()) + ") space"
+
+
+def _answers(questions: tuple[Question, ...]) -> list[str]:
+    """The `answers` object: every question's key, in the configured order, each with its typed value."""
+    kvs = ' "," space '.join(f"answer-{i}-kv" for i in range(len(questions)))
+    rules = [f'answers ::= "{{" space {kvs} "}}" space']
+    for i, q in enumerate(questions):
+        rules += [f'answer-{i}-kv ::= {_key(q.key)} ":" space answer-{i}', f"answer-{i} ::= {_answer(q)}"]
+    return rules
+
+
+def reply_grammar(catalog: Catalog, caption_max: int, scene_max: int, items_max: int, item_max: int,
+                  questions: tuple[Question, ...] = ()) -> str:
+    """The reply object in the schema's field order: characters, props, caption, scene, visible_text[, answers]."""
+    fields = ("characters", "props", "caption", "scene", "visible_text", *(("answers",) if questions else ()))
     root = ' "," space '.join(f"{f.replace('_', '-')}-kv" for f in fields)
     rules = [
         f'root ::= "{{" space {root} "}}" space',
@@ -69,6 +89,7 @@ def reply_grammar(catalog: Catalog, caption_max: int, scene_max: int, items_max:
         _string("caption", caption_max),
         _string("scene", scene_max),
         *_array("visible-text", f'"\\"" char{{0,{item_max}}} "\\"" space', items_max),
+        *(_answers(questions) if questions else ()),
         CHAR,
         SPACE,
     ]

@@ -9,7 +9,8 @@ as usual (the grammar sampler stays the judge of every token, forced or sampled)
 
 Understood schema shapes (what `prompt.reply_schema` produces): objects with all properties
 required in a fixed order and no others; arrays with `maxItems` of enum strings or of strings;
-strings with `maxLength`; enums of strings without escapes.
+strings with `maxLength`; enums of strings without escapes; integers with `minimum` and `maximum`
+(the answers to integer questions).
 """
 
 from __future__ import annotations
@@ -85,6 +86,8 @@ class _Parser:
             return self._array(schema)
         if kind == "string":
             return self._string(schema.get("maxLength"))
+        if kind == "integer" and "minimum" in schema and "maximum" in schema:
+            return self._integer([str(n) for n in range(schema["minimum"], schema["maximum"] + 1)])
         raise _Mismatch
 
     def _object(self, schema: dict[str, Any]) -> None:
@@ -130,6 +133,23 @@ class _Parser:
                 self.i += 1
                 return
             self.i += 1
+
+    def _integer(self, numbers: list[str]) -> None:
+        """Digits of one of `numbers`; the rest is forced only when no other number fits (`1` of 0..12 is not)."""
+        self._space()
+        start = self.i
+        while self.i < len(self.text) and self.text[self.i].isdigit():
+            self.i += 1
+        typed = self.text[start:self.i]
+        left = [n for n in numbers if n.startswith(typed)]
+        if not left:
+            raise _Mismatch
+        if self.i >= len(self.text):
+            if typed in numbers and len(left) == 1:
+                return  # complete: what follows the number is forced too
+            raise _Forced(left[0][len(typed):] if len(left) == 1 else "")
+        if typed not in numbers:
+            raise _Mismatch
 
     def _string(self, max_len: int | None) -> None:
         self._lit('"')

@@ -1,8 +1,9 @@
 """Labels and the validation of a model's reply into them.
 
-Invariant: a `Labels` value only holds catalog names, without duplicates, and strings
-within the prompt's bounds. Grammars can be bypassed (a backend without one, a
-truncated reply), so every reply is parsed and checked here, whatever produced it.
+Invariant: a `Labels` value only holds catalog names, without duplicates, strings within
+the prompt's bounds, and one answer per configured question of its declared type (yes/no,
+a listed answer, an integer in range, capped text). Grammars can be bypassed (a backend
+without one, a truncated reply), so every reply is parsed and checked here, whatever produced it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from bbsd import prompt as prompt_mod
 from bbsd.catalog import Catalog
 from bbsd.errors import PhotoError
+from bbsd.questions import Question
 
 
 @dataclass(frozen=True)
@@ -24,15 +26,21 @@ class Labels:
     caption: str
     scene: str
     visible_text: tuple[str, ...]
+    answers: tuple[tuple[str, str | int], ...] = ()  # (question key, answer) in the configured order
 
     def to_json(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        """Without questions there is no `answers` key: such sidecars keep the shape they always had."""
+        doc = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items() if k != "answers"}
+        if self.answers:
+            doc["answers"] = dict(self.answers)
+        return doc
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> Labels:
         return cls(characters=tuple(doc.get("characters", ())), props=tuple(doc.get("props", ())),
                    caption=doc.get("caption", ""), scene=doc.get("scene", ""),
-                   visible_text=tuple(doc.get("visible_text", ())))
+                   visible_text=tuple(doc.get("visible_text", ())),
+                   answers=tuple(doc.get("answers", {}).items()))
 
 
 class InvalidReplyError(PhotoError):
@@ -41,7 +49,7 @@ class InvalidReplyError(PhotoError):
                          "retried once; if this persists, try another model or a larger max_output_tokens")
 
 
-def parse_reply(text: str, catalog: Catalog) -> Labels:
+def parse_reply(text: str, catalog: Catalog, questions: tuple[Question, ...] = ()) -> Labels:
     """Parse the raw reply text; raise `InvalidReplyError` naming the first problem."""
     try:
         # strict=False: llama.cpp's JSON grammar admits raw control characters inside strings;
@@ -57,7 +65,34 @@ def parse_reply(text: str, catalog: Catalog) -> Labels:
         caption=_text(data, "caption", prompt_mod.CAPTION_MAX),
         scene=_text(data, "scene", prompt_mod.SCENE_MAX),
         visible_text=_texts(data, "visible_text"),
+        answers=_answers(data, questions),
     )
+
+
+def _answers(data: dict[str, Any], questions: tuple[Question, ...]) -> tuple[tuple[str, str | int], ...]:
+    if not questions:
+        return ()
+    given = data.get("answers")
+    if not isinstance(given, dict):
+        raise InvalidReplyError("'answers' is missing or not an object")
+    unknown = [k for k in given if k not in {q.key for q in questions}]
+    if unknown:
+        raise InvalidReplyError(f"'answers' has {unknown[0]!r}, which is not a configured question")
+    return tuple((q.key, _answer(q, given.get(q.key))) for q in questions)
+
+
+def _answer(q: Question, value: Any) -> str | int:
+    """The answer if it is of the question's type, else `InvalidReplyError` naming the question."""
+    closed = q.closed_answers()
+    if closed is not None and value in closed:
+        return value
+    if q.kind == "integer" and isinstance(value, int) and not isinstance(value, bool) and q.low <= value <= q.high:
+        return value
+    if q.kind == "text" and isinstance(value, str):
+        return _clean(value, q.max_length)
+    want = {"yes_no": "yes or no", "choice": "one of its listed answers", "text": "a string",
+            "integer": f"a whole number from {q.low} to {q.high}"}[q.kind]
+    raise InvalidReplyError(f"answer {q.key!r} is {value!r}, not {want}")
 
 
 def _names(data: dict[str, Any], key: str, allowed: tuple[str, ...]) -> tuple[str, ...]:

@@ -68,11 +68,13 @@ class Pipeline:
         self._max_side = settings.engine.image_max_side
         self._pair_seconds = settings.watch.pair_seconds
         self._catalog = settings.catalog
+        self._questions = settings.questions
         self._xmp = settings.xmp
 
     def apply(self, settings: Settings) -> None:
-        """Take a new catalog and XMP settings (SIGHUP) without touching the model."""
-        self.prompt, self._catalog, self._xmp = prompt_mod.build(settings.catalog), settings.catalog, settings.xmp
+        """Take a new catalog, questions and XMP settings (SIGHUP) without touching the model."""
+        self.prompt = prompt_mod.build(settings.catalog, settings.questions)
+        self._catalog, self._questions, self._xmp = settings.catalog, settings.questions, settings.xmp
 
     @property
     def decoder(self) -> Decoder:
@@ -201,7 +203,7 @@ class Pipeline:
                 log.warning("photo.retry", reason=e.code, message=e.message)
                 continue
             try:
-                return labels.parse_reply(inference.text, self._catalog), inference
+                return labels.parse_reply(inference.text, self._catalog, self._questions), inference
             except labels.InvalidReplyError as e:
                 log.warning("reply.invalid", attempt=attempt, problem=e.message, reply=inference.text[:200])
                 if attempt == 1:
@@ -242,7 +244,8 @@ class Pipeline:
             return Outcome(record.photo, Status.KEPT, record.error["code"])
         try:
             if status is Status.LABELED:  # XMP first: the JSON is the "done" mark of a photo
-                editors.write(record.photo, record.sha256, record.labels, self.labeler.info, self.prompt, self._xmp)
+                editors.write(record.photo, record.sha256, record.labels, self.labeler.info, self.prompt,
+                              self._xmp, self._questions)
             atomic.write_bytes(target, sidecar.to_bytes(sidecar.keep_human_labels(doc, old)))
         except SidecarWriteError as e:
             log.error("sidecar.write_failed", path=str(record.photo), sidecar=str(target),
@@ -308,6 +311,7 @@ def _event_fields(record: sidecar.Record) -> dict[str, object]:
         "vram_mb": record.memory_mb["vram"],
         "characters": list(record.labels.characters) if record.labels else [],
         "props": list(record.labels.props) if record.labels else [],
+        **({"answers": dict(record.labels.answers)} if record.labels and record.labels.answers else {}),
         **({"pair_source": record.pair["source"]} if record.pair else {}),
         **({"served": record.served} if record.served else {}),
     }

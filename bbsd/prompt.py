@@ -1,8 +1,11 @@
-"""The prompt and the reply schema, built from the catalog.
+"""The prompt and the reply schema, built from the catalog and the show's questions.
 
-Invariant: the reply schema only admits catalog names for characters and props (enums),
-and so does the GBNF grammar written beside it (`grammar.py`), which the engine samples under. A change to
-the wording or the schema bumps PROMPT_VERSION, which relabels photos on purpose.
+Invariant: the reply schema only admits catalog names for characters and props (enums), and
+for each question only its type's answers; so does the GBNF grammar written beside it
+(`grammar.py`), which the engine samples under. A change to the wording or the schema bumps
+PROMPT_VERSION, which relabels photos on purpose; the catalog's and the questions' digests
+relabel when the configuration changes them. Without questions, prompt and schema are exactly
+those of bbsd.prompt/2, so adding the feature relabels nothing.
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from bbsd import grammar
+from bbsd import questions as questions_mod
 from bbsd.catalog import Catalog
+from bbsd.questions import Question
 
 PROMPT_VERSION = "bbsd.prompt/2"  # 2: an empty catalog list admits only []
 CAPTION_MAX = 200
@@ -31,21 +36,29 @@ class Prompt:
     schema: dict[str, Any]
     catalog_digest: str
     grammar: str  # GBNF for llama.cpp: the schema's language, with every name escaped by us
+    questions_digest: str = ""  # "" without [[questions]]: the identity of bbsd.prompt/2 stays unchanged
 
     def schema_json(self) -> str:
         # Insertion order is the order the grammar makes the model write the fields in.
         return json.dumps(self.schema)
 
 
-def build(catalog: Catalog) -> Prompt:
+def build(catalog: Catalog, questions: tuple[Question, ...] = ()) -> Prompt:
     return Prompt(
         version=PROMPT_VERSION,
-        system=_system_text(catalog),
+        system=_system_text(catalog) + _questions_text(questions),
         user="Label this photo from the show. Reply with the JSON object only.",
-        schema=reply_schema(catalog),
+        schema=reply_schema(catalog, questions),
         catalog_digest=catalog.digest(),
-        grammar=grammar.reply_grammar(catalog, CAPTION_MAX, SCENE_MAX, TEXT_ITEMS_MAX, TEXT_ITEM_MAX),
+        grammar=grammar.reply_grammar(catalog, CAPTION_MAX, SCENE_MAX, TEXT_ITEMS_MAX, TEXT_ITEM_MAX, questions),
+        questions_digest=questions_mod.digest(questions),
     )
+
+
+def _questions_text(questions: tuple[Question, ...]) -> str:
+    if not questions:
+        return ""
+    return "\n".join(["", "", "answers: answer each question about this photo.", *(q.instruction() for q in questions)])
 
 
 def _system_text(catalog: Catalog) -> str:
@@ -71,8 +84,30 @@ def _names(names: tuple[str, ...]) -> dict[str, Any]:
     return {"type": "array", "items": {"enum": list(names)}, "maxItems": len(names)}
 
 
-def reply_schema(catalog: Catalog) -> dict[str, Any]:
+def answer_schema(q: Question) -> dict[str, Any]:
+    """One question's answer, typed as declared (the grammar writes the same language)."""
+    if q.kind == "integer":
+        return {"type": "integer", "minimum": q.low, "maximum": q.high}
+    if q.kind == "text":
+        return {"type": "string", "maxLength": q.max_length}
+    return {"enum": list(q.closed_answers() or ())}
+
+
+def reply_schema(catalog: Catalog, questions: tuple[Question, ...] = ()) -> dict[str, Any]:
     """JSON Schema of the model's reply (backends without GBNF use it; the grammar says the same)."""
+    schema = _labels_schema(catalog)
+    if questions:  # after the labels: the model has described the photo before it answers about it
+        schema["properties"]["answers"] = {
+            "type": "object",
+            "properties": {q.key: answer_schema(q) for q in questions},
+            "required": [q.key for q in questions],
+            "additionalProperties": False,
+        }
+        schema["required"].append("answers")
+    return schema
+
+
+def _labels_schema(catalog: Catalog) -> dict[str, Any]:
     return {
         "type": "object",
         "properties": {

@@ -145,9 +145,12 @@ def read_strict(photo: Path) -> dict[str, Any] | None:
 
 
 def identity(model: ModelInfo, prompt: Prompt) -> dict[str, Any]:
-    """What makes labels current besides the photo itself: the model and the prompt."""
-    return {"model": {"backend": model.backend, "file": model.file, "mmproj": model.mmproj},
-            "prompt": {"version": prompt.version, "catalog_sha256": prompt.catalog_digest}}
+    """What makes labels current besides the photo itself: the model and the prompt (its version,
+    the catalog and the questions it asked)."""
+    made_with = {"version": prompt.version, "catalog_sha256": prompt.catalog_digest}
+    if prompt.questions_digest:  # only with [[questions]]: sidecars made without any stay current
+        made_with["questions_sha256"] = prompt.questions_digest
+    return {"model": {"backend": model.backend, "file": model.file, "mmproj": model.mmproj}, "prompt": made_with}
 
 
 def is_current(doc: dict[str, Any] | None, model: ModelInfo, prompt: Prompt, *,

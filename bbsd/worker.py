@@ -35,8 +35,8 @@ def warm_up(labeler, settings) -> None:
 
     t0 = time.perf_counter()
     try:
-        r = labeler.infer(Image.new("RGB", (64, 48), (128, 128, 128)), prompt.build(settings.catalog), attempt=0,
-                          cancelled=lambda: False)
+        image = Image.new("RGB", (64, 48), (128, 128, 128))
+        r = labeler.infer(image, prompt.build(settings.catalog, settings.questions), attempt=0, cancelled=lambda: False)
     except PhotoError as e:  # the service still starts; the first photo will say what is wrong
         log.warning("engine.warm_up_failed", code=e.code, message=e.message, hint=e.hint)
         return

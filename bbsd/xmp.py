@@ -20,6 +20,7 @@ from defusedxml import DefusedXmlException
 
 from bbsd import __version__, atomic
 from bbsd.merge import ListState, merge_list, merge_text
+from bbsd.questions import Question
 
 NS = {
     "x": "adobe:ns:meta/",
@@ -59,6 +60,7 @@ class Proposal:
     scene: str
     visible_text: tuple[str, ...]
     provenance: dict[str, str]
+    answers: tuple[tuple[str, str], ...] = ()  # (question key, answer as text): bbsd:answer_<key>
 
 
 class Document:
@@ -231,6 +233,8 @@ def _write_bbsd(doc: Document, proposal: Proposal, books: dict, written_caption:
     desc = doc.descriptions()[0]
     for key, value in {**proposal.provenance, "caption": proposal.caption, "scene": proposal.scene}.items():
         _child(desc, f"bbsd:{key}").text = value
+    for key, answer in proposal.answers:
+        _child(desc, f"bbsd:answer_{key}").text = answer
     if written_caption is not None:
         _child(desc, "bbsd:writtenCaption").text = written_caption
     for key, values in {"visibleText": proposal.visible_text, **books}.items():
@@ -263,14 +267,23 @@ def write(target: Path, proposal: Proposal, attempts: int = 3) -> None:
     raise XmpUnreadableError("the sidecar kept changing while bbsd merged it")
 
 
-def proposal_for(labels, root: str, provenance: dict[str, str]) -> Proposal:
-    """Keywords for the photo tools: flat names, `root|Characters|name` paths, `root/Characters/name` tags."""
-    branches = [("Characters", labels.characters), ("Props", labels.props)]
-    paths = [(branch, name) for branch, names in branches for name in names]
+def proposal_for(labels, root: str, provenance: dict[str, str], questions: tuple[Question, ...] = (),
+                 answers_branch: str = "") -> Proposal:
+    """Keywords for the photo tools: flat names, `root|Characters|name` paths, `root/Characters/name` tags.
+
+    Yes/no and closed-list answers are keywords too, written the same way under `answers_branch`
+    (`BBS|Act|Act 2`, flat `Act 2`), so they are filtered on and merged like a name; every answer
+    (integer and text too) also goes to `bbsd:answer_<key>`.
+    """
+    branches = [(f"{root}|Characters", labels.characters), (f"{root}|Props", labels.props)]
+    answers = dict(labels.answers)
+    branches += [(f"{answers_branch or root}|{q.label}", (answers[q.key],)) for q in questions
+                 if q.closed_answers() is not None and q.key in answers]
+    paths = [f"{branch}|{leaf}" for branch, leaves in branches for leaf in leaves]
     return Proposal(
-        keywords=(*labels.characters, *labels.props),
-        hierarchical=tuple(f"{root}|{b}|{n}" for b, n in paths),
-        tags=tuple(f"{root}/{b}/{n}" for b, n in paths),
+        keywords=tuple(dict.fromkeys(leaf for _, leaves in branches for leaf in leaves)),
+        hierarchical=tuple(paths),
+        tags=tuple(p.replace("|", "/") for p in paths),
         caption=labels.caption, scene=labels.scene, visible_text=labels.visible_text,
-        provenance=provenance,
+        provenance=provenance, answers=tuple((k, str(v)) for k, v in labels.answers),
     )
