@@ -88,6 +88,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "root": Key("str", "BBS", "root of the hierarchical keywords (BBS|Characters|Baba Yaga)"),
         "questions_branch": Key("str", None, "keyword branch of the answers to [[questions]], levels split by |; "
                                 "default: root (BBS|Act|Act 2)"),
+        "review_below": Key("float", 0.5, "mark a photo for review when a name's confidence is below this (or a "
+                            "name not chosen scored at least this); 0 = never", 0.0, 1.0),
+        "review_keyword": Key("str", "bbsd|needs review", "hierarchical keyword that marks a photo for review"),
     },
     "log": {
         "level": Key("choice", "info", "lowest level logged", choices=("debug", "info", "warning", "error")),
@@ -148,6 +151,8 @@ class XmpSettings:
     naming: str
     root: str
     questions_branch: str | None
+    review_below: float
+    review_keyword: str
 
     def answers_branch(self) -> str:
         """Where answer keywords go: `questions_branch`, else the root."""
@@ -384,13 +389,14 @@ def _as_strs(value, key, dotted, v, base):
 
 
 def _xmp(values: dict[str, Any], v: Validator) -> XmpSettings:
-    """The answers' branch is a keyword path: each level must survive as one keyword, like a name."""
-    branch = values["questions_branch"]
-    for level in (branch.split("|") if branch is not None else ()):
-        if not level.strip() or level != level.strip():
-            raise v.fail("xmp.questions_branch", f"{branch!r} has an empty or padded level",
-                         "write levels split by | without spaces around them, e.g. \"BBS|Questions\"")
-        if "/" in level:
-            raise v.fail("xmp.questions_branch", f"{branch!r} contains '/', which digiKam reads as a level separator",
-                         "split levels with | only")
+    """The answers' branch and the review keyword are keyword paths: each level must survive as one keyword."""
+    for key in ("questions_branch", "review_keyword"):
+        path = values[key]
+        for level in (path.split("|") if path is not None else ()):
+            if not level.strip() or level != level.strip():
+                raise v.fail(f"xmp.{key}", f"{path!r} has an empty or padded level",
+                             "write levels split by | without spaces around them, e.g. \"BBS|Questions\"")
+            if "/" in level:
+                raise v.fail(f"xmp.{key}", f"{path!r} contains '/', which digiKam reads as a level separator",
+                             "split levels with | only")
     return XmpSettings(**values)

@@ -31,7 +31,7 @@ def same_stem_photos(photo: Path) -> list[Path]:
 
 
 def write(photo: Path, sha256: str, labels: Labels, model: ModelInfo, prompt: Prompt,
-          settings: XmpSettings, questions: tuple[Question, ...] = ()) -> None:
+          settings: XmpSettings, questions: tuple[Question, ...] = (), review: bool = False) -> None:
     """Write or merge the XMP sidecar; raises `SidecarWriteError` (from `atomic`) only when the disk refuses."""
     if settings.naming == "off":
         return
@@ -47,7 +47,8 @@ def write(photo: Path, sha256: str, labels: Labels, model: ModelInfo, prompt: Pr
         "version": __version__,
     }
     try:
-        xmp.write(target, xmp.proposal_for(labels, settings.root, provenance, questions, settings.answers_branch()))
+        xmp.write(target, xmp.proposal_for(labels, settings.root, provenance, questions, settings.answers_branch(),
+                                           settings.review_keyword if review else None))
     except xmp.XmpUnreadableError as e:
         log.error("xmp.unreadable", path=str(photo), sidecar=str(target), reason=str(e),
                   hint="bbsd leaves this file alone; repair or remove it to get labels in your photo tool")

@@ -33,6 +33,9 @@ class Inference:
     # Who answered, for the sidecar and the log (a remote backend: endpoint, model, client
     # latency, the server's own timings). Never a secret.
     served: dict[str, Any] | None = None
+    # The sampled tokens of the names with their probabilities (`confidence.Step`), where the
+    # backend can see them; the pipeline turns them into each name's confidence.
+    steps: tuple = ()
 
 
 @dataclass(frozen=True)

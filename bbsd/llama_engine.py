@@ -21,6 +21,7 @@ import structlog
 from PIL import Image
 
 from bbsd import families, llama_log
+from bbsd.confidence import Step
 from bbsd.errors import AbandonedError, ModelError
 from bbsd.labeler import Inference, ModelInfo
 from bbsd.prompt import Prompt
@@ -35,6 +36,7 @@ FALLBACK_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 RETRY_TEMPERATURE = 0.7
+NAMES_END = b'"caption"'  # the key after the characters and props lists (prompt.reply_schema's order)
 
 
 def _check_file(path: Path | None, what: str) -> Path:
@@ -121,10 +123,12 @@ class LlamaLabeler:
             n_past, evaluated = self._evaluate(chunks.items)
         t1 = time.perf_counter()
         temperature = self._engine.temperature if attempt == 0 else RETRY_TEMPERATURE
-        text, n_out, n_sampled = self._generate(prompt, n_past, temperature, self._engine.seed + attempt, cancelled)
+        text, n_out, n_sampled, steps = self._generate(prompt, n_past, temperature, self._engine.seed + attempt,
+                                                       cancelled)
         t2 = time.perf_counter()
         return Inference(text=text, prompt_tokens=n_past, output_tokens=n_out, encode_ms=(t1 - t0) * 1000,
-                         generate_ms=(t2 - t1) * 1000, evaluated_tokens=evaluated, sampled_tokens=n_sampled)
+                         generate_ms=(t2 - t1) * 1000, evaluated_tokens=evaluated, sampled_tokens=n_sampled,
+                         steps=tuple(steps))
 
     def layout(self, prompt: Prompt, image: Image.Image) -> dict[str, int]:
         """Tokens of this prompt and image: the cacheable prefix, the image, the text after it."""
@@ -166,16 +170,17 @@ class LlamaLabeler:
         return n_past, evaluated
 
     def _generate(self, prompt: Prompt, n_past: int, temperature: float, seed: int,
-                  cancelled: Callable[[], bool]) -> tuple[str, int, int]:
+                  cancelled: Callable[[], bool]) -> tuple[str, int, int, list[Step]]:
         """Sample the reply; text the schema fixes is appended in one batch instead (jump-forward).
 
-        Returns (text, output tokens, of which sampled).
+        Returns (text, output tokens, of which sampled, the sampled tokens of the names with their
+        probabilities — `confidence.py` turns them into each name's confidence).
         """
         from bbsd.jump import Cursor
 
         sampler = self._ctx.sampler(self._grammar(prompt), temperature, seed)
         cursor = Cursor(prompt.schema) if self._engine.jump_forward else None
-        raw, n_out, n_sampled = bytearray(), 0, 0
+        raw, n_out, n_sampled, steps = bytearray(), 0, 0, []
         try:
             while n_out < self._engine.max_output_tokens:
                 if cancelled():
@@ -200,13 +205,22 @@ class LlamaLabeler:
                 token = self._ctx.sample(sampler)
                 if self._ctx.is_end(token):
                     break
+                piece = self._ctx.piece(token)
+                if NAMES_END not in raw:  # the names come first in the reply: only their choices are weighed
+                    steps.append(self._step(sampler, token, raw, piece))
                 sampler.sampled(token)
-                raw += self._ctx.piece(token)
+                raw += piece
                 n_out, n_sampled = n_out + 1, n_sampled + 1
                 n_past = self._ctx.eval_tokens([token], n_past)
         finally:
             sampler.close()
-        return raw.decode("utf-8", errors="replace"), n_out, n_sampled
+        return raw.decode("utf-8", errors="replace"), n_out, n_sampled, steps
+
+    def _step(self, sampler, token: int, raw: bytearray, piece: bytes) -> Step:
+        p, alt, alt_p = self._ctx.choice(sampler, token)
+        start = len(raw.decode("utf-8", "ignore"))
+        alt_text = self._ctx.piece(alt).decode("utf-8", "replace") if alt is not None else None
+        return Step(start, start + len(piece.decode("utf-8", "ignore")), p, alt_text, alt_p)
 
     def close(self) -> None:
         self._ctx.close()

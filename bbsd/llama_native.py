@@ -180,6 +180,16 @@ class Context:
         """Sample the next token from the last logits under the sampler's grammar (and accept it)."""
         return self._ll.llama_sampler_sample(sampler.chain, self.ctx, -1)
 
+    def choice(self, sampler: Sampler, token: int) -> tuple[float, int | None, float]:
+        """How the model weighed `token`, just sampled from the last logits: its probability among the
+        tokens the grammar allowed (temperature 1), and the most probable other allowed token with its
+        probability. Call before `sampler.sampled(token)`: the grammar must be where it was."""
+        import numpy as np
+
+        n_vocab = self._ll.llama_vocab_n_tokens(self.vocab)
+        logits = np.ctypeslib.as_array(self._ll.llama_get_logits_ith(self.ctx, -1), shape=(n_vocab,))
+        return sampler.choice(logits, token)
+
     def close(self) -> None:
         ll = self._ll
         if getattr(self, "_batch", None) is not None:
@@ -303,6 +313,34 @@ class Sampler:
             return True
         finally:
             ll.llama_sampler_free(probe)
+
+    # Only the strongest raw logits go through the grammar: applying it to a 150k vocabulary costs
+    # milliseconds, and the mass beyond the top 256 is negligible for a softmax over what is allowed.
+    CHOICE_TOP = 256
+
+    def choice(self, logits, token: int) -> tuple[float, int | None, float]:
+        """`token`'s probability among the allowed tokens of the top logits, and the best other allowed one."""
+        import numpy as np
+
+        ll = self._ll
+        k = min(self.CHOICE_TOP, len(logits))
+        ids = np.argpartition(logits, -k)[-k:] if k < len(logits) else np.arange(len(logits))
+        if token not in ids:
+            ids = np.append(ids, token)
+        data = (ll.llama_token_data * len(ids))()
+        for j, t in enumerate(ids.tolist()):
+            data[j].id, data[j].logit, data[j].p = t, float(logits[t]), 0.0
+        arr = ll.llama_token_data_array(data, len(ids), -1, False)
+        ll.llama_sampler_apply(self._judge, ctypes.byref(arr))  # masks what the grammar forbids now
+        allowed = [(d.id, d.logit) for d in data[:arr.size] if d.logit != float("-inf")]
+        if not allowed:
+            return 1.0, None, 0.0
+        top = max(lg for _, lg in allowed)
+        weights = {t: float(np.exp(lg - top)) for t, lg in allowed}
+        total = sum(weights.values())
+        others = [(w, t) for t, w in weights.items() if t != token]
+        best = max(others) if others else None
+        return (weights.get(token, 0.0) / total, best[1] if best else None, best[0] / total if best else 0.0)
 
     def force(self, tokens: list[int]) -> None:
         """Accept tokens that were appended without sampling (after `allows`)."""

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import structlog
 
-from bbsd import atomic, editors, imaging, labels, metrics, pairs, sidecar
+from bbsd import atomic, confidence, editors, imaging, labels, metrics, pairs, sidecar
 from bbsd import prompt as prompt_mod
 from bbsd.config import Settings
 from bbsd.decoder import Decoder, DecoderError
@@ -167,7 +167,7 @@ class Pipeline:
         record = sidecar.Record(
             photo=path, sha256=sha, width=decoded.width, height=decoded.height, labels=labels_,
             timing_ms=timing, tokens=_tokens(inference),
-            memory_mb=self._memory(inference), served=inference.served,
+            memory_mb=self._memory(inference), served=inference.served, confidence=self._confidence(inference),
         )
         return self._write(record, "photo.labeled", Status.LABELED)
 
@@ -210,6 +210,15 @@ class Pipeline:
                     raise
         raise AssertionError("unreachable")
 
+    def _confidence(self, inference: Inference) -> dict | None:
+        """Each name's confidence from the backend's token probabilities, and whether to ask a person."""
+        if not inference.steps:
+            return None
+        names = {"characters": self._catalog.character_names(), "props": self._catalog.prop_names()}
+        scores = confidence.score(inference.text, list(inference.steps), names)
+        threshold = self._xmp.review_below
+        return {**scores, "review_below": threshold, "needs_review": confidence.needs_review(scores, threshold)}
+
     def _memory(self, inference: Inference | None = None) -> dict[str, float | None]:
         """The engine's memory: the worker's figures when it runs apart, else this process's."""
         if inference is not None and inference.rss_mb is not None:
@@ -244,8 +253,9 @@ class Pipeline:
             return Outcome(record.photo, Status.KEPT, record.error["code"])
         try:
             if status is Status.LABELED:  # XMP first: the JSON is the "done" mark of a photo
+                review = bool(record.confidence and record.confidence["needs_review"])
                 editors.write(record.photo, record.sha256, record.labels, self.labeler.info, self.prompt,
-                              self._xmp, self._questions)
+                              self._xmp, self._questions, review)
             atomic.write_bytes(target, sidecar.to_bytes(sidecar.keep_human_labels(doc, old)))
         except SidecarWriteError as e:
             log.error("sidecar.write_failed", path=str(record.photo), sidecar=str(target),
@@ -314,4 +324,5 @@ def _event_fields(record: sidecar.Record) -> dict[str, object]:
         **({"answers": dict(record.labels.answers)} if record.labels and record.labels.answers else {}),
         **({"pair_source": record.pair["source"]} if record.pair else {}),
         **({"served": record.served} if record.served else {}),
+        **({"needs_review": record.confidence["needs_review"]} if record.confidence else {}),
     }

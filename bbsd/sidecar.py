@@ -41,6 +41,9 @@ class Record:
     error: dict[str, str] | None = None
     pair: dict[str, str] | None = None  # a RAW's labels came from its JPEG sibling
     served: dict[str, Any] | None = None  # which endpoint/model answered, when the backend says (remote servers)
+    # Per list, each name's confidence and runner-up and the strongest name not chosen (confidence.py),
+    # with `needs_review`; None when the backend cannot see token probabilities.
+    confidence: dict[str, Any] | None = None
 
 
 NAME_MAX = 255  # bytes in a file name on ext4, XFS, Btrfs, NTFS and exFAT
@@ -93,6 +96,8 @@ def render(record: Record, model: ModelInfo, prompt: Prompt) -> dict[str, Any]:
         doc["pair"] = record.pair
     if record.served:
         doc["served"] = record.served
+    if record.confidence:
+        doc["confidence"] = record.confidence
     if record.error:
         doc["error"] = record.error
     else:

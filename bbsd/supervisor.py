@@ -18,6 +18,7 @@ import structlog
 from PIL import Image
 
 from bbsd import child
+from bbsd.confidence import Step
 from bbsd.errors import AbandonedError, ModelError, PhotoError
 from bbsd.labeler import Inference, ModelInfo
 from bbsd.prompt import Prompt
@@ -106,7 +107,8 @@ class WorkerLabeler:
         return Inference(text=reply["text"], prompt_tokens=reply["prompt_tokens"],
                          output_tokens=reply["output_tokens"], encode_ms=reply["encode_ms"],
                          generate_ms=reply["generate_ms"], rss_mb=reply["rss_mb"], vram_mb=reply["vram_mb"],
-                         evaluated_tokens=reply.get("evaluated_tokens"), sampled_tokens=reply.get("sampled_tokens"))
+                         evaluated_tokens=reply.get("evaluated_tokens"), sampled_tokens=reply.get("sampled_tokens"),
+                         steps=tuple(Step.from_json(row) for row in reply.get("steps", ())))
 
     def _discard(self, reason: str) -> str:
         """Kill the current worker (the next request starts a new one); return how it ended."""

@@ -89,6 +89,7 @@ def _serve(labeler, inp: int, out: int, gpu: bool) -> int:
                        "output_tokens": r.output_tokens,
                        "evaluated_tokens": r.evaluated_tokens, "sampled_tokens": r.sampled_tokens,
                        "encode_ms": r.encode_ms, "generate_ms": r.generate_ms,
+                       "steps": [step.to_json() for step in r.steps],
                        "rss_mb": metrics.rss_mb(), "vram_mb": metrics.vram_mb(gpu)})
 
 

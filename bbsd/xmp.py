@@ -268,18 +268,23 @@ def write(target: Path, proposal: Proposal, attempts: int = 3) -> None:
 
 
 def proposal_for(labels, root: str, provenance: dict[str, str], questions: tuple[Question, ...] = (),
-                 answers_branch: str = "") -> Proposal:
+                 answers_branch: str = "", review: str | None = None) -> Proposal:
     """Keywords for the photo tools: flat names, `root|Characters|name` paths, `root/Characters/name` tags.
 
     Yes/no and closed-list answers are keywords too, written the same way under `answers_branch`
     (`BBS|Act|Act 2`, flat `Act 2`), so they are filtered on and merged like a name; every answer
-    (integer and text too) also goes to `bbsd:answer_<key>`.
+    (integer and text too) also goes to `bbsd:answer_<key>`. `review` is the keyword path that
+    marks a photo the model was unsure of (`bbsd|needs review`), written the same way, so every
+    tool can filter on it and a person who removes it after checking keeps it removed.
     """
     branches = [(f"{root}|Characters", labels.characters), (f"{root}|Props", labels.props)]
     answers = dict(labels.answers)
     branches += [(f"{answers_branch or root}|{q.label}", (answers[q.key],)) for q in questions
                  if q.closed_answers() is not None and q.key in answers]
-    paths = [f"{branch}|{leaf}" for branch, leaves in branches for leaf in leaves]
+    if review:
+        branch, _, leaf = review.rpartition("|")
+        branches.append((branch, (leaf,)) if branch else ("", (leaf,)))
+    paths = [f"{branch}|{leaf}" if branch else leaf for branch, leaves in branches for leaf in leaves]
     return Proposal(
         keywords=tuple(dict.fromkeys(leaf for _, leaves in branches for leaf in leaves)),
         hierarchical=tuple(paths),
