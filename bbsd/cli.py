@@ -276,11 +276,12 @@ def demo(
 
 @app.command("_worker", hidden=True)
 def _worker(config: Path = CONFIG, parent: int = typer.Option(..., "--parent"),
-            warm: bool = typer.Option(False, "--warm-up")) -> None:
-    """Internal: the engine worker process started by `bbsd run` (not for people)."""
+            warm: bool = typer.Option(False, "--warm-up"),
+            profile: Path = typer.Option(None, "--profile")) -> None:
+    """Internal: the engine worker process started by `bbsd run` and `bbsd eval` (not for people)."""
     from bbsd import worker
 
-    raise typer.Exit(worker.main(config, parent, warm))
+    raise typer.Exit(worker.main(config, parent, warm, profile))
 
 
 @app.command("_decoder", hidden=True)
