@@ -81,6 +81,8 @@ def test_eval_reports_the_known_figures_of_a_scripted_set(tmp_path):
     assert s["questions"]["outdoor"]["accuracy"] == pytest.approx(17 / 20)  # p10, p11, p14 wrong
     assert s["latency_ms"]["p50"] is not None and s["peak_rss_mb"] > 0 and s["load_ms"] > 0
     assert "Baba Yaga P=0.846 R=0.846 F1=0.846" in done.stdout
+    assert "confusions: Baba Yaga as Koschei ×2" in done.stdout
+    assert "question outdoor: accuracy 0.850 over 20 photos" in done.stdout
     assert not list((tmp_path / "set").glob("*.json")) and not list((tmp_path / "set").glob("*.xmp"))
 
 
@@ -156,3 +158,45 @@ def test_a_profile_may_not_change_the_catalog(tmp_path):
     bad.write_text('[[characters]]\nname = "Kot"\ndescription = "cat"\n')
     done = _eval(config, manifest, tmp_path / "out", "--profile", str(bad))
     assert done.returncode == 2 and "a profile may not set [characters]" in done.stderr
+
+
+def test_the_tiny_real_model_over_two_profiles_reports_latency_and_memory(tmp_path, tiny_models):
+    """Labels of random weights mean nothing; the plumbing is real: two model loads, two profiles."""
+    (tmp_path / "inbox").mkdir()
+    config = write_config(tmp_path, [tmp_path / "inbox"], tiny_models)
+    for i in range(2):
+        make_photo(tmp_path / "set" / f"p{i}.jpg", color=(90 * i, 60, 60))
+    manifest = tmp_path / "truth.jsonl"
+    manifest.write_text('{"file": "set/p0.jpg", "characters": ["Koschei"], "props": []}\n'
+                        '{"file": "set/p1.jpg", "characters": [], "props": ["lantern"]}\n')
+    (tmp_path / "small.toml").write_text("[engine]\nimage_max_side = 128\n")
+    (tmp_path / "one-thread.toml").write_text("[engine]\nthreads = 1\n")
+    done = _eval(config, manifest, tmp_path / "out", "--profile", str(tmp_path / "small.toml"),
+                 "--profile", str(tmp_path / "one-thread.toml"))
+    assert done.returncode == 0, done.stderr
+    doc = json.loads((tmp_path / "out" / "eval.json").read_text())
+    assert [p["profile"] for p in doc["profiles"]] == ["small", "one-thread"]
+    for p in doc["profiles"]:
+        assert p["photos"] == 2 and p["model"]["backend"] == "llama"
+        assert 0 < p["latency_ms"]["p50"] <= p["latency_ms"]["p95"]
+        assert p["peak_rss_mb"] > 0 and p["load_ms"] > 0 and p["throughput_per_min"] > 0
+    assert doc["machine"]
+    page = (tmp_path / "out" / "eval.html").read_text()
+    assert page.count("<svg") == 3 and "one-thread" in page and "small" in page
+
+
+def test_each_profile_reaches_the_engine_worker(tmp_path):
+    """The fake runs in the supervised worker, which reads the config itself: a profile's own
+    replies file must be what answers there, or profiles would all measure the same model."""
+    config, manifest = _set_up(tmp_path, SCRIPT[:5])  # p00-p04: everything right
+    silent = {f"p{i:02d}.jpg": {"characters": [], "props": [], "caption": "", "scene": "", "visible_text": [],
+                                "answers": {"outdoor": "no"}} for i in range(5)}
+    (tmp_path / "silent.json").write_text(json.dumps(silent))
+    (tmp_path / "silent.toml").write_text(f'[fake]\nreplies = "{tmp_path / "silent.json"}"\n')
+    (tmp_path / "as-is.toml").write_text("[engine]\nimage_max_side = 200\n")
+    done = _eval(config, manifest, tmp_path / "out", "--profile", str(tmp_path / "as-is.toml"),
+                 "--profile", str(tmp_path / "silent.toml"))
+    assert done.returncode == 0, done.stderr
+    as_is, quiet = json.loads((tmp_path / "out" / "eval.json").read_text())["profiles"]
+    assert as_is["micro"]["recall"] == 1.0 and as_is["questions"]["outdoor"]["accuracy"] == 1.0
+    assert quiet["micro"]["recall"] == 0.0 and quiet["questions"]["outdoor"]["accuracy"] == 0.0

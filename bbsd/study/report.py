@@ -40,6 +40,11 @@ def table(summaries: list[dict[str, Any]]) -> str:
             per = ", ".join(f"{n} P={_fmt(v['precision'])} R={_fmt(v['recall'])} F1={_fmt(v['f1'])}"
                             for n, v in s[kind]["labels"].items())
             lines.append(f"{s['profile']} {kind}: {per or '-'}")
+        mixed = ", ".join(f"{c['truth']} as {c['predicted']} ×{c['count']}"
+                          for kind in ("characters", "props") for c in s[kind]["confusions"][:3])
+        lines += [f"{s['profile']} confusions: {mixed}"] if mixed else []
+        lines += [f"{s['profile']} question {key}: accuracy {_fmt(q['accuracy'])} over {q['photos']} photos"
+                  for key, q in s["questions"].items()]
     return "\n".join(lines)
 
 
