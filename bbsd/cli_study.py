@@ -50,7 +50,7 @@ def eval_command(
     summaries = []
     with console.Progress(len(truths) * len(chosen)) as advance:
         for p in chosen:
-            results = runs.Results(out, p.name)
+            results = runs.Results(out, p)
             runs.run(p, truths, results, advance)
             summaries.append(summary.summarise(p.name, truths, results.photos(), results.loads(),
                                                settings.questions))

@@ -114,6 +114,15 @@ def test_an_interrupted_run_resumes_without_relabelling_what_is_done(tmp_path):
     assert sum(1 for line in results.read_text().splitlines() if line.startswith("{\"file\"")) == 8 + 12
 
 
+def test_a_rerun_with_changed_settings_is_refused_not_mixed(tmp_path):
+    config, manifest = _set_up(tmp_path, SCRIPT[:2])
+    assert _eval(config, manifest, tmp_path / "out").returncode == 0
+    config.write_text(config.read_text().replace("image_max_side = 256", "image_max_side = 300"))
+    done = _eval(config, manifest, tmp_path / "out")
+    assert done.returncode == 2
+    assert "holds results made with other settings than profile 'config' has now" in done.stderr
+
+
 def test_a_bad_manifest_line_is_one_line_naming_file_and_line(tmp_path):
     config, manifest = _set_up(tmp_path, SCRIPT[:3])
     lines = manifest.read_text().splitlines()

@@ -19,9 +19,9 @@ from typing import Any
 import structlog
 
 from bbsd import config as config_mod
-from bbsd import metrics, prompt
+from bbsd import metrics, prompt, sidecar
 from bbsd.config import Settings
-from bbsd.errors import ConfigError, PhotoError
+from bbsd.errors import BbsdError, ConfigError, PhotoError
 from bbsd.study.truth import Truth
 
 log = structlog.get_logger("bbsd.eval")
@@ -48,13 +48,26 @@ def profiles(config: Path, files: list[Path]) -> list[Profile]:
 
 
 class Results:
-    """`OUT/<profile>/photos.jsonl` (one result per photo) and `loads.jsonl` (one line per model load)."""
+    """`OUT/<profile>/photos.jsonl` (one result per photo) and `loads.jsonl` (one line per model load).
 
-    def __init__(self, out: Path, profile: str) -> None:
-        self.folder = out / profile
+    `settings.json` records what made them: a rerun with other settings under the same profile
+    name would mix two models' answers, so it is refused instead of resumed.
+    """
+
+    def __init__(self, out: Path, profile: Profile) -> None:
+        self.folder = out / profile.name
         self.folder.mkdir(parents=True, exist_ok=True)
+        self._claim(fingerprint(profile.settings))
         for name in ("photos.jsonl", "loads.jsonl"):
             _drop_cut_line(self.folder / name)
+
+    def _claim(self, made_with: dict[str, Any]) -> None:
+        marker = self.folder / "settings.json"
+        if marker.exists() and json.loads(marker.read_text(encoding="utf-8")) != made_with:
+            raise ResultsMismatchError(f"{self.folder} holds results made with other settings than profile "
+                                       f"{self.folder.name!r} has now",
+                                       "remove that folder to start over, or pass another --out")
+        marker.write_text(json.dumps(made_with, sort_keys=True), encoding="utf-8")
 
     def photos(self) -> dict[str, dict[str, Any]]:
         return {r["file"]: r for r in _lines(self.folder / "photos.jsonl")}
@@ -67,6 +80,18 @@ class Results:
 
     def add_load(self, record: dict[str, Any]) -> None:
         _append(self.folder / "loads.jsonl", record)
+
+
+class ResultsMismatchError(BbsdError):
+    """Stored results were made with other settings than the profile now has."""
+
+
+def fingerprint(settings: Settings) -> dict[str, Any]:
+    """What decides a profile's answers: model files, prompt, engine and backend settings."""
+    from bbsd.engines import model_info
+
+    made_with = sidecar.identity(model_info(settings), prompt.build(settings.catalog, settings.questions))
+    return {**made_with, "engine": repr(settings.engine), "backend": repr(settings.backend)}
 
 
 def _lines(path: Path) -> list[dict[str, Any]]:
