@@ -1,4 +1,4 @@
-"""Command line: `bbsd run | label | check | demo`.
+"""Command line: `bbsd run | label | check | report | eval | truth | demo`.
 
 Invariant: this is the one error boundary. Lower layers raise `BbsdError` with a hint;
 `main` prints it as one line on stderr and exits with its code. Unknown exceptions print
@@ -260,8 +260,11 @@ def service_uninstall(
 
 
 from bbsd.cli_models import models_app  # noqa: E402  (registered after the commands above)
+from bbsd.cli_study import eval_command, truth_app  # noqa: E402
 
 app.add_typer(models_app, name="models")
+app.add_typer(truth_app, name="truth")
+app.command("eval")(eval_command)
 
 
 @app.command()
@@ -276,11 +279,12 @@ def demo(
 
 @app.command("_worker", hidden=True)
 def _worker(config: Path = CONFIG, parent: int = typer.Option(..., "--parent"),
-            warm: bool = typer.Option(False, "--warm-up")) -> None:
-    """Internal: the engine worker process started by `bbsd run` (not for people)."""
+            warm: bool = typer.Option(False, "--warm-up"),
+            profile: Path = typer.Option(None, "--profile")) -> None:
+    """Internal: the engine worker process started by `bbsd run` and `bbsd eval` (not for people)."""
     from bbsd import worker
 
-    raise typer.Exit(worker.main(config, parent, warm))
+    raise typer.Exit(worker.main(config, parent, warm, profile))
 
 
 @app.command("_decoder", hidden=True)

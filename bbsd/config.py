@@ -9,6 +9,7 @@ tables and validates them into `Settings.backend`, which nothing else reads.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import tomllib
@@ -180,12 +181,38 @@ class Settings:
     catalog: Catalog
     questions: tuple[questions.Question, ...]
     backend: Any  # the configured backend's own frozen settings; only that backend reads them
+    profile: Path | None = None  # a `bbsd eval` profile laid over `source` (`load_profile`)
 
 
 def load(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
     """Read, merge environment overrides, validate; raise `ConfigError` on the first problem."""
     path = Path(path)
-    raw = _read_toml(path)
+    return from_raw(read_toml(path), path, environ)
+
+
+# What an eval profile may not change: what is asked, how photos are read and where outputs go,
+# so every profile answers the same questions about the same pixels.
+NOT_IN_PROFILES = ("watch", "decode", "service", "xmp", "log", "characters", "props", "questions")
+
+
+def load_profile(path: Path, profile: Path, environ: Mapping[str, str] | None = None) -> Settings:
+    """The config `path` with the tables of the TOML file `profile` laid over it, key by key.
+
+    Paths in the profile resolve against the main config's folder. The engine worker is given both
+    files (`Settings.profile`), so it loads exactly what this process validated.
+    """
+    raw, over = read_toml(Path(path)), read_toml(Path(profile))
+    for name, body in over.items():
+        if name in NOT_IN_PROFILES:
+            raise ConfigError(f"{profile}: a profile may not set [{name}]", "a profile changes the model or "
+                              "engine; keep the catalog, questions and folders in the main config")
+        base = raw.get(name)
+        raw[name] = {**base, **body} if isinstance(base, dict) and isinstance(body, dict) else body
+    return dataclasses.replace(from_raw(raw, Path(path), environ), profile=Path(profile).resolve())
+
+
+def from_raw(raw: dict[str, Any], path: Path, environ: Mapping[str, str] | None = None) -> Settings:
+    """Validate an already-read TOML document as if it were the file `path` (eval profiles merge first)."""
     if isinstance(raw.get("model"), str):  # `model = "NAME"`: the short form of [model] name
         raw["model"] = {"name": raw["model"]}
     env = os.environ if environ is None else environ
@@ -231,7 +258,7 @@ def _legacy_backend_key(raw: dict[str, Any], v: Validator) -> None:
                      "keep only `backend = ...` under [engine]")
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def read_toml(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as f:
             return tomllib.load(f)

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from PIL import Image
@@ -24,6 +25,8 @@ from bbsd.prompt import Prompt
 TABLES = {"fake": {
     "concurrency": Key("int", 1, "photos in flight at once (tests of the daemon's worker threads)", 1, 64),
     "delay_ms": Key("int", 0, "time each reply takes", 0, 600_000),
+    "replies": Key("path", None, "JSON file mapping a photo's file name to the reply object to give for it "
+                   "(`bbsd eval` tests with answers known in advance)"),
 }}
 
 
@@ -31,22 +34,26 @@ TABLES = {"fake": {
 class FakeSettings:
     concurrency: int
     delay_ms: int
+    replies: Path | None
 
 
 class FakeLabeler:
     """Replies with the first catalog names and a caption naming the image size.
 
     `replies` scripts raw reply texts in order (then falls back to the default),
-    which lets tests feed invalid replies through the real validation path.
+    which lets tests feed invalid replies through the real validation path. `by_name` scripts a
+    reply per photo file name (as the pipeline names the image), whatever order photos come in.
     """
 
     gpu = False
 
-    def __init__(self, replies: Iterable[str] = (), delay_s: float = 0.0, concurrency: int = 1) -> None:
+    def __init__(self, replies: Iterable[str] = (), delay_s: float = 0.0, concurrency: int = 1,
+                 by_name: Mapping[str, Any] | None = None) -> None:
         self.info = ModelInfo(backend="fake", file="fake", mmproj=None)
         self.concurrency = concurrency
         self._replies = list(replies)
         self._delay_s = delay_s
+        self._by_name = dict(by_name or {})
         self._lock = threading.Lock()
         self.calls = 0
 
@@ -56,6 +63,9 @@ class FakeLabeler:
             self.calls += 1
             scripted = self._replies.pop(0) if self._replies else None
         time.sleep(self._delay_s)
+        named = self._by_name.get(image.info.get("bbsd_name", ""))
+        if scripted is None and named is not None:
+            scripted = named if isinstance(named, str) else json.dumps(named)
         text = scripted if scripted is not None else self._default(image, prompt)
         return Inference(text=text, prompt_tokens=0, output_tokens=len(text), encode_ms=0.0, generate_ms=0.0)
 
@@ -91,7 +101,8 @@ def configure(raw: dict[str, Any], v: Validator, env: Mapping[str, str], engine)
 
 def open_labeler(settings) -> FakeLabeler:
     s: FakeSettings = settings.backend
-    return FakeLabeler(delay_s=s.delay_ms / 1000, concurrency=s.concurrency)
+    by_name = json.loads(s.replies.read_text(encoding="utf-8")) if s.replies else None
+    return FakeLabeler(delay_s=s.delay_ms / 1000, concurrency=s.concurrency, by_name=by_name)
 
 
 BACKEND = Backend(name="fake", tables=TABLES, configure=configure, open=open_labeler, isolate=True)

@@ -171,6 +171,16 @@ class Pipeline:
         )
         return self._write(record, "photo.labeled", Status.LABELED)
 
+    def label(self, path: Path, cancelled: Callable[[], bool] = lambda: False) -> tuple[labels.Labels, Inference]:
+        """Decode and label one photo the way `process` does, but write nothing.
+
+        `bbsd eval` measures the production path on a truth set without a sidecar beside the
+        user's photos. Raises `PhotoError` (including `InvalidReplyError`) like `process` records.
+        """
+        decoded = self.decoder.decode(path, self._max_side, cancelled)
+        decoded.image.info["bbsd_name"] = path.name
+        return self._label(decoded.image, cancelled)
+
     def _from_partner(self, raw: Path, sha: str, timing: dict, may_wait: bool) -> Outcome | None:
         """A RAW file takes its JPEG sibling's labels; None means: label it from its own pixels."""
         mate = pairs.partner(raw, self._pair_seconds)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import structlog
 from PIL import Image
@@ -38,9 +39,10 @@ class EngineTimeoutError(PhotoError):
                          "the worker was restarted; raise [worker] timeout_seconds for very slow machines")
 
 
-def worker_argv(config_path: str, warm_up: bool = False) -> list[str]:
-    """The command that starts an engine worker."""
-    return child.argv("_worker", config_path) + (["--warm-up"] if warm_up else [])
+def worker_argv(config_path: str, warm_up: bool = False, profile: Path | None = None) -> list[str]:
+    """The command that starts an engine worker (with the eval profile, if any, laid over the config)."""
+    return (child.argv("_worker", config_path) + (["--warm-up"] if warm_up else [])
+            + (["--profile", str(profile)] if profile else []))
 
 
 class _Worker(child.Child):
@@ -67,7 +69,7 @@ class WorkerLabeler:
 
     def __init__(self, settings, warm_up: bool = False) -> None:
         self._settings = settings
-        self._argv = worker_argv(str(settings.source), warm_up)  # a restarted worker warms up too
+        self._argv = worker_argv(str(settings.source), warm_up, settings.profile)  # a restarted worker warms up too
         self._worker: _Worker | None = None
         hello = self._ensure().hello  # load at start: a bad model fails `run` and `check` at once
         self.info = ModelInfo(*hello["info"])  # what the backend itself says, not a guess from settings

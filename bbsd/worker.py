@@ -44,13 +44,13 @@ def warm_up(labeler, settings) -> None:
              evaluated_tokens=r.evaluated_tokens)
 
 
-def main(config_path: Path, parent: int, warm: bool = False) -> int:
+def main(config_path: Path, parent: int, warm: bool = False, profile: Path | None = None) -> int:
     from bbsd import config, logs
     from bbsd.engines import open_in_process
 
     child.die_with_parent(parent)
     inp, out = child.message_pipes()
-    settings = config.load(config_path)
+    settings = config.load_profile(config_path, profile) if profile else config.load(config_path)
     logs.configure(settings.log.level, settings.log.format)
     structlog.contextvars.bind_contextvars(worker_pid=os.getpid())
     try:
@@ -79,6 +79,7 @@ def _serve(labeler, inp: int, out: int, gpu: bool) -> int:
             return 0
         _test_hooks(request["name"])
         image = Image.frombytes("RGB", (request["width"], request["height"]), pixels)
+        image.info["bbsd_name"] = request["name"]  # as in the parent: backends may name the photo in logs
         prompt = Prompt(**request["prompt"])
         try:
             r = labeler.infer(image, prompt, attempt=request["attempt"], cancelled=lambda: False)

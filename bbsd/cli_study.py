@@ -1,0 +1,59 @@
+"""`bbsd truth export` and `bbsd eval`: the model study's commands (the work lives in `bbsd.study`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from bbsd import console
+
+truth_app = typer.Typer(help="Ground truth for `bbsd eval`: build a manifest from reviewed sidecars.",
+                        no_args_is_help=True)
+
+CONFIG = typer.Option(Path("config.toml"), "--config", "-c", envvar="BBSD_CONFIG", show_default=True,
+                      help="Configuration file (TOML). Also $BBSD_CONFIG.")
+
+
+@truth_app.command("export")
+def truth_export(
+    config: Path = CONFIG,
+    out: Path = typer.Option(Path("truth.jsonl"), "--out", "-o", help="The manifest (JSONL) to write."),
+) -> None:
+    """Write a truth manifest of every photo whose labels a person confirmed or corrected."""
+    from bbsd import config as config_mod
+    from bbsd.study import truth
+
+    settings = config_mod.load(config)
+    count = truth.export(settings, out)
+    typer.echo(f"truth: {count} reviewed photos in {out.resolve()}")
+
+
+def eval_command(
+    config: Path = CONFIG,
+    truth_file: Path = typer.Option(..., "--truth", help="The truth manifest (JSONL, see docs/eval.md)."),
+    profile: list[Path] = typer.Option(None, "--profile", help="A TOML overlay of [model]/[engine]/backend keys; "
+                                       "repeat to compare. Default: the config as it is."),
+    out: Path = typer.Option(Path("bbsd-eval"), "--out", "-o", help="Folder for results and reports; "
+                             "a run into the same folder resumes."),
+) -> None:
+    """Label a truth set with each profile and report accuracy, speed and memory (table, JSON, HTML)."""
+    from bbsd import config as config_mod
+    from bbsd import logs, report
+    from bbsd.study import report as eval_report
+    from bbsd.study import runs, summary, truth
+
+    settings = config_mod.load(config)
+    logs.configure(settings.log.level, settings.log.format)
+    chosen = runs.profiles(config, list(profile or []))
+    truths = truth.read(truth_file, settings)
+    summaries = []
+    with console.Progress(len(truths) * len(chosen)) as advance:
+        for p in chosen:
+            results = runs.Results(out, p)
+            runs.run(p, truths, results, advance)
+            summaries.append(summary.summarise(p.name, truths, results.photos(), results.loads(),
+                                               settings.questions))
+    json_path, html_path = eval_report.write(out, summaries, report.machine())
+    typer.echo(eval_report.table(summaries))
+    typer.echo(f"eval: {json_path.resolve()} and {html_path.resolve()}")

@@ -1,0 +1,91 @@
+"""`bbsd eval`'s outputs: a terminal table, `eval.json` and `eval.html` with inline SVG plots.
+
+Invariant: all three are rendered from the same summaries; the HTML carries its data as JSON
+too, so a plot can always be checked against the numbers.
+"""
+
+from __future__ import annotations
+
+import json
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from bbsd import atomic, svg
+
+COLUMNS = ("profile", "photos", "failed", "micro F1", "macro F1 ch", "macro F1 pr", "exact", "halluc.",
+           "p50 ms", "p95 ms", "photos/min", "peak RSS MB", "load ms")
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def row(s: dict[str, Any]) -> list[str]:
+    return [s["profile"], str(s["photos"]), str(s["failed"]), _fmt(s["micro"]["f1"]),
+            _fmt(s["characters"]["macro"]["f1"]), _fmt(s["props"]["macro"]["f1"]), _fmt(s["exact"]),
+            _fmt(s["hallucination_rate"]), _fmt(s["latency_ms"]["p50"], 1), _fmt(s["latency_ms"]["p95"], 1),
+            _fmt(s["throughput_per_min"], 1), _fmt(s["peak_rss_mb"], 1), _fmt(s["load_ms"], 1)]
+
+
+def table(summaries: list[dict[str, Any]]) -> str:
+    """The summary as aligned text columns, one line per profile, then per-label F1 per profile."""
+    rows = [list(COLUMNS)] + [row(s) for s in summaries]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    for s in summaries:
+        for kind in ("characters", "props"):
+            per = ", ".join(f"{n} P={_fmt(v['precision'])} R={_fmt(v['recall'])} F1={_fmt(v['f1'])}"
+                            for n, v in s[kind]["labels"].items())
+            lines.append(f"{s['profile']} {kind}: {per or '-'}")
+        mixed = ", ".join(f"{c['truth']} as {c['predicted']} ×{c['count']}"
+                          for kind in ("characters", "props") for c in s[kind]["confusions"][:3])
+        lines += [f"{s['profile']} confusions: {mixed}"] if mixed else []
+        lines += [f"{s['profile']} question {key}: accuracy {_fmt(q['accuracy'])} over {q['photos']} photos"
+                  for key, q in s["questions"].items()]
+    return "\n".join(lines)
+
+
+def plots(summaries: list[dict[str, Any]]) -> list[str]:
+    points = [(s["latency_ms"]["p50"], s["micro"]["f1"]) for s in summaries
+              if s["latency_ms"]["p50"] is not None and s["micro"]["f1"] is not None]
+    names = ", ".join(s["profile"] for s in summaries)
+    out = [svg.scatter(points, f"Micro F1 vs latency p50, per profile ({names})", ("faster", "slower"), "F1")]
+    for s in summaries:
+        labels = {f"{kind[:2]}:{n}": v["f1"] or 0.0 for kind in ("characters", "props")
+                  for n, v in s[kind]["labels"].items()}
+        first, last = (next(iter(labels)), list(labels)[-1]) if labels else ("", "")
+        out.append(svg.bars(list(labels.values()), f"Per-label F1 — {s['profile']}", (first, last), "F1"))
+    return out
+
+
+def html(summaries: list[dict[str, Any]], machine: str) -> str:
+    data = json.dumps(summaries).replace("</", "<\\/")  # a name cannot close the script element
+    head = "".join(f"<th>{escape(c)}</th>" for c in COLUMNS)
+    body = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row(s)) + "</tr>" for s in summaries)
+    labels = "".join(
+        f"<tr><td>{escape(s['profile'])}</td><td>{kind}</td><td>{escape(n)}</td><td>{_fmt(v['precision'])}</td>"
+        f"<td>{_fmt(v['recall'])}</td><td>{_fmt(v['f1'])}</td><td>{v['tp']}/{v['fp']}/{v['fn']}</td></tr>"
+        for s in summaries for kind in ("characters", "props") for n, v in s[kind]["labels"].items())
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>bbsd eval</title>"
+        "<style>body{font-family:sans-serif;margin:2em;max-width:1000px}td,th{text-align:left;padding-right:1em}"
+        "svg{display:block;margin:1.5em 0;border:1px solid #ddd}</style></head><body>"
+        f"<h1>bbsd eval</h1><p id='machine'>{escape(machine)}</p>"
+        f"<table id='profiles'><tr>{head}</tr>{body}</table>{''.join(plots(summaries))}"
+        "<h2>Per label</h2><table id='labels'><tr><th>profile</th><th>kind</th><th>name</th><th>precision</th>"
+        f"<th>recall</th><th>F1</th><th>tp/fp/fn</th></tr>{labels}</table>"
+        f"<script type='application/json' id='data'>{data}</script>"
+        "</body></html>"
+    )
+
+
+def write(out: Path, summaries: list[dict[str, Any]], machine: str) -> tuple[Path, Path]:
+    """`eval.json` and `eval.html` in `out`, each written whole or not at all."""
+    doc = {"machine": machine, "profiles": summaries}
+    json_path, html_path = out / "eval.json", out / "eval.html"
+    atomic.write_bytes(json_path, (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode(), durable=False)
+    atomic.write_bytes(html_path, html(summaries, machine).encode(), durable=False)
+    return json_path, html_path

@@ -1,0 +1,62 @@
+"""A profile's results against the truth: accuracy, speed and memory as one JSON-ready dict.
+
+Invariant: only results for photos in the truth set count, each once; figures come from
+`scores` (accuracy) and `state.percentile` (latency), so the report and the daemon agree on them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bbsd.questions import Question
+from bbsd.state import percentile
+from bbsd.study import scores
+from bbsd.study.truth import Truth
+
+KINDS = ("characters", "props")
+
+
+def summarise(name: str, truths: list[Truth], photos: dict[str, dict[str, Any]], loads: list[dict[str, Any]],
+              questions: tuple[Question, ...]) -> dict[str, Any]:
+    rows = [(t, photos[str(t.file)]) for t in truths if str(t.file) in photos]
+    samples = {k: [_sample(t, r, k) for t, r in rows] for k in KINDS}
+    kinds = {k: scores.kind_summary(samples[k]) for k in KINDS}
+    per_photo = list(zip(samples["characters"], samples["props"], strict=True))
+    ms = [r["ms"] for _, r in rows]
+    return {
+        "profile": name,
+        "model": loads[-1] if loads else None,
+        "photos": len(rows), "failed": sum(bool(r["error"]) for _, r in rows),
+        **kinds,
+        "micro": scores.kind_summary([s for k in KINDS for s in samples[k]])["micro"],
+        "exact": scores.ratio(sum(c.truth == c.predicted and p.truth == p.predicted for c, p in per_photo),
+                              len(per_photo)),
+        "hallucination_rate": scores.hallucination_rate(per_photo),
+        "questions": _questions(rows, questions),
+        "latency_ms": {"p50": percentile(ms, 0.5), "p95": percentile(ms, 0.95)},
+        "throughput_per_min": round(60_000 * len(ms) / sum(ms), 2) if ms and sum(ms) else None,
+        "peak_rss_mb": _peak(r.get("rss_mb") for _, r in rows),
+        "peak_vram_mb": _peak(r.get("vram_mb") for _, r in rows),
+        "load_ms": loads[0]["load_ms"] if loads else None,  # the first load: a resumed run's reloads are warmer
+    }
+
+
+def _sample(truth: Truth, result: dict[str, Any], kind: str) -> scores.Sample:
+    return scores.Sample(getattr(truth, kind), frozenset(result[kind]), bool(result["error"]))
+
+
+def _questions(rows, questions: tuple[Question, ...]) -> dict[str, Any]:
+    """Accuracy of every closed question over the photos whose truth answers it."""
+    out = {}
+    for q in questions:
+        if q.closed_answers() is None:
+            continue
+        pairs = [(dict(t.answers)[q.key], r["answers"].get(q.key)) for t, r in rows if q.key in dict(t.answers)]
+        if pairs:
+            out[q.key] = scores.question_accuracy(pairs)
+    return out
+
+
+def _peak(values) -> float | None:
+    known = [v for v in values if v is not None]
+    return round(max(known), 1) if known else None

@@ -1,0 +1,211 @@
+"""`bbsd truth export` and `bbsd eval`, end to end through the CLI and the fake backend's worker.
+
+The fake backend answers each photo from a script keyed by file name, so every precision,
+recall and F1 below is known in advance and written out by hand, not computed by bbsd.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bbsd import sidecar
+from tests.conftest import make_photo, run_bbsd, write_config
+
+BY, K, L = "Baba Yaga", "Koschei", "lantern"
+QUESTION = '[[questions]]\nkey = "outdoor"\nquestion = "Is it outdoors?"\ntype = "yes_no"\n'
+
+# (truth characters, predicted characters, truth props, predicted props, truth answer, predicted answer)
+# None as the prediction: the model's reply is invalid (no "answers"), so the photo fails.
+SCRIPT = (
+    [({BY}, {BY}, {L}, {L}, "yes", "yes")] * 5            # p00-p04
+    + [({BY}, {BY}, {L}, set(), "yes", "yes")] * 2        # p05-p06: lantern missed
+    + [({BY}, {BY}, set(), {L}, "yes", "yes")]            # p07: lantern invented
+    + [({BY}, {K}, set(), set(), "yes", "yes")] * 2       # p08-p09: Baba Yaga taken for Koschei
+    + [({K}, {K}, set(), set(), "no", "yes")] * 2         # p10-p11: question wrong
+    + [({K}, {K}, set(), set(), "no", "no")] * 2          # p12-p13
+    + [({K}, None, set(), None, "no", None)]              # p14: invalid reply, predicts nothing
+    + [(set(), {BY}, set(), set(), "no", "no")] * 2       # p15-p16: Baba Yaga invented
+    + [({BY, K}, {BY, K}, set(), set(), "no", "no")] * 3  # p17-p19
+)
+
+
+def _set_up(tmp_path: Path, script=SCRIPT) -> tuple[Path, Path]:
+    """Photos, the fake's per-photo replies, a config selecting them, and the truth manifest."""
+    photos, replies, lines = tmp_path / "set", {}, []
+    for i, (tc, pc, tp, pp, ta, pa) in enumerate(script):
+        name = f"p{i:02d}.jpg"
+        make_photo(photos / name, color=(10 * i, 40, 40))
+        lines.append(json.dumps({"file": f"set/{name}", "characters": sorted(tc), "props": sorted(tp),
+                                 "answers": {"outdoor": ta}}))
+        replies[name] = ({"characters": sorted(pc), "props": sorted(pp), "caption": "c", "scene": "s",
+                          "visible_text": [], "answers": {"outdoor": pa}} if pc is not None else '{"oops": 1}')
+    (tmp_path / "replies.json").write_text(json.dumps(replies))
+    (tmp_path / "inbox").mkdir()
+    config = write_config(tmp_path, [tmp_path / "inbox"], backend="fake",
+                          extra=f'[fake]\nreplies = "{tmp_path / "replies.json"}"\n{QUESTION}')
+    manifest = tmp_path / "truth.jsonl"
+    manifest.write_text("\n".join(lines) + "\n")
+    return config, manifest
+
+
+def _eval(config: Path, manifest: Path, out: Path, *extra: str):
+    return run_bbsd("eval", "--config", str(config), "--truth", str(manifest), "--out", str(out), *extra)
+
+
+def _close(got: dict, precision: float, recall: float, f1: float) -> None:
+    assert (got["precision"], got["recall"], got["f1"]) == pytest.approx((precision, recall, f1), rel=1e-12)
+
+
+def test_eval_reports_the_known_figures_of_a_scripted_set(tmp_path):
+    config, manifest = _set_up(tmp_path)
+    done = _eval(config, manifest, tmp_path / "out")
+    assert done.returncode == 0, done.stderr
+    s = json.loads((tmp_path / "out" / "eval.json").read_text())["profiles"][0]
+    ch, pr = s["characters"], s["props"]
+    # Baba Yaga: right on p00-p07 and p17-p19 (11), invented on p15-p16 (2), missed on p08-p09 (2).
+    assert (ch["labels"][BY]["tp"], ch["labels"][BY]["fp"], ch["labels"][BY]["fn"]) == (11, 2, 2)
+    _close(ch["labels"][BY], 11 / 13, 11 / 13, 11 / 13)
+    # Koschei: right on p10-p13 and p17-p19 (7), given for Baba Yaga on p08-p09 (2), missed on p14 (1).
+    _close(ch["labels"][K], 7 / 9, 7 / 8, 2 * 7 / (2 * 7 + 2 + 1))
+    # lantern: right on p00-p04 (5), invented on p07 (1), missed on p05-p06 (2).
+    _close(pr["labels"][L], 5 / 6, 5 / 7, 10 / 13)
+    _close(s["micro"], 23 / 28, 23 / 28, 23 / 28)
+    assert ch["macro"]["f1"] == pytest.approx((11 / 13 + 14 / 17) / 2, rel=1e-12)
+    assert s["exact"] == pytest.approx(12 / 20)  # all but p05-p09, p14, p15-p16
+    assert s["hallucination_rate"] == pytest.approx(5 / 20)  # p07, p08, p09, p15, p16
+    assert ch["confusions"][0] == {"truth": BY, "predicted": K, "count": 2}
+    assert s["failed"] == 1 and s["photos"] == 20
+    assert s["questions"]["outdoor"]["accuracy"] == pytest.approx(17 / 20)  # p10, p11, p14 wrong
+    assert s["latency_ms"]["p50"] is not None and s["peak_rss_mb"] > 0 and s["load_ms"] > 0
+    assert "Baba Yaga P=0.846 R=0.846 F1=0.846" in done.stdout
+    assert "confusions: Baba Yaga as Koschei ×2" in done.stdout
+    assert "question outdoor: accuracy 0.850 over 20 photos" in done.stdout
+    assert not list((tmp_path / "set").glob("*.json")) and not list((tmp_path / "set").glob("*.xmp"))
+
+
+def test_the_html_report_holds_its_plots_and_data(tmp_path):
+    config, manifest = _set_up(tmp_path, SCRIPT[:4])
+    assert _eval(config, manifest, tmp_path / "out").returncode == 0
+    page = (tmp_path / "out" / "eval.html").read_text()
+    assert page.count("<svg") == 2  # accuracy vs latency, per-label F1 of the one profile
+    assert "Micro F1 vs latency p50" in page and 'data-kind="bar"' in page and 'data-kind="point"' in page
+    data = page.split("id='data'>")[1].split("</script>")[0]
+    assert json.loads(data)[0]["characters"]["labels"][BY]["tp"] == 4
+
+
+def test_an_interrupted_run_resumes_without_relabelling_what_is_done(tmp_path):
+    config, manifest = _set_up(tmp_path)
+    assert _eval(config, manifest, tmp_path / "out").returncode == 0
+    results = tmp_path / "out" / "config" / "photos.jsonl"
+    kept = [json.loads(line) for line in results.read_text().splitlines()[:8]]
+    # Mark a kept result so relabelling it would show: p00 "predicted" nothing.
+    kept[0] = {**kept[0], "characters": [], "props": []}
+    cut = json.dumps(json.loads(results.read_text().splitlines()[8]))[:30]  # a line cut short by the stop
+    results.write_text("".join(json.dumps(r) + "\n" for r in kept) + cut)
+    again = _eval(config, manifest, tmp_path / "out")
+    assert again.returncode == 0, again.stderr
+    s = json.loads((tmp_path / "out" / "eval.json").read_text())["profiles"][0]
+    assert s["photos"] == 20
+    assert s["characters"]["labels"][BY]["tp"] == 10  # p00 kept as stored, not labelled again
+    assert s["props"]["labels"][L]["tp"] == 4
+    assert sum(1 for line in results.read_text().splitlines() if line.startswith("{\"file\"")) == 8 + 12
+
+
+def test_a_rerun_with_changed_settings_is_refused_not_mixed(tmp_path):
+    config, manifest = _set_up(tmp_path, SCRIPT[:2])
+    assert _eval(config, manifest, tmp_path / "out").returncode == 0
+    config.write_text(config.read_text().replace("image_max_side = 256", "image_max_side = 300"))
+    done = _eval(config, manifest, tmp_path / "out")
+    assert done.returncode == 2
+    assert "holds results made with other settings than profile 'config' has now" in done.stderr
+
+
+def test_a_bad_manifest_line_is_one_line_naming_file_and_line(tmp_path):
+    config, manifest = _set_up(tmp_path, SCRIPT[:3])
+    lines = manifest.read_text().splitlines()
+    lines[2] = lines[2].replace('"characters": ["Baba Yaga"]', '"characters": "Baba Yaga"')
+    manifest.write_text("\n".join(lines) + "\n")
+    done = _eval(config, manifest, tmp_path / "out")
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0
+    assert f"{manifest}:3: 'characters' is missing or not a list of names" in done.stderr
+
+
+def test_a_name_outside_the_catalog_is_refused_with_its_line(tmp_path):
+    config, manifest = _set_up(tmp_path, SCRIPT[:2])
+    manifest.write_text(manifest.read_text() + '{"file": "set/p00.jpg", "characters": ["Kashchey"], "props": []}\n')
+    done = _eval(config, manifest, tmp_path / "out")
+    assert done.returncode == 2 and f"{manifest}:3: 'characters' names 'Kashchey'" in done.stderr
+
+
+def test_truth_export_takes_only_photos_a_person_confirmed_or_corrected(tmp_path):
+    inbox = tmp_path / "inbox"
+    photos = [make_photo(inbox / f"{n}.jpg") for n in ("corrected", "confirmed", "untouched")]
+    config = write_config(tmp_path, [inbox], backend="fake")
+    assert run_bbsd("label", "--config", str(config), str(inbox)).returncode == 0
+    corrected = json.loads(sidecar.path_for(photos[0]).read_text())
+    corrected["labels"]["characters"], corrected["labels"]["props"] = [K], []  # labels_sha256 now differs
+    sidecar.path_for(photos[0]).write_text(json.dumps(corrected))
+    confirmed = json.loads(sidecar.path_for(photos[1]).read_text())
+    sidecar.path_for(photos[1]).write_text(json.dumps({**confirmed, "reviewed": True}))
+    out = tmp_path / "truth.jsonl"
+    done = run_bbsd("truth", "export", "--config", str(config), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(d["file"], d["characters"], d["props"]) for d in lines] == [
+        ("inbox/confirmed.jpg", [BY], [L]), ("inbox/corrected.jpg", [K], [])]
+    # The exported manifest is one eval reads back.
+    assert _eval(config, out, tmp_path / "out").returncode == 0
+
+
+def test_a_profile_may_not_change_the_catalog(tmp_path):
+    config, manifest = _set_up(tmp_path, SCRIPT[:2])
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[characters]]\nname = "Kot"\ndescription = "cat"\n')
+    done = _eval(config, manifest, tmp_path / "out", "--profile", str(bad))
+    assert done.returncode == 2 and "a profile may not set [characters]" in done.stderr
+
+
+def test_the_tiny_real_model_over_two_profiles_reports_latency_and_memory(tmp_path, tiny_models):
+    """Labels of random weights mean nothing; the plumbing is real: two model loads, two profiles."""
+    (tmp_path / "inbox").mkdir()
+    config = write_config(tmp_path, [tmp_path / "inbox"], tiny_models)
+    for i in range(2):
+        make_photo(tmp_path / "set" / f"p{i}.jpg", color=(90 * i, 60, 60))
+    manifest = tmp_path / "truth.jsonl"
+    manifest.write_text('{"file": "set/p0.jpg", "characters": ["Koschei"], "props": []}\n'
+                        '{"file": "set/p1.jpg", "characters": [], "props": ["lantern"]}\n')
+    (tmp_path / "small.toml").write_text("[engine]\nimage_max_side = 128\n")
+    (tmp_path / "one-thread.toml").write_text("[engine]\nthreads = 1\n")
+    done = _eval(config, manifest, tmp_path / "out", "--profile", str(tmp_path / "small.toml"),
+                 "--profile", str(tmp_path / "one-thread.toml"))
+    assert done.returncode == 0, done.stderr
+    doc = json.loads((tmp_path / "out" / "eval.json").read_text())
+    assert [p["profile"] for p in doc["profiles"]] == ["small", "one-thread"]
+    for p in doc["profiles"]:
+        assert p["photos"] == 2 and p["model"]["backend"] == "llama"
+        assert 0 < p["latency_ms"]["p50"] <= p["latency_ms"]["p95"]
+        assert p["peak_rss_mb"] > 0 and p["load_ms"] > 0 and p["throughput_per_min"] > 0
+    assert doc["machine"]
+    page = (tmp_path / "out" / "eval.html").read_text()
+    assert page.count("<svg") == 3 and "one-thread" in page and "small" in page
+
+
+def test_each_profile_reaches_the_engine_worker(tmp_path):
+    """The fake runs in the supervised worker, which reads the config itself: a profile's own
+    replies file must be what answers there, or profiles would all measure the same model."""
+    config, manifest = _set_up(tmp_path, SCRIPT[:5])  # p00-p04: everything right
+    silent = {f"p{i:02d}.jpg": {"characters": [], "props": [], "caption": "", "scene": "", "visible_text": [],
+                                "answers": {"outdoor": "no"}} for i in range(5)}
+    (tmp_path / "silent.json").write_text(json.dumps(silent))
+    (tmp_path / "silent.toml").write_text(f'[fake]\nreplies = "{tmp_path / "silent.json"}"\n')
+    (tmp_path / "as-is.toml").write_text("[engine]\nimage_max_side = 200\n")
+    done = _eval(config, manifest, tmp_path / "out", "--profile", str(tmp_path / "as-is.toml"),
+                 "--profile", str(tmp_path / "silent.toml"))
+    assert done.returncode == 0, done.stderr
+    as_is, quiet = json.loads((tmp_path / "out" / "eval.json").read_text())["profiles"]
+    assert as_is["micro"]["recall"] == 1.0 and as_is["questions"]["outdoor"]["accuracy"] == 1.0
+    assert quiet["micro"]["recall"] == 0.0 and quiet["questions"]["outdoor"]["accuracy"] == 0.0
