@@ -52,6 +52,9 @@ class TinySpec:
     projector: str = "mlp"  # "mlp" (LLaVA) or "internvl" (tiling + pixel shuffle)
     n_head_kv: int = 0  # 0: as many as n_head; fewer is grouped-query attention, as real models have
     f16: bool = False  # store the text model's matrices as f16 (benchmark shapes of billions of weights)
+    # Spread of the transformer blocks' weights. Deep shapes need less: the residual stream of 30
+    # random blocks drowns the output layer's bias column, and replies run to every string's cap.
+    block_scale: float = 0.02
 
 
 def _byte_level_alphabet() -> list[str]:
@@ -150,11 +153,11 @@ def write_text_model(path: Path, spec: TinySpec = TinySpec()) -> Path:
         p = f"blk.{i}."
         w.add_tensor(p + "attn_norm.weight", np.ones(d, dtype=np.float32))
         for name, rows in (("attn_q", d), ("attn_k", d_kv), ("attn_v", d_kv), ("attn_output", d)):
-            w.add_tensor(p + name + ".weight", _rand(rng, rows, d).astype(dtype))
+            w.add_tensor(p + name + ".weight", _rand(rng, rows, d, scale=spec.block_scale).astype(dtype))
         w.add_tensor(p + "ffn_norm.weight", np.ones(d, dtype=np.float32))
-        w.add_tensor(p + "ffn_gate.weight", _rand(rng, spec.n_ff, d).astype(dtype))
-        w.add_tensor(p + "ffn_up.weight", _rand(rng, spec.n_ff, d).astype(dtype))
-        w.add_tensor(p + "ffn_down.weight", _rand(rng, d, spec.n_ff).astype(dtype))
+        w.add_tensor(p + "ffn_gate.weight", _rand(rng, spec.n_ff, d, scale=spec.block_scale).astype(dtype))
+        w.add_tensor(p + "ffn_up.weight", _rand(rng, spec.n_ff, d, scale=spec.block_scale).astype(dtype))
+        w.add_tensor(p + "ffn_down.weight", _rand(rng, d, spec.n_ff, scale=spec.block_scale).astype(dtype))
     _finish(w)
     return path
 

@@ -41,8 +41,9 @@ SHAPES = {
     "tiny": tiny_model.TinySpec(),
     # SmolVLM-256M's text model (576 wide, 30 layers, 9 heads, 3 KV heads) and a SigLIP-sized
     # encoder (768 wide, 12 layers) at 224 px / 14 px patches: 256 image tokens.
+    # Its blocks' weights are spread less (block_scale), so the random replies are ~190 tokens, not ~350.
     "smol": tiny_model.TinySpec(n_embd=576, n_head=9, n_head_kv=3, n_layer=30, n_ff=1536, v_embd=768, v_head=12,
-                                v_layer=12, v_ff=3072, image_size=224, patch_size=14),
+                                v_layer=12, v_ff=3072, image_size=224, patch_size=14, block_scale=0.005),
     # A 2B-class LLaVA-style pair: CLIP-L/336 (1024 wide, 24 layers, 576 image tokens) and a
     # Qwen2-1.5B-sized text model (1536 wide, 28 layers, 12 heads, 2 KV heads), f16.
     "2b": tiny_model.TinySpec(n_embd=1536, n_head=12, n_head_kv=2, n_layer=28, n_ff=8960, v_embd=1024, v_head=16,
