@@ -167,7 +167,7 @@ class Pipeline:
         record = sidecar.Record(
             photo=path, sha256=sha, width=decoded.width, height=decoded.height, labels=labels_,
             timing_ms=timing, tokens=_tokens(inference),
-            memory_mb=self._memory(inference), served=inference.served, confidence=self._confidence(inference),
+            memory_mb=self._memory(inference), served=inference.served, confidence=self.confidence(inference),
         )
         return self._write(record, "photo.labeled", Status.LABELED)
 
@@ -220,7 +220,7 @@ class Pipeline:
                     raise
         raise AssertionError("unreachable")
 
-    def _confidence(self, inference: Inference) -> dict | None:
+    def confidence(self, inference: Inference) -> dict | None:
         """Each name's confidence from the backend's token probabilities, and whether to ask a person."""
         if not inference.steps:
             return None

@@ -189,9 +189,11 @@ def test_the_tiny_real_model_over_two_profiles_reports_latency_and_memory(tmp_pa
         assert p["photos"] == 2 and p["model"]["backend"] == "llama"
         assert 0 < p["latency_ms"]["p50"] <= p["latency_ms"]["p95"]
         assert p["peak_rss_mb"] > 0 and p["load_ms"] > 0 and p["throughput_per_min"] > 0
+        assert [c["threshold"] for c in p["threshold_curve"]][:2] == [0.0, 0.1]  # the engine's confidences
     assert doc["machine"]
     page = (tmp_path / "out" / "eval.html").read_text()
-    assert page.count("<svg") == 3 and "one-thread" in page and "small" in page
+    # F1 vs latency, then per profile its per-label F1 bars and its review-threshold curve
+    assert page.count("<svg") == 5 and "one-thread" in page and "small" in page
 
 
 def test_each_profile_reaches_the_engine_worker(tmp_path):
@@ -209,3 +211,17 @@ def test_each_profile_reaches_the_engine_worker(tmp_path):
     as_is, quiet = json.loads((tmp_path / "out" / "eval.json").read_text())["profiles"]
     assert as_is["micro"]["recall"] == 1.0 and as_is["questions"]["outdoor"]["accuracy"] == 1.0
     assert quiet["micro"]["recall"] == 0.0 and quiet["questions"]["outdoor"]["accuracy"] == 0.0
+
+
+def test_precision_and_recall_move_with_the_review_threshold_as_computed_by_hand():
+    from bbsd.study.scores import Sample, threshold_curve
+
+    photos = [(Sample(frozenset({"A"}), frozenset({"A", "B"})), {"A": 0.9, "B": 0.3}),
+              (Sample(frozenset({"B"}), frozenset({"B"})), {"B": 0.6}),
+              (Sample(frozenset({"A"}), frozenset()), {})]
+    curve = {c["threshold"]: (c["precision"], c["recall"]) for c in threshold_curve(photos)}
+    assert curve[0.0] == (2 / 3, 2 / 3)  # everything kept: B in the first photo is a false positive
+    assert curve[0.5] == (1.0, 2 / 3)  # B at 0.3 goes to review: precision rises, recall holds
+    assert curve[0.7] == (1.0, 1 / 3)  # B at 0.6 goes too: recall falls
+    assert curve[0.9] == (1.0, 1 / 3)  # A at exactly 0.9 is kept (at or above)
+    assert threshold_curve([(Sample(frozenset({"A"}), frozenset({"A"})), {})]) is None  # no confidences: no curve

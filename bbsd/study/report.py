@@ -45,6 +45,10 @@ def table(summaries: list[dict[str, Any]]) -> str:
         lines += [f"{s['profile']} confusions: {mixed}"] if mixed else []
         lines += [f"{s['profile']} question {key}: accuracy {_fmt(q['accuracy'])} over {q['photos']} photos"
                   for key, q in s["questions"].items()]
+        if s.get("threshold_curve"):
+            steps = ", ".join(f"{c['threshold']:.1f}: P={_fmt(c['precision'], 2)} R={_fmt(c['recall'], 2)}"
+                              for c in s["threshold_curve"])
+            lines.append(f"{s['profile']} names kept at confidence ≥ threshold: {steps}")
     return "\n".join(lines)
 
 
@@ -58,6 +62,11 @@ def plots(summaries: list[dict[str, Any]]) -> list[str]:
                   for n, v in s[kind]["labels"].items()}
         first, last = (next(iter(labels)), list(labels)[-1]) if labels else ("", "")
         out.append(svg.bars(list(labels.values()), f"Per-label F1 — {s['profile']}", (first, last), "F1"))
+        if s.get("threshold_curve"):
+            points = [(c["recall"], c["precision"]) for c in s["threshold_curve"]
+                      if c["recall"] is not None and c["precision"] is not None]
+            out.append(svg.scatter(points, f"Precision vs recall as the review threshold rises 0 → 0.9 — "
+                                           f"{s['profile']}", ("low recall", "high recall"), "precision"))
     return out
 
 

@@ -168,8 +168,15 @@ def label_one(pipeline, photo: Path) -> dict[str, Any]:
         "file": str(photo), "error": error, "ms": round(ms, 1),
         "characters": list(labels.characters) if labels else [], "props": list(labels.props) if labels else [],
         "answers": dict(labels.answers) if labels else {},
-        # A later per-name confidence (issue #13's engine work) goes here, beside the names it scores.
+        # Each written name's confidence (local engine only), for precision and recall against a review threshold.
+        "confidence": _confidences(pipeline, inference) if labels else {},
         "rss_mb": rss, "vram_mb": vram,
         "prompt_tokens": inference.prompt_tokens if inference else 0,
         "output_tokens": inference.output_tokens if inference else 0,
     }
+
+
+def _confidences(pipeline, inference) -> dict[str, dict[str, float]]:
+    scored = pipeline.confidence(inference) or {}
+    return {kind: {n["name"]: n["confidence"] for n in scored[kind]["names"]}
+            for kind in ("characters", "props") if kind in scored}

@@ -81,3 +81,25 @@ def question_accuracy(pairs: Sequence[tuple[object, object]]) -> dict[str, objec
     wrong = Counter((str(t), str(p)) for t, p in pairs if t != p)
     return {"photos": len(pairs), "correct": right, "accuracy": ratio(right, len(pairs)),
             "confusions": [{"truth": t, "predicted": p, "count": c} for (t, p), c in wrong.most_common(5)]}
+
+
+THRESHOLDS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def threshold_curve(photos: Sequence[tuple[Sample, dict[str, float]]],
+                    thresholds: Sequence[float] = THRESHOLDS) -> list[dict[str, float | None]] | None:
+    """Micro precision and recall if only names at or above each confidence were kept.
+
+    That is what a review threshold trades: the names below it go to a person. A name without a
+    confidence (a backend that cannot see token probabilities) is always kept; None when no
+    name has one, since the curve would be flat and say nothing.
+    """
+    if not any(conf for _, conf in photos):
+        return None
+    curve = []
+    for t in thresholds:
+        kept = [Sample(s.truth, frozenset(n for n in s.predicted if conf.get(n, 1.0) >= t), s.failed)
+                for s, conf in photos]
+        micro = kind_summary(kept)["micro"]
+        curve.append({"threshold": t, "precision": micro["precision"], "recall": micro["recall"]})
+    return curve

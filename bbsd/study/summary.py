@@ -32,6 +32,8 @@ def summarise(name: str, truths: list[Truth], photos: dict[str, dict[str, Any]],
         "exact": scores.ratio(sum(c.truth == c.predicted and p.truth == p.predicted for c, p in per_photo),
                               len(per_photo)),
         "hallucination_rate": scores.hallucination_rate(per_photo),
+        "threshold_curve": scores.threshold_curve(
+            [(samples[k][i], r.get("confidence", {}).get(k, {})) for k in KINDS for i, (_, r) in enumerate(rows)]),
         "questions": _questions(rows, questions),
         "latency_ms": {"p50": percentile(ms, 0.5), "p95": percentile(ms, 0.95)},
         "throughput_per_min": round(60_000 * len(ms) / sum(ms), 2) if ms and sum(ms) else None,
