@@ -45,6 +45,7 @@ class ModelInfo:
     backend: str
     file: str
     mmproj: str | None
+    lora: str | None = None  # a LoRA adapter on the text model ([model] lora): it changes the labels too
 
 
 class Labeler(Protocol):

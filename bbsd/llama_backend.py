@@ -21,6 +21,8 @@ TABLES = {
         "dir": Key("path", None, "folder with the GGUF files and models.toml; default gguf_models/ beside the config"),
         "path": Key("path", None, "text model GGUF (required for the llama backend unless name is set)"),
         "mmproj": Key("path", None, "vision projector GGUF (required for the llama backend unless name is set)"),
+        "lora": Key("path", None, "LoRA adapter GGUF for the text model (a fine-tune of it: docs/dataset.md)"),
+        "lora_scale": Key("float", 1.0, "strength of the LoRA adapter; 1 = as trained", 0.0, 4.0),
     },
     "engine": {
         "context_size": Key("int", 4096, "context window in tokens", 512, 131072),
@@ -44,6 +46,8 @@ class LlamaSettings:
     dir: Path
     path: Path | None
     mmproj: Path | None
+    lora: Path | None
+    lora_scale: float
     context_size: int
     threads: int
     gpu_layers: int | str  # "auto" is resolved when the engine loads
@@ -94,19 +98,20 @@ def open_labeler(settings):
 
 def unit(settings) -> UnitNeeds:
     s: LlamaSettings = settings.backend
-    return UnitNeeds(read_paths=tuple(p for p in (s.path, s.mmproj) if p), gpu=s.gpu_layers != 0)
+    return UnitNeeds(read_paths=tuple(p for p in (s.path, s.mmproj, s.lora) if p), gpu=s.gpu_layers != 0)
 
 
 def info(settings):
     from bbsd.labeler import ModelInfo
 
     s: LlamaSettings = settings.backend
-    return ModelInfo(backend="llama", file=s.path.name, mmproj=s.mmproj.name)
+    return ModelInfo(backend="llama", file=s.path.name, mmproj=s.mmproj.name, lora=s.lora.name if s.lora else None)
 
 
 def check(settings) -> list[str]:
     s: LlamaSettings = settings.backend
-    return [f"model files {s.path.name} + {s.mmproj.name}: found"]
+    lora = f", LoRA {s.lora.name} at scale {s.lora_scale:g}" if s.lora else ""
+    return [f"model files {s.path.name} + {s.mmproj.name}{lora}: found"]
 
 
 BACKEND = Backend(name="llama", tables=TABLES, configure=configure, open=open_labeler, isolate=True,

@@ -67,13 +67,16 @@ class LlamaLabeler:
 
         backends.load()
         self._engine = engine
-        self.info = ModelInfo(backend="llama", file=model_path.name, mmproj=mmproj_path.name)
+        self.info = ModelInfo(backend="llama", file=model_path.name, mmproj=mmproj_path.name,
+                              lora=engine.lora.name if engine.lora else None)
         self.gpu = engine.gpu_layers != 0
         self._family = families.for_projector(models.inspect(mmproj_path).projector)
         layers = backends.gpu_layers(engine.gpu_layers, model_path, mmproj_path, engine.context_size)
         self._ctx = llama_native.Context(
             model_path, mmproj_path, n_ctx=engine.context_size, n_batch=batch_size(engine.context_size),
             threads=_threads(engine.threads), gpu_layers=layers, flash_attention=engine.flash_attention)
+        if engine.lora:
+            self._ctx.apply_lora(_check_file(engine.lora, "LoRA adapter"), engine.lora_scale)
         self._template = self._compile_template()
         self._prefix = Prefix()
 

@@ -63,6 +63,19 @@ class Context:
         self.marker = mtmd_cpp.mtmd_default_marker().decode()
         self._batch = ll.llama_batch_init(n_batch, 0, 1)
 
+    def apply_lora(self, path: Path, scale: float) -> None:
+        """Load a LoRA adapter GGUF for the text model and apply it to this context at `scale`."""
+        ll = self._ll
+        adapter = ll.llama_adapter_lora_init(self.model, str(path).encode())
+        if not adapter:
+            raise ModelError(f"cannot load LoRA adapter {path.name} for this text model",
+                             "it must be a llama.cpp LoRA GGUF made for this base model (docs/dataset.md); "
+                             "see the llama.log event above")
+        adapters = (ll.llama_adapter_lora_p_ctypes * 1)(adapter)
+        if ll.llama_set_adapters_lora(self.ctx, adapters, 1, (ctypes.c_float * 1)(scale)) != 0:
+            raise ModelError(f"cannot apply LoRA adapter {path.name}", "see the llama.log event above")
+        self._lora = adapter  # freed with the model (llama.cpp frees a model's adapters with it)
+
     def _open_mtmd(self, mmproj: Path, threads: int, gpu_layers: int, flash_attention: bool):
         ll, m = self._ll, self._m
         params = m.mtmd_context_params_default()

@@ -155,7 +155,10 @@ def identity(model: ModelInfo, prompt: Prompt) -> dict[str, Any]:
     made_with = {"version": prompt.version, "catalog_sha256": prompt.catalog_digest}
     if prompt.questions_digest:  # only with [[questions]]: sidecars made without any stay current
         made_with["questions_sha256"] = prompt.questions_digest
-    return {"model": {"backend": model.backend, "file": model.file, "mmproj": model.mmproj}, "prompt": made_with}
+    made_by = {"backend": model.backend, "file": model.file, "mmproj": model.mmproj}
+    if model.lora:  # only with an adapter: sidecars made without one stay current
+        made_by["lora"] = model.lora
+    return {"model": made_by, "prompt": made_with}
 
 
 def is_current(doc: dict[str, Any] | None, model: ModelInfo, prompt: Prompt, *,

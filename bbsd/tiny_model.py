@@ -233,6 +233,27 @@ def _finish(w) -> None:
     w.close()
 
 
+def write_lora(path: Path, spec: TinySpec = TinySpec(), rank: int = 4, seed: int = 7, alpha: float = 4.0) -> Path:
+    """A LoRA adapter GGUF for the text model of `spec`, on its output layer, strong enough to move every logit.
+
+    llama.cpp's adapter format: general.type "adapter", adapter.type "lora", `<tensor>.lora_a`
+    (rank × in) and `<tensor>.lora_b` (out × rank) beside the base model's tensor names.
+    """
+    import gguf
+
+    rng = np.random.default_rng(seed)
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_name("bbsd-tiny-lora")
+    w.add_type(gguf.GGUFType.ADAPTER)
+    w.add_string(gguf.Keys.Adapter.TYPE, "lora")
+    w.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
+    n_vocab = len(_vocab()[0])
+    w.add_tensor("output.weight.lora_a", _rand(rng, rank, spec.n_embd, scale=1.0))
+    w.add_tensor("output.weight.lora_b", _rand(rng, n_vocab, rank, scale=1.0))
+    _finish(w)
+    return path
+
+
 def write_pair(folder: Path, spec: TinySpec = TinySpec()) -> tuple[Path, Path]:
     """Write both files into `folder` (created if needed); returns (text, mmproj)."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -62,7 +62,8 @@ def main(config_path: Path, parent: int, warm: bool = False, profile: Path | Non
         return 2
     gpu = labeler.gpu
     ipc.send(out, {"type": "ready", "pid": os.getpid(), "rss_mb": metrics.rss_mb(), "vram_mb": metrics.vram_mb(gpu),
-                   "info": [labeler.info.backend, labeler.info.file, labeler.info.mmproj], "gpu": gpu})
+                   "info": [labeler.info.backend, labeler.info.file, labeler.info.mmproj, labeler.info.lora],
+                   "gpu": gpu})
     try:
         return _serve(labeler, inp, out, gpu)
     finally:

@@ -160,3 +160,35 @@ def test_llama_cpp_is_imported_only_through_the_pinned_import():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=root)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "True"]
+
+
+def test_a_lora_adapter_loads_changes_the_logits_and_the_sidecar_records_it(tiny_models, tmp_path):
+    """`[model] lora`: the study's fine-tune hand-off ends in the daemon loading the adapter GGUF."""
+    lora = tiny_model.write_lora(tmp_path / "tiny-lora.gguf")
+    image = Image.new("RGB", (256, 192), (30, 160, 90))
+    weighed = {}
+    for name, extra in (("base", ""), ("lora", f'lora = "{lora}"\n'), ("off", f'lora = "{lora}"\nlora_scale = 0.0\n')):
+        folder = tmp_path / name
+        folder.mkdir()
+        cfg = write_config(folder, [folder], tiny_models)
+        cfg.write_text(cfg.read_text().replace("[engine]", extra + "[engine]", 1) if extra else cfg.read_text())
+        settings = config.load(cfg, environ={})
+        labeler = open_labeler(settings)
+        try:
+            p = prompt.build(settings.catalog)
+            result = labeler.infer(image, p, attempt=0, cancelled=lambda: False)
+            labels.parse_reply(result.text, settings.catalog)  # still a valid reply under the grammar
+            weighed[name] = [round(s.p, 6) for s in result.steps]
+            assert labeler.info.lora == (None if name == "base" else "tiny-lora.gguf")
+        finally:
+            labeler.close()
+    assert weighed["lora"] != weighed["base"]  # the adapter moved the model's probabilities
+    assert weighed["off"] == weighed["base"]  # at scale 0 it is loaded and does nothing
+
+
+def test_a_lora_that_does_not_belong_to_the_model_is_one_clear_error(tiny_models, tmp_path):
+    bad = tiny_model.write_lora(tmp_path / "other.gguf", tiny_model.TinySpec(n_embd=32, n_head=2))
+    cfg = write_config(tmp_path, [tmp_path], tiny_models)
+    cfg.write_text(cfg.read_text().replace("[engine]", f'lora = "{bad}"\n[engine]', 1))
+    with pytest.raises(ModelError, match="cannot load LoRA adapter other.gguf"):
+        open_labeler(config.load(cfg, environ={}))
