@@ -25,8 +25,9 @@ demo: setup
 	$(VENV)/bin/bbsd demo --dir demo
 
 # Tools the tests use as independent judges (Debian packages): exiftool and exiv2 (the library
-# digiKam and darktable read XMP with) read our XMP, systemd-analyze verifies the unit and scores its sandboxing.
-TOOLS := exiftool:libimage-exiftool-perl exiv2:exiv2 systemd-analyze:systemd
+# digiKam and darktable read XMP with) read our XMP, systemd-analyze verifies the unit and scores its sandboxing,
+# headless Chromium renders `bbsd eval`'s HTML report.
+TOOLS := exiftool:libimage-exiftool-perl exiv2:exiv2 systemd-analyze:systemd chromium-headless-shell:chromium-headless-shell
 tools:
 	@for pair in $(TOOLS); do cmd=$${pair%%:*}; pkg=$${pair#*:}; \
 	  command -v $$cmd >/dev/null && continue; \

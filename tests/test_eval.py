@@ -7,6 +7,7 @@ recall and F1 below is known in advance and written out by hand, not computed by
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -194,6 +195,25 @@ def test_the_tiny_real_model_over_two_profiles_reports_latency_and_memory(tmp_pa
     page = (tmp_path / "out" / "eval.html").read_text()
     # F1 vs latency, then per profile its per-label F1 bars and its review-threshold curve
     assert page.count("<svg") == 5 and "one-thread" in page and "small" in page
+    _renders_in_chromium(tmp_path / "out" / "eval.html", tmp_path / "eval.png")
+
+
+def _renders_in_chromium(page: Path, png: Path) -> None:
+    """Headless Chromium draws the report: the scatter plots' blue dots and the F1 bars' green are on the screenshot."""
+    import shutil
+
+    from PIL import Image
+
+    browser = shutil.which("chromium-headless-shell") or shutil.which("chromium")
+    if browser is None:
+        pytest.skip("no headless Chromium: `make tools` installs chromium-headless-shell")
+    subprocess.run([browser, "--no-sandbox", "--disable-gpu", f"--screenshot={png}", "--window-size=1100,2600",
+                    "--hide-scrollbars", page.as_uri()], capture_output=True, timeout=120, check=True)
+    shot = Image.open(png).convert("RGB")
+    pixels = list(shot.getdata())
+    blue = sum(1 for r, g, b in pixels if b > 200 and r < 80 and 90 < g < 140)  # #1f6feb: dots and lines
+    green = sum(1 for r, g, b in pixels if r < 80 and 140 < g < 190 and b < 110)  # #2da44e: the F1 bars
+    assert shot.size == (1100, 2600) and blue > 50 and green > 5000, (blue, green)
 
 
 def test_each_profile_reaches_the_engine_worker(tmp_path):
