@@ -142,7 +142,7 @@ def mtmd_cli_loop(binary: Path, models: tuple[Path, Path], p: Prompt, files: lis
         argv = [str(binary), "-m", str(models[0]), "--mmproj", str(models[1]), "--image", str(f),
                 "-sys", p.system, "-p", p.user, "--grammar-file", str(grammar), "-n", str(max_tokens),
                 "--temp", "0", "-t", str(threads), "-c", str(n_ctx), "-b", "2048", "-ub", "2048",
-                "-ngl", str(_ngl(gpu_layers)), "--perf"]
+                "-ngl", str(_ngl(gpu_layers)), "--perf", "-v"]  # its timings are logged at debug verbosity only
         t0 = time.perf_counter()
         r = subprocess.run(argv, capture_output=True, text=True, timeout=600)
         ms = (time.perf_counter() - t0) * 1000
