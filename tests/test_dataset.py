@@ -161,3 +161,17 @@ def test_an_unknown_format_is_one_line_and_exit_2(tmp_path):
     done = _export(config, tmp_path / "ds", "llava", "--truth", str(manifest))
     assert done.returncode == 2 and done.stderr.strip().count("\n") == 0 and "internvl, llama-factory" in done.stderr
     assert not (tmp_path / "ds").exists()
+
+
+def test_a_reviewed_name_no_longer_in_the_catalog_skips_the_photo_instead_of_dropping_the_name(tmp_path):
+    inbox = tmp_path / "inbox"
+    photo = make_photo(inbox / "old.jpg")
+    config = write_config(tmp_path, [inbox], backend="fake")
+    assert run_bbsd("label", "--config", str(config), str(inbox)).returncode == 0
+    doc = json.loads(sidecar.path_for(photo).read_text())
+    doc["labels"]["characters"] = [BY, "Kashchey"]  # a name from an older catalog
+    sidecar.path_for(photo).write_text(json.dumps({**doc, "reviewed": True}))
+    done = _export(config, tmp_path / "ds", "llama-factory")
+    assert done.returncode == 0, done.stderr
+    assert "dataset: 0 samples" in done.stdout and "1 skipped as incomplete" in done.stdout
+    assert "'Kashchey' is not in the catalog" in done.stderr

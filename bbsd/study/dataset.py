@@ -70,7 +70,13 @@ def answer(t: Truth, settings: Settings) -> str:
 
 
 def incomplete(t: Truth, settings: Settings) -> str:
-    """Why the truth cannot be a reply the grammar admits ("" when it can)."""
+    """Why the truth cannot be a reply the grammar admits ("" when it can).
+
+    A sidecar's names were checked against the catalog of its day, which may have changed since."""
+    catalog = settings.catalog
+    unknown = [*(t.characters - set(catalog.character_names())), *(t.props - set(catalog.prop_names()))]
+    if unknown:
+        return f"{sorted(unknown)[0]!r} is not in the catalog"
     if missing := [q.key for q in settings.questions if q.key not in dict(t.answers)]:
         return f"no answer to question {missing[0]!r}"
     if len(t.caption) > prompt.CAPTION_MAX:
