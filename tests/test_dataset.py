@@ -94,7 +94,8 @@ def test_each_sample_asks_bbsds_prompt_and_answers_the_truth_as_a_valid_reply(tm
         assert list(reply) == list(schema["properties"])  # the order the grammar writes the keys in
         assert (set(reply["characters"]), set(reply["props"])) == (set(chars), set(props))
         assert (reply["caption"], reply["answers"]) == (caption or "", {"outdoor": ans})
-        assert image.is_file() and image.read_bytes() == (tmp_path / file).read_bytes()
+        assert image.read_bytes() == (tmp_path / file).read_bytes()
+        assert image.stat().st_ino == (tmp_path / file).stat().st_ino  # same filesystem: a link, no copy
     assert len({s[3] for s in samples}) == 3  # two photos named a.jpg stay two images
     assert _digests(tmp_path / "set") == before
 
@@ -175,3 +176,12 @@ def test_a_reviewed_name_no_longer_in_the_catalog_skips_the_photo_instead_of_dro
     assert done.returncode == 0, done.stderr
     assert "dataset: 0 samples" in done.stdout and "1 skipped as incomplete" in done.stdout
     assert "'Kashchey' is not in the catalog" in done.stderr
+
+
+def test_no_reviewed_photo_is_one_line_and_exit_2(tmp_path):
+    inbox = tmp_path / "inbox"
+    make_photo(inbox / "untouched.jpg")
+    config = write_config(tmp_path, [inbox], backend="fake")
+    assert run_bbsd("label", "--config", str(config), str(inbox)).returncode == 0
+    done = _export(config, tmp_path / "ds", "internvl")
+    assert done.returncode == 2 and "no reviewed photos" in done.stderr and not (tmp_path / "ds").exists()

@@ -94,8 +94,11 @@ def from_sidecars(settings: Settings) -> list[Truth]:
             for photo, labels in truth_mod.reviewed(settings)]
 
 
-def export(settings: Settings, truths: Iterable[Truth], out: Path, fmt: str) -> Summary:
+def export(settings: Settings, truths: list[Truth], out: Path, fmt: str) -> Summary:
     """Write the images, the samples and the trainer's registration file under `out` (an empty folder)."""
+    if not truths:
+        raise DatasetError("no reviewed photos to export", 'confirm labels in the sidecars ("reviewed": true) '
+                           "or pass --truth MANIFEST")
     _claim(out)
     p = prompt.build(settings.catalog, settings.questions)
     samples, missing, skipped = [], 0, 0
