@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 import jsonschema
@@ -185,3 +187,18 @@ def test_no_reviewed_photo_is_one_line_and_exit_2(tmp_path):
     assert run_bbsd("label", "--config", str(config), str(inbox)).returncode == 0
     done = _export(config, tmp_path / "ds", "internvl")
     assert done.returncode == 2 and "no reviewed photos" in done.stderr and not (tmp_path / "ds").exists()
+
+
+def test_across_filesystems_the_photos_are_copied(tmp_path):
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("needs /dev/shm on another filesystem than the test's folder")
+    config, manifest = _set_up(tmp_path)
+    out = Path(tempfile.mkdtemp(dir=shm)) / "ds"
+    try:
+        done = _export(config, out, "internvl", "--truth", str(manifest))
+        assert done.returncode == 0, done.stderr
+        images = [s[3] for s in _samples(out, "internvl")]
+        assert [p.read_bytes() for p in images] == [(tmp_path / t[0]).read_bytes() for t in TRUTH]
+    finally:
+        shutil.rmtree(out.parent)
