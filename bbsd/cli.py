@@ -260,10 +260,11 @@ def service_uninstall(
 
 
 from bbsd.cli_models import models_app  # noqa: E402  (registered after the commands above)
-from bbsd.cli_study import eval_command, truth_app  # noqa: E402
+from bbsd.cli_study import dataset_app, eval_command, truth_app  # noqa: E402
 
 app.add_typer(models_app, name="models")
 app.add_typer(truth_app, name="truth")
+app.add_typer(dataset_app, name="dataset")
 app.command("eval")(eval_command)
 
 

@@ -1,4 +1,4 @@
-"""`bbsd truth export` and `bbsd eval`: the model study's commands (the work lives in `bbsd.study`)."""
+"""The model study's commands: `bbsd truth export`, `bbsd eval`, `bbsd dataset export` (work in `bbsd.study`)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ from bbsd import console
 
 truth_app = typer.Typer(help="Ground truth for `bbsd eval`: build a manifest from reviewed sidecars.",
                         no_args_is_help=True)
+
+dataset_app = typer.Typer(help="Fine-tuning data: reviewed photos and their labels in a trainer's format.",
+                          no_args_is_help=True)
 
 CONFIG = typer.Option(Path("config.toml"), "--config", "-c", envvar="BBSD_CONFIG", show_default=True,
                       help="Configuration file (TOML). Also $BBSD_CONFIG.")
@@ -57,3 +60,27 @@ def eval_command(
     json_path, html_path = eval_report.write(out, summaries, report.machine())
     typer.echo(eval_report.table(summaries))
     typer.echo(f"eval: {json_path.resolve()} and {html_path.resolve()}")
+
+
+@dataset_app.command("export")
+def dataset_export(
+    config: Path = CONFIG,
+    truth_file: Path = typer.Option(None, "--truth", help="A truth manifest (JSONL, docs/eval.md). "
+                                    "Default: the reviewed sidecars, as `bbsd truth export` finds them."),
+    out: Path = typer.Option(..., "--out", "-o", help="A new or empty folder for images, samples and the "
+                             "trainer's registration file."),
+    fmt: str = typer.Option("internvl", "--format", help="internvl or llama-factory (docs/dataset.md)."),
+) -> None:
+    """Write reviewed photos and their labels as an instruction-tuning set with bbsd's own prompt."""
+    from bbsd import config as config_mod
+    from bbsd import logs
+    from bbsd.study import dataset, truth
+
+    if fmt not in dataset.WRITERS:
+        raise dataset.DatasetError(f"unknown --format {fmt!r}", f"use one of {', '.join(dataset.WRITERS)}")
+    settings = config_mod.load(config)
+    logs.configure(settings.log.level, settings.log.format)
+    truths = truth.read(truth_file, settings, require_files=False) if truth_file else dataset.from_sidecars(settings)
+    done = dataset.export(settings, truths, out, fmt)
+    typer.echo(f"dataset: {done.written} samples ({fmt}) in {out.resolve()}; "
+               f"{done.missing} photos missing, {done.incomplete} skipped as incomplete")

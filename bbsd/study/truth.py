@@ -38,8 +38,10 @@ class Truth:
     answers: tuple[tuple[str, str | int], ...] = ()
 
 
-def read(manifest: Path, settings: Settings) -> list[Truth]:
-    """Every line of `manifest` as a `Truth`; the first problem raises `TruthError` with file:line."""
+def read(manifest: Path, settings: Settings, require_files: bool = True) -> list[Truth]:
+    """Every line of `manifest` as a `Truth`; the first problem raises `TruthError` with file:line.
+
+    `require_files=False` lets a photo be missing (the dataset export skips it and says so)."""
     try:
         lines = manifest.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
@@ -49,7 +51,7 @@ def read(manifest: Path, settings: Settings) -> list[Truth]:
         if not line.strip():
             continue
         try:
-            item = _parse(line, manifest.parent, settings)
+            item = _parse(line, manifest.parent, settings, require_files)
         except ValueError as e:
             raise TruthError(f"{manifest}:{number}: {e}", FORMAT_HINT) from None
         if item.file in seen:
@@ -61,7 +63,7 @@ def read(manifest: Path, settings: Settings) -> list[Truth]:
     return out
 
 
-def _parse(line: str, base: Path, settings: Settings) -> Truth:
+def _parse(line: str, base: Path, settings: Settings, require_files: bool = True) -> Truth:
     try:
         doc = json.loads(line)
     except json.JSONDecodeError as e:
@@ -73,7 +75,7 @@ def _parse(line: str, base: Path, settings: Settings) -> Truth:
     if not isinstance(doc.get("file"), str) or not doc["file"]:
         raise ValueError("'file' is missing or not a string")
     path = (base / doc["file"]).resolve()
-    if not path.is_file():
+    if require_files and not path.is_file():
         raise ValueError(f"photo {doc['file']!r} does not exist (paths are relative to the manifest)")
     catalog = settings.catalog
     return Truth(
