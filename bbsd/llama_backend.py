@@ -111,7 +111,20 @@ def info(settings):
 def check(settings) -> list[str]:
     s: LlamaSettings = settings.backend
     lora = f", LoRA {s.lora.name} at scale {s.lora_scale:g}" if s.lora else ""
-    return [f"model files {s.path.name} + {s.mmproj.name}{lora}: found"]
+    return [f"model files {s.path.name} + {s.mmproj.name}{lora}: found", _chosen(s)]
+
+
+def _chosen(s: LlamaSettings) -> str:
+    """The engine settings as the engine will apply them, defaults resolved: what a user otherwise gets wrong."""
+    from bbsd.llama_engine import batch_size, resolve_threads
+
+    threads = f"{resolve_threads(s.threads)} threads" + (" (one per physical core)" if s.threads == 0 else "")
+    layers = {0: "CPU only", -1: "all layers on the GPU"}.get(s.gpu_layers, f"GPU layers {s.gpu_layers}") \
+        if s.gpu_layers != "auto" else "GPU layers: as many as fit (resolved at load)"
+    flags = ", ".join(f"{name} {'on' if on else 'off'}" for name, on in (
+        ("flash attention", s.flash_attention), ("prefix cache", s.prefix_cache), ("jump-forward", s.jump_forward)))
+    return (f"engine: {threads}, context {s.context_size} tokens, batch {batch_size(s.context_size)} "
+            f"(an image is encoded in one batch), {layers}, {flags}")
 
 
 BACKEND = Backend(name="llama", tables=TABLES, configure=configure, open=open_labeler, isolate=True,

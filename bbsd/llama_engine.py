@@ -48,7 +48,7 @@ def _check_file(path: Path | None, what: str) -> Path:
     return path
 
 
-def _threads(configured: int) -> int:
+def resolve_threads(configured: int) -> int:
     if configured > 0:
         return configured
     import psutil
@@ -74,7 +74,7 @@ class LlamaLabeler:
         layers = backends.gpu_layers(engine.gpu_layers, model_path, mmproj_path, engine.context_size)
         self._ctx = llama_native.Context(
             model_path, mmproj_path, n_ctx=engine.context_size, n_batch=batch_size(engine.context_size),
-            threads=_threads(engine.threads), gpu_layers=layers, flash_attention=engine.flash_attention)
+            threads=resolve_threads(engine.threads), gpu_layers=layers, flash_attention=engine.flash_attention)
         if engine.lora:
             self._ctx.apply_lora(_check_file(engine.lora, "LoRA adapter"), engine.lora_scale)
         self._template = self._compile_template()
