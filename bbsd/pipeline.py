@@ -161,7 +161,7 @@ class Pipeline:
                 return Outcome(path, Status.INCOMPLETE, e.code)
             return self._fail(path, sha, e, timing)
         except PhotoError as e:
-            return self._fail(path, sha, e, timing)
+            return self._fail(path, sha, e, timing, started=t0)
         timing["inference"] = inference.encode_ms + inference.generate_ms
         timing["total"] = (time.perf_counter() - t0) * 1000
         record = sidecar.Record(
@@ -235,7 +235,10 @@ class Pipeline:
             return {"rss": inference.rss_mb, "vram": inference.vram_mb}
         return {"rss": metrics.rss_mb(), "vram": metrics.vram_mb(self.labeler.gpu)}
 
-    def _fail(self, path: Path, sha: str | None, error: PhotoError, timing: dict[str, float]) -> Outcome:
+    def _fail(self, path: Path, sha: str | None, error: PhotoError, timing: dict[str, float],
+              started: float | None = None) -> Outcome:
+        if started is not None and "decode" in timing:  # the engine ran (invalid replies, a crash): its time counts
+            timing = {**timing, "inference": (time.perf_counter() - started) * 1000 - timing["decode"]}
         timing = {"decode": 0.0, "inference": 0.0, **timing}
         timing.setdefault("total", sum(v for k, v in timing.items() if k != "queue_wait"))
         if sha is None:

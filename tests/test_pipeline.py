@@ -17,8 +17,8 @@ def setup(tmp_path):
     inbox.mkdir()
     settings = config.load(write_config(tmp_path, [inbox], backend="fake"), environ={})
 
-    def make(replies=()):
-        return Pipeline(FakeLabeler(replies), settings, prompt.build(settings.catalog))
+    def make(replies=(), delay_s=0.0):
+        return Pipeline(FakeLabeler(replies, delay_s=delay_s), settings, prompt.build(settings.catalog))
 
     return inbox, make
 
@@ -56,10 +56,11 @@ def test_invalid_reply_is_retried_once_then_recorded(setup, validate_sidecar):
     assert validate_sidecar(photo)["labels"]["characters"] == ["Koschei"]
 
     other = make_photo(inbox / "b.jpg", color=(9, 9, 9))
-    p = make(replies=["nope", '{"characters": ["Grinch"]}'])
+    p = make(replies=["nope", '{"characters": ["Grinch"]}'], delay_s=0.05)  # each attempt takes the engine 50 ms
     assert p.process(other).status is Status.FAILED and p.labeler.calls == 2
     doc = validate_sidecar(other)
     assert doc["status"] == "error" and doc["error"]["code"] == "invalid_reply" and doc["labels"] is None
+    assert doc["timing_ms"]["inference"] >= 100  # the engine's time on a photo that failed is still its cost
 
 
 @pytest.mark.parametrize("content, code", [(b"", "empty_file"), (b"hello, not a photo" * 10, "not_an_image")])
