@@ -79,9 +79,7 @@ def test_converted_pair_is_verified_registered_and_labels_a_photo(converted, tmp
     assert "pair verified" in stdout and 'model = "' in stdout
     assert not list(text.parent.glob(".convert-*")), "the work folder is removed"
     name = "InternVL2-8B" if ck.backbone == "InternLM2ForCausalLM" else "InternVL2.5-1B"
-    cfg = write_config(tmp_path, [tmp_path], extra="")
-    cfg.write_text(cfg.read_text().replace('[model]\nbackend = "llama"\n',
-                                           f'[model]\nbackend = "llama"\nname = "{name}"\ndir = "{text.parent}"\n'))
+    cfg = write_config(tmp_path, [tmp_path], extra=f'[model]\nname = "{name}"\ndir = "{text.parent}"\n')
     photo = make_photo(tmp_path / "stage.jpg", size=(320, 240))
     r = run_bbsd("label", str(photo), "--config", str(cfg), timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
