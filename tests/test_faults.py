@@ -161,7 +161,12 @@ def _trial(seed: int, tmp_path: Path, tiny_models, burst: list[bytes], runs) -> 
         p.write_bytes(data)
         photos.append(p)
     target = rng.choice(["daemon", "daemon", "worker"])
-    time.sleep(rng.uniform(0.0, 2.0))  # the random kill moment is the point of the trial, not a sync
+    # The kill lands at a random point of the burst, measured in photos (after 1 to 25 of 50 are labelled),
+    # then at a random moment within the photo in hand: a fixed window in seconds missed the burst on
+    # a loaded machine (5 of 20 kills mid-burst beside stress-ng).
+    kill_after = rng.randint(1, len(burst) // 2)
+    wait_until(lambda: len(first.events("photo.labeled")) >= kill_after, 120, f"trial {seed}: the burst under way")
+    time.sleep(rng.uniform(0.0, 0.3))  # the random moment is the point of the trial, not a sync
     before_kill = len(first.events("photo.labeled"))
     if target == "worker":
         os.kill(worker_pid, signal.SIGKILL)
