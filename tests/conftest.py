@@ -207,3 +207,16 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("bbsd figures")
         for line in _SUMMARIES:
             terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_models, tmp_path_factory):
+    """The real llama.cpp engine on the tiny pair, in this process, opened once per test module."""
+    from bbsd import config
+    from bbsd.engines import open_in_process
+
+    folder = tmp_path_factory.mktemp("engine")
+    settings = config.load(write_config(folder, [folder], tiny_models), environ={})
+    labeler = open_in_process(settings)
+    yield labeler, settings
+    labeler.close()

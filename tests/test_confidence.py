@@ -7,7 +7,6 @@ from PIL import Image
 
 from bbsd import confidence, config, prompt
 from bbsd.confidence import Step
-from bbsd.engines import open_in_process
 from bbsd.pipeline import Pipeline, Status
 from tests.conftest import make_photo, write_config
 from tests.test_xmp import exiftool, needs_exiftool
@@ -50,13 +49,6 @@ def test_a_reply_the_scorer_does_not_understand_scores_nothing_rather_than_guess
     assert confidence.score('{"characters":["Fox"', [], NAMES) == {}
 
 
-@pytest.fixture(scope="module")
-def engine(tiny_models, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("conf")
-    settings = config.load(write_config(folder, [folder], tiny_models), environ={})
-    labeler = open_in_process(settings)
-    yield labeler, settings
-    labeler.close()
 
 
 def test_the_real_engine_reports_a_confidence_in_0_1_for_every_name_it_wrote(engine):

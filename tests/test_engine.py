@@ -9,15 +9,6 @@ from bbsd.errors import ModelError
 from tests.conftest import write_config
 
 
-@pytest.fixture(scope="module")
-def engine(tiny_models, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("engine")
-    settings = config.load(write_config(folder, [folder], tiny_models), environ={})
-    labeler = open_labeler(settings)
-    yield labeler, settings
-    labeler.close()
-
-
 def test_real_engine_returns_a_valid_reply_of_catalog_names(engine):
     labeler, settings = engine
     p = prompt.build(settings.catalog)
