@@ -21,8 +21,9 @@ import structlog
 from PIL import Image
 
 from bbsd import families, llama_log
-from bbsd.confidence import Step
-from bbsd.errors import AbandonedError, ModelError
+from bbsd import replies as replies_mod
+from bbsd.errors import ModelError, PhotoError
+from bbsd.jump import Cursor
 from bbsd.labeler import Inference, ModelInfo
 from bbsd.prompt import Prompt
 
@@ -36,7 +37,6 @@ FALLBACK_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 RETRY_TEMPERATURE = 0.7
-NAMES_END = b'"caption"'  # the key after the characters and props lists (prompt.reply_schema's order)
 
 
 def _check_file(path: Path | None, what: str) -> Path:
@@ -59,7 +59,7 @@ def resolve_threads(configured: int) -> int:
 class LlamaLabeler:
     """Holds the loaded model; `infer` labels one image, reusing the cached prompt prefix."""
 
-    concurrency = 1  # one context, one photo at a time
+    concurrency = 1  # one thread drives the context; `infer_many` labels up to `parallel` photos at once
 
     def __init__(self, model_path: Path, mmproj_path: Path, engine) -> None:
         llama_log.install()
@@ -72,9 +72,11 @@ class LlamaLabeler:
         self.gpu = engine.gpu_layers != 0
         self._family = families.for_projector(models.inspect(mmproj_path).projector)
         layers = backends.gpu_layers(engine.gpu_layers, model_path, mmproj_path, engine.context_size)
+        self.parallel = resolve_parallel(engine.parallel, layers)
         self._ctx = llama_native.Context(
             model_path, mmproj_path, n_ctx=engine.context_size, n_batch=batch_size(engine.context_size),
-            threads=resolve_threads(engine.threads), gpu_layers=layers, flash_attention=engine.flash_attention)
+            threads=resolve_threads(engine.threads), gpu_layers=layers, flash_attention=engine.flash_attention,
+            n_seq=self.parallel)
         if engine.lora:
             self._ctx.apply_lora(_check_file(engine.lora, "LoRA adapter"), engine.lora_scale)
         self._template = self._compile_template()
@@ -121,17 +123,47 @@ class LlamaLabeler:
 
     def infer(self, image: Image.Image, prompt: Prompt, *, attempt: int,
               cancelled: Callable[[], bool]) -> Inference:
-        t0 = time.perf_counter()
-        with self._ctx.tokenize(self._render(prompt, self._ctx.marker), image) as chunks:
-            n_past, evaluated = self._evaluate(chunks.items)
-        t1 = time.perf_counter()
-        temperature = self._engine.temperature if attempt == 0 else RETRY_TEMPERATURE
-        text, n_out, n_sampled, steps = self._generate(prompt, n_past, temperature, self._engine.seed + attempt,
-                                                       cancelled)
-        t2 = time.perf_counter()
-        return Inference(text=text, prompt_tokens=n_past, output_tokens=n_out, encode_ms=(t1 - t0) * 1000,
-                         generate_ms=(t2 - t1) * 1000, evaluated_tokens=evaluated, sampled_tokens=n_sampled,
-                         steps=tuple(steps))
+        (result,) = self.infer_many([(image, prompt, attempt)], cancelled)
+        if isinstance(result, PhotoError):
+            raise result
+        return result
+
+    def infer_many(self, items: list[tuple[Image.Image, Prompt, int]],
+                   cancelled: Callable[[], bool]) -> list[Inference | PhotoError]:
+        """Label up to `parallel` photos together: each in its own sequence after the shared cached
+        prefix, their replies generated in one decode per step. A photo's own failure is its result."""
+        if len(items) > self._ctx.n_seq or len({(p.system, p.user, p.grammar) for _, p, _ in items}) > 1:
+            return [r for item in items for r in self.infer_many([item], cancelled)]  # one prefix per batch
+        prompt = items[0][1]
+        results: list[Inference | PhotoError] = []
+        replies: list[replies_mod.Reply] = []
+        for seq, (image, _, attempt) in enumerate(items):
+            t0 = time.perf_counter()
+            try:
+                with self._ctx.tokenize(self._render(prompt, self._ctx.marker), image) as chunks:
+                    n_past, evaluated = self._evaluate(chunks.items, seq)
+            except PhotoError as e:
+                results.append(e)
+                continue
+            temperature = self._engine.temperature if attempt == 0 else RETRY_TEMPERATURE
+            sampler = self._ctx.sampler(self._grammar(prompt), temperature, self._engine.seed + attempt)
+            reply = replies_mod.Reply(self._ctx, seq, n_past, sampler,
+                                      Cursor(prompt.schema) if self._engine.jump_forward else None,
+                                      self._engine.max_output_tokens)
+            reply.evaluated, reply.encode_ms = evaluated, (time.perf_counter() - t0) * 1000
+            results.append(reply)
+            replies.append(reply)
+        t_gen = time.perf_counter()
+        try:
+            replies_mod.generate(self._ctx, replies, cancelled)
+        finally:
+            for r in replies:
+                r.close()
+        generate_ms = (time.perf_counter() - t_gen) * 1000
+        return [r if isinstance(r, PhotoError) else r.error or Inference(
+            text=r.text, prompt_tokens=r.prompt_tokens, output_tokens=r.n_out, encode_ms=r.encode_ms,
+            generate_ms=generate_ms, evaluated_tokens=r.evaluated, sampled_tokens=r.n_sampled,
+            steps=tuple(r.steps)) for r in results]
 
     def layout(self, prompt: Prompt, image: Image.Image) -> dict[str, int]:
         """Tokens of this prompt and image: the cacheable prefix, the image, the text after it."""
@@ -145,20 +177,19 @@ class LlamaLabeler:
     def health(self) -> list[dict]:
         return []
 
-    def _evaluate(self, chunks: list) -> tuple[int, int]:
-        """Fill the KV cache for this photo; return (next position, prompt tokens evaluated now).
+    def _evaluate(self, chunks: list, seq: int = 0) -> tuple[int, int]:
+        """Fill sequence `seq` of the KV cache for this photo; return (next position, prompt tokens
+        evaluated now).
 
         Everything before the image is the same for every photo of a catalog: it stays in the
-        KV cache and only the image and the text after it are evaluated.
+        KV cache (sequence 0; the other sequences share its cells) and only the image and the
+        text after it are evaluated.
         """
         first_image = next((i for i, c in enumerate(chunks) if not c.is_text), len(chunks))
         head, tail = chunks[:first_image], chunks[first_image:]
         key = tuple(t for c in head for t in c.tokens)
         evaluated = 0
-        if self._prefix.tokens == key and self._engine.prefix_cache:
-            self._ctx.forget_from(self._prefix.n_past)  # the previous photo's image and reply
-            n_past = self._prefix.n_past
-        else:
+        if self._prefix.tokens != key or not (self._engine.prefix_cache or seq > 0):
             self._ctx.forget_from(0)
             self._prefix = Prefix()  # invalid until it is whole again
             n_past = 0
@@ -167,63 +198,15 @@ class LlamaLabeler:
                 evaluated += c.n_tokens
             self._prefix = Prefix(key, n_past)
             log.info("engine.prefix_cached", tokens=len(key), positions=n_past)
+        if seq == 0:
+            self._ctx.forget_from(self._prefix.n_past)  # the previous photo's image and reply
+        else:
+            self._ctx.share_prefix(seq, self._prefix.n_past)
+        n_past = self._prefix.n_past
         for i, c in enumerate(tail):
-            n_past = self._ctx.eval_chunk(c, n_past, logits_last=i == len(tail) - 1)
+            n_past = self._ctx.eval_chunk(c, n_past, logits_last=i == len(tail) - 1, seq=seq)
             evaluated += c.n_tokens
         return n_past, evaluated
-
-    def _generate(self, prompt: Prompt, n_past: int, temperature: float, seed: int,
-                  cancelled: Callable[[], bool]) -> tuple[str, int, int, list[Step]]:
-        """Sample the reply; text the schema fixes is appended in one batch instead (jump-forward).
-
-        Returns (text, output tokens, of which sampled, the sampled tokens of the names with their
-        probabilities — `confidence.py` turns them into each name's confidence).
-        """
-        from bbsd.jump import Cursor
-
-        sampler = self._ctx.sampler(self._grammar(prompt), temperature, seed)
-        cursor = Cursor(prompt.schema) if self._engine.jump_forward else None
-        raw, n_out, n_sampled, steps = bytearray(), 0, 0, []
-        try:
-            while n_out < self._engine.max_output_tokens:
-                if cancelled():
-                    raise AbandonedError("labelling abandoned at shutdown",
-                                         "the photo stays pending and is redone at start")
-                forced = cursor.forced(raw.decode("utf-8", "ignore")) if cursor else None
-                if forced is not None and forced.text:
-                    tokens = self._ctx.tokens(forced.text)
-                    if sampler.allows(tokens) and n_out + len(tokens) <= self._engine.max_output_tokens:
-                        sampler.force(tokens)
-                        n_past = self._ctx.eval_tokens(tokens, n_past)
-                        raw += forced.text.encode()
-                        n_out += len(tokens)
-                        if forced.complete:
-                            break
-                        continue
-                    cursor = None  # the grammar disagrees: plain sampling from here on
-                elif forced is not None and forced.complete:
-                    break
-                elif forced is None:
-                    cursor = None
-                token = self._ctx.sample(sampler)
-                if self._ctx.is_end(token):
-                    break
-                piece = self._ctx.piece(token)
-                if NAMES_END not in raw:  # the names come first in the reply: only their choices are weighed
-                    steps.append(self._step(sampler, token, raw, piece))
-                sampler.sampled(token)
-                raw += piece
-                n_out, n_sampled = n_out + 1, n_sampled + 1
-                n_past = self._ctx.eval_tokens([token], n_past)
-        finally:
-            sampler.close()
-        return raw.decode("utf-8", errors="replace"), n_out, n_sampled, steps
-
-    def _step(self, sampler, token: int, raw: bytearray, piece: bytes) -> Step:
-        p, alt, alt_p = self._ctx.choice(sampler, token)
-        start = len(raw.decode("utf-8", "ignore"))
-        alt_text = self._ctx.piece(alt).decode("utf-8", "replace") if alt is not None else None
-        return Step(start, start + len(piece.decode("utf-8", "ignore")), p, alt_text, alt_p)
 
     def close(self) -> None:
         self._ctx.close()
@@ -235,6 +218,18 @@ class Prefix:
 
     tokens: tuple[int, ...] | None = None
     n_past: int = 0
+
+
+# Photos labelled together on a GPU when [engine] parallel is 0: measured on an H200 with the
+# 2B-class shape (docs/benchmarks.md, "parallel"). On a CPU the forward pass is compute-bound
+# already: sequences side by side gain nothing there, and the newest photo would wait longer.
+GPU_PARALLEL = 4
+
+
+def resolve_parallel(configured: int, gpu_layers: int | str) -> int:
+    if configured > 0:
+        return configured
+    return GPU_PARALLEL if gpu_layers not in (0, "0") else 1
 
 
 def batch_size(context_size: int) -> int:

@@ -33,7 +33,7 @@ class Context:
     """A loaded text model, its llama context and its mmproj (libmtmd) context."""
 
     def __init__(self, model: Path, mmproj: Path, *, n_ctx: int, n_batch: int, threads: int, gpu_layers: int,
-                 flash_attention: bool) -> None:
+                 flash_attention: bool, n_seq: int = 1) -> None:
         from bbsd.backends import import_llama
 
         ll = import_llama()
@@ -48,7 +48,10 @@ class Context:
                              "is it a complete llama.cpp GGUF? re-download it or check `bbsd check`")
         self.vocab = ll.llama_model_get_vocab(self.model)
         cparams = ll.llama_context_default_params()
-        cparams.n_ctx, cparams.n_batch, cparams.n_ubatch = n_ctx, n_batch, n_batch
+        # `n_seq` photos at once, each in its own sequence with up to `n_ctx` positions. One unified
+        # KV cache: the prompt prefix is stored once and shared by every sequence (`share_prefix`).
+        cparams.n_ctx, cparams.n_batch, cparams.n_ubatch = n_ctx * n_seq, n_batch, n_batch
+        cparams.n_seq_max, cparams.kv_unified = n_seq, n_seq > 1
         cparams.n_threads = cparams.n_threads_batch = threads
         cparams.flash_attn_type = (ll.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attention
                                    else ll.LLAMA_FLASH_ATTN_TYPE_DISABLED)
@@ -58,10 +61,10 @@ class Context:
             ll.llama_model_free(self.model)
             raise ModelError(f"cannot create a context of {n_ctx} tokens for {model.name}",
                              "lower [engine] context_size, or free memory")
-        self.n_ctx, self.n_batch = ll.llama_n_ctx(self.ctx), n_batch
+        self.n_ctx, self.n_batch, self.n_seq = n_ctx, n_batch, n_seq  # n_ctx: per sequence
         self._mtmd = self._open_mtmd(mmproj, threads, gpu_layers, flash_attention)
         self.marker = mtmd_cpp.mtmd_default_marker().decode()
-        self._batch = ll.llama_batch_init(n_batch, 0, 1)
+        self._batch = ll.llama_batch_init(max(n_batch, n_seq), 0, 1)
 
     def apply_lora(self, path: Path, scale: float) -> None:
         """Load a LoRA adapter GGUF for the text model and apply it to this context at `scale`."""
@@ -139,47 +142,75 @@ class Context:
 
     # --- evaluation -----------------------------------------------------------------------------
 
-    def forget_from(self, pos: int) -> None:
-        """Drop everything at or after position `pos` from the KV cache (pos 0: all of it)."""
+    def forget_from(self, pos: int, seq: int = 0) -> None:
+        """Drop sequence `seq`'s positions `pos`… from the KV cache (pos 0 of sequence 0: everything)."""
         mem = self._ll.llama_get_memory(self.ctx)
-        if pos <= 0:
+        if pos <= 0 and seq == 0:
             self._ll.llama_memory_clear(mem, True)
-        elif not self._ll.llama_memory_seq_rm(mem, 0, pos, -1):
+        elif not self._ll.llama_memory_seq_rm(mem, seq, pos, -1):
             raise PhotoError("engine_error", "the KV cache refused to drop the previous photo",
                              "the worker is restarted for the next photo")
 
-    def eval_chunk(self, chunk: Chunk, n_past: int, logits_last: bool) -> int:
+    def share_prefix(self, seq: int, n_past: int) -> None:
+        """Make sequence `seq` start with sequence 0's first `n_past` positions (the cached prompt
+        prefix): in a unified KV cache the cells are shared, not copied."""
+        mem = self._ll.llama_get_memory(self.ctx)
+        self._ll.llama_memory_seq_rm(mem, seq, -1, -1)
+        self._ll.llama_memory_seq_cp(mem, 0, seq, 0, n_past)
+
+    def eval_chunk(self, chunk: Chunk, n_past: int, logits_last: bool, seq: int = 0) -> int:
         """Evaluate one chunk at `n_past`; return the next position (libmtmd's, M-RoPE aware).
 
         Text goes through our own batches with explicit positions: libmtmd's helper placed a
         text chunk at position 0 whatever `n_past` it was given (llama-cpp-python 0.3.36).
         """
         if chunk.is_text:
-            return self.eval_tokens(list(chunk.tokens), n_past, logits_last)
+            return self.eval_tokens(list(chunk.tokens), n_past, logits_last, seq)
         self._fits(n_past, chunk.n_tokens)
         new_n_past = self._ll.llama_pos(0)
         rc = self._m.mtmd_helper_eval_chunk_single(
-            self._mtmd, self.ctx, chunk.handle, self._ll.llama_pos(n_past), self._ll.llama_seq_id(0),
+            self._mtmd, self.ctx, chunk.handle, self._ll.llama_pos(n_past), self._ll.llama_seq_id(seq),
             self.n_batch, logits_last, ctypes.byref(new_n_past))
         if rc != 0:
             raise PhotoError("engine_error", f"{'text' if chunk.is_text else 'image'} evaluation failed "
                              f"(mtmd code {rc})", "see the llama.log events")
         return new_n_past.value
 
-    def eval_tokens(self, tokens: list[int], n_past: int, logits_last: bool = True) -> int:
-        """Append tokens at positions `n_past`…; logits for the last one when asked."""
+    def eval_tokens(self, tokens: list[int], n_past: int, logits_last: bool = True, seq: int = 0) -> int:
+        """Append tokens to sequence `seq` at positions `n_past`…; logits for the last one when asked."""
         self._fits(n_past, len(tokens))
-        batch = self._batch
         for start in range(0, len(tokens), self.n_batch):
             part = tokens[start:start + self.n_batch]
-            batch.n_tokens = len(part)
-            for i, tok in enumerate(part):
-                batch.token[i], batch.pos[i], batch.n_seq_id[i] = tok, n_past + start + i, 1
-                batch.seq_id[i][0] = 0
-                batch.logits[i] = logits_last and start + i == len(tokens) - 1
-            if self._ll.llama_decode(self.ctx, batch) != 0:
-                raise PhotoError("engine_error", "llama_decode failed while generating", "see the llama.log events")
+            self._decode([(seq, n_past + start, part, logits_last and start + len(part) == len(tokens))])
         return n_past + len(tokens)
+
+    def eval_parallel(self, parts: list[tuple[int, int, list[int]]]) -> list[int]:
+        """One `llama_decode` for several sequences: `(seq, n_past, tokens)` each, logits for each
+        part's last token; all of it must fit one batch (`per_sequence_budget`). Returns each
+        part's logits row for `sample`/`choice`."""
+        for _, n_past, tokens in parts:
+            self._fits(n_past, len(tokens))
+        return self._decode([(seq, n_past, tokens, True) for seq, n_past, tokens in parts])
+
+    @property
+    def per_sequence_budget(self) -> int:
+        """Most tokens one sequence may append in an `eval_parallel` step."""
+        return self.n_batch // self.n_seq
+
+    def _decode(self, parts: list[tuple[int, int, list[int], bool]]) -> list[int]:
+        """Fill the batch with `(seq, first position, tokens, logits for the last)` parts and decode it."""
+        batch, i, last = self._batch, 0, []
+        for seq, n_past, tokens, logits in parts:
+            for k, tok in enumerate(tokens):
+                batch.token[i], batch.pos[i], batch.n_seq_id[i] = tok, n_past + k, 1
+                batch.seq_id[i][0] = seq
+                batch.logits[i] = logits and k == len(tokens) - 1
+                i += 1
+            last.append(i - 1)
+        batch.n_tokens = i
+        if self._ll.llama_decode(self.ctx, batch) != 0:
+            raise PhotoError("engine_error", "llama_decode failed while generating", "see the llama.log events")
+        return last
 
     def _fits(self, n_past: int, n: int) -> None:
         if n_past + n > self.n_ctx:
@@ -189,18 +220,19 @@ class Context:
     def sampler(self, grammar: str, temperature: float, seed: int) -> Sampler:
         return Sampler(self._ll, self.vocab, grammar, temperature, seed)
 
-    def sample(self, sampler: Sampler) -> int:
-        """Sample the next token from the last logits under the sampler's grammar (and accept it)."""
-        return self._ll.llama_sampler_sample(sampler.chain, self.ctx, -1)
+    def sample(self, sampler: Sampler, idx: int = -1) -> int:
+        """Sample the next token from the logits of batch row `idx` (the last: -1) under the sampler's
+        grammar (and accept it)."""
+        return self._ll.llama_sampler_sample(sampler.chain, self.ctx, idx)
 
-    def choice(self, sampler: Sampler, token: int) -> tuple[float, int | None, float]:
+    def choice(self, sampler: Sampler, token: int, idx: int = -1) -> tuple[float, int | None, float]:
         """How the model weighed `token`, just sampled from the last logits: its probability among the
         tokens the grammar allowed (temperature 1), and the most probable other allowed token with its
         probability. Call before `sampler.sampled(token)`: the grammar must be where it was."""
         import numpy as np
 
         n_vocab = self._ll.llama_vocab_n_tokens(self.vocab)
-        logits = np.ctypeslib.as_array(self._ll.llama_get_logits_ith(self.ctx, -1), shape=(n_vocab,))
+        logits = np.ctypeslib.as_array(self._ll.llama_get_logits_ith(self.ctx, idx), shape=(n_vocab,))
         return sampler.choice(logits, token)
 
     def close(self) -> None:

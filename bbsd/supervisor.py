@@ -11,6 +11,7 @@ the bound over its post-load baseline.
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -64,8 +65,18 @@ class _Worker(child.Child):
                  start_ms=round((time.monotonic() - t0) * 1000))
 
 
+class _Ticket:
+    """One photo handed to the worker labeler, until its result (or error) is known."""
+
+    def __init__(self, image: Image.Image, prompt: Prompt, attempt: int) -> None:
+        self.image, self.prompt, self.attempt = image, prompt, attempt
+        self.outcome: Inference | BaseException | None = None
+
+
 class WorkerLabeler:
-    concurrency = 1  # one worker process, one photo at a time
+    """Photos handed over by several threads at once go to the worker together, up to the engine's
+    `parallel`; the thread that finds the worker idle takes the waiting photos to it (no extra
+    thread, no waiting for a batch to fill: what is there goes)."""
 
     def __init__(self, settings, warm_up: bool = False) -> None:
         self._settings = settings
@@ -74,6 +85,14 @@ class WorkerLabeler:
         hello = self._ensure().hello  # load at start: a bad model fails `run` and `check` at once
         self.info = ModelInfo(*hello["info"])  # what the backend itself says, not a guess from settings
         self.gpu = bool(hello.get("gpu"))
+        self.parallel = int(hello.get("parallel", 1))
+        # Twice the batch in hand when batching: while one batch is in the engine, the photos of the
+        # next are decoded. One at a time stays one: the newest photo of a burst then never waits
+        # behind an older photo decoded ahead of it.
+        self.concurrency = 2 * self.parallel if self.parallel > 1 else 1
+        self._cond = threading.Condition()
+        self._pending: list[_Ticket] = []
+        self._busy = False
 
     def health(self) -> list[dict]:
         return []
@@ -85,32 +104,67 @@ class WorkerLabeler:
 
     def infer(self, image: Image.Image, prompt: Prompt, *, attempt: int,
               cancelled: Callable[[], bool]) -> Inference:
+        ticket = _Ticket(image, prompt, attempt)
+        with self._cond:
+            self._pending.append(ticket)
+            while ticket.outcome is None:
+                if self._busy:
+                    self._cond.wait(0.2)
+                    if ticket.outcome is None and ticket in self._pending and cancelled():
+                        self._pending.remove(ticket)
+                        raise AbandonedError("labelling abandoned at shutdown",
+                                             "the photo stays pending and is redone at start")
+                    continue
+                batch = self._take()
+                self._busy = True
+                self._cond.release()
+                try:
+                    outcomes = self._run(batch, cancelled)
+                finally:
+                    self._cond.acquire()
+                    self._busy = False
+                for t, outcome in zip(batch, outcomes, strict=True):
+                    t.outcome = outcome
+                self._cond.notify_all()
+        if isinstance(ticket.outcome, BaseException):
+            raise ticket.outcome
+        return ticket.outcome
+
+    def _take(self) -> list[_Ticket]:
+        """The next batch: a retry goes alone (a photo that crashed the worker must not take others
+        with it twice), first photos go up to `parallel` together, in the order they came."""
+        first = self._pending[0]
+        batch = [first] if first.attempt else [t for t in self._pending if not t.attempt][:self.parallel]
+        for t in batch:
+            self._pending.remove(t)
+        return batch
+
+    def _run(self, batch: list[_Ticket], cancelled: Callable[[], bool]) -> list[Inference | BaseException]:
+        """One request to the worker for the whole batch; a worker lost costs each photo of it."""
         worker = self._ensure()
-        timeout = self._settings.worker.timeout_seconds
-        header = {"type": "infer", "name": image.info.get("bbsd_name", ""),  # for logs and the test hooks
-                  "width": image.width, "height": image.height, "attempt": attempt,
-                  "prompt": dataclasses.asdict(prompt)}
+        timeout = self._settings.worker.timeout_seconds * len(batch)
+        header = {"type": "infer", "prompt": dataclasses.asdict(batch[0].prompt),
+                  "photos": [{"name": t.image.info.get("bbsd_name", ""),  # for logs and the test hooks
+                              "width": t.image.width, "height": t.image.height, "attempt": t.attempt}
+                             for t in batch]}
+        pixels = b"".join(t.image.convert("RGB").tobytes() for t in batch)
         t0 = time.monotonic()
         try:
-            reply, _ = worker.request(header, image.convert("RGB").tobytes(), t0 + timeout, cancelled)
+            reply, _ = worker.request(header, pixels, t0 + timeout, cancelled)
         except AbandonedError:
             self._discard("shutdown")
-            raise
+            return [AbandonedError("labelling abandoned at shutdown", "the photo stays pending and is redone at start")
+                    for _ in batch]
         except TimeoutError:
             self._discard("timeout")
-            raise EngineTimeoutError(timeout) from None
+            return [EngineTimeoutError(timeout) for _ in batch]
         except (EOFError, OSError):
-            raise EngineCrashError(self._discard("crash")) from None
-        if reply["type"] == "photo_error":
-            raise PhotoError(reply["code"], reply["message"], reply["hint"])
-        worker.photos += 1
+            detail = self._discard("crash")
+            return [EngineCrashError(detail) for _ in batch]
+        worker.photos += len(batch)
         worker.rss_mb = reply["rss_mb"]
         self._maybe_recycle(worker)
-        return Inference(text=reply["text"], prompt_tokens=reply["prompt_tokens"],
-                         output_tokens=reply["output_tokens"], encode_ms=reply["encode_ms"],
-                         generate_ms=reply["generate_ms"], rss_mb=reply["rss_mb"], vram_mb=reply["vram_mb"],
-                         evaluated_tokens=reply.get("evaluated_tokens"), sampled_tokens=reply.get("sampled_tokens"),
-                         steps=tuple(Step.from_json(row) for row in reply.get("steps", ())))
+        return [_inference(r, reply) for r in reply["results"]]
 
     def _discard(self, reason: str) -> str:
         """Kill the current worker (the next request starts a new one); return how it ended."""
@@ -140,3 +194,12 @@ class WorkerLabeler:
         if self._worker is not None:
             self._worker.stop()
             self._worker = None
+
+
+def _inference(r: dict, reply: dict) -> Inference | PhotoError:
+    if r["type"] == "photo_error":
+        return PhotoError(r["code"], r["message"], r["hint"])
+    return Inference(text=r["text"], prompt_tokens=r["prompt_tokens"], output_tokens=r["output_tokens"],
+                     encode_ms=r["encode_ms"], generate_ms=r["generate_ms"], rss_mb=reply["rss_mb"],
+                     vram_mb=reply["vram_mb"], evaluated_tokens=r.get("evaluated_tokens"),
+                     sampled_tokens=r.get("sampled_tokens"), steps=tuple(Step.from_json(row) for row in r["steps"]))

@@ -1,4 +1,5 @@
-"""The engine worker: a child process that owns the model and answers one request at a time.
+"""The engine worker: a child process that owns the model and answers one request at a time
+(one photo, or a batch that the engine labels together).
 
 Invariants: the worker never touches photos or sidecars — it gets pixels and a prompt, and
 returns the raw reply with its own memory figures; it dies with its parent (PR_SET_PDEATHSIG),
@@ -63,7 +64,7 @@ def main(config_path: Path, parent: int, warm: bool = False, profile: Path | Non
     gpu = labeler.gpu
     ipc.send(out, {"type": "ready", "pid": os.getpid(), "rss_mb": metrics.rss_mb(), "vram_mb": metrics.vram_mb(gpu),
                    "info": [labeler.info.backend, labeler.info.file, labeler.info.mmproj, labeler.info.lora],
-                   "gpu": gpu})
+                   "gpu": gpu, "parallel": getattr(labeler, "parallel", 1)})
     try:
         return _serve(labeler, inp, out, gpu)
     finally:
@@ -78,21 +79,39 @@ def _serve(labeler, inp: int, out: int, gpu: bool) -> int:
             return 0
         if request["type"] == "exit":
             return 0
-        _test_hooks(request["name"])
-        image = Image.frombytes("RGB", (request["width"], request["height"]), pixels)
-        image.info["bbsd_name"] = request["name"]  # as in the parent: backends may name the photo in logs
         prompt = Prompt(**request["prompt"])
+        items, offset = [], 0
+        for photo in request["photos"]:
+            _test_hooks(photo["name"])
+            size = photo["width"] * photo["height"] * 3
+            image = Image.frombytes("RGB", (photo["width"], photo["height"]), pixels[offset:offset + size])
+            image.info["bbsd_name"] = photo["name"]  # as in the parent: backends may name the photo in logs
+            items.append((image, prompt, photo["attempt"]))
+            offset += size
+        results = _infer(labeler, items)
+        memory = {"rss_mb": metrics.rss_mb(), "vram_mb": metrics.vram_mb(gpu)}
+        ipc.send(out, {"type": "results", "results": [_result(r) for r in results], **memory})
+
+
+def _infer(labeler, items: list) -> list:
+    """The batch through `infer_many` where the backend has it (the llama engine), else one by one."""
+    if hasattr(labeler, "infer_many"):
+        return labeler.infer_many(items, cancelled=lambda: False)
+    results = []
+    for image, prompt, attempt in items:
         try:
-            r = labeler.infer(image, prompt, attempt=request["attempt"], cancelled=lambda: False)
+            results.append(labeler.infer(image, prompt, attempt=attempt, cancelled=lambda: False))
         except PhotoError as e:
-            ipc.send(out, {"type": "photo_error", "code": e.code, "message": e.message, "hint": e.hint})
-            continue
-        ipc.send(out, {"type": "result", "text": r.text, "prompt_tokens": r.prompt_tokens,
-                       "output_tokens": r.output_tokens,
-                       "evaluated_tokens": r.evaluated_tokens, "sampled_tokens": r.sampled_tokens,
-                       "encode_ms": r.encode_ms, "generate_ms": r.generate_ms,
-                       "steps": [step.to_json() for step in r.steps],
-                       "rss_mb": metrics.rss_mb(), "vram_mb": metrics.vram_mb(gpu)})
+            results.append(e)
+    return results
+
+
+def _result(r) -> dict:
+    if isinstance(r, PhotoError):
+        return {"type": "photo_error", "code": r.code, "message": r.message, "hint": r.hint}
+    return {"type": "result", "text": r.text, "prompt_tokens": r.prompt_tokens, "output_tokens": r.output_tokens,
+            "evaluated_tokens": r.evaluated_tokens, "sampled_tokens": r.sampled_tokens,
+            "encode_ms": r.encode_ms, "generate_ms": r.generate_ms, "steps": [step.to_json() for step in r.steps]}
 
 
 def _test_hooks(name: str) -> None:

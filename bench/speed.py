@@ -74,7 +74,8 @@ def catalog_toml(n: int) -> str:
         f'[[props]]\nname = "{p}"\ndescription = "a wooden stage prop, number {i}"\n' for i, p in enumerate(names[1]))
 
 
-def write_config(folder: Path, models: tuple[Path, Path], n_catalog: int, args, extra: str = "") -> Path:
+def write_config(folder: Path, models: tuple[Path, Path], n_catalog: int, args, extra: str = "",
+                 parallel: int = 0) -> Path:
     inbox = folder / "inbox"
     inbox.mkdir(parents=True, exist_ok=True)
     cfg = folder / "bench.toml"
@@ -82,6 +83,7 @@ def write_config(folder: Path, models: tuple[Path, Path], n_catalog: int, args, 
                    f'[model]\npath = "{models[0]}"\nmmproj = "{models[1]}"\n'
                    f'[engine]\nimage_max_side = 768\nmax_output_tokens = {args.max_tokens}\n'
                    f'threads = {args.threads}\ngpu_layers = {args.gpu_layers}\ncontext_size = {args.n_ctx}\n'
+                   f'parallel = {parallel}\n'
                    f'[worker]\nrecycle_after_photos = 0\nrecycle_rss_growth_mb = 0\n{extra}\n'
                    f'[service]\nstate_dir = "{folder / "state"}"\n[log]\nformat = "json"\nlevel = "warning"\n'
                    + catalog_toml(n_catalog))
@@ -153,6 +155,20 @@ def daemon_run(cfg: Path, files: list[Path], burst: list[Path]) -> tuple[list[di
         newest = targets[-1]
         _wait(lambda: sidecar.path_for(newest).exists(), 3600)
         return rows, _record(newest)
+    finally:
+        daemon.stop()
+
+
+def burst_run(cfg: Path, burst: list[Path]) -> dict:
+    """A burst dropped at once into a fresh daemon: photos per second until the last sidecar, and
+    the newest photo's settled → sidecar time."""
+    daemon = Daemon(cfg)
+    try:
+        t0 = time.monotonic()
+        targets = [daemon.drop(f) for f in burst]
+        _wait(lambda: all(sidecar.path_for(t).exists() for t in targets), 3600)
+        seconds = time.monotonic() - t0
+        return {"per_s": len(targets) / seconds, "newest": _record(targets[-1])["ms"]}
     finally:
         daemon.stop()
 
@@ -243,6 +259,13 @@ def run_shape(shape: str, args, tmp: Path, binaries: tuple[Path, Path] | None) -
     if newest:
         lines.append(f"| {shape} | newest of a {args.burst}-photo burst, settled → sidecar | {newest['ms']:.0f} "
                      f"| | | | | | {newest['ms'] / bbsd['ms']:.2f} × one photo (a) |")
+    single = 1000 / bbsd["ms"]  # photos per second, one at a time
+    for n in [int(v) for v in args.parallel.split(",") if v]:
+        b = burst_run(write_config(tmp / f"{shape}-parallel{n}", models, args.catalog, args, parallel=n),
+                      photos(tmp / f"burst-{shape}-{n}", args.burst, start=10_000 * (n + 1)))
+        lines.append(f"| {shape} | {args.burst}-photo burst, parallel {n}: {b['per_s']:.2f} photos/s "
+                     f"({b['per_s'] / single:.2f} × one at a time); newest settled → sidecar {b['newest']:.0f} ms "
+                     f"({b['newest'] / bbsd['ms']:.2f} × one photo) | | | | | | | |")
     return lines
 
 
@@ -278,6 +301,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="0: one per physical core")
     ap.add_argument("--gpu-layers", type=int, default=0)
     ap.add_argument("--n-ctx", type=int, default=4096)
+    ap.add_argument("--parallel", default="", help="also drop a burst into a daemon with each [engine] parallel "
+                    "in this list (1,2,4,8): burst throughput against one photo at a time")
     ap.add_argument("--memory", type=int, default=0, help="also label this many photos (1000) for RSS after 100 vs all")
     ap.add_argument("--section", default="speed", help="the docs/benchmarks.md section to write")
     args = ap.parse_args()

@@ -1,0 +1,89 @@
+"""Bursts in small batches: photos labelled together as parallel sequences after one cached prefix."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from PIL import Image
+
+from bbsd import config, prompt, sidecar
+from bbsd.engines import open_in_process
+from tests.conftest import SLACK, make_photo, wait_until, write_config
+
+
+def _photo(i: int) -> Image.Image:
+    return Image.new("RGB", (256, 192), (40 * i % 256, 90, 200 - 30 * i % 200))
+
+
+def _labeler(tmp_path, tiny_models, parallel: int):
+    settings = config.load(write_config(tmp_path, [tmp_path], tiny_models),
+                           environ={"BBSD_ENGINE_PARALLEL": str(parallel)})
+    return open_in_process(settings), prompt.build(settings.catalog)
+
+
+def test_a_batch_gives_each_photo_the_reply_it_gets_alone_and_evaluates_the_prefix_once(tiny_models, tmp_path):
+    alone, p = _labeler(tmp_path, tiny_models, 1)
+    try:
+        expected = [alone.infer(_photo(i), p, attempt=0, cancelled=lambda: False) for i in range(4)]
+        layout = alone.layout(p, _photo(0))
+    finally:
+        alone.close()
+    together, p = _labeler(tmp_path, tiny_models, 3)
+    try:
+        assert together.parallel == 3
+        first = together.infer_many([(_photo(i), p, 0) for i in range(3)], cancelled=lambda: False)
+        second = together.infer_many([(_photo(3), p, 0)], cancelled=lambda: False)  # after a batch: seq 0 again
+    finally:
+        together.close()
+    got = first + second
+    assert [r.text for r in got] == [r.text for r in expected]
+    assert [r.output_tokens for r in got] == [r.output_tokens for r in expected]
+    assert [r.sampled_tokens for r in got] == [r.sampled_tokens for r in expected]
+    for a, b in zip(got, expected, strict=True):  # the names' confidences come out of the same logits
+        assert [s.p for s in a.steps] == pytest.approx([s.p for s in b.steps], abs=1e-3)
+    image_and_suffix = layout["image"] + layout["suffix"]
+    assert [r.evaluated_tokens for r in got] == [sum(layout.values())] + [image_and_suffix] * 3
+    assert len({r.generate_ms for r in first}) == 1  # one decode loop for the batch
+
+
+def test_a_batch_of_another_catalog_is_labelled_one_prompt_at_a_time(tiny_models, tmp_path):
+    """A SIGHUP between two photos of a batch: each photo is labelled with its own prompt."""
+    labeler, p = _labeler(tmp_path, tiny_models, 2)
+    try:
+        cfg = tmp_path / "config.toml"
+        cfg.write_text(cfg.read_text() + '\n[[characters]]\nname = "Kikimora"\ndescription = "swamp spirit"\n')
+        other = prompt.build(config.load(cfg, environ={}).catalog)
+        mixed = labeler.infer_many([(_photo(1), p, 0), (_photo(1), other, 0)], cancelled=lambda: False)
+        alone = labeler.infer_many([(_photo(1), other, 0)], cancelled=lambda: False)
+    finally:
+        labeler.close()
+    assert mixed[1].text == alone[0].text
+    assert mixed[0].evaluated_tokens > mixed[0].prompt_tokens - 50  # each had to evaluate its own prefix
+    assert mixed[1].evaluated_tokens == mixed[1].prompt_tokens
+
+
+def test_a_poison_photo_in_a_batch_is_quarantined_alone_and_its_neighbours_labelled(tmp_path, tiny_models,
+                                                                                    bbsd_run):
+    """A crash costs every photo of the batch one try; the retry goes alone, so only the photo
+    that kills the worker twice is quarantined."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    cfg = write_config(tmp_path, [inbox], tiny_models)
+    # All there before the start, so the queue holds them at once; the poison photo is the oldest, so
+    # newest-first takes it when photos decoded meanwhile wait for the (slowed) engine with it.
+    poison = make_photo(inbox / "poison.jpg", color=(1, 1, 1))
+    photos = [make_photo(inbox / f"ok_{i}.jpg", color=(i * 30, 20, 20)) for i in range(8)]
+    for i, p in enumerate([poison, *photos]):
+        os.utime(p, (1_700_000_000 + i, 1_700_000_000 + i))
+    run = bbsd_run(cfg, "run", env={"BBSD_ENGINE_PARALLEL": "3", "BBSD_TEST_HOOKS": "1",
+                                    "BBSD_TEST_ABORT_ON": "poison", "BBSD_TEST_SLOW_MS": "300"})
+    everything = [*photos, poison]
+    wait_until(lambda: all(sidecar.path_for(p).exists() for p in everything), 120 * SLACK, "all sidecars")
+    assert json.loads(sidecar.path_for(poison).read_text())["error"]["code"] == "engine_crash"
+    for p in photos:
+        assert json.loads(sidecar.path_for(p).read_text())["status"] == "labeled"
+    assert len(run.events("worker.lost")) == 2  # the batch's crash, then the poison photo's retry alone
+    assert len(run.events("photo.retry")) >= 2  # its neighbours in that batch were retried (and labelled)
+    assert run.stop() == 0
