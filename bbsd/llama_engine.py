@@ -238,8 +238,15 @@ class Prefix:
 
 
 def batch_size(context_size: int) -> int:
-    """Batch = ubatch, large enough for one image in one ubatch (vision encoders with
-    non-causal attention need that) and never larger than the context."""
+    """Batch = ubatch, large enough for one image in one ubatch (decoders that attend to an image
+    non-causally, Gemma 3's 256 tokens, need that) and never larger than the context.
+
+    Qwen2-VL/2.5-VL images have the most tokens: one per 28x28 pixels after libmtmd rounds each
+    side to a multiple of 28, at most 4096. At the default image_max_side of 768 that is at most
+    27 x 27 = 729 tokens; up to 1273 px (45 x 45 = 2025) an image fits one batch of 2048. A larger
+    one is split across batches, which this llama.cpp evaluates exactly like one batch for these
+    causal M-RoPE decoders (test_mrope proves both).
+    """
     return min(context_size, 2048)
 
 

@@ -27,6 +27,7 @@ class Chunk:
     is_text: bool
     tokens: tuple[int, ...]  # the text's tokens; empty for an image
     n_tokens: int
+    n_pos: int  # positions it takes (libmtmd's count): fewer than n_tokens for an M-RoPE image
 
 
 class Context:
@@ -148,6 +149,10 @@ class Context:
             raise PhotoError("engine_error", "the KV cache refused to drop the previous photo",
                              "the worker is restarted for the next photo")
 
+    def next_position(self) -> int:
+        """The position after the last one the KV cache holds (0 when empty), as llama.cpp records it."""
+        return self._ll.llama_memory_seq_pos_max(self._ll.llama_get_memory(self.ctx), 0) + 1
+
     def eval_chunk(self, chunk: Chunk, n_past: int, logits_last: bool) -> int:
         """Evaluate one chunk at `n_past`; return the next position (libmtmd's, M-RoPE aware).
 
@@ -197,11 +202,14 @@ class Context:
         """How the model weighed `token`, just sampled from the last logits: its probability among the
         tokens the grammar allowed (temperature 1), and the most probable other allowed token with its
         probability. Call before `sampler.sampled(token)`: the grammar must be where it was."""
+        return sampler.choice(self.logits(), token)
+
+    def logits(self):
+        """The last evaluated token's logits over the vocabulary: a numpy view, valid until the next evaluation."""
         import numpy as np
 
         n_vocab = self._ll.llama_vocab_n_tokens(self.vocab)
-        logits = np.ctypeslib.as_array(self._ll.llama_get_logits_ith(self.ctx, -1), shape=(n_vocab,))
-        return sampler.choice(logits, token)
+        return np.ctypeslib.as_array(self._ll.llama_get_logits_ith(self.ctx, -1), shape=(n_vocab,))
 
     def close(self) -> None:
         ll = self._ll
@@ -248,8 +256,8 @@ class Chunks:
             n = ctypes.c_size_t()
             ptr = m.mtmd_input_chunk_get_tokens_text(handle, ctypes.byref(n))
             tokens = tuple(ptr[j] for j in range(n.value))
-            return Chunk(handle, True, tokens, len(tokens))
-        return Chunk(handle, False, (), m.mtmd_input_chunk_get_n_tokens(handle))
+            return Chunk(handle, True, tokens, len(tokens), len(tokens))
+        return Chunk(handle, False, (), m.mtmd_input_chunk_get_n_tokens(handle), m.mtmd_input_chunk_get_n_pos(handle))
 
     def __enter__(self) -> Chunks:
         return self
