@@ -124,12 +124,14 @@ class LlamaLabeler:
         t0 = time.perf_counter()
         with self._ctx.tokenize(self._render(prompt, self._ctx.marker), image) as chunks:
             n_past, evaluated = self._evaluate(chunks.items)
+            # Tokens, not n_past: an M-RoPE image (Qwen2-VL) takes fewer positions than it has tokens.
+            prompt_tokens = sum(c.n_tokens for c in chunks.items)
         t1 = time.perf_counter()
         temperature = self._engine.temperature if attempt == 0 else RETRY_TEMPERATURE
         text, n_out, n_sampled, steps = self._generate(prompt, n_past, temperature, self._engine.seed + attempt,
                                                        cancelled)
         t2 = time.perf_counter()
-        return Inference(text=text, prompt_tokens=n_past, output_tokens=n_out, encode_ms=(t1 - t0) * 1000,
+        return Inference(text=text, prompt_tokens=prompt_tokens, output_tokens=n_out, encode_ms=(t1 - t0) * 1000,
                          generate_ms=(t2 - t1) * 1000, evaluated_tokens=evaluated, sampled_tokens=n_sampled,
                          steps=tuple(steps))
 
@@ -241,8 +243,8 @@ def batch_size(context_size: int) -> int:
     """Batch = ubatch, large enough for one image in one ubatch (decoders that attend to an image
     non-causally, Gemma 3's 256 tokens, need that) and never larger than the context.
 
-    Qwen2-VL/2.5-VL images have the most tokens: one per 28x28 pixels after libmtmd rounds each
-    side to a multiple of 28, at most 4096. At the default image_max_side of 768 that is at most
+    Qwen2-VL/2.5-VL images grow with the photo: one token per 28x28 pixels after libmtmd rounds
+    each side to a multiple of 28, at most 4096. At the default image_max_side of 768 that is at most
     27 x 27 = 729 tokens; up to 1273 px (45 x 45 = 2025) an image fits one batch of 2048. A larger
     one is split across batches, which this llama.cpp evaluates exactly like one batch for these
     causal M-RoPE decoders (test_mrope proves both).

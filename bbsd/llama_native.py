@@ -5,7 +5,8 @@ Invariants: every call into llama.cpp and libmtmd goes through here, on the docu
 sampler chains with the grammar sampler, `mtmd_tokenize` and `mtmd_helper_eval_chunk_single`),
 never through private attributes of the high-level `Llama` class; one thread owns a `Context`;
 positions are whatever libmtmd says they are (M-RoPE images use fewer positions than tokens),
-never a token count kept on the side.
+never a token count kept on the side; the KV cache's room is counted in cells (one per token),
+never in positions.
 """
 
 from __future__ import annotations
@@ -63,6 +64,10 @@ class Context:
         self._mtmd = self._open_mtmd(mmproj, threads, gpu_layers, flash_attention)
         self.marker = mtmd_cpp.mtmd_default_marker().decode()
         self._batch = ll.llama_batch_init(n_batch, 0, 1)
+        # KV cells in use after each position an evaluation ended at. Cells, not positions, fill the
+        # cache: a Qwen2-VL image of 63 tokens takes 9 positions but 63 cells.
+        self._cells_at: dict[int, int] = {0: 0}
+        self.cells = 0
 
     def apply_lora(self, path: Path, scale: float) -> None:
         """Load a LoRA adapter GGUF for the text model and apply it to this context at `scale`."""
@@ -141,17 +146,30 @@ class Context:
     # --- evaluation -----------------------------------------------------------------------------
 
     def forget_from(self, pos: int) -> None:
-        """Drop everything at or after position `pos` from the KV cache (pos 0: all of it)."""
-        mem = self._ll.llama_get_memory(self.ctx)
-        if pos <= 0:
+        """Drop everything at or after position `pos` from the KV cache (pos 0: all of it).
+
+        `pos` is 0 or a position an evaluation returned: where the cache's cell count is known.
+        """
+        pos, mem = max(pos, 0), self._ll.llama_get_memory(self.ctx)
+        if pos not in self._cells_at:
+            raise ValueError(f"position {pos} is not where an evaluation ended")
+        if pos == 0:
             self._ll.llama_memory_clear(mem, True)
         elif not self._ll.llama_memory_seq_rm(mem, 0, pos, -1):
             raise PhotoError("engine_error", "the KV cache refused to drop the previous photo",
                              "the worker is restarted for the next photo")
+        self.cells = self._cells_at[pos]
+        self._cells_at = {p: c for p, c in self._cells_at.items() if p <= pos}
 
     def next_position(self) -> int:
         """The position after the last one the KV cache holds (0 when empty), as llama.cpp records it."""
         return self._ll.llama_memory_seq_pos_max(self._ll.llama_get_memory(self.ctx), 0) + 1
+
+    def _filled(self, pos: int, n_cells: int) -> int:
+        """Record that an evaluation ending at `pos` (returned) filled `n_cells` more cells."""
+        self.cells += n_cells
+        self._cells_at[pos] = self.cells
+        return pos
 
     def eval_chunk(self, chunk: Chunk, n_past: int, logits_last: bool) -> int:
         """Evaluate one chunk at `n_past`; return the next position (libmtmd's, M-RoPE aware).
@@ -161,7 +179,7 @@ class Context:
         """
         if chunk.is_text:
             return self.eval_tokens(list(chunk.tokens), n_past, logits_last)
-        self._fits(n_past, chunk.n_tokens)
+        self._fits(chunk.n_tokens)
         new_n_past = self._ll.llama_pos(0)
         rc = self._m.mtmd_helper_eval_chunk_single(
             self._mtmd, self.ctx, chunk.handle, self._ll.llama_pos(n_past), self._ll.llama_seq_id(0),
@@ -169,11 +187,11 @@ class Context:
         if rc != 0:
             raise PhotoError("engine_error", f"{'text' if chunk.is_text else 'image'} evaluation failed "
                              f"(mtmd code {rc})", "see the llama.log events")
-        return new_n_past.value
+        return self._filled(new_n_past.value, chunk.n_tokens)
 
     def eval_tokens(self, tokens: list[int], n_past: int, logits_last: bool = True) -> int:
         """Append tokens at positions `n_past`…; logits for the last one when asked."""
-        self._fits(n_past, len(tokens))
+        self._fits(len(tokens))
         batch = self._batch
         for start in range(0, len(tokens), self.n_batch):
             part = tokens[start:start + self.n_batch]
@@ -184,11 +202,13 @@ class Context:
                 batch.logits[i] = logits_last and start + i == len(tokens) - 1
             if self._ll.llama_decode(self.ctx, batch) != 0:
                 raise PhotoError("engine_error", "llama_decode failed while generating", "see the llama.log events")
-        return n_past + len(tokens)
+        return self._filled(n_past + len(tokens), len(tokens))
 
-    def _fits(self, n_past: int, n: int) -> None:
-        if n_past + n > self.n_ctx:
-            raise PhotoError("context_overflow", f"prompt needs {n_past + n} tokens, context has {self.n_ctx}",
+    def _fits(self, n: int) -> None:
+        """Room for `n` more tokens. Counted in cells: with M-RoPE the next position understates the
+        cache's use by an image's tokens less its positions, and a full cache failed as `engine_error`."""
+        if self.cells + n > self.n_ctx:
+            raise PhotoError("context_overflow", f"prompt needs {self.cells + n} tokens, context has {self.n_ctx}",
                              "raise [engine] context_size or lower image_max_side")
 
     def sampler(self, grammar: str, temperature: float, seed: int) -> Sampler:

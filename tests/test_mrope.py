@@ -1,8 +1,9 @@
 """M-RoPE (Qwen2-VL / Qwen2.5-VL): an image takes fewer positions than it has tokens.
 
-The prefix cache and the batching must follow libmtmd's positions, never a token count. Proven on
-a tiny random-weight Qwen2-VL pair whose vision tower has the real patch size (14) and 2x2 merge,
-so its image token counts are the real ones.
+The prefix cache and the batching must follow libmtmd's positions, never a token count; the
+context check counts llama.cpp's cells (one per token), never positions. Proven on a tiny
+random-weight Qwen2-VL pair whose vision tower has the real patch size (14) and 2x2 merge, so its
+image token counts are the real ones.
 """
 
 import ctypes
@@ -13,6 +14,7 @@ from PIL import Image, ImageDraw
 
 from bbsd import config, llama_backend, llama_engine, llama_native, prompt, tiny_model
 from bbsd.engines import open_in_process as open_labeler
+from bbsd.errors import PhotoError
 from tests.conftest import write_config
 
 TEMPLATE = "<|im_start|>system\nLabel the puppets.<|im_end|>\n<|im_start|>user\n{marker}\nWho?<|im_end|>\n" \
@@ -77,6 +79,7 @@ def test_an_image_takes_fewer_positions_than_tokens_and_evaluation_follows_libmt
             after_image = ctx.eval_chunk(image, _evaluate(ctx, [head]), logits_last=False)
             assert after_image == head.n_tokens + 9
             assert _evaluate(ctx, [tail], after_image) == head.n_tokens + 9 + tail.n_tokens == ctx.next_position()
+            assert ctx.cells == head.n_tokens + 63 + tail.n_tokens  # the cache holds every token
             ours = ctx.logits().copy()
 
             # libmtmd's own evaluation of the same chunks (its helper, text included) is the reference;
@@ -108,7 +111,7 @@ def test_a_cached_prefix_then_another_image_gives_the_logits_of_a_fresh_context(
             end = _evaluate(ctx, chunks.items[1:], prefix_end)
             ctx.eval_tokens([101, 102, 103, 104], end)  # A's reply
         ctx.forget_from(prefix_end)
-        assert ctx.next_position() == prefix_end
+        assert ctx.next_position() == prefix_end and ctx.cells == prefix_end
         with ctx.tokenize(TEMPLATE.format(marker=ctx.marker), b) as chunks:
             assert _evaluate(ctx, chunks.items[1:], prefix_end) == fresh_end
         assert np.array_equal(ctx.logits(), fresh)
@@ -162,6 +165,7 @@ def test_labelling_after_another_photo_reuses_the_prefix_and_replies_as_a_fresh_
         again = _label(warm, p, b)
         assert first.evaluated_tokens == sum(warm.layout(p, a).values())
         assert again.evaluated_tokens == layout["image"] + layout["suffix"]  # the prefix came from the cache
+        assert again.prompt_tokens == sum(layout.values())  # tokens, not the 54 fewer positions
         # The reply went on from libmtmd's position after the prompt: 9 positions for the image
         # (read from the engine's context: llama.cpp's record of the cache, not the engine's own count).
         assert warm._ctx.next_position() == layout["prefix"] + 9 + layout["suffix"] + again.output_tokens
@@ -203,3 +207,19 @@ def test_the_batch_holds_the_largest_qwen_image_at_the_default_image_max_side(qw
     finally:
         labeler.close()
 
+
+def test_a_full_cache_is_a_context_overflow_counted_in_cells_not_positions(qwen_models):
+    """An image of 400 tokens takes 20 positions: counting positions, the check passed and the full
+    cache failed as an engine_error with no hint."""
+    ctx = _native(qwen_models, n_batch=512, n_ctx=512)
+    try:
+        with ctx.tokenize(TEMPLATE.format(marker=ctx.marker), _photo((560, 560), 8)) as chunks:
+            n_past = _evaluate(ctx, chunks.items)
+            assert chunks.items[1].n_tokens == 400
+        with pytest.raises(PhotoError) as e:
+            while True:
+                n_past = ctx.eval_tokens([101], n_past)
+        assert e.value.code == "context_overflow" and "context_size" in e.value.hint
+        assert ctx.cells == 512 and n_past == ctx.next_position() < 512 - 300
+    finally:
+        ctx.close()
