@@ -142,6 +142,8 @@ class LlamaLabeler:
             try:
                 with self._ctx.tokenize(self._render(prompt, self._ctx.marker), image) as chunks:
                     n_past, evaluated = self._evaluate(chunks.items, seq)
+                    # Tokens, not n_past: an M-RoPE image (Qwen2-VL) takes fewer positions than it has tokens.
+                    prompt_tokens = sum(c.n_tokens for c in chunks.items)
             except PhotoError as e:
                 results.append(e)
                 continue
@@ -150,7 +152,8 @@ class LlamaLabeler:
             reply = replies_mod.Reply(self._ctx, seq, n_past, sampler,
                                       Cursor(prompt.schema) if self._engine.jump_forward else None,
                                       self._engine.max_output_tokens)
-            reply.evaluated, reply.encode_ms = evaluated, (time.perf_counter() - t0) * 1000
+            reply.prompt_tokens, reply.evaluated = prompt_tokens, evaluated
+            reply.encode_ms = (time.perf_counter() - t0) * 1000
             results.append(reply)
             replies.append(reply)
         t_gen = time.perf_counter()
@@ -233,8 +236,15 @@ def resolve_parallel(configured: int, gpu_layers: int | str) -> int:
 
 
 def batch_size(context_size: int) -> int:
-    """Batch = ubatch, large enough for one image in one ubatch (vision encoders with
-    non-causal attention need that) and never larger than the context."""
+    """Batch = ubatch, large enough for one image in one ubatch (decoders that attend to an image
+    non-causally, Gemma 3's 256 tokens, need that) and never larger than the context.
+
+    Qwen2-VL/2.5-VL images grow with the photo: one token per 28x28 pixels after libmtmd rounds
+    each side to a multiple of 28, at most 4096. At the default image_max_side of 768 that is at most
+    27 x 27 = 729 tokens; up to 1273 px (45 x 45 = 2025) an image fits one batch of 2048. A larger
+    one is split across batches, which this llama.cpp evaluates exactly like one batch for these
+    causal M-RoPE decoders (test_mrope proves both).
+    """
     return min(context_size, 2048)
 
 

@@ -5,7 +5,8 @@ Invariants: every call into llama.cpp and libmtmd goes through here, on the docu
 sampler chains with the grammar sampler, `mtmd_tokenize` and `mtmd_helper_eval_chunk_single`),
 never through private attributes of the high-level `Llama` class; one thread owns a `Context`;
 positions are whatever libmtmd says they are (M-RoPE images use fewer positions than tokens),
-never a token count kept on the side.
+never a token count kept on the side; the KV cache's room is counted in cells (one per token),
+never in positions.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class Chunk:
     is_text: bool
     tokens: tuple[int, ...]  # the text's tokens; empty for an image
     n_tokens: int
+    n_pos: int  # positions it takes (libmtmd's count): fewer than n_tokens for an M-RoPE image
 
 
 class Context:
@@ -65,6 +67,10 @@ class Context:
         self._mtmd = self._open_mtmd(mmproj, threads, gpu_layers, flash_attention)
         self.marker = mtmd_cpp.mtmd_default_marker().decode()
         self._batch = ll.llama_batch_init(max(n_batch, n_seq), 0, 1)
+        # KV cells each sequence holds, and sequence 0's after each position an evaluation ended at.
+        # Cells, not positions, fill the cache: a Qwen2-VL image of 63 tokens takes 9 positions but 63 cells.
+        self._cells_at: dict[int, int] = {0: 0}
+        self._cells: dict[int, int] = {}
 
     def apply_lora(self, path: Path, scale: float) -> None:
         """Load a LoRA adapter GGUF for the text model and apply it to this context at `scale`."""
@@ -142,21 +148,47 @@ class Context:
 
     # --- evaluation -----------------------------------------------------------------------------
 
-    def forget_from(self, pos: int, seq: int = 0) -> None:
-        """Drop sequence `seq`'s positions `pos`… from the KV cache (pos 0 of sequence 0: everything)."""
-        mem = self._ll.llama_get_memory(self.ctx)
-        if pos <= 0 and seq == 0:
+    def forget_from(self, pos: int) -> None:
+        """Drop sequence 0's positions `pos`… from the KV cache (pos 0: everything, every sequence).
+
+        `pos` is 0 or a position an evaluation returned: where the cache's cell count is known.
+        """
+        pos, mem = max(pos, 0), self._ll.llama_get_memory(self.ctx)
+        if pos not in self._cells_at:
+            raise ValueError(f"position {pos} is not where an evaluation ended")
+        if pos == 0:
             self._ll.llama_memory_clear(mem, True)
-        elif not self._ll.llama_memory_seq_rm(mem, seq, pos, -1):
+            self._cells = {}
+        elif not self._ll.llama_memory_seq_rm(mem, 0, pos, -1):
             raise PhotoError("engine_error", "the KV cache refused to drop the previous photo",
                              "the worker is restarted for the next photo")
+        self._cells[0] = self._cells_at[pos]
+        self._cells_at = {p: c for p, c in self._cells_at.items() if p <= pos}
 
     def share_prefix(self, seq: int, n_past: int) -> None:
         """Make sequence `seq` start with sequence 0's first `n_past` positions (the cached prompt
-        prefix): in a unified KV cache the cells are shared, not copied."""
+        prefix; `n_past` where an evaluation ended): in a unified KV cache the cells are shared,
+        not copied."""
         mem = self._ll.llama_get_memory(self.ctx)
         self._ll.llama_memory_seq_rm(mem, seq, -1, -1)
         self._ll.llama_memory_seq_cp(mem, 0, seq, 0, n_past)
+        self._cells[seq] = self._cells_at[n_past]
+
+    @property
+    def cells(self) -> int:
+        """KV cells sequence 0 holds."""
+        return self._cells.get(0, 0)
+
+    def next_position(self) -> int:
+        """The position after the last one sequence 0 holds (0 when empty), as llama.cpp records it."""
+        return self._ll.llama_memory_seq_pos_max(self._ll.llama_get_memory(self.ctx), 0) + 1
+
+    def _filled(self, pos: int, n_cells: int, seq: int) -> int:
+        """Record that an evaluation of sequence `seq` ending at `pos` (returned) filled `n_cells` more cells."""
+        self._cells[seq] = self._cells.get(seq, 0) + n_cells
+        if seq == 0:
+            self._cells_at[pos] = self._cells[0]
+        return pos
 
     def eval_chunk(self, chunk: Chunk, n_past: int, logits_last: bool, seq: int = 0) -> int:
         """Evaluate one chunk at `n_past`; return the next position (libmtmd's, M-RoPE aware).
@@ -166,7 +198,7 @@ class Context:
         """
         if chunk.is_text:
             return self.eval_tokens(list(chunk.tokens), n_past, logits_last, seq)
-        self._fits(n_past, chunk.n_tokens)
+        self._fits(chunk.n_tokens, seq)
         new_n_past = self._ll.llama_pos(0)
         rc = self._m.mtmd_helper_eval_chunk_single(
             self._mtmd, self.ctx, chunk.handle, self._ll.llama_pos(n_past), self._ll.llama_seq_id(seq),
@@ -174,23 +206,30 @@ class Context:
         if rc != 0:
             raise PhotoError("engine_error", f"{'text' if chunk.is_text else 'image'} evaluation failed "
                              f"(mtmd code {rc})", "see the llama.log events")
-        return new_n_past.value
+        return self._filled(new_n_past.value, chunk.n_tokens, seq)
 
     def eval_tokens(self, tokens: list[int], n_past: int, logits_last: bool = True, seq: int = 0) -> int:
         """Append tokens to sequence `seq` at positions `n_past`…; logits for the last one when asked."""
-        self._fits(n_past, len(tokens))
+        self._fits(len(tokens), seq)
         for start in range(0, len(tokens), self.n_batch):
             part = tokens[start:start + self.n_batch]
             self._decode([(seq, n_past + start, part, logits_last and start + len(part) == len(tokens))])
-        return n_past + len(tokens)
+        return self._filled(n_past + len(tokens), len(tokens), seq)
+
+    def room(self, seq: int = 0) -> int:
+        """Tokens sequence `seq` may still add within its share of the context."""
+        return self.n_ctx - self._cells.get(seq, 0)
 
     def eval_parallel(self, parts: list[tuple[int, int, list[int]]]) -> list[int]:
         """One `llama_decode` for several sequences: `(seq, n_past, tokens)` each, logits for each
         part's last token; all of it must fit one batch (`per_sequence_budget`). Returns each
         part's logits row for `sample`/`choice`."""
-        for _, n_past, tokens in parts:
-            self._fits(n_past, len(tokens))
-        return self._decode([(seq, n_past, tokens, True) for seq, n_past, tokens in parts])
+        for seq, _, tokens in parts:
+            self._fits(len(tokens), seq)
+        rows = self._decode([(seq, n_past, tokens, True) for seq, n_past, tokens in parts])
+        for seq, n_past, tokens in parts:
+            self._filled(n_past + len(tokens), len(tokens), seq)
+        return rows
 
     @property
     def per_sequence_budget(self) -> int:
@@ -212,9 +251,13 @@ class Context:
             raise PhotoError("engine_error", "llama_decode failed while generating", "see the llama.log events")
         return last
 
-    def _fits(self, n_past: int, n: int) -> None:
-        if n_past + n > self.n_ctx:
-            raise PhotoError("context_overflow", f"prompt needs {n_past + n} tokens, context has {self.n_ctx}",
+    def _fits(self, n: int, seq: int) -> None:
+        """Room for `n` more tokens in sequence `seq`. Counted in cells: with M-RoPE the next position
+        understates the cache's use by an image's tokens less its positions, and a full cache failed
+        as `engine_error`."""
+        if n > self.room(seq):
+            raise PhotoError("context_overflow", f"prompt needs {self.n_ctx - self.room(seq) + n} tokens, "
+                             f"context has {self.n_ctx}",
                              "raise [engine] context_size or lower image_max_side")
 
     def sampler(self, grammar: str, temperature: float, seed: int) -> Sampler:
@@ -229,11 +272,15 @@ class Context:
         """How the model weighed `token`, just sampled from the last logits: its probability among the
         tokens the grammar allowed (temperature 1), and the most probable other allowed token with its
         probability. Call before `sampler.sampled(token)`: the grammar must be where it was."""
+        return sampler.choice(self.logits(idx), token)
+
+    def logits(self, idx: int = -1):
+        """Batch row `idx`'s logits over the vocabulary (the last: -1): a numpy view, valid until the
+        next evaluation."""
         import numpy as np
 
         n_vocab = self._ll.llama_vocab_n_tokens(self.vocab)
-        logits = np.ctypeslib.as_array(self._ll.llama_get_logits_ith(self.ctx, idx), shape=(n_vocab,))
-        return sampler.choice(logits, token)
+        return np.ctypeslib.as_array(self._ll.llama_get_logits_ith(self.ctx, idx), shape=(n_vocab,))
 
     def close(self) -> None:
         ll = self._ll
@@ -280,8 +327,8 @@ class Chunks:
             n = ctypes.c_size_t()
             ptr = m.mtmd_input_chunk_get_tokens_text(handle, ctypes.byref(n))
             tokens = tuple(ptr[j] for j in range(n.value))
-            return Chunk(handle, True, tokens, len(tokens))
-        return Chunk(handle, False, (), m.mtmd_input_chunk_get_n_tokens(handle))
+            return Chunk(handle, True, tokens, len(tokens), len(tokens))
+        return Chunk(handle, False, (), m.mtmd_input_chunk_get_n_tokens(handle), m.mtmd_input_chunk_get_n_pos(handle))
 
     def __enter__(self) -> Chunks:
         return self

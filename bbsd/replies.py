@@ -89,7 +89,7 @@ def generate(ctx, replies: list[Reply], cancelled: Callable[[], bool]) -> None:
             tokens = r.advance(budget)
             if tokens is None:
                 continue
-            if r.n_past + len(tokens) > ctx.n_ctx:
+            if len(tokens) > ctx.room(r.seq):
                 r.error = PhotoError("context_overflow", f"the reply needs more than the {ctx.n_ctx} tokens of "
                                      "context", "raise [engine] context_size or lower max_output_tokens")
                 continue

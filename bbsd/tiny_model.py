@@ -1,4 +1,4 @@
-"""Tiny random-weight GGUF models: a text model and a LLaVA-style mmproj.
+"""Tiny random-weight GGUF models: a text model and its mmproj (LLaVA, InternVL or Qwen2-VL shaped).
 
 They load and run through the real llama.cpp engine (tokenizer, chat template,
 image encoder, projector, grammar sampling), so tests and the demo exercise
@@ -29,6 +29,8 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+# Qwen2-VL's image delimiters: libmtmd wraps every image in them and looks them up in the vocabulary.
+VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>")
 # A few merges so the BPE tokenizer has real work to do.
 MERGES = ("Ġ t", "h e", "Ġt he", "Ġ a", "i n", "e r", "Ġ s", "o n")
 
@@ -49,7 +51,7 @@ class TinySpec:
     image_size: int = 56
     patch_size: int = 14
     seed: int = 0
-    projector: str = "mlp"  # "mlp" (LLaVA) or "internvl" (tiling + pixel shuffle)
+    projector: str = "mlp"  # "mlp" (LLaVA), "internvl" (tiling + pixel shuffle) or "qwen2vl" (M-RoPE, any image size)
     n_head_kv: int = 0  # 0: as many as n_head; fewer is grouped-query attention, as real models have
     f16: bool = False  # store the text model's matrices as f16 (benchmark shapes of billions of weights)
     # Spread of the transformer blocks' weights. Deep shapes need less: the residual stream of 30
@@ -70,15 +72,20 @@ def _byte_level_alphabet() -> list[str]:
     return [chars[b] for b in range(256)]
 
 
-def _vocab() -> tuple[list[str], list[int]]:
+def _vocab(spec: TinySpec = TinySpec()) -> tuple[list[str], list[int]]:
     import gguf
 
     tokens = _byte_level_alphabet()
     tokens += ["".join(m.split(" ")) for m in MERGES]
     types = [gguf.TokenType.NORMAL] * len(tokens)
-    tokens += list(SPECIAL_TOKENS)
-    types += [gguf.TokenType.CONTROL] * len(SPECIAL_TOKENS)
+    specials = SPECIAL_TOKENS + (VISION_TOKENS if _is_qwen2vl(spec) else ())
+    tokens += list(specials)
+    types += [gguf.TokenType.CONTROL] * len(specials)
     return tokens, [int(t) for t in types]
+
+
+def _is_qwen2vl(spec: TinySpec) -> bool:
+    return spec.projector == "qwen2vl"
 
 
 def _rand(rng: np.random.Generator, *shape: int, scale: float = 0.02) -> np.ndarray:
@@ -117,12 +124,13 @@ def _output(rng: np.random.Generator, tokens: list[str], d: int) -> np.ndarray:
 
 
 def write_text_model(path: Path, spec: TinySpec = TinySpec()) -> Path:
-    """Write a llama-architecture text model with a byte-level BPE vocabulary."""
+    """Write a text model with a byte-level BPE vocabulary: llama architecture, or qwen2vl for the
+    Qwen2-VL spec (M-RoPE: rotary sections for time, height and width; q/k/v biases like Qwen2)."""
     import gguf
 
     rng = np.random.default_rng(spec.seed)
-    tokens, types = _vocab()
-    w = gguf.GGUFWriter(str(path), "llama")
+    tokens, types = _vocab(spec)
+    w = gguf.GGUFWriter(str(path), "qwen2vl" if _is_qwen2vl(spec) else "llama")
     w.add_name("bbsd-tiny-text")
     w.add_context_length(spec.n_ctx_train)
     w.add_embedding_length(spec.n_embd)
@@ -132,6 +140,9 @@ def write_text_model(path: Path, spec: TinySpec = TinySpec()) -> Path:
     n_kv = spec.n_head_kv or spec.n_head
     w.add_head_count_kv(n_kv)
     w.add_rope_dimension_count(spec.n_embd // spec.n_head)
+    if _is_qwen2vl(spec):
+        w.add_rope_dimension_sections(_mrope_sections(spec.n_embd // spec.n_head))
+        w.add_rope_freq_base(1000000.0)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if spec.f16 else gguf.LlamaFileType.ALL_F32)
     w.add_tokenizer_model("gpt2")
@@ -154,6 +165,8 @@ def write_text_model(path: Path, spec: TinySpec = TinySpec()) -> Path:
         w.add_tensor(p + "attn_norm.weight", np.ones(d, dtype=np.float32))
         for name, rows in (("attn_q", d), ("attn_k", d_kv), ("attn_v", d_kv), ("attn_output", d)):
             w.add_tensor(p + name + ".weight", _rand(rng, rows, d, scale=spec.block_scale).astype(dtype))
+            if _is_qwen2vl(spec) and name != "attn_output":
+                w.add_tensor(p + name + ".bias", np.zeros(rows, dtype=np.float32))
         w.add_tensor(p + "ffn_norm.weight", np.ones(d, dtype=np.float32))
         w.add_tensor(p + "ffn_gate.weight", _rand(rng, spec.n_ff, d, scale=spec.block_scale).astype(dtype))
         w.add_tensor(p + "ffn_up.weight", _rand(rng, spec.n_ff, d, scale=spec.block_scale).astype(dtype))
@@ -162,10 +175,20 @@ def write_text_model(path: Path, spec: TinySpec = TinySpec()) -> Path:
     return path
 
 
+def _mrope_sections(head_dim: int) -> list[int]:
+    """Rotary pairs for (time, height, width, unused): Qwen2-VL's 16/24/24 of 64 pairs, scaled to this head."""
+    pairs = head_dim // 2
+    t = pairs // 4
+    h = (pairs - t) // 2
+    return [t, h, pairs - t - h, 0]
+
+
 def write_mmproj(path: Path, spec: TinySpec = TinySpec()) -> Path:
-    """Write a CLIP vision encoder with LLaVA's `mlp` projector into the text model's width."""
+    """Write a CLIP vision encoder with LLaVA's `mlp` projector (or the spec's) into the text model's width."""
     import gguf
 
+    if _is_qwen2vl(spec):
+        return _write_qwen2vl_mmproj(path, spec)
     rng = np.random.default_rng(spec.seed + 1)
     e, n_pos = spec.v_embd, (spec.image_size // spec.patch_size) ** 2 + 1
     w = gguf.GGUFWriter(str(path), "clip")
@@ -189,6 +212,21 @@ def write_mmproj(path: Path, spec: TinySpec = TinySpec()) -> Path:
     w.add_tensor("v.position_embd.weight", _rand(rng, n_pos, e))
     w.add_tensor("v.pre_ln.weight", np.ones(e, dtype=np.float32))
     w.add_tensor("v.pre_ln.bias", np.zeros(e, dtype=np.float32))
+    _vision_blocks(w, rng, spec)
+    if spec.projector == "internvl":
+        _internvl_projector(w, rng, spec)
+    else:
+        w.add_tensor("mm.0.weight", _rand(rng, spec.n_embd, e))
+        w.add_tensor("mm.0.bias", np.zeros(spec.n_embd, dtype=np.float32))
+        w.add_tensor("mm.2.weight", _rand(rng, spec.n_embd, spec.n_embd))
+        w.add_tensor("mm.2.bias", np.zeros(spec.n_embd, dtype=np.float32))
+    _finish(w)
+    return path
+
+
+def _vision_blocks(w, rng: np.random.Generator, spec: TinySpec) -> None:
+    """The ViT's transformer blocks: LayerNorms, biased attention and a biased two-layer MLP."""
+    e = spec.v_embd
     for i in range(spec.v_layer):
         p = f"v.blk.{i}."
         for name in ("attn_q", "attn_k", "attn_v", "attn_out"):
@@ -201,13 +239,45 @@ def write_mmproj(path: Path, spec: TinySpec = TinySpec()) -> Path:
         w.add_tensor(p + "ffn_up.bias", np.zeros(spec.v_ff, dtype=np.float32))
         w.add_tensor(p + "ffn_down.weight", _rand(rng, e, spec.v_ff))
         w.add_tensor(p + "ffn_down.bias", np.zeros(e, dtype=np.float32))
-    if spec.projector == "internvl":
-        _internvl_projector(w, rng, spec)
-    else:
-        w.add_tensor("mm.0.weight", _rand(rng, spec.n_embd, e))
-        w.add_tensor("mm.0.bias", np.zeros(spec.n_embd, dtype=np.float32))
-        w.add_tensor("mm.2.weight", _rand(rng, spec.n_embd, spec.n_embd))
-        w.add_tensor("mm.2.bias", np.zeros(spec.n_embd, dtype=np.float32))
+
+
+def _write_qwen2vl_mmproj(path: Path, spec: TinySpec) -> Path:
+    """Qwen2-VL's vision tower as llama.cpp's converter writes it (projector `qwen2vl_merger`).
+
+    Any image size: libmtmd resizes to multiples of 2x2 patches (8 to 4096 merged tokens) and
+    tells the decoder each token's (row, column); the ViT has no position table (2D rotary instead)
+    and no class token. The Conv3D patch embedding is split into two Conv2Ds (`.weight`, `.weight.1`);
+    `post_ln` is the merger's LayerNorm and `mm.0`/`mm.2` its MLP from 2x2 patches to the text width.
+    """
+    import gguf
+
+    rng = np.random.default_rng(spec.seed + 1)
+    e, merged = spec.v_embd, spec.v_embd * 4
+    w = gguf.GGUFWriter(str(path), "clip")
+    w.add_name("bbsd-tiny-qwen2vl-mmproj")
+    w.add_type(gguf.GGUFType.MMPROJ)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    w.add_clip_has_vision_encoder(True)
+    w.add_clip_projector_type(gguf.VisionProjectorType.QWEN2VL)
+    w.add_vision_projection_dim(spec.n_embd)
+    w.add_vision_image_size(560)  # what the converter writes for Qwen2-VL: unused, images keep their own size
+    w.add_vision_patch_size(spec.patch_size)
+    w.add_vision_embedding_length(e)
+    w.add_vision_feed_forward_length(spec.v_ff)
+    w.add_vision_block_count(spec.v_layer)
+    w.add_vision_head_count(spec.v_head)
+    w.add_vision_image_mean([0.48145466, 0.4578275, 0.40821073])  # CLIP's, as Qwen2-VL's preprocessor
+    w.add_vision_image_std([0.26862954, 0.26130258, 0.27577711])
+    w.add_vision_attention_layernorm_eps(1e-6)  # no use_gelu / use_silu: quick GELU, as Qwen2-VL's ViT
+    for frame in ("v.patch_embd.weight", "v.patch_embd.weight.1"):
+        w.add_tensor(frame, _rand(rng, e, 3, spec.patch_size, spec.patch_size))
+    _vision_blocks(w, rng, spec)
+    w.add_tensor("v.post_ln.weight", np.ones(e, dtype=np.float32))
+    w.add_tensor("v.post_ln.bias", np.zeros(e, dtype=np.float32))
+    w.add_tensor("mm.0.weight", _rand(rng, merged, merged))
+    w.add_tensor("mm.0.bias", np.zeros(merged, dtype=np.float32))
+    w.add_tensor("mm.2.weight", _rand(rng, spec.n_embd, merged))
+    w.add_tensor("mm.2.bias", np.zeros(spec.n_embd, dtype=np.float32))
     _finish(w)
     return path
 
@@ -247,7 +317,7 @@ def write_lora(path: Path, spec: TinySpec = TinySpec(), rank: int = 4, seed: int
     w.add_type(gguf.GGUFType.ADAPTER)
     w.add_string(gguf.Keys.Adapter.TYPE, "lora")
     w.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
-    n_vocab = len(_vocab()[0])
+    n_vocab = len(_vocab(spec)[0])
     w.add_tensor("output.weight.lora_a", _rand(rng, rank, spec.n_embd, scale=1.0))
     w.add_tensor("output.weight.lora_b", _rand(rng, n_vocab, rank, scale=1.0))
     _finish(w)
