@@ -230,19 +230,19 @@ def test_a_full_cache_is_a_context_overflow_counted_in_cells_not_positions(qwen_
 
 # CPU flash attention rounds differently at other batch shapes (about 7e-4 in a logit on this pair,
 # enough to flip a near-tie late in a random reply); without it the comparison is exact.
-EXACT = {"BBSD_ENGINE_FLASH_ATTENTION": "false"}
+NO_FLASH = {"BBSD_ENGINE_FLASH_ATTENTION": "false"}
 
 
 def test_a_batch_of_photos_replies_as_each_alone_with_m_rope_positions(qwen_models, tmp_path):
     """Parallel sequences after the shared prefix: each photo's M-RoPE positions start where the
     prefix ends, whatever the other sequences hold."""
     photos = [_photo((320, 240), 1), _photo((256, 192), 2), _photo((400, 300), 3)]
-    alone, p = _open(tmp_path, qwen_models, "alone", {"BBSD_ENGINE_PARALLEL": "1", **EXACT})
+    alone, p = _open(tmp_path, qwen_models, "alone", {"BBSD_ENGINE_PARALLEL": "1", **NO_FLASH})
     try:
         expected = [_label(alone, p, image) for image in photos]
     finally:
         alone.close()
-    together, p = _open(tmp_path, qwen_models, "together", {"BBSD_ENGINE_PARALLEL": "3", **EXACT})
+    together, p = _open(tmp_path, qwen_models, "together", {"BBSD_ENGINE_PARALLEL": "3", **NO_FLASH})
     try:
         got = together.infer_many([(image, p, 0) for image in photos], cancelled=lambda: False)
     finally:
