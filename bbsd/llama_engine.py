@@ -36,6 +36,7 @@ FALLBACK_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 RETRY_TEMPERATURE = 0.7
+PHOTO_ID = "photo"  # the photo's image id (libmtmd hands it back on the image's chunks)
 NAMES_END = b'"caption"'  # the key after the characters and props lists (prompt.reply_schema's order)
 
 
@@ -122,7 +123,7 @@ class LlamaLabeler:
     def infer(self, image: Image.Image, prompt: Prompt, *, attempt: int,
               cancelled: Callable[[], bool]) -> Inference:
         t0 = time.perf_counter()
-        with self._ctx.tokenize(self._render(prompt, self._ctx.marker), image) as chunks:
+        with self._ctx.tokenize(self._render(prompt, self._ctx.marker), [(PHOTO_ID, image)]) as chunks:
             n_past, evaluated = self._evaluate(chunks.items)
         t1 = time.perf_counter()
         temperature = self._engine.temperature if attempt == 0 else RETRY_TEMPERATURE
@@ -135,7 +136,7 @@ class LlamaLabeler:
 
     def layout(self, prompt: Prompt, image: Image.Image) -> dict[str, int]:
         """Tokens of this prompt and image: the cacheable prefix, the image, the text after it."""
-        with self._ctx.tokenize(self._render(prompt, self._ctx.marker), image) as chunks:
+        with self._ctx.tokenize(self._render(prompt, self._ctx.marker), [(PHOTO_ID, image)]) as chunks:
             items = chunks.items
         first_image = next((i for i, c in enumerate(items) if not c.is_text), len(items))
         return {"prefix": sum(c.n_tokens for c in items[:first_image]),
