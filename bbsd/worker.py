@@ -36,7 +36,7 @@ def warm_up(labeler, settings) -> None:
     t0 = time.perf_counter()
     try:
         image = Image.new("RGB", (64, 48), (128, 128, 128))
-        r = labeler.infer(image, prompt.build(settings.catalog, settings.questions), attempt=0, cancelled=lambda: False)
+        r = labeler.infer(image, prompt.for_settings(settings), attempt=0, cancelled=lambda: False)
     except PhotoError as e:  # the service still starts; the first photo will say what is wrong
         log.warning("engine.warm_up_failed", code=e.code, message=e.message, hint=e.hint)
         return
@@ -81,7 +81,7 @@ def _serve(labeler, inp: int, out: int, gpu: bool) -> int:
         _test_hooks(request["name"])
         image = Image.frombytes("RGB", (request["width"], request["height"]), pixels)
         image.info["bbsd_name"] = request["name"]  # as in the parent: backends may name the photo in logs
-        prompt = Prompt(**request["prompt"])
+        prompt = Prompt.from_json(request["prompt"])
         try:
             r = labeler.infer(image, prompt, attempt=request["attempt"], cancelled=lambda: False)
         except PhotoError as e:

@@ -90,7 +90,7 @@ def fingerprint(settings: Settings) -> dict[str, Any]:
     """What decides a profile's answers: model files, prompt, engine and backend settings."""
     from bbsd.engines import model_info
 
-    made_with = sidecar.identity(model_info(settings), prompt.build(settings.catalog, settings.questions))
+    made_with = sidecar.identity(model_info(settings), prompt.for_settings(settings))
     return {**made_with, "engine": repr(settings.engine), "backend": repr(settings.backend)}
 
 
@@ -142,7 +142,7 @@ def run(profile: Profile, truths: list[Truth], results: Results, advance: Callab
     results.add_load({"load_ms": round(load_ms, 1), "backend": labeler.info.backend, "model": labeler.info.file,
                       "mmproj": labeler.info.mmproj, "gpu": labeler.gpu})
     log.info("eval.loaded", profile=profile.name, load_ms=round(load_ms, 1), photos=len(todo))
-    pipeline = Pipeline(labeler, settings, prompt.build(settings.catalog, settings.questions))
+    pipeline = Pipeline(labeler, settings, prompt.for_settings(settings))
     try:
         for truth in todo:
             record = label_one(pipeline, truth.file)
