@@ -1,9 +1,11 @@
 """The engine worker: a child process that owns the model and answers one request at a time.
 
 Invariants: the worker never touches photos or sidecars — it gets pixels and a prompt, and
-returns the raw reply with its own memory figures; it dies with its parent (PR_SET_PDEATHSIG),
-so a killed daemon leaves no orphan holding gigabytes; its stdout is the message pipe only
-(anything native code prints goes to stderr instead).
+returns the raw reply with its own memory figures; the only image files it reads are the
+catalog's reference photos the prompt names (decoded here, in this contained process, never in
+the daemon); it dies with its parent (PR_SET_PDEATHSIG), so a killed daemon leaves no orphan
+holding gigabytes; its stdout is the message pipe only (anything native code prints goes to
+stderr instead).
 
 Test hooks (`BBSD_TEST_HOOKS=1` plus `BBSD_TEST_ABORT_ON`, `BBSD_TEST_HANG_ON`, `BBSD_TEST_SLOW_MS`,
 `BBSD_TEST_LEAK_MB`) exist for the fault-injection tests only and do nothing unless
