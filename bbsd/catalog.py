@@ -2,7 +2,10 @@
 
 Invariant: a label only ever contains names from this catalog, and every name (like every
 keyword level a question adds) survives as one keyword in the photo tools; its digest
-identifies the catalog a sidecar was made with, so a catalog change relabels.
+identifies the catalog a sidecar was made with, so a catalog change relabels. An entry's
+reference photos are checked and hashed here (read, never parsed: the daemon decodes no image);
+they stay out of `digest`, so a catalog without references keeps its digest — the prompt's
+references digest (`references.digest`) identifies what is shown of them.
 """
 
 from __future__ import annotations
@@ -12,16 +15,35 @@ import json
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from bbsd.references import file_sha256
 
 SECTIONS = ("characters", "props")
 Fail = Callable[[str, str, str], Exception]  # config.Validator.fail: (key, problem, hint) -> ConfigError
+# What a reference photo may be: formats the contained decoders read, RAW aside (export a JPEG of it).
+REFERENCE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "tif", "tiff", "heic", "heif")
+REFERENCES_PER_ENTRY = 4  # each reference costs an image's tokens in the prompt (evaluated once, kept cached)
+REFERENCES_TOTAL = 16
+REFERENCE_CAPTION_MAX = 120
+REFERENCE_MAX_BYTES = 64 * 2**20
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A reference photo of an entry: the file (resolved), its caption and its content's sha256."""
+
+    file: Path
+    caption: str
+    sha256: str
 
 
 @dataclass(frozen=True)
 class CatalogEntry:
     name: str
     description: str = ""
+    references: tuple[Reference, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -36,22 +58,30 @@ class Catalog:
         return tuple(e.name for e in self.props)
 
     def digest(self) -> str:
-        """Stable sha256 of the catalog's content (order matters: it is the prompt's order)."""
+        """Stable sha256 of the names and descriptions (order matters: it is the prompt's order).
+
+        Reference photos are not in it: what the prompt shows of them has its own digest."""
         data = {
             "characters": [[e.name, e.description] for e in self.characters],
             "props": [[e.name, e.description] for e in self.props],
         }
         return hashlib.sha256(json.dumps(data, ensure_ascii=False).encode()).hexdigest()
 
+    def reference_count(self) -> int:
+        return sum(len(e.references) for e in (*self.characters, *self.props))
 
-def parse(raw: dict[str, Any], fail: Fail) -> Catalog:
-    """Validate `[[characters]]` and `[[props]]`; raise the first problem as one line naming the entry."""
+
+def parse(raw: dict[str, Any], fail: Fail, base: Path = Path(".")) -> Catalog:
+    """Validate `[[characters]]` and `[[props]]`; raise the first problem as one line naming the entry.
+
+    Reference files resolve against `base` (the config file's folder).
+    """
     parts = {}
     for section in SECTIONS:
         body = raw.get(section, [])
         if not isinstance(body, list):
             raise fail(section, "must be an array of tables", f"write each entry as [[{section}]]")
-        parts[section] = tuple(_entry(item, f"{section}[{i}]", fail) for i, item in enumerate(body))
+        parts[section] = tuple(_entry(item, f"{section}[{i}]", fail, base) for i, item in enumerate(body))
         seen: dict[str, int] = {}
         for i, entry in enumerate(parts[section]):
             first = seen.setdefault(entry.name.casefold(), i)
@@ -59,7 +89,20 @@ def parse(raw: dict[str, Any], fail: Fail) -> Catalog:
                 raise fail(f"{section}[{i}].name", f"{entry.name!r} repeats {section}[{first}] "
                              f"{parts[section][first].name!r} (names are compared ignoring case)",
                              "give every entry a unique name")
+    _total_references(parts, fail)
     return Catalog(characters=parts["characters"], props=parts["props"])
+
+
+def _total_references(parts: dict[str, tuple[CatalogEntry, ...]], fail: Fail) -> None:
+    """Refuse, naming the entry that crosses it, a catalog with more reference photos than the limit."""
+    count = 0
+    for section in SECTIONS:
+        for i, entry in enumerate(parts[section]):
+            count += len(entry.references)
+            if count > REFERENCES_TOTAL:
+                raise fail(f"{section}[{i}].references", f"brings the catalog to {count} reference photos, more "
+                           f"than {REFERENCES_TOTAL} in all", "keep the clearest one or two per entry: each one "
+                           "costs an image's tokens in every prompt's context")
 
 
 # Photo tools split hierarchical keywords at these: Lightroom, darktable and digiKam's
@@ -67,12 +110,12 @@ def parse(raw: dict[str, Any], fail: Fail) -> Catalog:
 HIERARCHY_DELIMITERS = {"|": "Lightroom, darktable and digiKam", "/": "digiKam"}
 
 
-def _entry(item: Any, where: str, fail: Fail) -> CatalogEntry:
+def _entry(item: Any, where: str, fail: Fail, base: Path) -> CatalogEntry:
     if not isinstance(item, dict):
         raise fail(where, "must be a table", "write it as [[characters]] with name and description")
-    unknown = set(item) - {"name", "description"}
+    unknown = set(item) - {"name", "description", "references"}
     if unknown:
-        raise fail(f"{where}.{sorted(unknown)[0]}", "is not a known key", "known: name, description")
+        raise fail(f"{where}.{sorted(unknown)[0]}", "is not a known key", "known: name, description, references")
     name, description = item.get("name"), item.get("description", "")
     if not isinstance(name, str) or not name.strip() or len(name.strip()) > 80:
         raise fail(f"{where}.name", "must be a non-empty string of at most 80 characters", "name the entry")
@@ -80,7 +123,59 @@ def _entry(item: Any, where: str, fail: Fail) -> CatalogEntry:
     if not isinstance(description, str) or len(description) > 500:
         raise fail(f"{where}.description", "must be a string of at most 500 characters",
                      "describe what it looks like")
-    return CatalogEntry(name=name.strip(), description=description.strip())
+    return CatalogEntry(name=name.strip(), description=description.strip(),
+                        references=_references(item.get("references", []), f"{where}.references", fail, base))
+
+
+def _references(body: Any, where: str, fail: Fail, base: Path) -> tuple[Reference, ...]:
+    example = 'references = [{ file = "refs/baba-yaga-1.jpg", caption = "full figure, from the left" }]'
+    if not isinstance(body, list):
+        raise fail(where, "must be a list of tables", f"write it as {example}")
+    if len(body) > REFERENCES_PER_ENTRY:
+        raise fail(where, f"lists {len(body)} photos, more than {REFERENCES_PER_ENTRY}",
+                   "keep the clearest few: each one costs an image's tokens in every prompt's context")
+    return tuple(_reference(item, f"{where}[{i}]", fail, base, example) for i, item in enumerate(body))
+
+
+def _reference(item: Any, where: str, fail: Fail, base: Path, example: str) -> Reference:
+    if not isinstance(item, dict):
+        raise fail(where, "must be a table with file and caption", f"write it as {example}")
+    unknown = set(item) - {"file", "caption"}
+    if unknown:
+        raise fail(f"{where}.{sorted(unknown)[0]}", "is not a known key", "known: file, caption")
+    caption = item.get("caption")
+    if not isinstance(caption, str) or not caption.strip() or len(caption.strip()) > REFERENCE_CAPTION_MAX:
+        raise fail(f"{where}.caption", f"must be a non-empty string of at most {REFERENCE_CAPTION_MAX} characters",
+                   "say in a few words what the photo shows of the entry, e.g. \"full figure, from the left\"")
+    if any(unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in caption):
+        raise fail(f"{where}.caption", "contains a line break or control character", "write it on one line")
+    path = _reference_file(item.get("file"), f"{where}.file", fail, base)
+    try:
+        digest = file_sha256(path)
+    except OSError as e:
+        raise fail(f"{where}.file", f"{path} cannot be read ({e.strerror})",
+                   "grant the bbsd user read access to it") from None
+    return Reference(file=path, caption=caption.strip(), sha256=digest)
+
+
+def _reference_file(value: Any, where: str, fail: Fail, base: Path) -> Path:
+    if not isinstance(value, str) or not value.strip():
+        raise fail(where, "must be a path to a photo", "a path relative to the config file's folder, "
+                   "e.g. \"refs/baba-yaga-1.jpg\"")
+    path = (base / Path(value).expanduser()).resolve()
+    if path.suffix.lower().lstrip(".") not in REFERENCE_EXTENSIONS:
+        raise fail(where, f"{value!r} is not a photo file bbsd shows as a reference",
+                   f"use one of: {', '.join(REFERENCE_EXTENSIONS)} (export a JPEG of a RAW file)")
+    if not path.exists():
+        raise fail(where, f"{path} does not exist", "check the path; it is relative to the config file's folder")
+    if not path.is_file():
+        raise fail(where, f"{path} is not a file", "name a photo file, not a folder")
+    if path.stat().st_size > REFERENCE_MAX_BYTES:
+        raise fail(where, f"{path} is larger than {REFERENCE_MAX_BYTES // 2**20} MB",
+                   "export a smaller JPEG: it is shown downscaled to [engine] image_max_side anyway")
+    if path.stat().st_size == 0:
+        raise fail(where, f"{path} is empty", "copy the photo again")
+    return path
 
 
 def check_keyword(name: str, where: str, fail: Fail) -> None:

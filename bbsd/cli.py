@@ -78,7 +78,7 @@ def _open(settings, lazy: bool = False, warm_up: bool = False):
     labeler = LazyLabeler(settings) if lazy else open_labeler(settings, warm_up=warm_up)
     if labeler.info.backend == "fake":
         structlog.get_logger("bbsd").warning("engine.fake", note="fake backend: labels are not from a model")
-    return Pipeline(labeler, settings, prompt.build(settings.catalog, settings.questions))
+    return Pipeline(labeler, settings, prompt.for_settings(settings))
 
 
 @app.command()
@@ -164,8 +164,10 @@ def check(config: Path = CONFIG) -> None:
     os.environ.setdefault("BBSD_LOG_LEVEL", "warning")
     settings = _setup(config)
     asked = f", {len(settings.questions)} questions" if settings.questions else ""
+    refs = settings.catalog.reference_count()
+    shown = f", {refs} reference photos ({settings.prompt.references})" if refs else ""
     typer.echo(f"config {settings.source}: ok ({len(settings.catalog.characters)} characters, "
-               f"{len(settings.catalog.props)} props{asked})")
+               f"{len(settings.catalog.props)} props{asked}{shown})")
     for line in checks.folders(settings):
         typer.echo(line)
     for line in checks.backend(settings):

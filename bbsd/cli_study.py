@@ -35,8 +35,8 @@ def truth_export(
 def eval_command(
     config: Path = CONFIG,
     truth_file: Path = typer.Option(..., "--truth", help="The truth manifest (JSONL, see docs/eval.md)."),
-    profile: list[Path] = typer.Option(None, "--profile", help="A TOML overlay of [model]/[engine]/backend keys; "
-                                       "repeat to compare. Default: the config as it is."),
+    profile: list[Path] = typer.Option(None, "--profile", help="A TOML overlay of [model]/[engine]/[prompt]/backend "
+                                       "keys; repeat to compare. Default: the config as it is."),
     out: Path = typer.Option(Path("bbsd-eval"), "--out", "-o", help="Folder for results and reports; "
                              "a run into the same folder resumes."),
 ) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bbsd import catalog, engines, questions
+from bbsd import catalog, engines, questions, references
 from bbsd.catalog import Catalog
 from bbsd.errors import ConfigError
 
@@ -62,6 +62,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "max_output_tokens": Key("int", 768, "upper bound on the reply length in tokens", 32, 8192),
         "temperature": Key("float", 0.0, "sampling temperature; 0 = deterministic", 0.0, 2.0),
         "seed": Key("int", 0, "sampling seed", 0, 2**31 - 1),
+    },
+    "prompt": {
+        "references": Key("choice", "gallery", "how the catalog's reference photos are shown: gallery = each image "
+                          "with its caption before the photo (evaluated once, kept in the KV cache); off = not at all",
+                          choices=tuple(references.STRATEGIES)),
     },
     "worker": {
         "isolate": Key("bool", True, "run the model in a supervised worker process (survives engine crashes)"),
@@ -127,6 +132,11 @@ class EngineSettings:
 
 
 @dataclass(frozen=True)
+class PromptSettings:
+    references: str  # a `references.STRATEGIES` name
+
+
+@dataclass(frozen=True)
 class WorkerSettings:
     isolate: bool
     timeout_seconds: float
@@ -173,6 +183,7 @@ class Settings:
     source: Path
     watch: WatchSettings
     engine: EngineSettings
+    prompt: PromptSettings
     worker: WorkerSettings
     decode: DecodeSettings
     service: ServiceSettings
@@ -221,20 +232,31 @@ def from_raw(raw: dict[str, Any], path: Path, environ: Mapping[str, str] | None 
     engine = EngineSettings(**section(_table(raw, "engine", v), "engine", SCHEMA["engine"], v, env))
     backend = engines.get(engine.backend)
     _reject_unknown(raw, v, backend)
+    _planned_strategy(raw, v, env)
     values = {s: section(raw.get(s, {}), s, SCHEMA[s], v, env) for s in SCHEMA if s != "engine"}
     return Settings(
         source=path.resolve(),
         watch=WatchSettings(**values["watch"]),
         engine=engine,
+        prompt=PromptSettings(**values["prompt"]),
         worker=WorkerSettings(**values["worker"]),
         decode=DecodeSettings(**values["decode"]),
         service=ServiceSettings(**values["service"]),
         xmp=_xmp(values["xmp"], v),
         log=LogSettings(**values["log"]),
-        catalog=catalog.parse(raw, v.fail),
+        catalog=catalog.parse(raw, v.fail, base=path.parent),
         questions=questions.parse(raw.get("questions", []), v.fail),
         backend=backend.configure(raw, v, env, engine),
     )
+
+
+def _planned_strategy(raw: dict[str, Any], v: Validator, env: Mapping[str, str]) -> None:
+    """A reference strategy that is designed but not built says so, instead of "not one of"."""
+    body = raw.get("prompt")
+    value = env.get("BBSD_PROMPT_REFERENCES", body.get("references") if isinstance(body, dict) else None)
+    if isinstance(value, str) and value in references.PLANNED:
+        raise v.fail("prompt.references", f"{value!r} ({references.PLANNED[value]}) is planned, not built yet",
+                     f"use one of: {', '.join(references.STRATEGIES)} (docs/eval.md: where it would plug in)")
 
 
 def _table(raw: dict[str, Any], name: str, v: Validator) -> dict[str, Any]:

@@ -97,7 +97,7 @@ def main(folder: Path) -> None:
     cfg = prepare(folder.resolve())
     settings = config_mod.load(cfg)
     logs.configure(settings.log.level, settings.log.format)
-    pipeline = Pipeline(open_labeler(settings), settings, prompt.build(settings.catalog, settings.questions))
+    pipeline = Pipeline(open_labeler(settings), settings, prompt.for_settings(settings))
     daemon = Daemon(settings, pipeline)
     thread = threading.Thread(target=daemon.run, name="bbsd-demo")
     thread.start()

@@ -5,7 +5,8 @@ never a half-grey image); EXIF orientation is applied; the result's longest side
 most `max_side`; JPEGs are downscaled during decoding (DCT scaling via draft mode), which
 is several times faster than a full decode and lets a panorama far over the pixel limit be
 decoded at 1/8 size. The pixel limit is checked on the buffer that is actually decoded,
-before it is allocated. Runs only inside the decoder process (`decode_worker`).
+before it is allocated. Runs only inside contained processes: the decoder (`decode_worker`) for
+photos, and the engine worker for the catalog's reference photos (`references.Images`).
 """
 
 from __future__ import annotations

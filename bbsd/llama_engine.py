@@ -4,9 +4,11 @@ Invariants: one thread owns the model (the worker's); pixels reach libmtmd as an
 never as a re-encoded file; the reply is sampled under a grammar that bbsd writes itself
 (`grammar.py`) and that llama.cpp's own parser accepted (a grammar it rejects is refused as
 `grammar_invalid`, never handed to the sampler); the chat template is the one inside the GGUF;
-the prompt prefix (system text, catalog, everything before the image) is evaluated once per
-prompt and kept in the KV cache, so a photo costs its image, the short text after it and the
-reply. llama.cpp itself is reached only through `llama_native`.
+the prompt prefix (system text, catalog, the reference gallery: everything before the photo's
+image) is evaluated once per prompt and kept in the KV cache, keyed by its text tokens and its
+images' ids (a reference's content digest), so a photo costs its image, the short text after it
+and the reply. Reference photos are decoded here, in the worker (`references.Images`), never in
+the daemon. llama.cpp itself is reached only through `llama_native`.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 import structlog
 from PIL import Image
 
-from bbsd import families, llama_log
+from bbsd import families, llama_log, references
 from bbsd import replies as replies_mod
 from bbsd.errors import ModelError, PhotoError
 from bbsd.jump import Cursor
@@ -37,6 +39,7 @@ FALLBACK_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 RETRY_TEMPERATURE = 0.7
+PHOTO_ID = "photo"  # the photo's image id; a reference image's id is its content digest
 
 
 def _check_file(path: Path | None, what: str) -> Path:
@@ -81,6 +84,7 @@ class LlamaLabeler:
             self._ctx.apply_lora(_check_file(engine.lora, "LoRA adapter"), engine.lora_scale)
         self._template = self._compile_template()
         self._prefix = Prefix()
+        self._references = references.Images(_decode_reference)
 
     def _compile_template(self):
         from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -94,8 +98,13 @@ class LlamaLabeler:
         return env.from_string(text)
 
     def _render(self, prompt: Prompt, marker: str) -> str:
+        """The chat: system text, then the reference gallery (each image, then its caption line), then the
+        photo and the instruction in the family's order. Without references, exactly the chat of before."""
         image, ask = {"type": "text", "text": marker + "\n"}, {"type": "text", "text": prompt.user}
         parts = [image, ask] if self._family.image_first else [ask, image]
+        if prompt.references:
+            gallery = [{"type": "text", "text": f"{marker}\n{item.line()}\n"} for item in prompt.references]
+            parts = [{"type": "text", "text": references.INTRO + "\n"}, *gallery, *parts]
         if self._family.system_role:
             messages = [{"role": "system", "content": prompt.system}, {"role": "user", "content": parts}]
         else:
@@ -132,7 +141,7 @@ class LlamaLabeler:
                    cancelled: Callable[[], bool]) -> list[Inference | PhotoError]:
         """Label up to `parallel` photos together: each in its own sequence after the shared cached
         prefix, their replies generated in one decode per step. A photo's own failure is its result."""
-        if len(items) > self._ctx.n_seq or len({(p.system, p.user, p.grammar) for _, p, _ in items}) > 1:
+        if len(items) > self._ctx.n_seq or len({(p.system, p.user, p.grammar, p.references) for _, p, _ in items}) > 1:
             return [r for item in items for r in self.infer_many([item], cancelled)]  # one prefix per batch
         prompt = items[0][1]
         results: list[Inference | PhotoError] = []
@@ -140,7 +149,7 @@ class LlamaLabeler:
         for seq, (image, _, attempt) in enumerate(items):
             t0 = time.perf_counter()
             try:
-                with self._ctx.tokenize(self._render(prompt, self._ctx.marker), image) as chunks:
+                with self._tokenize(prompt, image) as chunks:
                     n_past, evaluated = self._evaluate(chunks.items, seq)
                     # Tokens, not n_past: an M-RoPE image (Qwen2-VL) takes fewer positions than it has tokens.
                     prompt_tokens = sum(c.n_tokens for c in chunks.items)
@@ -168,14 +177,21 @@ class LlamaLabeler:
             generate_ms=generate_ms, evaluated_tokens=r.evaluated, sampled_tokens=r.n_sampled,
             steps=tuple(r.steps)) for r in results]
 
+    def _tokenize(self, prompt: Prompt, image: Image.Image):
+        """The chat and its images: the reference photos (decoded here, once), then the photo."""
+        shown = self._references.load(prompt.references, self._engine.image_max_side)
+        images = [*((item.sha256, ref) for item, ref in zip(prompt.references, shown, strict=True)), (PHOTO_ID, image)]
+        return self._ctx.tokenize(self._render(prompt, self._ctx.marker), images)
+
     def layout(self, prompt: Prompt, image: Image.Image) -> dict[str, int]:
-        """Tokens of this prompt and image: the cacheable prefix, the image, the text after it."""
-        with self._ctx.tokenize(self._render(prompt, self._ctx.marker), image) as chunks:
+        """Tokens of this prompt and image: the cacheable prefix (reference images included), the photo's
+        image, the text after it."""
+        with self._tokenize(prompt, image) as chunks:
             items = chunks.items
-        first_image = next((i for i, c in enumerate(items) if not c.is_text), len(items))
-        return {"prefix": sum(c.n_tokens for c in items[:first_image]),
-                "image": sum(c.n_tokens for c in items[first_image:] if not c.is_text),
-                "suffix": sum(c.n_tokens for c in items[first_image:] if c.is_text)}
+        start = photo_start(items)
+        return {"prefix": sum(c.n_tokens for c in items[:start]),
+                "image": sum(c.n_tokens for c in items[start:] if not c.is_text),
+                "suffix": sum(c.n_tokens for c in items[start:] if c.is_text)}
 
     def health(self) -> list[dict]:
         return []
@@ -184,13 +200,15 @@ class LlamaLabeler:
         """Fill sequence `seq` of the KV cache for this photo; return (next position, prompt tokens
         evaluated now).
 
-        Everything before the image is the same for every photo of a catalog: it stays in the
-        KV cache (sequence 0; the other sequences share its cells) and only the image and the
-        text after it are evaluated.
+        Everything before the photo's image (system text, catalog, reference gallery) is the same for
+        every photo of a prompt: it stays in the KV cache (sequence 0; the other sequences share its
+        cells) and only the image and the text after it are evaluated. The cache's key is the
+        prefix's text tokens and its images' ids (content digests).
         """
-        first_image = next((i for i, c in enumerate(chunks) if not c.is_text), len(chunks))
-        head, tail = chunks[:first_image], chunks[first_image:]
-        key = tuple(t for c in head for t in c.tokens)
+        start = photo_start(chunks)
+        head, tail = chunks[:start], chunks[start:]
+        self._gallery_fits(head, tail)
+        key = tuple(c.tokens if c.is_text else ("image", c.image_id, c.n_tokens) for c in head)
         evaluated = 0
         if self._prefix.tokens != key or not (self._engine.prefix_cache or seq > 0):
             self._ctx.forget_from(0)
@@ -200,7 +218,8 @@ class LlamaLabeler:
                 n_past = self._ctx.eval_chunk(c, n_past, logits_last=False)
                 evaluated += c.n_tokens
             self._prefix = Prefix(key, n_past)
-            log.info("engine.prefix_cached", tokens=len(key), positions=n_past)
+            log.info("engine.prefix_cached", tokens=sum(c.n_tokens for c in head), positions=n_past,
+                     reference_images=sum(not c.is_text for c in head))
         if seq == 0:
             self._ctx.forget_from(self._prefix.n_past)  # the previous photo's image and reply
         else:
@@ -211,15 +230,26 @@ class LlamaLabeler:
             evaluated += c.n_tokens
         return n_past, evaluated
 
+    def _gallery_fits(self, head: list, tail: list) -> None:
+        """A prompt whose reference gallery leaves the photo no room is refused before anything is evaluated."""
+        n_refs = sum(not c.is_text for c in head)
+        total = sum(c.n_tokens for c in (*head, *tail))
+        if n_refs and total > self._ctx.n_ctx:
+            gallery = sum(c.n_tokens for c in head)
+            raise PhotoError("context_overflow", f"the prompt with its {n_refs} reference photos needs {total} tokens "
+                             f"({gallery} before the photo), the context has {self._ctx.n_ctx}",
+                             f"raise [engine] context_size to at least {total + self._engine.max_output_tokens} "
+                             "(room for the reply too), or show fewer reference photos")
+
     def close(self) -> None:
         self._ctx.close()
 
 
 @dataclass(frozen=True)
 class Prefix:
-    """The prompt prefix held in the KV cache: its tokens and the position after it."""
+    """The prompt prefix held in the KV cache: its key (text tokens, image ids) and the position after it."""
 
-    tokens: tuple[int, ...] | None = None
+    tokens: tuple | None = None
     n_past: int = 0
 
 
@@ -233,6 +263,18 @@ def resolve_parallel(configured: int, gpu_layers: int | str) -> int:
     if configured > 0:
         return configured
     return GPU_PARALLEL if gpu_layers not in (0, "0") else 1
+
+
+def photo_start(chunks: list) -> int:
+    """Where the photo begins: its first image chunk (reference images before it belong to the prefix)."""
+    return next((i for i, c in enumerate(chunks) if not c.is_text and c.image_id == PHOTO_ID), len(chunks))
+
+
+def _decode_reference(path: Path, max_side: int) -> Image.Image:
+    """A reference photo decoded and downscaled as photos are (in this, the contained worker process)."""
+    from bbsd import imaging
+
+    return imaging.decode(path, max_side).image
 
 
 def batch_size(context_size: int) -> int:

@@ -12,6 +12,7 @@ never in positions.
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,7 @@ class Chunk:
     tokens: tuple[int, ...]  # the text's tokens; empty for an image
     n_tokens: int
     n_pos: int  # positions it takes (libmtmd's count): fewer than n_tokens for an M-RoPE image
+    image_id: str = ""  # an image's id, as given to `tokenize` with its bitmap; "" for text
 
 
 class Context:
@@ -142,9 +144,10 @@ class Context:
             raise PhotoError("engine_error", "tokenizing the forced reply text failed", "see the llama.log events")
         return list(out[:n])
 
-    def tokenize(self, text: str, image: Image.Image) -> Chunks:
-        """Text with one image marker + the image → chunks (text, image, text …)."""
-        return Chunks(self._m, self._mtmd, text, image)
+    def tokenize(self, text: str, images: Sequence[tuple[str, Image.Image]]) -> Chunks:
+        """Text with one image marker per image + the (id, image) pairs in marker order → chunks
+        (text, image, text …); each image chunk carries its image's id."""
+        return Chunks(self._m, self._mtmd, text, images)
 
     # --- evaluation -----------------------------------------------------------------------------
 
@@ -301,25 +304,36 @@ class Context:
 class Chunks:
     """A tokenized prompt (mtmd input chunks); free with `close` (or use as a context manager)."""
 
-    def __init__(self, m, mtmd_ctx, text: str, image: Image.Image) -> None:
+    def __init__(self, m, mtmd_ctx, text: str, images: Sequence[tuple[str, Image.Image]]) -> None:
         self._m = m
-        rgb = image if image.mode == "RGB" else image.convert("RGB")
-        data = rgb.tobytes()
-        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
-        self._bitmap = m.mtmd_bitmap_init(rgb.width, rgb.height, buf)
-        if not self._bitmap:
-            raise PhotoError("engine_error", "libmtmd refused the bitmap", "see the llama.log events")
+        self._chunks = None
+        self._bitmaps = []
+        for image_id, image in images:
+            self._bitmaps.append(self._bitmap(image, image_id))
         self._chunks = m.mtmd_input_chunks_init()
         raw = text.encode("utf-8")
         inp = m.mtmd_input_text()
         inp.text, inp.text_len, inp.add_special, inp.parse_special = raw, len(raw), True, True
-        rc = m.mtmd_tokenize(mtmd_ctx, self._chunks, ctypes.byref(inp), (m.mtmd_bitmap_p_ctypes * 1)(self._bitmap), 1)
+        bitmaps = (m.mtmd_bitmap_p_ctypes * len(self._bitmaps))(*self._bitmaps)
+        rc = m.mtmd_tokenize(mtmd_ctx, self._chunks, ctypes.byref(inp), bitmaps, len(self._bitmaps))
         if rc != 0:
             self.close()
             raise PhotoError("engine_error", f"mtmd_tokenize failed (code {rc})",
                              "the chat template may lack the image marker; see `bbsd check`")
         self.items = [self._chunk(m.mtmd_input_chunks_get(self._chunks, i))
                       for i in range(m.mtmd_input_chunks_size(self._chunks))]
+
+    def _bitmap(self, image: Image.Image, image_id: str):
+        m = self._m
+        rgb = image if image.mode == "RGB" else image.convert("RGB")
+        data = rgb.tobytes()
+        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        bitmap = m.mtmd_bitmap_init(rgb.width, rgb.height, buf)
+        if not bitmap:
+            self.close()
+            raise PhotoError("engine_error", "libmtmd refused the bitmap", "see the llama.log events")
+        m.mtmd_bitmap_set_id(bitmap, image_id.encode())  # copied by libmtmd; comes back on the image's chunks
+        return bitmap
 
     def _chunk(self, handle) -> Chunk:
         m = self._m
@@ -328,7 +342,9 @@ class Chunks:
             ptr = m.mtmd_input_chunk_get_tokens_text(handle, ctypes.byref(n))
             tokens = tuple(ptr[j] for j in range(n.value))
             return Chunk(handle, True, tokens, len(tokens), len(tokens))
-        return Chunk(handle, False, (), m.mtmd_input_chunk_get_n_tokens(handle), m.mtmd_input_chunk_get_n_pos(handle))
+        image_id = (m.mtmd_input_chunk_get_id(handle) or b"").decode()
+        return Chunk(handle, False, (), m.mtmd_input_chunk_get_n_tokens(handle), m.mtmd_input_chunk_get_n_pos(handle),
+                     image_id)
 
     def __enter__(self) -> Chunks:
         return self
@@ -340,9 +356,9 @@ class Chunks:
         if self._chunks is not None:
             self._m.mtmd_input_chunks_free(self._chunks)
             self._chunks = None
-        if self._bitmap is not None:
-            self._m.mtmd_bitmap_free(self._bitmap)
-            self._bitmap = None
+        for bitmap in self._bitmaps:
+            self._m.mtmd_bitmap_free(bitmap)
+        self._bitmaps = []
 
 
 class GrammarError(PhotoError):

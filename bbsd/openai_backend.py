@@ -3,7 +3,9 @@
 llama.cpp's llama-server, vLLM, LMDeploy and OpenVINO Model Server take the reply schema as
 `response_format` {"type": "json_schema"}; Ollama takes it as `format` on its /api/chat
 (`api = "ollama"`). Invariants: the daemon sends pixels it already decoded in its contained
-decoder, re-encoded as a JPEG data URI (it never reads the photo file for this); replies are
+decoder, re-encoded as a JPEG data URI (it never reads the photo file for this), and the
+catalog's reference photos, decoded once in a decoder process of their own, as image parts
+before the photo (the same bytes every time, so a server's prompt cache can reuse them); replies are
 returned raw and validated by the pipeline exactly as the local engine's; a photo is never
 lost to a failing endpoint — connection errors, timeouts, 5xx and malformed bodies are
 retried (with backoff, on another endpoint when there is one), and while every endpoint is
@@ -20,7 +22,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ from urllib.parse import urlsplit
 
 import structlog
 
+from bbsd import references
 from bbsd.config import Key, Validator, section
 from bbsd.engines import Backend, UnitNeeds
 from bbsd.errors import ModelError, PhotoError
@@ -131,8 +134,9 @@ def _key(cfg: EndpointConfig) -> str | None:
 class OpenAILabeler:
     gpu = False  # the GPU is the server's
 
-    def __init__(self, s: OpenAISettings) -> None:
+    def __init__(self, s: OpenAISettings, gallery: Gallery | None = None) -> None:
         self._s = s
+        self._gallery = gallery
         self.pool = Pool([Endpoint(c, _key(c)) for c in s.endpoints], s.down_after_failures, s.probe_seconds)
         self.concurrency = sum(c.in_flight for c in s.endpoints)
         self.info = _info(s)
@@ -143,13 +147,15 @@ class OpenAILabeler:
 
     def infer(self, image, prompt, *, attempt: int, cancelled: Callable[[], bool]) -> Inference:
         data_uri = _jpeg(image, self._s.jpeg_quality)
+        shown = self._gallery.uris(prompt.references) if prompt.references and self._gallery else []
         conns = self._local.__dict__.setdefault("conns", {})
         last: Endpoint | None = None
         for tries in range(self._s.retries + 1):
             e = self.pool.acquire(cancelled, avoid=last)
             t0 = time.perf_counter()
             try:
-                doc = e.post(*_request(e.cfg, prompt, data_uri, self._s, attempt), self._s.timeout_seconds, conns)
+                doc = e.post(*_request(e.cfg, prompt, data_uri, self._s, attempt, shown), self._s.timeout_seconds,
+                             conns)
                 text, timings, usage = _reply(e.cfg, doc)
             except RejectedError as err:
                 self.pool.release(e, False, error=str(err))
@@ -169,8 +175,37 @@ class OpenAILabeler:
 
     def close(self) -> None:
         self.pool.close()
+        if self._gallery is not None:
+            self._gallery.close()
         for conn in self._local.__dict__.get("conns", {}).values():
             conn.close()
+
+
+class Gallery:
+    """The prompt's reference photos as JPEG data URIs, decoded once in a decoder process of their own
+    (the daemon, where this backend runs, never parses image bytes) and downscaled like photos."""
+
+    def __init__(self, settings) -> None:
+        self._settings = settings
+        self._decoder = None
+        self._lock = threading.Lock()  # several photos in flight ask at once; one decodes, the rest wait
+        self._images: references.Images[str] = references.Images(self._decode)
+
+    def uris(self, items: tuple[references.Item, ...]) -> list[str]:
+        with self._lock:
+            return self._images.load(items, self._settings.engine.image_max_side)
+
+    def _decode(self, path: Path, max_side: int) -> str:
+        from bbsd.decoder import Decoder
+
+        if self._decoder is None:
+            self._decoder = Decoder(self._settings, role="references")
+        return _jpeg(self._decoder.decode(path, max_side).image, self._settings.backend.jpeg_quality)
+
+    def close(self) -> None:
+        if self._decoder is not None:
+            self._decoder.close()
+            self._decoder = None
 
 
 def _jpeg(image, quality: int) -> str:
@@ -179,19 +214,26 @@ def _jpeg(image, quality: int) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def _request(cfg: EndpointConfig, prompt, data_uri: str, s: OpenAISettings, attempt: int) -> tuple[str, dict]:
+def _request(cfg: EndpointConfig, prompt, data_uri: str, s: OpenAISettings, attempt: int,
+             shown: Sequence[str] = ()) -> tuple[str, dict]:
+    """The request body; `shown` are the reference photos' data URIs, in the order of `prompt.references`."""
     temperature = s.temperature if attempt == 0 else RETRY_TEMPERATURE
-    if cfg.api == "ollama":
+    if cfg.api == "ollama":  # one user message per reference (its image, its caption line), then the photo's
+        gallery = [{"role": "user", "content": item.line(), "images": [uri.split(",", 1)[1]]}
+                   for item, uri in zip(prompt.references, shown, strict=True)]
         return "/api/chat", {
             "model": cfg.model, "stream": False, "format": prompt.schema,
-            "messages": [{"role": "system", "content": prompt.system},
+            "messages": [{"role": "system", "content": prompt.system}, *gallery,
                          {"role": "user", "content": prompt.user, "images": [data_uri.split(",", 1)[1]]}],
             "options": {"temperature": temperature, "seed": s.seed + attempt, "num_predict": s.max_output_tokens}}
+    gallery = [part for item, uri in zip(prompt.references, shown, strict=True)
+               for part in ({"type": "image_url", "image_url": {"url": uri}}, {"type": "text", "text": item.line()})]
+    intro = [{"type": "text", "text": references.INTRO}] if gallery else []
+    photo = {"type": "image_url", "image_url": {"url": data_uri}}
     return "/chat/completions", {
         "model": cfg.model, "max_tokens": s.max_output_tokens, "temperature": temperature, "seed": s.seed + attempt,
         "messages": [{"role": "system", "content": prompt.system},
-                     {"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_uri}},
-                                                  {"type": "text", "text": prompt.user}]}],
+                     {"role": "user", "content": [*intro, *gallery, photo, {"type": "text", "text": prompt.user}]}],
         "response_format": {"type": "json_schema",
                             "json_schema": {"name": "bbsd_labels", "strict": True, "schema": prompt.schema}}}
 
@@ -227,7 +269,7 @@ def _inference(cfg, doc, text, timings, usage, latency: float, attempts: int) ->
 
 
 def open_labeler(settings) -> OpenAILabeler:
-    labeler = OpenAILabeler(settings.backend)
+    labeler = OpenAILabeler(settings.backend, Gallery(settings) if settings.catalog.reference_count() else None)
     log.info("engine.remote", endpoints=[{"url": c.url, "model": c.model, "in_flight": c.in_flight, "api": c.api}
                                          for c in settings.backend.endpoints], concurrency=labeler.concurrency)
     return labeler

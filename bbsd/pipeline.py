@@ -72,8 +72,8 @@ class Pipeline:
         self._xmp = settings.xmp
 
     def apply(self, settings: Settings) -> None:
-        """Take a new catalog, questions and XMP settings (SIGHUP) without touching the model."""
-        self.prompt = prompt_mod.build(settings.catalog, settings.questions)
+        """Take a new catalog, questions, reference strategy and XMP settings (SIGHUP) without touching the model."""
+        self.prompt = prompt_mod.for_settings(settings)
         self._catalog, self._questions, self._xmp = settings.catalog, settings.questions, settings.xmp
 
     @property

@@ -5,7 +5,8 @@ for each question only its type's answers; so does the GBNF grammar written besi
 (`grammar.py`), which the engine samples under. A change to the wording or the schema bumps
 PROMPT_VERSION, which relabels photos on purpose; the catalog's and the questions' digests
 relabel when the configuration changes them. Without questions, prompt and schema are exactly
-those of bbsd.prompt/2, so adding the feature relabels nothing.
+those of bbsd.prompt/2, so adding the feature relabels nothing; the same holds for reference
+photos (`references`): the gallery shown before the photo has its own digest, empty when none is.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 from bbsd import grammar
 from bbsd import questions as questions_mod
+from bbsd import references as references_mod
 from bbsd.catalog import Catalog
 from bbsd.questions import Question
 
@@ -37,13 +39,29 @@ class Prompt:
     catalog_digest: str
     grammar: str  # GBNF for llama.cpp: the schema's language, with every name escaped by us
     questions_digest: str = ""  # "" without [[questions]]: the identity of bbsd.prompt/2 stays unchanged
+    # The reference photos shown before the photo (`references.gallery`), and their identity ("" when none are).
+    references: tuple[references_mod.Item, ...] = ()
+    references_digest: str = ""
 
     def schema_json(self) -> str:
         # Insertion order is the order the grammar makes the model write the fields in.
         return json.dumps(self.schema)
 
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Prompt:
+        """The prompt back from `dataclasses.asdict` sent as JSON (the engine worker's requests)."""
+        items = tuple(references_mod.Item(**item) for item in doc.get("references", ()))
+        return cls(**{**doc, "references": items})
 
-def build(catalog: Catalog, questions: tuple[Question, ...] = ()) -> Prompt:
+
+def for_settings(settings) -> Prompt:
+    """The prompt a configuration asks: its catalog, its questions, its reference strategy."""
+    return build(settings.catalog, settings.questions, settings.prompt.references)
+
+
+def build(catalog: Catalog, questions: tuple[Question, ...] = (), references: str = "gallery") -> Prompt:
+    """`references` is the strategy (`references.STRATEGIES`): gallery shows the catalog's reference photos."""
+    shown = references_mod.gallery(catalog, references)
     return Prompt(
         version=PROMPT_VERSION,
         system=_system_text(catalog) + _questions_text(questions),
@@ -52,6 +70,8 @@ def build(catalog: Catalog, questions: tuple[Question, ...] = ()) -> Prompt:
         catalog_digest=catalog.digest(),
         grammar=grammar.reply_grammar(catalog, CAPTION_MAX, SCENE_MAX, TEXT_ITEMS_MAX, TEXT_ITEM_MAX, questions),
         questions_digest=questions_mod.digest(questions),
+        references=shown,
+        references_digest=references_mod.digest(shown, references),
     )
 
 

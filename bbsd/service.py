@@ -157,7 +157,7 @@ class Daemon:
                               busy=busy, endpoints=self.pipeline.labeler.health())
 
     def _reload(self) -> None:
-        """SIGHUP: apply a new catalog, questions and XMP settings; say which changes need a restart."""
+        """SIGHUP: apply a new catalog (its references too), questions, [prompt] and [xmp]; say what needs a restart."""
         try:
             new = config_mod.load(self.settings.source)
         except BbsdError as e:
@@ -166,15 +166,16 @@ class Daemon:
         restart = [n for n in ("watch", "engine", "worker", "service", "log")
                    if getattr(new, n) != getattr(self.settings, n)]
         restart += [t for t in engines.changed_tables(self.settings, new) if t not in restart]
-        applied = [n for n in ("catalog", "questions", "xmp") if getattr(new, n) != getattr(self.settings, n)]
-        self.settings = dataclasses.replace(self.settings, catalog=new.catalog, questions=new.questions, xmp=new.xmp)
+        applied = [n for n in ("catalog", "questions", "prompt", "xmp") if getattr(new, n) != getattr(self.settings, n)]
+        self.settings = dataclasses.replace(self.settings, catalog=new.catalog, questions=new.questions,
+                                            prompt=new.prompt, xmp=new.xmp)
         self.pipeline.apply(self.settings)
         log.info("config.reloaded", applied=applied, model_reloaded=False)
         if restart:
             log.warning("config.restart_needed", sections=restart,
                         hint="these take effect after a restart (systemctl restart bbsd); the model was not reloaded")
-        if "catalog" in applied or "questions" in applied:
-            self._rescan()  # photos labelled with the old catalog or questions are now out of date
+        if {"catalog", "questions", "prompt"} & set(applied):
+            self._rescan()  # photos labelled with the old catalog, questions or references are now out of date
 
     def _drain_events(self, timeout: float) -> None:
         try:

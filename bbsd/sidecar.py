@@ -151,10 +151,12 @@ def read_strict(photo: Path) -> dict[str, Any] | None:
 
 def identity(model: ModelInfo, prompt: Prompt) -> dict[str, Any]:
     """What makes labels current besides the photo itself: the model and the prompt (its version,
-    the catalog and the questions it asked)."""
+    the catalog, the questions it asked and the reference photos it showed)."""
     made_with = {"version": prompt.version, "catalog_sha256": prompt.catalog_digest}
     if prompt.questions_digest:  # only with [[questions]]: sidecars made without any stay current
         made_with["questions_sha256"] = prompt.questions_digest
+    if prompt.references_digest:  # only when reference photos were shown: the same rule
+        made_with["references_sha256"] = prompt.references_digest
     made_by = {"backend": model.backend, "file": model.file, "mmproj": model.mmproj}
     if model.lora:  # only with an adapter: sidecars made without one stay current
         made_by["lora"] = model.lora

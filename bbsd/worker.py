@@ -2,9 +2,11 @@
 (one photo, or a batch that the engine labels together).
 
 Invariants: the worker never touches photos or sidecars — it gets pixels and a prompt, and
-returns the raw reply with its own memory figures; it dies with its parent (PR_SET_PDEATHSIG),
-so a killed daemon leaves no orphan holding gigabytes; its stdout is the message pipe only
-(anything native code prints goes to stderr instead).
+returns the raw reply with its own memory figures; the only image files it reads are the
+catalog's reference photos the prompt names (decoded here, in this contained process, never in
+the daemon); it dies with its parent (PR_SET_PDEATHSIG), so a killed daemon leaves no orphan
+holding gigabytes; its stdout is the message pipe only (anything native code prints goes to
+stderr instead).
 
 Test hooks (`BBSD_TEST_HOOKS=1` plus `BBSD_TEST_ABORT_ON`, `BBSD_TEST_HANG_ON`, `BBSD_TEST_SLOW_MS`,
 `BBSD_TEST_LEAK_MB`) exist for the fault-injection tests only and do nothing unless
@@ -37,7 +39,7 @@ def warm_up(labeler, settings) -> None:
     t0 = time.perf_counter()
     try:
         image = Image.new("RGB", (64, 48), (128, 128, 128))
-        r = labeler.infer(image, prompt.build(settings.catalog, settings.questions), attempt=0, cancelled=lambda: False)
+        r = labeler.infer(image, prompt.for_settings(settings), attempt=0, cancelled=lambda: False)
     except PhotoError as e:  # the service still starts; the first photo will say what is wrong
         log.warning("engine.warm_up_failed", code=e.code, message=e.message, hint=e.hint)
         return
@@ -79,7 +81,7 @@ def _serve(labeler, inp: int, out: int, gpu: bool) -> int:
             return 0
         if request["type"] == "exit":
             return 0
-        prompt = Prompt(**request["prompt"])
+        prompt = Prompt.from_json(request["prompt"])
         items, offset = [], 0
         for photo in request["photos"]:
             _test_hooks(photo["name"])

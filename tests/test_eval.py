@@ -170,31 +170,51 @@ def test_a_profile_may_not_change_the_catalog(tmp_path):
     assert done.returncode == 2 and "a profile may not set [characters]" in done.stderr
 
 
-def test_the_tiny_real_model_over_two_profiles_reports_latency_and_memory(tmp_path, tiny_models):
-    """Labels of random weights mean nothing; the plumbing is real: two model loads, two profiles."""
+def test_the_tiny_real_model_with_and_without_references_reports_latency_memory_and_tokens(tmp_path, tiny_models,
+                                                                                           summary):
+    """Labels of random weights mean nothing; the plumbing is real: two model loads, two profiles, one of them
+    showing the catalog's reference photos, which the first photo pays for and the others find cached."""
+    from tests.test_references import with_references
+
     (tmp_path / "inbox").mkdir()
     config = write_config(tmp_path, [tmp_path / "inbox"], tiny_models)
-    for i in range(2):
+    make_photo(tmp_path / "refs" / "baba-yaga.jpg", size=(640, 480), color=(200, 30, 30))
+    make_photo(tmp_path / "refs" / "lantern.png", color=(220, 180, 40), fmt="PNG")
+    with_references(config, {BY: [("refs/baba-yaga.jpg", "full figure, red shawl")], L: [("refs/lantern.png", "lit")]})
+    for i in range(3):
         make_photo(tmp_path / "set" / f"p{i}.jpg", color=(90 * i, 60, 60))
     manifest = tmp_path / "truth.jsonl"
     manifest.write_text('{"file": "set/p0.jpg", "characters": ["Koschei"], "props": []}\n'
-                        '{"file": "set/p1.jpg", "characters": [], "props": ["lantern"]}\n')
-    (tmp_path / "small.toml").write_text("[engine]\nimage_max_side = 128\n")
-    (tmp_path / "one-thread.toml").write_text("[engine]\nthreads = 1\n")
-    done = _eval(config, manifest, tmp_path / "out", "--profile", str(tmp_path / "small.toml"),
-                 "--profile", str(tmp_path / "one-thread.toml"))
+                        '{"file": "set/p1.jpg", "characters": [], "props": ["lantern"]}\n'
+                        '{"file": "set/p2.jpg", "characters": ["Baba Yaga"], "props": []}\n')
+    (tmp_path / "plain.toml").write_text('[prompt]\nreferences = "off"\n')
+    (tmp_path / "gallery.toml").write_text('[prompt]\nreferences = "gallery"\n')
+    done = _eval(config, manifest, tmp_path / "out", "--profile", str(tmp_path / "plain.toml"),
+                 "--profile", str(tmp_path / "gallery.toml"))
     assert done.returncode == 0, done.stderr
     doc = json.loads((tmp_path / "out" / "eval.json").read_text())
-    assert [p["profile"] for p in doc["profiles"]] == ["small", "one-thread"]
+    assert [p["profile"] for p in doc["profiles"]] == ["plain", "gallery"]
     for p in doc["profiles"]:
-        assert p["photos"] == 2 and p["model"]["backend"] == "llama"
+        assert p["photos"] == 3 and p["model"]["backend"] == "llama"
         assert 0 < p["latency_ms"]["p50"] <= p["latency_ms"]["p95"]
         assert p["peak_rss_mb"] > 0 and p["load_ms"] > 0 and p["throughput_per_min"] > 0
         assert [c["threshold"] for c in p["threshold_curve"]][:2] == [0.0, 0.1]  # the engine's confidences
+    plain, gallery = (p["evaluated_tokens"] for p in doc["profiles"])
+    # The first photo pays for the gallery once: two reference images of 16 tokens and their caption lines.
+    assert gallery["first"] > plain["first"] + 2 * 16
+    assert plain["first"] > plain["rest_mean"]  # the prefix is cached without references too
+    assert abs(gallery["rest_mean"] - plain["rest_mean"]) <= 0.1 * plain["rest_mean"]
+    summary(f"bbsd eval, tiny model: evaluated prompt tokens, first photo {gallery['first']:g} with references / "
+            f"{plain['first']:g} without; later photos {gallery['rest_mean']:g} / {plain['rest_mean']:g}")
     assert doc["machine"]
+    table = done.stdout.splitlines()
+    header = next(line for line in table if line.startswith("profile "))
+    assert "eval tok 1st" in header and "eval tok rest" in header
+    assert f"{gallery['first']:.1f}" in next(line for line in table if line.startswith("gallery "))
     page = (tmp_path / "out" / "eval.html").read_text()
     # F1 vs latency, then per profile its per-label F1 bars and its review-threshold curve
-    assert page.count("<svg") == 5 and "one-thread" in page and "small" in page
+    assert page.count("<svg") == 5 and "plain" in page and "gallery" in page
+    assert "<th>eval tok 1st</th>" in page and f"<td>{gallery['first']:.1f}</td>" in page
     _renders_in_chromium(tmp_path / "out" / "eval.html", tmp_path / "eval.png")
 
 

@@ -62,7 +62,7 @@ def _prompt_logits(models, image: Image.Image, n_batch: int = 2048, flash_attent
     """The logits after a whole prompt, evaluated from scratch in a fresh context; and the next position."""
     ctx = _native(models, n_batch, flash_attention=flash_attention)
     try:
-        with ctx.tokenize(TEMPLATE.format(marker=ctx.marker), image) as chunks:
+        with ctx.tokenize(TEMPLATE.format(marker=ctx.marker), [("photo", image)]) as chunks:
             n_past = _evaluate(ctx, chunks.items)
         return ctx.logits().copy(), n_past
     finally:
@@ -72,7 +72,7 @@ def _prompt_logits(models, image: Image.Image, n_batch: int = 2048, flash_attent
 def test_an_image_takes_fewer_positions_than_tokens_and_evaluation_follows_libmtmd(qwen_models):
     ctx = _native(qwen_models)
     try:
-        with ctx.tokenize(TEMPLATE.format(marker=ctx.marker), _photo((256, 192), 1)) as chunks:
+        with ctx.tokenize(TEMPLATE.format(marker=ctx.marker), [("photo", _photo((256, 192), 1))]) as chunks:
             head, image, tail = chunks.items
             assert (image.n_tokens, image.n_pos) == (9 * 7, 9)  # a 9 x 7 grid of merged patches: max(9, 7) positions
             assert (head.n_pos, tail.n_pos) == (head.n_tokens, tail.n_tokens)
@@ -106,13 +106,13 @@ def test_a_cached_prefix_then_another_image_gives_the_logits_of_a_fresh_context(
     fresh, fresh_end = _prompt_logits(qwen_models, b)
     ctx = _native(qwen_models)
     try:
-        with ctx.tokenize(TEMPLATE.format(marker=ctx.marker), a) as chunks:
+        with ctx.tokenize(TEMPLATE.format(marker=ctx.marker), [("photo", a)]) as chunks:
             prefix_end = _evaluate(ctx, chunks.items[:1])
             end = _evaluate(ctx, chunks.items[1:], prefix_end)
             ctx.eval_tokens([101, 102, 103, 104], end)  # A's reply
         ctx.forget_from(prefix_end)
         assert ctx.next_position() == prefix_end and ctx.cells == prefix_end
-        with ctx.tokenize(TEMPLATE.format(marker=ctx.marker), b) as chunks:
+        with ctx.tokenize(TEMPLATE.format(marker=ctx.marker), [("photo", b)]) as chunks:
             assert _evaluate(ctx, chunks.items[1:], prefix_end) == fresh_end
         assert np.array_equal(ctx.logits(), fresh)
         assert np.abs(_prompt_logits(qwen_models, a)[0] - fresh).max() > 0.1  # the image matters
@@ -216,7 +216,7 @@ def test_a_full_cache_is_a_context_overflow_counted_in_cells_not_positions(qwen_
     cache failed as an engine_error with no hint."""
     ctx = _native(qwen_models, n_batch=512, n_ctx=512)
     try:
-        with ctx.tokenize(TEMPLATE.format(marker=ctx.marker), _photo((560, 560), 8)) as chunks:
+        with ctx.tokenize(TEMPLATE.format(marker=ctx.marker), [("photo", _photo((560, 560), 8))]) as chunks:
             n_past = _evaluate(ctx, chunks.items)
             assert chunks.items[1].n_tokens == 400
         with pytest.raises(PhotoError) as e:

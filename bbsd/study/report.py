@@ -14,7 +14,7 @@ from typing import Any
 from bbsd import atomic, svg
 
 COLUMNS = ("profile", "photos", "failed", "micro F1", "macro F1 ch", "macro F1 pr", "exact", "halluc.",
-           "p50 ms", "p95 ms", "photos/min", "peak RSS MB", "load ms")
+           "p50 ms", "p95 ms", "photos/min", "peak RSS MB", "load ms", "eval tok 1st", "eval tok rest")
 
 
 def _fmt(v: Any, digits: int = 3) -> str:
@@ -27,7 +27,8 @@ def row(s: dict[str, Any]) -> list[str]:
     return [s["profile"], str(s["photos"]), str(s["failed"]), _fmt(s["micro"]["f1"]),
             _fmt(s["characters"]["macro"]["f1"]), _fmt(s["props"]["macro"]["f1"]), _fmt(s["exact"]),
             _fmt(s["hallucination_rate"]), _fmt(s["latency_ms"]["p50"], 1), _fmt(s["latency_ms"]["p95"], 1),
-            _fmt(s["throughput_per_min"], 1), _fmt(s["peak_rss_mb"], 1), _fmt(s["load_ms"], 1)]
+            _fmt(s["throughput_per_min"], 1), _fmt(s["peak_rss_mb"], 1), _fmt(s["load_ms"], 1),
+            _fmt(s["evaluated_tokens"]["first"], 1), _fmt(s["evaluated_tokens"]["rest_mean"], 1)]
 
 
 def table(summaries: list[dict[str, Any]]) -> str:

@@ -90,7 +90,7 @@ def fingerprint(settings: Settings) -> dict[str, Any]:
     """What decides a profile's answers: model files, prompt, engine and backend settings."""
     from bbsd.engines import model_info
 
-    made_with = sidecar.identity(model_info(settings), prompt.build(settings.catalog, settings.questions))
+    made_with = sidecar.identity(model_info(settings), prompt.for_settings(settings))
     return {**made_with, "engine": repr(settings.engine), "backend": repr(settings.backend)}
 
 
@@ -142,10 +142,12 @@ def run(profile: Profile, truths: list[Truth], results: Results, advance: Callab
     results.add_load({"load_ms": round(load_ms, 1), "backend": labeler.info.backend, "model": labeler.info.file,
                       "mmproj": labeler.info.mmproj, "gpu": labeler.gpu})
     log.info("eval.loaded", profile=profile.name, load_ms=round(load_ms, 1), photos=len(todo))
-    pipeline = Pipeline(labeler, settings, prompt.build(settings.catalog, settings.questions))
+    pipeline = Pipeline(labeler, settings, prompt.for_settings(settings))
     try:
-        for truth in todo:
-            record = label_one(pipeline, truth.file)
+        for i, truth in enumerate(todo):
+            # The first photo after a load evaluates the prompt's fixed prefix (reference gallery included);
+            # the summary keeps it apart from the rest, which find the prefix cached.
+            record = {**label_one(pipeline, truth.file), "after_load": i == 0}
             results.add_photo(record)
             advance(f"{profile.name}: {truth.file.name} {record['error'] or 'ok'} {record['ms']:.0f} ms")
     finally:
@@ -173,6 +175,9 @@ def label_one(pipeline, photo: Path) -> dict[str, Any]:
         "rss_mb": rss, "vram_mb": vram,
         "prompt_tokens": inference.prompt_tokens if inference else 0,
         "output_tokens": inference.output_tokens if inference else 0,
+        # Prompt tokens really evaluated for this photo (the rest came from the cached prefix); None when
+        # the backend does not say (remote servers) or the photo failed.
+        "evaluated_tokens": inference.evaluated_tokens if inference else None,
     }
 
 

@@ -40,7 +40,18 @@ def summarise(name: str, truths: list[Truth], photos: dict[str, dict[str, Any]],
         "peak_rss_mb": _peak(r.get("rss_mb") for _, r in rows),
         "peak_vram_mb": _peak(r.get("vram_mb") for _, r in rows),
         "load_ms": loads[0]["load_ms"] if loads else None,  # the first load: a resumed run's reloads are warmer
+        "evaluated_tokens": evaluated_tokens([r for _, r in rows]),
     }
+
+
+def evaluated_tokens(results: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Prompt tokens evaluated per photo: the first photo after a model load (which pays for the prompt's
+    fixed prefix, reference gallery included; the mean if a resumed run loaded more than once) and the
+    mean of the other photos (the photo's image and the text after it, the prefix being cached)."""
+    first = [r["evaluated_tokens"] for r in results if r.get("after_load") and r.get("evaluated_tokens") is not None]
+    rest = [r["evaluated_tokens"] for r in results if not r.get("after_load") and r.get("evaluated_tokens") is not None]
+    return {"first": round(sum(first) / len(first), 1) if first else None,
+            "rest_mean": round(sum(rest) / len(rest), 1) if rest else None}
 
 
 def _sample(truth: Truth, result: dict[str, Any], kind: str) -> scores.Sample:
