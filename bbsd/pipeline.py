@@ -9,6 +9,7 @@ parsed only in the decoder process (`Decoder`). The same code serves the daemon 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -106,8 +107,10 @@ class Pipeline:
 
         Only shutdown (`AbandonedError`) and an engine or decoder that cannot start at all pass.
         """
+        coming = getattr(self.labeler, "coming", contextlib.nullcontext)  # a batching labeler waits for it
         try:
-            return self._process(path, queue_wait_ms, allow_incomplete, force, cancelled)
+            with coming():
+                return self._process(path, queue_wait_ms, allow_incomplete, force, cancelled)
         except (AbandonedError, ModelError, DecoderError):
             raise
         except Exception as e:  # a bug must cost this photo, never the service
@@ -153,6 +156,7 @@ class Pipeline:
         try:
             decoded = self.decoder.decode(path, self._max_side, cancelled)
             decoded.image.info["bbsd_name"] = path.name  # lets a worker name the photo in its log
+            decoded.image.info["bbsd_order"] = _mtime(path)  # a batch takes the newest photos first
             timing["decode"] = (time.perf_counter() - t0) * 1000
             labels_, inference = self._label(decoded.image, cancelled)
         except IncompletePhotoError as e:
@@ -339,3 +343,10 @@ def _event_fields(record: sidecar.Record) -> dict[str, object]:
         **({"served": record.served} if record.served else {}),
         **({"needs_review": record.confidence["needs_review"]} if record.confidence else {}),
     }
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0

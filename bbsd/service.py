@@ -72,6 +72,7 @@ class Daemon:
         self.fatal: BbsdError | None = None
         self._prober = Decoder(settings, role="probe")  # the main loop's own decoder process, for capture times
         self.journal = Journal(self.monitor.status.path.parent)
+        self._decoders_up = threading.Semaphore(0)  # released by each worker thread once its decoder runs
 
     def run(self) -> None:
         """Block until `stop` is set; then shut down cleanly."""
@@ -85,8 +86,11 @@ class Daemon:
         for worker in workers:
             worker.start()
         try:
-            self._prober.start()  # both decoder processes up before READY: the first photo pays for neither
-            self.pipeline.decoder.start()
+            # Every decoder process up before READY (the prober here, each worker thread's own in that
+            # thread): the first photos of a burst pay for none of them.
+            self._prober.start()
+            for _ in workers:
+                self._decoders_up.acquire(timeout=self.settings.decode.timeout_seconds)
             queued = self._rescan()
             log.info("daemon.ready", folders=[str(f) for f in w.folders], queued=queued, stale_temps_removed=removed,
                      model=self.pipeline.labeler.info.file, status_file=str(self.monitor.status.path),
@@ -250,6 +254,14 @@ class Daemon:
     # --- workers: the threads that hand photos to the labeler ----------------------------------
 
     def _work_loop(self) -> None:
+        try:
+            self.pipeline.decoder.start()  # this thread's own decoder process (the pipeline keeps one per thread)
+        except BbsdError as e:
+            log.error("engine.unavailable", message=e.message, hint=e.hint)
+            self.fatal = e
+            self.stop.set()
+        finally:
+            self._decoders_up.release()
         while not self.stop.is_set():
             job = self._work.get(timeout=0.5)
             if job is None:

@@ -10,10 +10,11 @@ the bound over its post-load baseline.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import structlog
@@ -70,13 +71,17 @@ class _Ticket:
 
     def __init__(self, image: Image.Image, prompt: Prompt, attempt: int) -> None:
         self.image, self.prompt, self.attempt = image, prompt, attempt
+        self.order = float(image.info.get("bbsd_order", 0.0))  # the photo's mtime: newest first
         self.outcome: Inference | BaseException | None = None
 
 
 class WorkerLabeler:
     """Photos handed over by several threads at once go to the worker together, up to the engine's
-    `parallel`; the thread that finds the worker idle takes the waiting photos to it (no extra
-    thread, no waiting for a batch to fill: what is there goes)."""
+    `parallel`, newest first; the thread that finds the worker idle takes the waiting photos to it
+    (no thread of its own). Photos the threads are still decoding (`coming`) are waited for, so
+    that a batch goes full rather than half full after every batch."""
+
+    FILL_WAIT_S = 2.0  # at most this long for photos still being decoded: a batch never stalls on a slow one
 
     def __init__(self, settings, warm_up: bool = False) -> None:
         self._settings = settings
@@ -86,13 +91,26 @@ class WorkerLabeler:
         self.info = ModelInfo(*hello["info"])  # what the backend itself says, not a guess from settings
         self.gpu = bool(hello.get("gpu"))
         self.parallel = int(hello.get("parallel", 1))
-        # Twice the batch in hand when batching: while one batch is in the engine, the photos of the
-        # next are decoded. One at a time stays one: the newest photo of a burst then never waits
+        # One photo more in hand than a batch takes when batching: it is decoded while the batch is
+        # in the engine. One at a time stays one: the newest photo of a burst then never waits
         # behind an older photo decoded ahead of it.
-        self.concurrency = 2 * self.parallel if self.parallel > 1 else 1
+        self.concurrency = self.parallel + 1 if self.parallel > 1 else 1
         self._cond = threading.Condition()
         self._pending: list[_Ticket] = []
         self._busy = False
+        self._coming = 0  # threads between taking a photo and handing it over (or giving up on it)
+
+    @contextlib.contextmanager
+    def coming(self) -> Iterator[None]:
+        """Around one photo's handling: while it is decoded, a batch waits for it (see FILL_WAIT_S)."""
+        with self._cond:
+            self._coming += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._coming -= 1
+                self._cond.notify_all()
 
     def health(self) -> list[dict]:
         return []
@@ -107,6 +125,7 @@ class WorkerLabeler:
         ticket = _Ticket(image, prompt, attempt)
         with self._cond:
             self._pending.append(ticket)
+            self._cond.notify_all()  # a leader may be waiting for this photo to fill its batch
             while ticket.outcome is None:
                 if self._busy:
                     self._cond.wait(0.2)
@@ -115,8 +134,9 @@ class WorkerLabeler:
                         raise AbandonedError("labelling abandoned at shutdown",
                                              "the photo stays pending and is redone at start")
                     continue
+                self._busy = True  # before filling: the wait releases the lock, and one thread leads
+                self._fill()
                 batch = self._take()
-                self._busy = True
                 self._cond.release()
                 try:
                     outcomes = self._run(batch, cancelled)
@@ -130,11 +150,19 @@ class WorkerLabeler:
             raise ticket.outcome
         return ticket.outcome
 
+    def _fill(self) -> None:
+        """Wait (lock held) while fewer than `parallel` photos wait and others are still being decoded."""
+        deadline = time.monotonic() + self.FILL_WAIT_S
+        while (len(self._pending) < self.parallel and self._coming > len(self._pending)
+               and not any(t.attempt for t in self._pending) and time.monotonic() < deadline):
+            self._cond.wait(max(0.0, deadline - time.monotonic()))
+
     def _take(self) -> list[_Ticket]:
         """The next batch: a retry goes alone (a photo that crashed the worker must not take others
-        with it twice), first photos go up to `parallel` together, in the order they came."""
-        first = self._pending[0]
-        batch = [first] if first.attempt else [t for t in self._pending if not t.attempt][:self.parallel]
+        with it twice), first photos go up to `parallel` together, newest first."""
+        retries = [t for t in self._pending if t.attempt]
+        fresh = sorted((t for t in self._pending if not t.attempt), key=lambda t: -t.order)
+        batch = retries[:1] or fresh[:self.parallel]
         for t in batch:
             self._pending.remove(t)
         return batch

@@ -141,7 +141,8 @@ def _record(target: Path) -> dict:
 
 
 def daemon_run(cfg: Path, files: list[Path], burst: list[Path]) -> tuple[list[dict], dict | None]:
-    """(a): photos one at a time, settled → sidecar; then `burst` dropped at once: its newest photo's record."""
+    """(a): photos one at a time, settled → sidecar; then `burst` dropped at once: its newest photo's
+    settled → sidecar time and the burst's photos per second."""
     daemon = Daemon(cfg)
     try:
         rows = []
@@ -149,26 +150,23 @@ def daemon_run(cfg: Path, files: list[Path], burst: list[Path]) -> tuple[list[di
             target = daemon.drop(f)
             _wait(lambda t=target: sidecar.path_for(t).exists(), 600)
             rows.append(_record(target))
-        if not burst:
-            return rows, None
-        targets = [daemon.drop(f) for f in burst]
-        newest = targets[-1]
-        _wait(lambda: sidecar.path_for(newest).exists(), 3600)
-        return rows, _record(newest)
+        return rows, _burst(daemon, burst) if burst else None
     finally:
         daemon.stop()
 
 
+def _burst(daemon: Daemon, burst: list[Path]) -> dict:
+    t0 = time.monotonic()
+    targets = [daemon.drop(f) for f in burst]
+    _wait(lambda: all(sidecar.path_for(t).exists() for t in targets), 3600)
+    return {"per_s": len(targets) / (time.monotonic() - t0), "newest": _record(targets[-1])["ms"]}
+
+
 def burst_run(cfg: Path, burst: list[Path]) -> dict:
-    """A burst dropped at once into a fresh daemon: photos per second until the last sidecar, and
-    the newest photo's settled → sidecar time."""
+    """A burst dropped at once into a fresh daemon (`_burst`)."""
     daemon = Daemon(cfg)
     try:
-        t0 = time.monotonic()
-        targets = [daemon.drop(f) for f in burst]
-        _wait(lambda: all(sidecar.path_for(t).exists() for t in targets), 3600)
-        seconds = time.monotonic() - t0
-        return {"per_s": len(targets) / seconds, "newest": _record(targets[-1])["ms"]}
+        return _burst(daemon, burst)
     finally:
         daemon.stop()
 
@@ -235,7 +233,7 @@ def run_shape(shape: str, args, tmp: Path, binaries: tuple[Path, Path] | None) -
     files = photos(tmp / f"photos-{shape}", args.photos)
     burst = photos(tmp / f"burst-{shape}", args.burst, start=args.photos)
     images = [imaging.decode(f, 768).image for f in files]
-    cfg = write_config(tmp / shape, models, args.catalog, args)
+    cfg = write_config(tmp / shape, models, args.catalog, args, parallel=args.parallel_default)
     p = prompt.build(config.load(cfg, environ={}).catalog)
     common = {"max_tokens": args.max_tokens, "threads": args.threads or _threads(), "gpu_layers": args.gpu_layers,
               "n_ctx": args.n_ctx}
@@ -257,16 +255,20 @@ def run_shape(shape: str, args, tmp: Path, binaries: tuple[Path, Path] | None) -
              f"| {_ratio(at_tokens(s, out), base['(e)'])} | {at_tokens(s, out) / base['(b)']:.2f} |"
              for name, s in setups]
     if newest:
-        lines.append(f"| {shape} | newest of a {args.burst}-photo burst, settled → sidecar | {newest['ms']:.0f} "
-                     f"| | | | | | {newest['ms'] / bbsd['ms']:.2f} × one photo (a) |")
-    single = 1000 / bbsd["ms"]  # photos per second, one at a time
+        lines.append(f"| {shape} | newest of a {args.burst}-photo burst, settled → sidecar | {newest['newest']:.0f} "
+                     f"| | | | | | {newest['newest'] / bbsd['ms']:.2f} × one photo (a) |")
+        lines.append(_burst_row(shape, args.burst, f"[engine] parallel {args.parallel_default}", newest, bbsd))
     for n in [int(v) for v in args.parallel.split(",") if v]:
         b = burst_run(write_config(tmp / f"{shape}-parallel{n}", models, args.catalog, args, parallel=n),
-                      photos(tmp / f"burst-{shape}-{n}", args.burst, start=10_000 * (n + 1)))
-        lines.append(f"| {shape} | {args.burst}-photo burst, parallel {n}: {b['per_s']:.2f} photos/s "
-                     f"({b['per_s'] / single:.2f} × one at a time); newest settled → sidecar {b['newest']:.0f} ms "
-                     f"({b['newest'] / bbsd['ms']:.2f} × one photo) | | | | | | | |")
+                      photos(tmp / f"burst-{shape}-{n}", args.parallel_burst, start=10_000 * (n + 1)))
+        lines.append(_burst_row(shape, args.parallel_burst, f"parallel {n}", b, bbsd))
     return lines
+
+
+def _burst_row(shape: str, n: int, setting: str, b: dict, one: dict) -> str:
+    single = 1000 / one["ms"]  # photos per second, one photo at a time (a)
+    return (f"| {shape} | {n}-photo burst, {setting}: {b['per_s']:.2f} photos/s, {b['per_s'] / single:.2f} × one at a "
+            f"time; newest settled → sidecar {b['newest']:.0f} ms | | | | | | | {b['newest'] / one['ms']:.2f} × (a) |")
 
 
 def _ratio(value: float, base: float | None) -> str:
@@ -301,8 +303,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="0: one per physical core")
     ap.add_argument("--gpu-layers", type=int, default=0)
     ap.add_argument("--n-ctx", type=int, default=4096)
+    ap.add_argument("--parallel-default", type=int, default=0, help="[engine] parallel of the main run (0: the "
+                    "device's default)")
     ap.add_argument("--parallel", default="", help="also drop a burst into a daemon with each [engine] parallel "
-                    "in this list (1,2,4,8): burst throughput against one photo at a time")
+                    "in this list (1,2,8): burst throughput against one photo at a time")
+    ap.add_argument("--parallel-burst", type=int, default=100, help="photos in each of those bursts")
     ap.add_argument("--memory", type=int, default=0, help="also label this many photos (1000) for RSS after 100 vs all")
     ap.add_argument("--section", default="speed", help="the docs/benchmarks.md section to write")
     args = ap.parse_args()
