@@ -35,7 +35,7 @@ TABLES = {
         "jump_forward": Key("bool", True, "append the reply's keys, punctuation and the rest of an unambiguous "
                             "name as text instead of sampling them token by token"),
         "parallel": Key("int", 0, "photos labelled together when several wait (one sequence each after the shared "
-                        "cached prompt); 0 = the measured default: 1 on a CPU, 4 with layers on a GPU", 0, 16),
+                        "cached prompt); 0 = the measured default: 1 on a CPU, 8 with layers on a GPU", 0, 16),
     },
 }
 

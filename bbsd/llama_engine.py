@@ -253,10 +253,11 @@ class Prefix:
     n_past: int = 0
 
 
-# Photos labelled together on a GPU when [engine] parallel is 0: measured on an H200 with the
-# 2B-class shape (docs/benchmarks.md, "parallel"). On a CPU the forward pass is compute-bound
-# already: sequences side by side gain nothing there, and the newest photo would wait longer.
-GPU_PARALLEL = 4
+# Photos labelled together on a GPU when [engine] parallel is 0: on an H200 with the 2B-class shape
+# a burst's throughput was 1.25 x one photo at a time at 2, 1.94 x at 4, 2.54 x at 8
+# (docs/benchmarks.md, "speed-gpu-parallel"). On a CPU the forward pass is compute-bound already:
+# sequences side by side gain little there, and the newest photo would wait longer.
+GPU_PARALLEL = 8
 
 
 def resolve_parallel(configured: int, gpu_layers: int | str) -> int:
