@@ -127,7 +127,7 @@ class LlamaLabeler:
                                          raise_exception=raise_exception, **specials)
 
     def _grammar(self, prompt: Prompt) -> str:
-        """The reply grammar bbsd wrote for this catalog; `llama_native.Sampler` has llama.cpp check it."""
+        """The reply grammar bbsd wrote for this catalog; `llama_sampler.Sampler` has llama.cpp check it."""
         return prompt.grammar
 
     def infer(self, image: Image.Image, prompt: Prompt, *, attempt: int,

@@ -1,8 +1,9 @@
-"""The one module that drives llama.cpp: llama-cpp-python's documented low-level bindings.
+"""The module that drives llama.cpp: llama-cpp-python's documented low-level bindings.
 
-Invariants: every call into llama.cpp and libmtmd goes through here, on the documented C API
-(`llama_model_load_from_file`, `llama_decode` with explicit positions, `llama_memory_seq_rm`,
-sampler chains with the grammar sampler, `mtmd_tokenize` and `mtmd_helper_eval_chunk_single`),
+Invariants: every call into llama.cpp and libmtmd goes through here (and its sampler half,
+`llama_sampler`), on the documented C API (`llama_model_load_from_file`, `llama_decode` with
+explicit positions, `llama_memory_seq_rm`/`seq_cp`, sampler chains with the grammar sampler,
+`mtmd_tokenize` and `mtmd_helper_eval_chunk_single`),
 never through private attributes of the high-level `Llama` class; one thread owns a `Context`;
 positions are whatever libmtmd says they are (M-RoPE images use fewer positions than tokens),
 never a token count kept on the side; the KV cache's room is counted in cells (one per token),
@@ -19,6 +20,7 @@ from pathlib import Path
 from PIL import Image
 
 from bbsd.errors import ModelError, PhotoError
+from bbsd.llama_sampler import Sampler
 
 
 @dataclass(frozen=True)
@@ -359,105 +361,3 @@ class Chunks:
         for bitmap in self._bitmaps:
             self._m.mtmd_bitmap_free(bitmap)
         self._bitmaps = []
-
-
-class GrammarError(PhotoError):
-    def __init__(self) -> None:
-        super().__init__("grammar_invalid", "llama.cpp cannot parse the reply grammar built from the catalog",
-                         "see the llama.log event above; rename the catalog entry it names, and report it")
-
-
-def check_grammar(vocab, text: str) -> None:
-    """Raise `GrammarError` unless llama.cpp's own parser accepts the GBNF `text`."""
-    from bbsd.backends import import_llama
-
-    ll = import_llama()
-
-    sampler = ll.llama_sampler_init_grammar(vocab, text.encode(), b"root")
-    if not sampler:
-        raise GrammarError()
-    ll.llama_sampler_free(sampler)
-
-
-class Sampler:
-    """A sampler chain: the reply grammar, then greedy (temperature 0) or temperature + seeded draw.
-
-    A second instance of the grammar (`_judge`) follows every accepted token, so that text the
-    caller wants to append without sampling can be checked before anything accepts it.
-    """
-
-    def __init__(self, ll, vocab, grammar: str, temperature: float, seed: int) -> None:
-        self._ll = ll
-        self.chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
-        g = ll.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
-        self._judge = ll.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
-        if not g or not self._judge:  # llama.cpp's parser refused it: a NULL sampler would crash at the first token
-            ll.llama_sampler_free(self.chain)
-            raise GrammarError()
-        ll.llama_sampler_chain_add(self.chain, g)
-        if temperature > 0:
-            ll.llama_sampler_chain_add(self.chain, ll.llama_sampler_init_temp(temperature))
-            ll.llama_sampler_chain_add(self.chain, ll.llama_sampler_init_dist(seed))
-        else:
-            ll.llama_sampler_chain_add(self.chain, ll.llama_sampler_init_greedy())
-
-    def sampled(self, token: int) -> None:
-        """The chain accepted `token` while sampling it; the judge follows."""
-        self._ll.llama_sampler_accept(self._judge, token)
-
-    def allows(self, tokens: list[int]) -> bool:
-        """Whether the grammar accepts these tokens next (checked on a copy: nothing is accepted)."""
-        ll = self._ll
-        probe = ll.llama_sampler_clone(self._judge)
-        try:
-            one = ll.llama_token_data(0, 0.0, 0.0)
-            arr = ll.llama_token_data_array(ctypes.pointer(one), 1, -1, False)
-            for token in tokens:
-                one.id, one.logit = token, 0.0
-                ll.llama_sampler_apply(probe, ctypes.byref(arr))
-                if one.logit == float("-inf"):
-                    return False
-                ll.llama_sampler_accept(probe, token)
-            return True
-        finally:
-            ll.llama_sampler_free(probe)
-
-    # Only the strongest raw logits go through the grammar: applying it to a 150k vocabulary costs
-    # milliseconds, and the mass beyond the top 256 is negligible for a softmax over what is allowed.
-    CHOICE_TOP = 256
-
-    def choice(self, logits, token: int) -> tuple[float, int | None, float]:
-        """`token`'s probability among the allowed tokens of the top logits, and the best other allowed one."""
-        import numpy as np
-
-        ll = self._ll
-        k = min(self.CHOICE_TOP, len(logits))
-        ids = np.argpartition(logits, -k)[-k:] if k < len(logits) else np.arange(len(logits))
-        if token not in ids:
-            ids = np.append(ids, token)
-        data = (ll.llama_token_data * len(ids))()
-        for j, t in enumerate(ids.tolist()):
-            data[j].id, data[j].logit, data[j].p = t, float(logits[t]), 0.0
-        arr = ll.llama_token_data_array(data, len(ids), -1, False)
-        ll.llama_sampler_apply(self._judge, ctypes.byref(arr))  # masks what the grammar forbids now
-        allowed = [(d.id, d.logit) for d in data[:arr.size] if d.logit != float("-inf")]
-        if not allowed:
-            return 1.0, None, 0.0
-        top = max(lg for _, lg in allowed)
-        weights = {t: float(np.exp(lg - top)) for t, lg in allowed}
-        total = sum(weights.values())
-        others = [(w, t) for t, w in weights.items() if t != token]
-        best = max(others) if others else None
-        return (weights.get(token, 0.0) / total, best[1] if best else None, best[0] / total if best else 0.0)
-
-    def force(self, tokens: list[int]) -> None:
-        """Accept tokens that were appended without sampling (after `allows`)."""
-        for token in tokens:
-            self._ll.llama_sampler_accept(self.chain, token)
-            self._ll.llama_sampler_accept(self._judge, token)
-
-    def close(self) -> None:
-        if self.chain is not None:
-            self._ll.llama_sampler_free(self.chain)
-            self._ll.llama_sampler_free(self._judge)
-            self.chain = None

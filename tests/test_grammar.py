@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from bbsd import config, labels, prompt
 from bbsd.errors import ConfigError, PhotoError
-from bbsd.llama_native import check_grammar
+from bbsd.llama_sampler import check_grammar
 
 MINIMAL = '[watch]\nfolders = ["in"]\n[model]\nbackend = "fake"\n'
 
