@@ -183,10 +183,24 @@ class Settings:
     profile: Path | None = None  # a `bbsd eval` profile laid over `source` (`load_profile`)
 
 
-def load(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
-    """Read, merge environment overrides, validate; raise `ConfigError` on the first problem."""
+def load(path: Path, environ: Mapping[str, str] | None = None, *, references: bool = True) -> Settings:
+    """Read, merge environment overrides, validate; raise `ConfigError` on the first problem.
+
+    `references=False` leaves the catalog's reference photos out (the engine worker's fallback when
+    one is gone: the daemon's prompt names them, and its photos wait until they can be shown).
+    """
     path = Path(path)
-    return from_raw(read_toml(path), path, environ)
+    return from_raw(_references_dropped(read_toml(path), references), path, environ)
+
+
+def _references_dropped(raw: dict[str, Any], keep: bool) -> dict[str, Any]:
+    if keep:
+        return raw
+    for name in catalog.SECTIONS:
+        if isinstance(raw.get(name), list):
+            raw[name] = [{k: v for k, v in e.items() if k != "references"} if isinstance(e, dict) else e
+                         for e in raw[name]]
+    return raw
 
 
 # What an eval profile may not change: what is asked, how photos are read and where outputs go,
@@ -194,13 +208,14 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
 NOT_IN_PROFILES = ("watch", "decode", "service", "xmp", "log", "characters", "props", "questions")
 
 
-def load_profile(path: Path, profile: Path, environ: Mapping[str, str] | None = None) -> Settings:
+def load_profile(path: Path, profile: Path, environ: Mapping[str, str] | None = None, *,
+                 references: bool = True) -> Settings:
     """The config `path` with the tables of the TOML file `profile` laid over it, key by key.
 
     Paths in the profile resolve against the main config's folder. The engine worker is given both
     files (`Settings.profile`), so it loads exactly what this process validated.
     """
-    raw, over = read_toml(Path(path)), read_toml(Path(profile))
+    raw, over = _references_dropped(read_toml(Path(path)), references), read_toml(Path(profile))
     for name, body in over.items():
         if name in NOT_IN_PROFILES:
             raise ConfigError(f"{profile}: a profile may not set [{name}]", "a profile changes the model or "

@@ -31,12 +31,17 @@ from bbsd.prompt import Prompt
 log = structlog.get_logger("bbsd.pipeline")
 
 
+# A reference photo that changed or cannot be read stops every photo, through no fault of theirs:
+# they stay pending (retried with backoff) instead of getting error sidecars that keep them unlabelled.
+REFERENCE_CODES = ("reference_changed", "reference_unreadable")
+
+
 class Status(StrEnum):
     LABELED = "labeled"
     FAILED = "error"  # an error sidecar was written
     SKIPPED = "skipped"  # the sidecar was already up to date
     INCOMPLETE = "incomplete"  # may still be arriving: look again later
-    PENDING = "pending"  # the sidecar could not be written: retry later
+    PENDING = "pending"  # the sidecar could not be written, or a reference photo cannot be shown: retry later
     KEPT = "kept"  # the existing sidecar is a person's (edited or unreadable): left as it is
     WAITING = "waiting"  # a RAW file waits for its JPEG sibling's labels
     IGNORED = "ignored"  # not a regular file (symlink, FIFO, device): never opened
@@ -165,7 +170,7 @@ class Pipeline:
                 return Outcome(path, Status.INCOMPLETE, e.code)
             return self._fail(path, sha, e, timing)
         except PhotoError as e:
-            return self._fail(path, sha, e, timing, started=t0)
+            return self._failed(path, sha, e, timing, t0)
         timing["inference"] = inference.encode_ms + inference.generate_ms
         timing["total"] = (time.perf_counter() - t0) * 1000
         record = sidecar.Record(
@@ -174,6 +179,12 @@ class Pipeline:
             memory_mb=self._memory(inference), served=inference.served, confidence=self.confidence(inference),
         )
         return self._write(record, "photo.labeled", Status.LABELED)
+
+    def _failed(self, path: Path, sha: str, e: PhotoError, timing: dict, started: float) -> Outcome:
+        if e.code in REFERENCE_CODES:  # the configuration's fault, not the photo's: it waits, unmarked
+            log.warning("references.unusable", path=str(path), code=e.code, message=e.message, hint=e.hint)
+            return Outcome(path, Status.PENDING, e.code, message=f"{e.message} — {e.hint}")
+        return self._fail(path, sha, e, timing, started=started)
 
     def label(self, path: Path, cancelled: Callable[[], bool] = lambda: False) -> tuple[labels.Labels, Inference]:
         """Decode and label one photo the way `process` does, but write nothing.

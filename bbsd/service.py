@@ -311,6 +311,8 @@ class Daemon:
             delay = min(max(1.0, self.settings.watch.settle_seconds), max(0.05, remaining + 0.05))
             self._feedback.put((path, time.monotonic() + delay))
         elif outcome.status is Status.PENDING:
+            if outcome.detail == "reference_changed":  # re-read the configuration: the new picture is hashed
+                self.reload.set()
             n = self._write_failures.get(path, 0)
             self._write_failures[path] = n + 1
             delay = min(WRITE_RETRY_MAX_S, WRITE_RETRY_MIN_S * 2**n)

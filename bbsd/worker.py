@@ -48,14 +48,16 @@ def warm_up(labeler, settings) -> None:
 
 
 def main(config_path: Path, parent: int, warm: bool = False, profile: Path | None = None) -> int:
-    from bbsd import config, logs
+    from bbsd import logs
     from bbsd.engines import open_in_process
 
     child.die_with_parent(parent)
     inp, out = child.message_pipes()
-    settings = config.load_profile(config_path, profile) if profile else config.load(config_path)
+    settings, missing = _settings(config_path, profile)
     logs.configure(settings.log.level, settings.log.format)
     structlog.contextvars.bind_contextvars(worker_pid=os.getpid())
+    if missing is not None:
+        log.warning("worker.references_unreadable", message=missing.message, hint=missing.hint)
     try:
         labeler = open_in_process(settings)
         if warm:
@@ -71,6 +73,26 @@ def main(config_path: Path, parent: int, warm: bool = False, profile: Path | Non
         return _serve(labeler, inp, out, gpu)
     finally:
         labeler.close()
+
+
+def _settings(config_path: Path, profile: Path | None) -> tuple:
+    """The configuration the daemon validated. A reference photo gone since then must not stop the
+    worker (and with it the service): it starts without references in its own warm-up prompt, and
+    the photos, whose prompt names them, wait for them (`references.unusable`)."""
+    from bbsd import config
+    from bbsd.errors import ConfigError
+
+    def load(references: bool):
+        if profile:
+            return config.load_profile(config_path, profile, references=references)
+        return config.load(config_path, references=references)
+
+    try:
+        return load(True), None
+    except ConfigError as e:
+        if ".references" not in e.message:
+            raise
+        return load(False), e
 
 
 def _serve(labeler, inp: int, out: int, gpu: bool) -> int:

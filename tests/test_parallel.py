@@ -10,7 +10,7 @@ from PIL import Image
 
 from bbsd import config, prompt, sidecar
 from bbsd.engines import open_in_process
-from tests.conftest import SLACK, make_photo, wait_until, write_config
+from tests.conftest import make_photo, wait_until, write_config
 
 
 def _photo(i: int) -> Image.Image:
@@ -80,7 +80,7 @@ def test_a_poison_photo_in_a_batch_is_quarantined_alone_and_its_neighbours_label
     run = bbsd_run(cfg, "run", env={"BBSD_ENGINE_PARALLEL": "3", "BBSD_TEST_HOOKS": "1",
                                     "BBSD_TEST_ABORT_ON": "poison", "BBSD_TEST_SLOW_MS": "300"})
     everything = [*photos, poison]
-    wait_until(lambda: all(sidecar.path_for(p).exists() for p in everything), 120 * SLACK, "all sidecars")
+    wait_until(lambda: all(sidecar.path_for(p).exists() for p in everything), 120, "all sidecars")
     assert json.loads(sidecar.path_for(poison).read_text())["error"]["code"] == "engine_crash"
     for p in photos:
         assert json.loads(sidecar.path_for(p).read_text())["status"] == "labeled"

@@ -311,3 +311,37 @@ def test_sighup_turning_the_gallery_on_relabels_with_the_references_named_in_the
         thread.join(30)
         pipeline.close()
     assert sidecar.read(photo)["prompt"]["references_sha256"] == pipeline.prompt.references_digest
+
+
+def test_a_reference_replaced_or_missing_keeps_photos_pending_until_it_can_be_shown(tmp_path, tiny_models, bbsd_run):
+    """A reference photo changed or deleted while the daemon runs is the configuration's fault: the
+    photos wait (no error sidecar that would keep them unlabelled); a changed one is re-read at once."""
+    from tests.conftest import wait_until
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    # A fresh worker for every photo: it decodes the references anew, as after a recycle or a crash.
+    cfg = _refs_config(tmp_path, tiny_models, "[worker]\nrecycle_after_photos = 1\n")
+    cfg.write_text(cfg.read_text().replace(f'folders = ["{tmp_path}"]', f'folders = ["{inbox}"]'))
+    before = prompt.for_settings(config.load(cfg, environ={})).references_digest
+    run = bbsd_run(cfg, "run")
+    run.wait_for("daemon.ready")
+    make_photo(tmp_path / "refs" / "koschei.png", color=(30, 200, 30), fmt="PNG")  # a new picture, no reload
+    first = make_photo(inbox / "IMG_0001.JPG")
+    wait_until(lambda: sidecar.path_for(first).exists(), 120, "the first photo")
+    assert sidecar.read(first)["prompt"]["references_sha256"] == before  # the worker had the old picture
+    second = make_photo(inbox / "IMG_0002.JPG", color=(9, 9, 200))
+    wait_until(lambda: sidecar.path_for(second).exists(), 120, "the second photo, after the reload")
+    assert sidecar.read(second)["status"] == "labeled"
+    assert sidecar.read(second)["prompt"]["references_sha256"] != before
+    assert run.events("references.unusable")[0]["code"] == "reference_changed"
+    assert run.events("config.reloaded")
+
+    (tmp_path / "refs" / "baba-yaga-1.jpg").unlink()  # deleted: photos wait, the log says why
+    third = make_photo(inbox / "IMG_0003.JPG", color=(9, 200, 9))
+    wait_until(lambda: any(e["path"] == str(third) for e in run.events("references.unusable")), 120, "the warning")
+    assert not sidecar.path_for(third).exists()
+    make_photo(tmp_path / "refs" / "baba-yaga-1.jpg", size=(640, 480), color=(200, 30, 30))  # the same picture back
+    wait_until(lambda: sidecar.path_for(third).exists(), 120, "the photo labelled once the reference is back")
+    assert sidecar.read(third)["status"] == "labeled"
+    assert run.stop() == 0
