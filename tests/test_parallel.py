@@ -71,14 +71,14 @@ def test_a_poison_photo_in_a_batch_is_quarantined_alone_and_its_neighbours_label
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     cfg = write_config(tmp_path, [inbox], tiny_models)
-    # All there before the start, so the queue holds them at once; the poison photo is the oldest, so
-    # newest-first takes it when photos decoded meanwhile wait for the (slowed) engine with it.
-    poison = make_photo(inbox / "poison.jpg", color=(1, 1, 1))
+    # All there before the start, so the queue holds them at once and the first batch takes the
+    # newest 8 of the 9: the poison photo is the newest (taken and decoded first).
     photos = [make_photo(inbox / f"ok_{i}.jpg", color=(i * 30, 20, 20)) for i in range(8)]
-    for i, p in enumerate([poison, *photos]):
+    poison = make_photo(inbox / "poison.jpg", color=(1, 1, 1))
+    for i, p in enumerate([*photos, poison]):
         os.utime(p, (1_700_000_000 + i, 1_700_000_000 + i))
-    run = bbsd_run(cfg, "run", env={"BBSD_ENGINE_PARALLEL": "3", "BBSD_TEST_HOOKS": "1",
-                                    "BBSD_TEST_ABORT_ON": "poison", "BBSD_TEST_SLOW_MS": "300"})
+    run = bbsd_run(cfg, "run", env={"BBSD_ENGINE_PARALLEL": "8", "BBSD_TEST_HOOKS": "1",
+                                    "BBSD_TEST_ABORT_ON": "poison"})
     everything = [*photos, poison]
     wait_until(lambda: all(sidecar.path_for(p).exists() for p in everything), 120, "all sidecars")
     assert json.loads(sidecar.path_for(poison).read_text())["error"]["code"] == "engine_crash"
