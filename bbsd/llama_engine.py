@@ -160,9 +160,8 @@ class LlamaLabeler:
             sampler = self._ctx.sampler(self._grammar(prompt), temperature, self._engine.seed + attempt)
             reply = replies_mod.Reply(self._ctx, seq, n_past, sampler,
                                       Cursor(prompt.schema) if self._engine.jump_forward else None,
-                                      self._engine.max_output_tokens)
-            reply.prompt_tokens, reply.evaluated = prompt_tokens, evaluated
-            reply.encode_ms = (time.perf_counter() - t0) * 1000
+                                      self._engine.max_output_tokens, prompt_tokens=prompt_tokens,
+                                      evaluated=evaluated, encode_ms=(time.perf_counter() - t0) * 1000)
             results.append(reply)
             replies.append(reply)
         t_gen = time.perf_counter()

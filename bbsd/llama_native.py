@@ -227,10 +227,9 @@ class Context:
 
     def eval_parallel(self, parts: list[tuple[int, int, list[int]]]) -> list[int]:
         """One `llama_decode` for several sequences: `(seq, n_past, tokens)` each, logits for each
-        part's last token; all of it must fit one batch (`per_sequence_budget`). Returns each
-        part's logits row for `sample`/`choice`."""
-        for seq, _, tokens in parts:
-            self._fits(len(tokens), seq)
+        part's last token; all of it must fit one batch (`per_sequence_budget`) and each part its
+        sequence's `room`, which the caller checks per photo (a full one costs that photo alone).
+        Returns each part's logits row for `sample`/`choice`."""
         rows = self._decode([(seq, n_past, tokens, True) for seq, n_past, tokens in parts])
         for seq, n_past, tokens in parts:
             self._filled(n_past + len(tokens), len(tokens), seq)

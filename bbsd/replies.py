@@ -19,7 +19,8 @@ NAMES_END = b'"caption"'  # the key after the characters and props lists (prompt
 class Reply:
     """One photo's reply in sequence `seq`, from position `n_past` on."""
 
-    def __init__(self, ctx, seq: int, n_past: int, sampler, cursor, max_tokens: int) -> None:
+    def __init__(self, ctx, seq: int, n_past: int, sampler, cursor, max_tokens: int, *, prompt_tokens: int,
+                 evaluated: int, encode_ms: float) -> None:
         self._ctx, self.seq, self.n_past = ctx, seq, n_past
         self._sampler, self._cursor, self._max = sampler, cursor, max_tokens
         self.raw = bytearray()
@@ -27,9 +28,9 @@ class Reply:
         self.steps: list[Step] = []
         self.row = -1  # the logits row of this sequence's last evaluated token
         self.error: PhotoError | None = None
-        self.prompt_tokens = n_past
-        self.evaluated = 0  # prompt tokens evaluated for this photo (the rest was cached)
-        self.encode_ms = 0.0
+        self.prompt_tokens = prompt_tokens  # tokens, not positions (an M-RoPE image has fewer positions)
+        self.evaluated = evaluated  # prompt tokens evaluated for this photo (the rest was cached)
+        self.encode_ms = encode_ms
 
     def close(self) -> None:
         self._sampler.close()
