@@ -26,8 +26,9 @@ class Forced:
 
 
 class _Forced(Exception):  # noqa: N818 - control flow, not an error
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, open_string: tuple[int, int] | None = None) -> None:
         self.text = text
+        self.open_string = open_string  # (characters written, maxLength) when the text ends inside a free string
 
 
 class _Mismatch(Exception):
@@ -35,11 +36,16 @@ class _Mismatch(Exception):
 
 
 class Cursor:
+    """One reply's cursor: call `forced` with the reply so far, which only ever grows."""
+
     def __init__(self, schema: dict[str, Any]) -> None:
         self._schema = schema
+        self._open: tuple[str, int, int] | None = None  # (text, characters, maxLength) inside a free string
 
     def forced(self, text: str) -> Forced | None:
         """The text that must come next after `text` (possibly ""), or None when `text` is not understood."""
+        if self._still_open(text):
+            return Forced("", complete=False)
         out = ""
         while True:
             try:
@@ -47,10 +53,26 @@ class Cursor:
                 return Forced(out, complete=True)
             except _Forced as f:
                 if not f.text:
+                    if not out and f.open_string is not None:
+                        self._open = (text, *f.open_string)
                     return Forced(out, complete=False)
                 out += f.text
             except _Mismatch:
                 return None if not out else Forced(out, complete=False)
+
+    def _still_open(self, text: str) -> bool:
+        """Whether `text` only added plain characters to the free string it ended in last time, below its
+        maxLength: then nothing is forced, and the reply is not parsed again (that costs its whole length
+        on every token, and a caption is most of a reply)."""
+        if self._open is None:
+            return False
+        before, chars, limit = self._open
+        self._open = None
+        new = text[len(before):]
+        if not text.startswith(before) or '"' in new or "\\" in new or chars + len(new) >= limit:
+            return False
+        self._open = (text, chars + len(new), limit)
+        return True
 
 
 class _Parser:
@@ -158,7 +180,7 @@ class _Parser:
             if max_len is not None and chars >= max_len:
                 return self._lit('"')
             if self.i >= len(self.text):
-                raise _Forced("")
+                raise _Forced("", (chars, max_len) if max_len is not None else None)
             ch = self.text[self.i]
             if ch == '"':
                 self.i += 1

@@ -53,6 +53,8 @@ class Context:
             raise ModelError(f"cannot load text model {model.name}",
                              "is it a complete llama.cpp GGUF? re-download it or check `bbsd check`")
         self.vocab = ll.llama_model_get_vocab(self.model)
+        self.n_vocab = ll.llama_vocab_n_tokens(self.vocab)
+        self._pieces: dict[int, bytes] = {}  # token → its text: a reply asks for the same few tokens again and again
         cparams = ll.llama_context_default_params()
         # `n_seq` photos at once, each in its own sequence with up to `n_ctx` positions. One unified
         # KV cache: the prompt prefix is stored once and shared by every sequence (`share_prefix`).
@@ -122,6 +124,12 @@ class Context:
             size = n + 1
 
     def piece(self, token: int) -> bytes:
+        cached = self._pieces.get(token)
+        if cached is None:
+            cached = self._pieces[token] = self._piece(token)
+        return cached
+
+    def _piece(self, token: int) -> bytes:
         buf = ctypes.create_string_buffer(64)
         n = self._ll.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, True)
         if n < 0:  # a longer piece: -n is the size it needs
@@ -269,7 +277,11 @@ class Context:
 
     def sample(self, sampler: Sampler, idx: int = -1) -> int:
         """Sample the next token from the logits of batch row `idx` (the last: -1) under the sampler's
-        grammar (and accept it)."""
+        grammar (and accept it). Greedy first tries the unconstrained best token (`Sampler.greedy_pick`)."""
+        if sampler.greedy:
+            token = sampler.greedy_pick(self.logits(idx))
+            if token is not None:
+                return token
         return self._ll.llama_sampler_sample(sampler.chain, self.ctx, idx)
 
     def choice(self, sampler: Sampler, token: int, idx: int = -1) -> tuple[float, int | None, float]:
@@ -283,8 +295,7 @@ class Context:
         next evaluation."""
         import numpy as np
 
-        n_vocab = self._ll.llama_vocab_n_tokens(self.vocab)
-        return np.ctypeslib.as_array(self._ll.llama_get_logits_ith(self.ctx, idx), shape=(n_vocab,))
+        return np.ctypeslib.as_array(self._ll.llama_get_logits_ith(self.ctx, idx), shape=(self.n_vocab,))
 
     def close(self) -> None:
         ll = self._ll

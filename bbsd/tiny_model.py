@@ -57,6 +57,11 @@ class TinySpec:
     # Spread of the transformer blocks' weights. Deep shapes need less: the residual stream of 30
     # random blocks drowns the output layer's bias column, and replies run to every string's cap.
     block_scale: float = 0.02
+    # Vocabulary size: 0 keeps the few hundred tokens the tests need. A real model's 49k (SmolVLM) or
+    # 152k (Qwen2) tokens cost every generated token an output layer that wide and every grammar
+    # check that many candidates; the padding tokens are never produced by the tokenizer and
+    # practically never sampled (`_output`), so replies stay what the small vocabulary gives.
+    n_vocab: int = 0
 
 
 def _byte_level_alphabet() -> list[str]:
@@ -72,7 +77,7 @@ def _byte_level_alphabet() -> list[str]:
     return [chars[b] for b in range(256)]
 
 
-def _vocab(spec: TinySpec = TinySpec()) -> tuple[list[str], list[int]]:
+def _vocab(spec: TinySpec = TinySpec(), pad: bool = True) -> tuple[list[str], list[int]]:
     import gguf
 
     tokens = _byte_level_alphabet()
@@ -81,7 +86,19 @@ def _vocab(spec: TinySpec = TinySpec()) -> tuple[list[str], list[int]]:
     specials = SPECIAL_TOKENS + (VISION_TOKENS if _is_qwen2vl(spec) else ())
     tokens += list(specials)
     types += [gguf.TokenType.CONTROL] * len(specials)
+    padding = _padding(max(0, spec.n_vocab - len(tokens)) if pad else 0)
+    tokens += padding
+    types += [gguf.TokenType.NORMAL] * len(padding)
     return tokens, [int(t) for t in types]
+
+
+def _padding(n: int) -> list[str]:
+    """`n` distinct tokens of two CJK characters each, written in the byte-level alphabet as any
+    byte-level BPE vocabulary stores its multi-byte tokens."""
+    alphabet = _byte_level_alphabet()
+    cjk = 0x9FFF - 0x4E00 + 1
+    return ["".join(alphabet[b] for b in (chr(0x4E00 + i // cjk) + chr(0x4E00 + i % cjk)).encode())
+            for i in range(n)]
 
 
 def _is_qwen2vl(spec: TinySpec) -> bool:
@@ -103,7 +120,7 @@ def _embeddings(rng: np.random.Generator, v: int, d: int) -> np.ndarray:
     return emb
 
 
-def _output(rng: np.random.Generator, tokens: list[str], d: int) -> np.ndarray:
+def _output(rng: np.random.Generator, tokens: list[str], d: int, padding: int = 0) -> np.ndarray:
     """Output weights whose bias column makes the model write short printable-ASCII strings.
 
     A purely random model writes every JSON string to its maximum length in multi-byte
@@ -114,7 +131,9 @@ def _output(rng: np.random.Generator, tokens: list[str], d: int) -> np.ndarray:
     alphabet = _byte_level_alphabet()
     printable = {alphabet[b] for b in range(0x20, 0x7F)} | {"Ġ"}
     for i, token in enumerate(tokens):
-        if token == '"':
+        if i >= len(tokens) - padding:  # `_padding`: far below the noise of the other columns, never chosen
+            out[i, 0] = -4.0
+        elif token == '"':
             out[i, 0] = 0.32
         elif token in printable or token in SPECIAL_TOKENS:
             out[i, 0] = rng.normal(0.0, 0.1)
@@ -157,9 +176,10 @@ def write_text_model(path: Path, spec: TinySpec = TinySpec()) -> Path:
     d, v = spec.n_embd, len(tokens)
     d_kv = d // spec.n_head * n_kv
     dtype = np.float16 if spec.f16 else np.float32
-    w.add_tensor("token_embd.weight", _embeddings(rng, v, d))
+    w.add_tensor("token_embd.weight", _embeddings(rng, v, d).astype(dtype))
     w.add_tensor("output_norm.weight", np.ones(d, dtype=np.float32))
-    w.add_tensor("output.weight", _output(rng, tokens, d))
+    padding = max(0, spec.n_vocab - len(_vocab(spec, pad=False)[0]))
+    w.add_tensor("output.weight", _output(rng, tokens, d, padding).astype(dtype))
     for i in range(spec.n_layer):
         p = f"blk.{i}."
         w.add_tensor(p + "attn_norm.weight", np.ones(d, dtype=np.float32))

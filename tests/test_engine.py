@@ -183,3 +183,37 @@ def test_a_lora_that_does_not_belong_to_the_model_is_one_clear_error(tiny_models
     cfg.write_text(cfg.read_text().replace("[engine]", f'lora = "{bad}"\n[engine]', 1))
     with pytest.raises(ModelError, match="cannot load LoRA adapter other.gguf"):
         open_labeler(config.load(cfg, environ={}))
+
+
+@pytest.mark.parametrize("n_vocab", [0, 40_000])
+def test_greedy_takes_the_best_token_without_masking_the_vocabulary_and_replies_the_same(tiny_models, tmp_path,
+                                                                                         monkeypatch, n_vocab):
+    """The best token among the strongest logits that the grammar allows is the constrained greedy
+    choice: the replies, token counts and confidences match the path that masks every token of the
+    vocabulary (the test pair's few hundred tokens, and a real model's tens of thousands)."""
+    from bbsd.llama_sampler import Sampler
+
+    models = tiny_models if not n_vocab else tiny_model.write_pair(tmp_path / "big", tiny_model.TinySpec(
+        n_vocab=n_vocab))
+    settings = config.load(write_config(tmp_path, [tmp_path], models), environ={})
+    p = prompt.build(settings.catalog)
+    taken = []
+    pick = Sampler.greedy_pick
+
+    def counting(self, logits):
+        token = pick(self, logits)
+        taken.append(token is not None)
+        return token
+
+    runs = {}
+    for fast in (True, False):
+        monkeypatch.setattr(Sampler, "greedy_pick", counting if fast else lambda self, logits: None)
+        labeler = open_labeler(settings)
+        try:
+            runs[fast] = [labeler.infer(_photo(i), p, attempt=0, cancelled=lambda: False) for i in range(3)]
+        finally:
+            labeler.close()
+    assert sum(taken) > len(taken) / 2  # most sampled tokens skipped the grammar mask
+    for a, b in zip(runs[True], runs[False], strict=True):
+        assert (a.text, a.output_tokens, a.sampled_tokens) == (b.text, b.output_tokens, b.sampled_tokens)
+        assert a.steps == b.steps  # confidences: the same probabilities at the same choices

@@ -69,3 +69,21 @@ def test_every_forced_text_completes_into_a_valid_reply():
     doc = json.loads(text)
     assert not choices and doc["characters"] == ["Baba Yaga"] and doc["caption"] == "hi"
     assert list(doc) == ["characters", "props", "caption", "scene", "visible_text"]
+
+
+def test_a_growing_reply_gets_what_a_fresh_cursor_says_at_every_step():
+    """The cursor skips re-reading a caption while only plain characters are added to it: at every
+    prefix of replies with escapes, a full caption and a closed string it answers as a fresh cursor."""
+    caption = "a" * (prompt.CAPTION_MAX - 3)
+    replies = ['{"characters":["Baba Yaga"],"props":[],"caption":"the witch \\"flies\\" at dawn","scene":"x",'
+               '"visible_text":["ok"]}',
+               '{"characters":[],"props":["lantern"],"caption":"' + caption + 'bcd","scene":"' + "s" * 50 + '"']
+    for reply in replies:
+        growing = _cursor()
+        for end in range(len(reply) + 1):
+            assert growing.forced(reply[:end]) == _cursor().forced(reply[:end]), reply[:end]
+    growing = _cursor()
+    for step in ('{"characters":[],"props":[],"caption":"a', '{"characters":[],"props":[],"caption":"ab'):
+        growing.forced(step)
+    assert growing.forced('{"characters":[],"props":[],"caption":"x') == _cursor().forced(
+        '{"characters":[],"props":[],"caption":"x')  # not an extension of the last text: read again
