@@ -6,8 +6,8 @@ photo as its user would time it), `prompt` and `out` tokens where the tool repor
 `gen_ms` (time spent generating) so a per-photo time can be compared at equal output tokens.
 
 - `handler_loop`: llama-cpp-python's own multimodal path (`MTMDChatHandler`), in this process.
-- `server_loop`: `llama-server` (one slot, its prompt cache on) over loopback HTTP, the image as a
-  JPEG data URI, as any client would send it.
+- `server_loop`: `llama-server` (one slot, its prompt cache on) over loopback HTTP, the photo file
+  as a JPEG data URI, as any client would send it (timed from the file, like bbsd's row).
 - `mtmd_cli_loop`: `llama-mtmd-cli` run once per photo, as a shell script would (model load included).
 Both tools are built from the llama.cpp vendored in the pinned llama-cpp-python (build/llama-server.sh).
 """
@@ -15,7 +15,6 @@ Both tools are built from the llama.cpp vendored in the pinned llama-cpp-python 
 from __future__ import annotations
 
 import base64
-import io
 import json
 import re
 import socket
@@ -24,24 +23,21 @@ import time
 import urllib.request
 from pathlib import Path
 
-from PIL import Image
-
 from bbsd.prompt import Prompt
 
 
-def data_uri(image: Image.Image) -> str:
-    buf = io.BytesIO()
-    image.save(buf, "JPEG", quality=92)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+def data_uri(photo: Path) -> str:
+    """The photo file as sent by a client: its bytes, base64 (the camera's JPEG, not a pre-shrunk copy)."""
+    return "data:image/jpeg;base64," + base64.b64encode(photo.read_bytes()).decode()
 
 
-def messages(p: Prompt, image: Image.Image) -> list[dict]:
+def messages(p: Prompt, photo: Path) -> list[dict]:
     return [{"role": "system", "content": p.system},
-            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_uri(image)}},
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_uri(photo)}},
                                          {"type": "text", "text": p.user}]}]
 
 
-def handler_loop(models: tuple[Path, Path], p: Prompt, images: list[Image.Image], *, max_tokens: int, threads: int,
+def handler_loop(models: tuple[Path, Path], p: Prompt, files: list[Path], *, max_tokens: int, threads: int,
                  gpu_layers: int, n_ctx: int) -> list[dict]:
     """llama-cpp-python's own multimodal path: `MTMDChatHandler` + `create_chat_completion` per photo."""
     from bbsd.backends import import_llama
@@ -56,9 +52,9 @@ def handler_loop(models: tuple[Path, Path], p: Prompt, images: list[Image.Image]
     grammar = LlamaGrammar.from_string(p.grammar, verbose=False)
     rows = []
     try:
-        for img in images:
-            t0 = time.perf_counter()
-            out = llm.create_chat_completion(messages=messages(p, img), grammar=grammar, max_tokens=max_tokens,
+        for f in files:
+            t0 = time.perf_counter()  # from the photo file: reading and decoding it is part of the photo's time
+            out = llm.create_chat_completion(messages=messages(p, f), grammar=grammar, max_tokens=max_tokens,
                                              temperature=0.0)
             rows.append({"ms": (time.perf_counter() - t0) * 1000, "prompt": out["usage"]["prompt_tokens"],
                          "out": out["usage"]["completion_tokens"]})
@@ -99,7 +95,7 @@ def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float) -
     raise TimeoutError("llama-server did not become healthy")
 
 
-def server_loop(binary: Path, models: tuple[Path, Path], p: Prompt, images: list[Image.Image], *, max_tokens: int,
+def server_loop(binary: Path, models: tuple[Path, Path], p: Prompt, files: list[Path], *, max_tokens: int,
                 threads: int, gpu_layers: int, n_ctx: int, log: Path) -> list[dict]:
     """`llama-server` with one slot and its prompt cache, over loopback HTTP; client-side time per photo."""
     port = _free_port()
@@ -114,10 +110,10 @@ def server_loop(binary: Path, models: tuple[Path, Path], p: Prompt, images: list
     rows = []
     try:
         _wait_healthy(url, proc, log, 300)
-        for img in images:
-            body = {"messages": messages(p, img), "grammar": p.grammar, "max_tokens": max_tokens,
+        for f in files:
+            t0 = time.perf_counter()  # from the photo file, as a client would: read, base64, POST, reply
+            body = {"messages": messages(p, f), "grammar": p.grammar, "max_tokens": max_tokens,
                     "temperature": 0.0, "cache_prompt": True}
-            t0 = time.perf_counter()
             reply = _post(url + "/v1/chat/completions", body, 600)
             ms = (time.perf_counter() - t0) * 1000
             t = reply.get("timings", {})

@@ -42,26 +42,41 @@ SHAPES = {
     # SmolVLM-256M's text model (576 wide, 30 layers, 9 heads, 3 KV heads) and a SigLIP-sized
     # encoder (768 wide, 12 layers) at 224 px / 14 px patches: 256 image tokens.
     # Its blocks' weights are spread less (block_scale), so the random replies are ~190 tokens, not ~350.
+    # Its vocabulary is SmolVLM's 49,152 tokens wide (the output layer and every grammar check pay for it).
     "smol": tiny_model.TinySpec(n_embd=576, n_head=9, n_head_kv=3, n_layer=30, n_ff=1536, v_embd=768, v_head=12,
-                                v_layer=12, v_ff=3072, image_size=224, patch_size=14, block_scale=0.005),
+                                v_layer=12, v_ff=3072, image_size=224, patch_size=14, block_scale=0.005,
+                                n_vocab=49_152),
     # A 2B-class LLaVA-style pair: CLIP-L/336 (1024 wide, 24 layers, 576 image tokens) and a
-    # Qwen2-1.5B-sized text model (1536 wide, 28 layers, 12 heads, 2 KV heads), f16.
+    # Qwen2-1.5B-sized text model (1536 wide, 28 layers, 12 heads, 2 KV heads, 151,936 tokens), f16.
     "2b": tiny_model.TinySpec(n_embd=1536, n_head=12, n_head_kv=2, n_layer=28, n_ff=8960, v_embd=1024, v_head=16,
-                              v_layer=24, v_ff=4096, image_size=336, patch_size=14, f16=True),
+                              v_layer=24, v_ff=4096, image_size=336, patch_size=14, f16=True, n_vocab=151_936),
 }
 
 
-def photos(folder: Path, n: int, start: int = 0) -> list[Path]:
-    """Distinct photos, oldest first (an identical image would flatter any cache keyed on pixels)."""
+PHOTO_SIZE = (2600, 1976)  # the issue's camera exports; a photo's size is part of what every setup pays for
+
+
+def photos(folder: Path, n: int, start: int = 0, size: tuple[int, int] = PHOTO_SIZE) -> list[Path]:
+    """Distinct photos, oldest first (an identical image would flatter any cache keyed on pixels).
+
+    Camera-like: full size with sensor-like grain, so the JPEG is megabytes and decoding it costs
+    what a real photo's does (a flat synthetic image compresses to kilobytes and decodes for free).
+    """
+    import numpy as np
+
     folder.mkdir(parents=True, exist_ok=True)
+    grain = np.random.default_rng(7).normal(0, 14, (size[1] + 64, size[0] + 64, 3)).astype(np.int16)
     out = []
+    w, h = size
     for i in range(start, start + n):
-        img = Image.new("RGB", (1024, 768), (20 * i % 256, (90 + 7 * i) % 256, 200 - 15 * i % 200))
-        x0 = 40 + 30 * (i % 20)
-        ImageDraw.Draw(img).ellipse((x0, 60, x0 + 300 + 20 * (i % 25), 500),
+        img = Image.new("RGB", size, (20 * i % 256, (90 + 7 * i) % 256, 200 - 15 * i % 200))
+        x0 = w // 25 + w // 34 * (i % 20)
+        ImageDraw.Draw(img).ellipse((x0, h // 12, x0 + w // 3 + w // 50 * (i % 25), h * 2 // 3),
                                     fill=(250, 200 - 10 * i % 200, 30 + i % 200))
+        dx, dy = (i * 7) % 64, (i * 13) % 64  # the grain shifted per photo: distinct pixels everywhere
+        pixels = np.asarray(img, dtype=np.int16) + grain[dy:dy + h, dx:dx + w]
         path = folder / f"p{i:04d}.jpg"
-        img.save(path, quality=90)
+        Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(path, quality=90)
         os.utime(path, (1_700_000_000 + i, 1_700_000_000 + i))  # mtime order = arrival order
         out.append(path)
     return out
@@ -230,8 +245,9 @@ def run_shape(shape: str, args, tmp: Path, binaries: tuple[Path, Path] | None) -
     from bbsd import imaging
 
     models = tiny_model.write_pair(tmp / f"models-{shape}", SHAPES[shape])
-    files = photos(tmp / f"photos-{shape}", args.photos)
-    burst = photos(tmp / f"burst-{shape}", args.burst, start=args.photos)
+    size = _size(args.photo_size)
+    files = photos(tmp / f"photos-{shape}", args.photos, size=size)
+    burst = photos(tmp / f"burst-{shape}", args.burst, start=args.photos, size=size)
     images = [imaging.decode(f, 768).image for f in files]
     cfg = write_config(tmp / shape, models, args.catalog, args, parallel=args.parallel_default)
     p = prompt.build(config.load(cfg, environ={}).catalog)
@@ -244,10 +260,10 @@ def run_shape(shape: str, args, tmp: Path, binaries: tuple[Path, Path] | None) -
               ("    engine, prefix re-evaluated", uncached)]
     if binaries:
         setups.append(("(c) llama-server, prompt cache, HTTP", summary(baselines.server_loop(
-            binaries[0], models, p, images, log=tmp / f"server-{shape}.log", **common))))
+            binaries[0], models, p, files, log=tmp / f"server-{shape}.log", **common))))
         setups.append(("(d) llama-mtmd-cli per photo", summary(baselines.mtmd_cli_loop(
             binaries[1], models, p, files[:args.cli_photos], folder=tmp, **common), warm=1)))
-    setups.append(("(e) MTMDChatHandler loop", summary(baselines.handler_loop(models, p, images, **common))))
+    setups.append(("(e) MTMDChatHandler loop", summary(baselines.handler_loop(models, p, files, **common))))
     out = cached["out"]
     base = {name[:3]: at_tokens(s, out) for name, s in setups}
     lines = [f"| {shape} | {name} | {s['ms']:.0f} | {s.get('prompt', 0):.0f} | {s.get('out', 0):.0f} "
@@ -259,8 +275,10 @@ def run_shape(shape: str, args, tmp: Path, binaries: tuple[Path, Path] | None) -
                      f"| | | | | | {newest['newest'] / bbsd['ms']:.2f} × one photo (a) |")
         lines.append(_burst_row(shape, args.burst, f"[engine] parallel {args.parallel_default}", newest, bbsd))
     for n in [int(v) for v in args.parallel.split(",") if v]:
-        b = burst_run(write_config(tmp / f"{shape}-parallel{n}", models, args.catalog, args, parallel=n),
-                      photos(tmp / f"burst-{shape}-{n}", args.parallel_burst, start=10_000 * (n + 1)))
+        more = burst[:args.parallel_burst] if len(burst) >= args.parallel_burst else photos(
+            tmp / f"burst-{shape}-{n}", args.parallel_burst, start=10_000 * (n + 1), size=size)
+        # the main burst's photos again: each daemon is fresh (nothing cached), and they are distinct
+        b = burst_run(write_config(tmp / f"{shape}-parallel{n}", models, args.catalog, args, parallel=n), more)
         lines.append(_burst_row(shape, args.parallel_burst, f"parallel {n}", b, bbsd))
     return lines
 
@@ -269,6 +287,11 @@ def _burst_row(shape: str, n: int, setting: str, b: dict, one: dict) -> str:
     single = 1000 / one["ms"]  # photos per second, one photo at a time (a)
     return (f"| {shape} | {n}-photo burst, {setting}: {b['per_s']:.2f} photos/s, {b['per_s'] / single:.2f} × one at a "
             f"time; newest settled → sidecar {b['newest']:.0f} ms | | | | | | | {b['newest'] / one['ms']:.2f} × (a) |")
+
+
+def _size(text: str) -> tuple[int, int]:
+    w, _, h = text.partition("x")
+    return int(w), int(h)
 
 
 def _ratio(value: float, base: float | None) -> str:
@@ -294,6 +317,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shapes", default="tiny,smol")
     ap.add_argument("--photos", type=int, default=12, help="distinct photos per setup (the first two are warm-up)")
+    ap.add_argument("--photo-size", default="x".join(map(str, PHOTO_SIZE)), help="WxH of the generated JPEGs")
     ap.add_argument("--cli-photos", type=int, default=4, help="photos for llama-mtmd-cli (a model load each)")
     ap.add_argument("--burst", type=int, default=200, help="photos dropped at once after the single-photo run")
     ap.add_argument("--catalog", type=int, default=5, help="catalog entries (characters + props)")
@@ -320,13 +344,14 @@ def main() -> None:
             rows += run_shape(shape, args, tmp, binaries)
         if args.memory:
             cfg = write_config(tmp / "memory", tiny_model.write_pair(tmp / "models-memory"), args.catalog, args)
-            rss = memory_run(cfg, photos(tmp / "photos-memory", args.memory), (100, args.memory))
+            rss = memory_run(cfg, photos(tmp / "photos-memory", args.memory, size=(1024, 768)), (100, args.memory))
             notes.append(f"Memory, tiny model, recycling off: worker RSS after 100 photos {rss[100]:.1f} MB, after "
                          f"{args.memory} {rss[args.memory]:.1f} MB ({(rss[args.memory] / rss[100] - 1) * 100:+.1f} %).")
     body = "\n".join([
         f"Machine: {machine()}; GPU: {_gpu()}. Threads: {args.threads or _threads()}, gpu_layers {args.gpu_layers}, "
         f"context {args.n_ctx}, catalog of {args.catalog} entries, output limit {args.max_tokens} tokens, temperature "
-        f"0, bbsd's reply grammar in every setup. {args.photos} distinct 1024×768 JPEGs per setup (medians after the "
+        f"0, bbsd's reply grammar in every setup. {args.photos} distinct {args.photo_size.replace('x', '×')} "
+        "camera-like JPEGs per setup, sent as files to every setup but the bare engine (medians after the "
         f"first two; llama-mtmd-cli {args.cli_photos}, after the first). *prompt* = prompt tokens evaluated per photo. "
         "*at equal tokens*: the per-photo time with its generation rescaled to the bare engine's output tokens "
         "(where the setup reports its generation time); the ratios use it.",
