@@ -279,12 +279,14 @@ def run_shape(shape: str, args, tmp: Path, binaries: tuple[Path, Path] | None) -
         lines.append(f"| {shape} | newest of a {args.burst}-photo burst, settled → sidecar | {newest['newest']:.0f} "
                      f"| | | | | | {newest['newest'] / bbsd['ms']:.2f} × one photo (a) |")
         lines.append(_burst_row(shape, args.burst, f"[engine] parallel {args.parallel_default}", newest, bbsd))
+    print("\n".join(lines), flush=True)  # as measured: a run cut short still shows what it had
     for n in [int(v) for v in args.parallel.split(",") if v]:
         more = burst[:args.parallel_burst] if len(burst) >= args.parallel_burst else photos(
             tmp / f"burst-{shape}-{n}", args.parallel_burst, start=10_000 * (n + 1), size=size)
         # the main burst's photos again: each daemon is fresh (nothing cached), and they are distinct
         b = burst_run(write_config(tmp / f"{shape}-parallel{n}", models, args.catalog, args, parallel=n), more)
         lines.append(_burst_row(shape, args.parallel_burst, f"parallel {n}", b, bbsd))
+        print(lines[-1], flush=True)
     return lines
 
 
