@@ -38,8 +38,14 @@ def messages(p: Prompt, photo: Path) -> list[dict]:
 
 
 def handler_loop(models: tuple[Path, Path], p: Prompt, files: list[Path], *, max_tokens: int, threads: int,
-                 gpu_layers: int, n_ctx: int) -> list[dict]:
-    """llama-cpp-python's own multimodal path: `MTMDChatHandler` + `create_chat_completion` per photo."""
+                 gpu_layers: int, n_ctx: int, exact_tokens: int = 0) -> list[dict]:
+    """llama-cpp-python's own multimodal path: `MTMDChatHandler` + `create_chat_completion` per photo.
+
+    `exact_tokens`: no grammar, and exactly that many tokens (end of generation forbidden): the
+    tool's cost without any grammar work, the least a trained model that writes valid JSON unaided
+    could cost it (a random model's favourite token is often one the grammar refuses, and then
+    the whole vocabulary is masked: that would flatter bbsd).
+    """
     from bbsd.backends import import_llama
 
     import_llama()  # the C++ runtime pinned first, as bbsd does
@@ -49,13 +55,14 @@ def handler_loop(models: tuple[Path, Path], p: Prompt, files: list[Path], *, max
     llm = Llama(model_path=str(models[0]), n_ctx=n_ctx, n_batch=2048, n_ubatch=2048, n_gpu_layers=gpu_layers,
                 chat_handler=MTMDChatHandler(clip_model_path=str(models[1]), verbose=False),
                 n_threads=threads, verbose=False)
-    grammar = LlamaGrammar.from_string(p.grammar, verbose=False)
+    limits = ({"max_tokens": exact_tokens, "logit_bias": {llm.token_eos(): -1e9, llm.token_bos(): -1e9}}
+              if exact_tokens else {"grammar": LlamaGrammar.from_string(p.grammar, verbose=False),
+                                    "max_tokens": max_tokens})
     rows = []
     try:
         for f in files:
             t0 = time.perf_counter()  # from the photo file: reading and decoding it is part of the photo's time
-            out = llm.create_chat_completion(messages=messages(p, f), grammar=grammar, max_tokens=max_tokens,
-                                             temperature=0.0)
+            out = llm.create_chat_completion(messages=messages(p, f), temperature=0.0, **limits)
             rows.append({"ms": (time.perf_counter() - t0) * 1000, "prompt": out["usage"]["prompt_tokens"],
                          "out": out["usage"]["completion_tokens"]})
     finally:
@@ -96,8 +103,9 @@ def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float) -
 
 
 def server_loop(binary: Path, models: tuple[Path, Path], p: Prompt, files: list[Path], *, max_tokens: int,
-                threads: int, gpu_layers: int, n_ctx: int, log: Path) -> list[dict]:
-    """`llama-server` with one slot and its prompt cache, over loopback HTTP; client-side time per photo."""
+                threads: int, gpu_layers: int, n_ctx: int, log: Path, exact_tokens: int = 0) -> list[dict]:
+    """`llama-server` with one slot and its prompt cache, over loopback HTTP; client-side time per photo.
+    `exact_tokens`: no grammar and exactly that many tokens, as in `handler_loop`."""
     port = _free_port()
     argv = [str(binary), "-m", str(models[0]), "--mmproj", str(models[1]), "--host", "127.0.0.1",
             "--port", str(port), "-np", "1", "-c", str(n_ctx), "-b", "2048", "-ub", "2048", "-t", str(threads),
@@ -112,8 +120,9 @@ def server_loop(binary: Path, models: tuple[Path, Path], p: Prompt, files: list[
         _wait_healthy(url, proc, log, 300)
         for f in files:
             t0 = time.perf_counter()  # from the photo file, as a client would: read, base64, POST, reply
-            body = {"messages": messages(p, f), "grammar": p.grammar, "max_tokens": max_tokens,
-                    "temperature": 0.0, "cache_prompt": True}
+            limits = ({"max_tokens": exact_tokens, "ignore_eos": True} if exact_tokens
+                      else {"grammar": p.grammar, "max_tokens": max_tokens})
+            body = {"messages": messages(p, f), "temperature": 0.0, "cache_prompt": True, **limits}
             reply = _post(url + "/v1/chat/completions", body, 600)
             ms = (time.perf_counter() - t0) * 1000
             t = reply.get("timings", {})
