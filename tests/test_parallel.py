@@ -10,6 +10,7 @@ from PIL import Image
 
 from bbsd import config, prompt, sidecar
 from bbsd.engines import open_in_process
+from bbsd.labeler import Job
 from tests.conftest import make_photo, wait_until, write_config
 
 
@@ -45,7 +46,54 @@ def test_a_batch_gives_each_photo_the_reply_it_gets_alone_and_evaluates_the_pref
         assert [s.p for s in a.steps] == pytest.approx([s.p for s in b.steps], abs=1e-3)
     image_and_suffix = layout["image"] + layout["suffix"]
     assert [r.evaluated_tokens for r in got] == [sum(layout.values())] + [image_and_suffix] * 3
-    assert len({r.generate_ms for r in first}) == 1  # one decode loop for the batch
+    assert all(r.generate_ms > 0 for r in first)  # each its own: a reply leaves the batch when it is complete
+
+
+def test_a_photo_admitted_mid_batch_joins_before_the_others_finish_and_replies_as_alone(tiny_models, tmp_path):
+    """Continuous batching: a third photo handed over after a few decode steps is evaluated into the
+    free sequence and steps along with the first two; each result comes out when its reply is complete."""
+    alone, p = _labeler(tmp_path, tiny_models, 1)
+    try:
+        expected = [alone.infer(_photo(i), p, attempt=0, cancelled=lambda: False) for i in range(3)]
+    finally:
+        alone.close()
+    together, p = _labeler(tmp_path, tiny_models, 3)
+    steps, decode = [0], together._ctx.eval_parallel
+
+    def counted(parts):  # one call per decode step of the running replies
+        steps[0] += 1
+        return decode(parts)
+
+    together._ctx.eval_parallel = counted
+    waiting = [Job(_photo(i), p, 0, i) for i in range(2)]
+    admitted: dict[int, int] = {}
+    finished: dict[int, int] = {}
+    results: dict[int, object] = {}
+
+    def admit(accepts):
+        if steps[0] == 3 and 2 not in admitted and not waiting:  # it arrives while the first two generate
+            waiting.append(Job(_photo(2), p, 0, 2))
+        job = next((j for j in waiting if accepts(j)), None)
+        if job is not None:
+            waiting.remove(job)
+            admitted[job.tag] = steps[0]
+        return job
+
+    def finish(job, result):
+        results[job.tag], finished[job.tag] = result, steps[0]
+
+    try:
+        together.serve(admit, finish, cancelled=lambda: False)
+    finally:
+        together.close()
+    assert admitted == {0: 0, 1: 0, 2: 3}
+    assert finished[0] > 3 and finished[1] > 3  # the third joined while they were generating
+    assert finished[0] < finished[2] and finished[1] < finished[2]  # and they left without waiting for it
+    assert [results[i].text for i in range(3)] == [r.text for r in expected]
+    assert [results[i].sampled_tokens for i in range(3)] == [r.sampled_tokens for r in expected]
+    for i, b in enumerate(expected):
+        assert [s.p for s in results[i].steps] == pytest.approx([s.p for s in b.steps], abs=1e-3)
+    assert results[2].evaluated_tokens < results[0].evaluated_tokens  # it shared the cached prefix
 
 
 def test_a_batch_of_another_catalog_is_labelled_one_prompt_at_a_time(tiny_models, tmp_path):
