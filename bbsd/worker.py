@@ -11,8 +11,9 @@ holding gigabytes; its stdout is the message pipe only (anything native code pri
 stderr instead).
 
 Test hooks (`BBSD_TEST_HOOKS=1` plus `BBSD_TEST_ABORT_ON`, `BBSD_TEST_HANG_ON`, `BBSD_TEST_SLOW_MS`,
-`BBSD_TEST_LEAK_MB`) exist for the fault-injection tests only and do nothing unless
-`BBSD_TEST_HOOKS=1` is set; never set it in production.
+`BBSD_TEST_LEAK_MB`, each applied as a photo is admitted, and `BBSD_TEST_STEP_MS` per decode step)
+exist for the fault-injection tests only and do nothing unless `BBSD_TEST_HOOKS=1` is set; never
+set it in production.
 """
 
 from __future__ import annotations
@@ -113,6 +114,7 @@ class _Inbox:
     def __init__(self, fd: int) -> None:
         self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self.waiting: list[Job] = []  # taken from the queue, not yet admitted (another prompt, a retry)
+        self.running = 0  # admitted, result not sent yet
         threading.Thread(target=self._read, args=(fd,), name="inbox", daemon=True).start()
 
     def _read(self, fd: int) -> None:
@@ -145,6 +147,8 @@ class _Inbox:
         if job is not None:
             self.waiting.remove(job)
             _test_hooks(job.image.info["bbsd_name"])
+            log.debug("worker.admitted", photo=job.image.info["bbsd_name"], id=job.tag, beside=self.running)
+            self.running += 1
         return job
 
 
@@ -159,6 +163,8 @@ def _serve(labeler, inp: int, out: int, gpu: bool) -> int:
     inbox = _Inbox(inp)
 
     def finish(job: Job, result) -> None:
+        inbox.running -= 1
+        log.debug("worker.finished", photo=job.image.info["bbsd_name"], id=job.tag, beside=inbox.running)
         memory = {"rss_mb": metrics.rss_mb(), "vram_mb": metrics.vram_mb(gpu)}
         ipc.send(out, {"type": "result", "id": job.tag, "result": _result(result), **memory})
 
@@ -166,7 +172,7 @@ def _serve(labeler, inp: int, out: int, gpu: bool) -> int:
     try:
         while True:
             inbox.take(block=not inbox.waiting)
-            serve(inbox.admit, finish, lambda: False)
+            serve(inbox.admit, finish, _step_hook)  # the worker is never cancelled: the daemon kills it
     except _Closed:
         return 0
 
@@ -187,6 +193,14 @@ def _result(r) -> dict:
     return {"type": "result", "text": r.text, "prompt_tokens": r.prompt_tokens, "output_tokens": r.output_tokens,
             "evaluated_tokens": r.evaluated_tokens, "sampled_tokens": r.sampled_tokens,
             "encode_ms": r.encode_ms, "generate_ms": r.generate_ms, "steps": [step.to_json() for step in r.steps]}
+
+
+def _step_hook() -> bool:
+    """Asked before every decode step; with `BBSD_TEST_STEP_MS`, a step takes that much longer (tests
+    of the batch's timeline: a photo must still be generating when the next one joins it)."""
+    if os.environ.get("BBSD_TEST_HOOKS") == "1" and os.environ.get("BBSD_TEST_STEP_MS"):
+        time.sleep(int(os.environ["BBSD_TEST_STEP_MS"]) / 1000)
+    return False
 
 
 def _test_hooks(name: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 
 import pytest
 from PIL import Image
@@ -11,7 +12,8 @@ from PIL import Image
 from bbsd import config, prompt, sidecar
 from bbsd.engines import open_in_process
 from bbsd.labeler import Job
-from tests.conftest import make_photo, wait_until, write_config
+from bbsd.supervisor import WorkerLabeler
+from tests.conftest import SLACK, events, make_photo, wait_until, write_config
 
 
 def _photo(i: int) -> Image.Image:
@@ -110,6 +112,47 @@ def test_a_batch_of_another_catalog_is_labelled_one_prompt_at_a_time(tiny_models
     assert mixed[1].text == alone[0].text
     assert mixed[0].evaluated_tokens > mixed[0].prompt_tokens - 50  # each had to evaluate its own prefix
     assert mixed[1].evaluated_tokens == mixed[1].prompt_tokens
+
+
+def test_the_worker_takes_each_photo_into_the_running_batch_and_returns_each_when_its_reply_is_done(
+        tiny_models, tmp_path, monkeypatch, capfd):
+    """Four threads hand over a photo each, one after the other while the first is still generating
+    (every decode step slowed by the test hook): each joins the running batch, and each comes back
+    as soon as its own reply is complete, the first before the others are done."""
+    for key, value in {"BBSD_ENGINE_PARALLEL": "4", "BBSD_LOG_LEVEL": "debug", "BBSD_TEST_HOOKS": "1",
+                       "BBSD_TEST_STEP_MS": str(round(25 * SLACK))}.items():
+        monkeypatch.setenv(key, value)  # the worker reads its configuration and hooks from the environment
+    settings = config.load(write_config(tmp_path, [tmp_path], tiny_models))
+    p = prompt.build(settings.catalog)
+    worker_log: list[dict] = []
+
+    def logged(name: str) -> dict[str, int]:
+        worker_log.extend(events(capfd.readouterr().err))
+        return {e["photo"]: e["beside"] for e in worker_log if e.get("event") == name}
+
+    labeler = WorkerLabeler(settings)
+    returned: list[str] = []
+
+    def hand_over(i: int) -> None:
+        image = _photo(i)
+        image.info.update(bbsd_name=f"p{i}", bbsd_order=float(i))
+        result = labeler.infer(image, p, attempt=0, cancelled=lambda: False)
+        assert result.text.startswith("{")
+        returned.append(f"p{i}")
+
+    threads = [threading.Thread(target=hand_over, args=(i,)) for i in range(4)]
+    try:
+        for i, thread in enumerate(threads):
+            thread.start()
+            wait_until(lambda i=i: f"p{i}" in logged("worker.admitted"), 30, f"p{i} in the worker")
+        for thread in threads:
+            thread.join(30 * SLACK)
+    finally:
+        labeler.close()
+    admitted, finished = logged("worker.admitted"), logged("worker.finished")
+    assert returned == ["p0", "p1", "p2", "p3"]
+    assert admitted["p0"] == 0 and all(admitted[f"p{i}"] >= 1 for i in (1, 2, 3))  # each joined a running batch
+    assert finished["p0"] >= 1  # sent back while photos that joined after it were still generating
 
 
 def test_a_poison_photo_in_a_batch_is_quarantined_alone_and_its_neighbours_labelled(tmp_path, tiny_models,
