@@ -62,7 +62,7 @@ def resolve_threads(configured: int) -> int:
 class LlamaLabeler:
     """Holds the loaded model; `infer` labels one image, reusing the cached prompt prefix."""
 
-    concurrency = 1  # one thread drives the context; `infer_many` labels up to `parallel` photos at once
+    concurrency = 1  # one thread drives the context; `serve` labels up to `parallel` photos at once
 
     def __init__(self, model_path: Path, mmproj_path: Path, engine) -> None:
         llama_log.install()

@@ -111,9 +111,10 @@ class WorkerLabeler:
         self._ids = itertools.count(1)
         self._driving = False
         # Written when a photo is handed over, so that a driver waiting for results sends it at once.
-        self._wake_r, self._wake_w = os.pipe()
+        self._wake_r, wake_w = os.pipe()
+        self._wake_w: int | None = wake_w
         os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
+        os.set_blocking(wake_w, False)
 
     def health(self) -> list[dict]:
         return []
@@ -147,13 +148,17 @@ class WorkerLabeler:
         return ticket.outcome
 
     def _wake(self) -> None:
-        with contextlib.suppress(BlockingIOError):
-            os.write(self._wake_w, b"!")
+        if self._wake_w is not None:  # None once closed (its number may belong to another file by then)
+            with contextlib.suppress(BlockingIOError):
+                os.write(self._wake_w, b"!")
 
     def _drive(self, cancelled: Callable[[], bool]) -> None:
         """One turn (lock held; released while on the pipes): send what may go, else read what came."""
-        if cancelled() and self._in_flight:
-            self._lose("shutdown")
+        if cancelled():  # nothing more goes to the worker; what is in it is abandoned with it
+            if self._in_flight:
+                self._lose("shutdown")
+            else:
+                self._cond.wait(child.POLL_S)
             return
         batch = self._admissible()
         if batch:
@@ -289,9 +294,11 @@ class WorkerLabeler:
         if self._worker is not None:
             self._worker.stop()
             self._worker = None
-        for fd in (self._wake_r, self._wake_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        with self._cond:
+            if self._wake_w is not None:
+                os.close(self._wake_r)
+                os.close(self._wake_w)
+                self._wake_w = None
 
 
 def _abandoned() -> AbandonedError:
