@@ -191,19 +191,18 @@ class WorkerLabeler:
         """One request per photo. Its deadline counts from now, `timeout_seconds` for each photo then
         in the worker (they share its steps)."""
         timeout = self._settings.worker.timeout_seconds * len(self._in_flight)
-        for t in batch:
-            t.timeout_s, t.deadline = timeout, time.monotonic() + timeout
+        failed: ModelError | None = None
         self._cond.release()
         try:
             worker = self._ensure()
+            for t in batch:  # a worker's start does not count
+                t.timeout_s, t.deadline = timeout, time.monotonic() + timeout
             for t in batch:
                 ipc.send(worker.proc.stdin.fileno(), t.request(), t.image.convert("RGB").tobytes())
         except ModelError as e:  # no worker: these photos were never in one
-            failed: ModelError | None = e
+            failed = e
         except OSError:  # the worker died: reading its pipe says so (EOF), and every photo in it pays
-            failed = None
-        else:
-            failed = None
+            pass
         finally:
             self._cond.acquire()
         for t in batch if failed else ():

@@ -11,6 +11,7 @@ from PIL import Image
 
 from bbsd import config, prompt, sidecar
 from bbsd.engines import open_in_process
+from bbsd.errors import PhotoError
 from bbsd.labeler import Job
 from bbsd.supervisor import WorkerLabeler
 from tests.conftest import SLACK, events, make_photo, wait_until, write_config
@@ -114,29 +115,39 @@ def test_a_batch_of_another_catalog_is_labelled_one_prompt_at_a_time(tiny_models
     assert mixed[1].evaluated_tokens == mixed[1].prompt_tokens
 
 
-def test_the_worker_takes_each_photo_into_the_running_batch_and_returns_each_when_its_reply_is_done(
-        tiny_models, tmp_path, monkeypatch, capfd):
-    """Four threads hand over a photo each, one after the other while the first is still generating
-    (every decode step slowed by the test hook): each joins the running batch, and each comes back
-    as soon as its own reply is complete, the first before the others are done."""
-    for key, value in {"BBSD_ENGINE_PARALLEL": "4", "BBSD_LOG_LEVEL": "debug", "BBSD_TEST_HOOKS": "1",
-                       "BBSD_TEST_STEP_MS": str(round(25 * SLACK))}.items():
+def _in_worker(tmp_path, tiny_models, monkeypatch, capfd, extra: str = "", **env: str):
+    """A `WorkerLabeler` at parallel 4 with the test hooks, each decode step slowed so that a photo is
+    still generating when the next one arrives; and the worker's debug events by name."""
+    env = {"BBSD_ENGINE_PARALLEL": "4", "BBSD_LOG_LEVEL": "debug", "BBSD_TEST_HOOKS": "1",
+           "BBSD_TEST_STEP_MS": str(round(25 * SLACK)), **env}
+    for key, value in env.items():
         monkeypatch.setenv(key, value)  # the worker reads its configuration and hooks from the environment
-    settings = config.load(write_config(tmp_path, [tmp_path], tiny_models))
-    p = prompt.build(settings.catalog)
+    settings = config.load(write_config(tmp_path, [tmp_path], tiny_models, extra=extra))
     worker_log: list[dict] = []
 
     def logged(name: str) -> dict[str, int]:
         worker_log.extend(events(capfd.readouterr().err))
         return {e["photo"]: e["beside"] for e in worker_log if e.get("event") == name}
 
-    labeler = WorkerLabeler(settings)
+    return WorkerLabeler(settings), prompt.build(settings.catalog), logged
+
+
+def _named(i: int) -> Image.Image:
+    image = _photo(i)
+    image.info.update(bbsd_name=f"p{i}", bbsd_order=float(i))
+    return image
+
+
+def test_the_worker_takes_each_photo_into_the_running_batch_and_returns_each_when_its_reply_is_done(
+        tiny_models, tmp_path, monkeypatch, capfd):
+    """Four threads hand over a photo each, one after the other while the first is still generating
+    (every decode step slowed by the test hook): each joins the running batch, and each comes back
+    as soon as its own reply is complete, the first before the others are done."""
+    labeler, p, logged = _in_worker(tmp_path, tiny_models, monkeypatch, capfd)
     returned: list[str] = []
 
     def hand_over(i: int) -> None:
-        image = _photo(i)
-        image.info.update(bbsd_name=f"p{i}", bbsd_order=float(i))
-        result = labeler.infer(image, p, attempt=0, cancelled=lambda: False)
+        result = labeler.infer(_named(i), p, attempt=0, cancelled=lambda: False)
         assert result.text.startswith("{")
         returned.append(f"p{i}")
 
@@ -150,9 +161,36 @@ def test_the_worker_takes_each_photo_into_the_running_batch_and_returns_each_whe
     finally:
         labeler.close()
     admitted, finished = logged("worker.admitted"), logged("worker.finished")
-    assert returned == ["p0", "p1", "p2", "p3"]
+    # p0 is done a step or more before the photos that joined after it; they may finish in one step.
+    assert returned[0] == "p0" and sorted(returned) == ["p0", "p1", "p2", "p3"]
+    assert list(finished) == ["p0", "p1", "p2", "p3"]  # as they joined: each reply as long as the others
     assert admitted["p0"] == 0 and all(admitted[f"p{i}"] >= 1 for i in (1, 2, 3))  # each joined a running batch
     assert finished["p0"] >= 1  # sent back while photos that joined after it were still generating
+
+
+def test_a_worker_that_hangs_mid_batch_costs_each_photo_in_it_a_timeout_and_is_replaced(
+        tiny_models, tmp_path, monkeypatch, capfd):
+    labeler, p, logged = _in_worker(tmp_path, tiny_models, monkeypatch, capfd,
+                                    extra=f"[worker]\ntimeout_seconds = {2 * SLACK:g}\n", BBSD_TEST_HANG_ON="p1")
+    outcomes: dict[int, object] = {}
+
+    def hand_over(i: int) -> None:
+        try:
+            outcomes[i] = labeler.infer(_named(i), p, attempt=0, cancelled=lambda: False)
+        except PhotoError as e:
+            outcomes[i] = e.code
+
+    first = threading.Thread(target=hand_over, args=(0,))
+    try:
+        first.start()
+        wait_until(lambda: "p0" in logged("worker.admitted"), 30, "p0 in the worker")
+        hand_over(1)  # hangs the worker as it joins, while p0 is generating
+        first.join(30 * SLACK)
+        hand_over(2)  # a new worker
+    finally:
+        labeler.close()
+    assert outcomes[0] == outcomes[1] == "engine_timeout"
+    assert outcomes[2].text.startswith("{")
 
 
 def test_a_poison_photo_in_a_batch_is_quarantined_alone_and_its_neighbours_labelled(tmp_path, tiny_models,
