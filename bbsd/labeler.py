@@ -39,6 +39,22 @@ class Inference:
 
 
 @dataclass(frozen=True)
+class Job:
+    """One photo for an engine that labels several at once (`serve`): `tag` is the caller's own
+    name for it, handed back with its result."""
+
+    image: Image.Image
+    prompt: Prompt
+    attempt: int
+    tag: Any = None
+
+    def same_prefix(self, other: Job) -> bool:
+        """Whether both prompts share the cached prefix (the catalog did not change in between)."""
+        a, b = self.prompt, other.prompt
+        return (a.system, a.user, a.grammar, a.references) == (b.system, b.user, b.grammar, b.references)
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """What a sidecar records about the model that made it (part of "is this sidecar current")."""
 

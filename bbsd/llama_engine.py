@@ -26,7 +26,7 @@ from bbsd import families, llama_log, references
 from bbsd import replies as replies_mod
 from bbsd.errors import ModelError, PhotoError
 from bbsd.jump import Cursor
-from bbsd.labeler import Inference, ModelInfo
+from bbsd.labeler import Inference, Job, ModelInfo
 from bbsd.prompt import Prompt
 
 log = structlog.get_logger("bbsd.engine")
@@ -62,7 +62,7 @@ def resolve_threads(configured: int) -> int:
 class LlamaLabeler:
     """Holds the loaded model; `infer` labels one image, reusing the cached prompt prefix."""
 
-    concurrency = 1  # one thread drives the context; `infer_many` labels up to `parallel` photos at once
+    concurrency = 1  # one thread drives the context; `serve` labels up to `parallel` photos at once
 
     def __init__(self, model_path: Path, mmproj_path: Path, engine) -> None:
         llama_log.install()
@@ -139,42 +139,38 @@ class LlamaLabeler:
 
     def infer_many(self, items: list[tuple[Image.Image, Prompt, int]],
                    cancelled: Callable[[], bool]) -> list[Inference | PhotoError]:
-        """Label up to `parallel` photos together: each in its own sequence after the shared cached
-        prefix, their replies generated in one decode per step. A photo's own failure is its result."""
-        if len(items) > self._ctx.n_seq or len({(p.system, p.user, p.grammar, p.references) for _, p, _ in items}) > 1:
-            return [r for item in items for r in self.infer_many([item], cancelled)]  # one prefix per batch
-        prompt = items[0][1]
-        results: list[Inference | PhotoError] = []
-        replies: list[replies_mod.Reply] = []
-        for seq, (image, _, attempt) in enumerate(items):
-            t0 = time.perf_counter()
-            try:
-                with self._tokenize(prompt, image) as chunks:
-                    n_past, evaluated = self._evaluate(chunks.items, seq)
-                    # Tokens, not n_past: an M-RoPE image (Qwen2-VL) takes fewer positions than it has tokens.
-                    prompt_tokens = sum(c.n_tokens for c in chunks.items)
-            except PhotoError as e:
-                results.append(e)
-                continue
-            temperature = self._engine.temperature if attempt == 0 else RETRY_TEMPERATURE
-            sampler = self._ctx.sampler(self._grammar(prompt), temperature, self._engine.seed + attempt)
-            reply = replies_mod.Reply(self._ctx, seq, n_past, sampler,
-                                      Cursor(prompt.schema) if self._engine.jump_forward else None,
-                                      self._engine.max_output_tokens, prompt_tokens=prompt_tokens,
-                                      evaluated=evaluated, encode_ms=(time.perf_counter() - t0) * 1000)
-            results.append(reply)
-            replies.append(reply)
-        t_gen = time.perf_counter()
-        try:
-            replies_mod.generate(self._ctx, replies, cancelled)
-        finally:
-            for r in replies:
-                r.close()
-        generate_ms = (time.perf_counter() - t_gen) * 1000
-        return [r if isinstance(r, PhotoError) else r.error or Inference(
-            text=r.text, prompt_tokens=r.prompt_tokens, output_tokens=r.n_out, encode_ms=r.encode_ms,
-            generate_ms=generate_ms, evaluated_tokens=r.evaluated, sampled_tokens=r.n_sampled,
-            steps=tuple(r.steps)) for r in results]
+        """Label these photos together (`serve`, in this order); a photo's own failure is its result."""
+        waiting = [Job(image, prompt, attempt, i) for i, (image, prompt, attempt) in enumerate(items)]
+        results: list[Inference | PhotoError | None] = [None] * len(items)
+
+        def admit(accepts: Callable[[Job], bool]) -> Job | None:
+            job = next((j for j in waiting if accepts(j)), None)
+            if job is not None:
+                waiting.remove(job)
+            return job
+
+        self.serve(admit, lambda job, result: results.__setitem__(job.tag, result), cancelled)
+        return results
+
+    def serve(self, admit: replies_mod.Admit, finish: replies_mod.Finish, cancelled: Callable[[], bool]) -> None:
+        """Continuous batching (`replies.serve`): up to `parallel` photos, each in its own sequence after
+        the shared cached prefix, their replies generated in one decode per step; a photo joins
+        between two steps and its result goes to `finish` as soon as its own reply is complete."""
+        replies_mod.serve(self._ctx, self._start, admit, finish, cancelled)
+
+    def _start(self, job: Job, seq: int, alone: bool) -> replies_mod.Reply:
+        """Evaluate a photo's prompt into sequence `seq`: its Reply, ready to sample its first token."""
+        t0 = time.perf_counter()
+        with self._tokenize(job.prompt, job.image) as chunks:
+            n_past, evaluated = self._evaluate(chunks.items, seq, alone)
+            # Tokens, not n_past: an M-RoPE image (Qwen2-VL) takes fewer positions than it has tokens.
+            prompt_tokens = sum(c.n_tokens for c in chunks.items)
+        temperature = self._engine.temperature if job.attempt == 0 else RETRY_TEMPERATURE
+        sampler = self._ctx.sampler(self._grammar(job.prompt), temperature, self._engine.seed + job.attempt)
+        return replies_mod.Reply(self._ctx, seq, n_past, sampler,
+                                 Cursor(job.prompt.schema) if self._engine.jump_forward else None,
+                                 self._engine.max_output_tokens, prompt_tokens=prompt_tokens,
+                                 evaluated=evaluated, encode_ms=(time.perf_counter() - t0) * 1000)
 
     def _tokenize(self, prompt: Prompt, image: Image.Image):
         """The chat and its images: the reference photos (decoded here, once), then the photo."""
@@ -195,21 +191,25 @@ class LlamaLabeler:
     def health(self) -> list[dict]:
         return []
 
-    def _evaluate(self, chunks: list, seq: int = 0) -> tuple[int, int]:
+    def _evaluate(self, chunks: list, seq: int = 0, alone: bool = True) -> tuple[int, int]:
         """Fill sequence `seq` of the KV cache for this photo; return (next position, prompt tokens
-        evaluated now).
+        evaluated now). `alone`: no other sequence holds a reply in progress.
 
         Everything before the photo's image (system text, catalog, reference gallery) is the same for
         every photo of a prompt: it stays in the KV cache (sequence 0; the other sequences share its
         cells) and only the image and the text after it are evaluated. The cache's key is the
-        prefix's text tokens and its images' ids (content digests).
+        prefix's text tokens and its images' ids (content digests). It is (re)built only when no other
+        reply is in progress: that clears every sequence.
         """
         start = photo_start(chunks)
         head, tail = chunks[:start], chunks[start:]
         self._gallery_fits(head, tail)
         key = tuple(c.tokens if c.is_text else ("image", c.image_id, c.n_tokens) for c in head)
         evaluated = 0
-        if self._prefix.tokens != key or not (self._engine.prefix_cache or seq > 0):
+        if self._prefix.tokens != key or not (self._engine.prefix_cache or not alone):
+            if not alone:  # `replies` admits only photos of the running prompt beside others
+                raise PhotoError("engine_error", "a photo of another prompt joined a running batch",
+                                 "report this to the bbsd team")
             self._ctx.forget_from(0)
             self._prefix = Prefix()  # invalid until it is whole again
             n_past = 0

@@ -9,7 +9,6 @@ parsed only in the decoder process (`Decoder`). The same code serves the daemon 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 import time
@@ -112,10 +111,8 @@ class Pipeline:
 
         Only shutdown (`AbandonedError`) and an engine or decoder that cannot start at all pass.
         """
-        coming = getattr(self.labeler, "coming", contextlib.nullcontext)  # a batching labeler waits for it
         try:
-            with coming():
-                return self._process(path, queue_wait_ms, allow_incomplete, force, cancelled)
+            return self._process(path, queue_wait_ms, allow_incomplete, force, cancelled)
         except (AbandonedError, ModelError, DecoderError):
             raise
         except Exception as e:  # a bug must cost this photo, never the service

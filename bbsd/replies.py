@@ -1,17 +1,32 @@
-"""The replies of a batch of photos, generated together: one sequence each, one `llama_decode` per step.
+"""The replies of photos generated together, continuously: one sequence each, one `llama_decode` per step.
+
+A photo joins the running batch between two decode steps (its image and the text after it are
+evaluated into a free sequence, it samples its first token, and steps along with the others), and
+leaves it as soon as its own reply is complete: the caller gets each result when it is known.
 
 Invariants: each reply is sampled under its own grammar sampler exactly as if it were alone
 (same tokens for the same choices: the batch only shares the forward pass); text the schema
 fixes is appended without sampling (jump-forward, `jump.py`) but only after the grammar accepted
-it; a reply that fails (its context is full) costs that photo, never the others in the batch.
+it; a reply that fails (its context is full) costs that photo, never the others in the batch;
+a photo joins only beside photos of the same prompt (they share the cached prefix), and a retry
+(`attempt > 0`) only joins an empty batch and lets nothing join beside it.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from bbsd.confidence import Step
 from bbsd.errors import AbandonedError, PhotoError
+from bbsd.labeler import Inference, Job
+
+# The next job the predicate accepts (the caller decides the order: newest first), or None.
+Admit = Callable[[Callable[[Job], bool]], "Job | None"]
+# A job's result, as soon as it is known.
+Finish = Callable[[Job, "Inference | PhotoError"], None]
+# Evaluate a job's prompt into sequence `seq` (`alone`: no other reply is running) → its Reply.
+Start = Callable[[Job, int, bool], "Reply"]
 
 NAMES_END = b'"caption"'  # the key after the characters and props lists (prompt.reply_schema's order)
 
@@ -31,6 +46,15 @@ class Reply:
         self.prompt_tokens = prompt_tokens  # tokens, not positions (an M-RoPE image has fewer positions)
         self.evaluated = evaluated  # prompt tokens evaluated for this photo (the rest was cached)
         self.encode_ms = encode_ms
+        self._t0 = time.perf_counter()
+
+    def inference(self) -> Inference | PhotoError:
+        """The finished reply (or its failure); its generate time runs from its first step to now."""
+        if self.error is not None:
+            return self.error
+        return Inference(text=self.text, prompt_tokens=self.prompt_tokens, output_tokens=self.n_out,
+                         encode_ms=self.encode_ms, generate_ms=(time.perf_counter() - self._t0) * 1000,
+                         evaluated_tokens=self.evaluated, sampled_tokens=self.n_sampled, steps=tuple(self.steps))
 
     def close(self) -> None:
         self._sampler.close()
@@ -78,26 +102,90 @@ class Reply:
         return self.raw.decode("utf-8", errors="replace")
 
 
-def generate(ctx, replies: list[Reply], cancelled: Callable[[], bool]) -> None:
-    """Run every reply to its end, all active sequences in one decode per step."""
-    active = list(replies)
-    budget = ctx.per_sequence_budget
-    while active:
-        if cancelled():
-            raise AbandonedError("labelling abandoned at shutdown", "the photo stays pending and is redone at start")
-        parts, stepping = [], []
-        for r in active:
-            tokens = r.advance(budget)
+def serve(ctx, start: Start, admit: Admit, finish: Finish, cancelled: Callable[[], bool]) -> None:
+    """Run replies until none is left and `admit` offers nothing: between steps, free sequences
+    take the jobs `admit` hands over; each finished reply goes to `finish` at once."""
+    batch = _Batch(ctx, start, finish)
+    try:
+        while True:
+            if cancelled():
+                raise AbandonedError("labelling abandoned at shutdown",
+                                     "the photo stays pending and is redone at start")
+            parts = batch.advance()
+            # After the running replies sampled from their logits: a new photo's evaluation overwrites them.
+            parts += batch.admit(admit)
+            if not parts:
+                return
+            rows = ctx.eval_parallel([(r.seq, r.n_past, tokens) for r, tokens in parts])
+            for (r, tokens), row in zip(parts, rows, strict=True):
+                r.row, r.n_past = row, r.n_past + len(tokens)
+    finally:
+        batch.close()
+
+
+class _Batch:
+    """The running replies and the free sequences."""
+
+    def __init__(self, ctx, start: Start, finish: Finish) -> None:
+        self._ctx, self._start, self._finish = ctx, start, finish
+        self._free = set(range(ctx.n_seq))
+        self._running: dict[int, tuple[Job, Reply]] = {}  # by sequence
+
+    def advance(self) -> list[tuple[Reply, list[int]]]:
+        """Each running reply's next tokens; a complete (or failed) reply is finished and leaves."""
+        parts = []
+        for job, reply in list(self._running.values()):
+            tokens = self._next(reply)
             if tokens is None:
+                self._done(job, reply)
+            else:
+                parts.append((reply, tokens))
+        return parts
+
+    def admit(self, admit: Admit) -> list[tuple[Reply, list[int]]]:
+        """New replies in the free sequences, each with its first tokens (sampled from its own prompt's logits)."""
+        parts = []
+        while self._free:
+            job = admit(self._accepts)
+            if job is None:
+                break
+            seq = min(self._free)  # sequence 0 holds the prefix: an empty batch starts there
+            try:
+                reply = self._start(job, seq, not self._running)
+            except PhotoError as e:
+                self._finish(job, e)
                 continue
-            if len(tokens) > ctx.room(r.seq):
-                r.error = PhotoError("context_overflow", f"the reply needs more than the {ctx.n_ctx} tokens of "
-                                     "context", "raise [engine] context_size or lower max_output_tokens")
-                continue
-            parts.append((r.seq, r.n_past, tokens))
-            stepping.append(r)
-        if not parts:
-            return
-        for r, row, (_, _, tokens) in zip(stepping, ctx.eval_parallel(parts), parts, strict=True):
-            r.row, r.n_past = row, r.n_past + len(tokens)
-        active = stepping
+            self._free.discard(seq)
+            self._running[seq] = (job, reply)
+            tokens = self._next(reply)
+            if tokens is None:
+                self._done(job, reply)
+            else:
+                parts.append((reply, tokens))
+        return parts
+
+    def _accepts(self, job: Job) -> bool:
+        if not self._running:
+            return True
+        # A retry goes alone: a photo that crashed the worker must not take others down twice.
+        others = [other for other, _ in self._running.values()]
+        return not job.attempt and all(not other.attempt and job.same_prefix(other) for other in others)
+
+    def _next(self, r: Reply) -> list[int] | None:
+        tokens = r.advance(self._ctx.per_sequence_budget)
+        if tokens is not None and len(tokens) > self._ctx.room(r.seq):
+            r.error = PhotoError("context_overflow", f"the reply needs more than the {self._ctx.n_ctx} tokens of "
+                                 "context", "raise [engine] context_size or lower max_output_tokens")
+            return None
+        return tokens
+
+    def _done(self, job: Job, reply: Reply) -> None:
+        del self._running[reply.seq]
+        self._free.add(reply.seq)  # its cells are dropped when the sequence is taken again
+        reply.close()
+        self._finish(job, reply.inference())
+
+    def close(self) -> None:
+        for _, reply in self._running.values():
+            reply.close()
+        self._running = {}

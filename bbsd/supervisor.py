@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
+import os
+import select
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
 from PIL import Image
 
-from bbsd import child
+from bbsd import child, ipc
 from bbsd.confidence import Step
 from bbsd.errors import AbandonedError, ModelError, PhotoError
 from bbsd.labeler import Inference, ModelInfo
@@ -73,15 +76,22 @@ class _Ticket:
         self.image, self.prompt, self.attempt = image, prompt, attempt
         self.order = float(image.info.get("bbsd_order", 0.0))  # the photo's mtime: newest first
         self.outcome: Inference | BaseException | None = None
+        self.id = 0  # the worker's name for it, once sent
+        self.timeout_s = 0.0
+        self.deadline = 0.0
+
+    def request(self) -> dict:
+        return {"type": "infer", "id": self.id, "prompt": dataclasses.asdict(self.prompt),
+                "photo": {"name": self.image.info.get("bbsd_name", ""),  # for logs and the test hooks
+                          "width": self.image.width, "height": self.image.height, "attempt": self.attempt}}
 
 
 class WorkerLabeler:
-    """Photos handed over by several threads at once go to the worker together, up to the engine's
-    `parallel`, newest first; the thread that finds the worker idle takes the waiting photos to it
-    (no thread of its own). Photos the threads are still decoding (`coming`) are waited for, so
-    that a batch goes full rather than half full after every batch."""
-
-    FILL_WAIT_S = 2.0  # at most this long for photos still being decoded: a batch never stalls on a slow one
+    """Photos handed over by several threads at once are in the worker together, up to the engine's
+    `parallel`: each is sent as soon as the worker has room for it (newest first), joins the replies
+    being generated at their next decode step, and comes back on its own when its reply is complete.
+    The calling threads take turns driving the worker's pipes (no thread of its own): the driver
+    sends what fits and reads what comes back, and hands its turn on once its own photo is done."""
 
     def __init__(self, settings, warm_up: bool = False) -> None:
         self._settings = settings
@@ -91,26 +101,20 @@ class WorkerLabeler:
         self.info = ModelInfo(*hello["info"])  # what the backend itself says, not a guess from settings
         self.gpu = bool(hello.get("gpu"))
         self.parallel = int(hello.get("parallel", 1))
-        # One photo more in hand than a batch takes when batching: it is decoded while the batch is
-        # in the engine. One at a time stays one: the newest photo of a burst then never waits
-        # behind an older photo decoded ahead of it.
+        # One photo more in hand than the worker takes when batching: it is decoded while the others
+        # generate, and sent the moment one of them is done. One at a time stays one: the newest
+        # photo of a burst then never waits behind an older photo decoded ahead of it.
         self.concurrency = self.parallel + 1 if self.parallel > 1 else 1
         self._cond = threading.Condition()
         self._pending: list[_Ticket] = []
-        self._busy = False
-        self._coming = 0  # threads between taking a photo and handing it over (or giving up on it)
-
-    @contextlib.contextmanager
-    def coming(self) -> Iterator[None]:
-        """Around one photo's handling: while it is decoded, a batch waits for it (see FILL_WAIT_S)."""
-        with self._cond:
-            self._coming += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._coming -= 1
-                self._cond.notify_all()
+        self._in_flight: dict[int, _Ticket] = {}
+        self._ids = itertools.count(1)
+        self._driving = False
+        # Written when a photo is handed over, so that a driver waiting for results sends it at once.
+        self._wake_r, wake_w = os.pipe()
+        self._wake_w: int | None = wake_w
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(wake_w, False)
 
     def health(self) -> list[dict]:
         return []
@@ -125,74 +129,133 @@ class WorkerLabeler:
         ticket = _Ticket(image, prompt, attempt)
         with self._cond:
             self._pending.append(ticket)
-            self._cond.notify_all()  # a leader may be waiting for this photo to fill its batch
+            self._wake()
             while ticket.outcome is None:
-                if self._busy:
-                    self._cond.wait(0.2)
-                    if ticket.outcome is None and ticket in self._pending and cancelled():
-                        self._pending.remove(ticket)
-                        raise AbandonedError("labelling abandoned at shutdown",
-                                             "the photo stays pending and is redone at start")
+                if ticket in self._pending and cancelled():
+                    self._pending.remove(ticket)
+                    raise _abandoned()
+                if self._driving:
+                    self._cond.wait(child.POLL_S)
                     continue
-                self._busy = True  # before filling: the wait releases the lock, and one thread leads
-                self._fill()
-                batch = self._take()
-                self._cond.release()
+                self._driving = True
                 try:
-                    outcomes = self._run(batch, cancelled)
+                    self._drive(cancelled)
                 finally:
-                    self._cond.acquire()
-                    self._busy = False
-                for t, outcome in zip(batch, outcomes, strict=True):
-                    t.outcome = outcome
-                self._cond.notify_all()
+                    self._driving = False
+                    self._cond.notify_all()
         if isinstance(ticket.outcome, BaseException):
             raise ticket.outcome
         return ticket.outcome
 
-    def _fill(self) -> None:
-        """Wait (lock held) while fewer than `parallel` photos wait and others are still being decoded."""
-        deadline = time.monotonic() + self.FILL_WAIT_S
-        while (len(self._pending) < self.parallel and self._coming > len(self._pending)
-               and not any(t.attempt for t in self._pending) and time.monotonic() < deadline):
-            self._cond.wait(max(0.0, deadline - time.monotonic()))
+    def _wake(self) -> None:
+        if self._wake_w is not None:  # None once closed (its number may belong to another file by then)
+            with contextlib.suppress(BlockingIOError):
+                os.write(self._wake_w, b"!")
 
-    def _take(self) -> list[_Ticket]:
-        """The next batch: a retry goes alone (a photo that crashed the worker must not take others
-        with it twice), first photos go up to `parallel` together, newest first."""
+    def _drive(self, cancelled: Callable[[], bool]) -> None:
+        """One turn (lock held; released while on the pipes): send what may go, else read what came."""
+        if cancelled():  # nothing more goes to the worker; what is in it is abandoned with it
+            if self._in_flight:
+                self._lose("shutdown")
+            else:
+                self._cond.wait(child.POLL_S)
+            return
+        batch = self._admissible()
+        if batch:
+            self._send(batch)
+        elif self._in_flight:
+            self._receive(cancelled)
+        else:
+            self._cond.wait(child.POLL_S)
+
+    def _admissible(self) -> list[_Ticket]:
+        """What goes to the worker now, marked in flight: the newest photos while fewer than `parallel`
+        are there. A retry goes alone, once the worker is empty, and nothing goes beside it (a photo
+        that crashed the worker must not take others with it twice); nothing goes while a recycle
+        waits for the worker to empty."""
+        if not self._pending or (self._in_flight and (self._recycle_reason() or
+                                                      any(t.attempt for t in self._in_flight.values()))):
+            return []
         retries = [t for t in self._pending if t.attempt]
-        fresh = sorted((t for t in self._pending if not t.attempt), key=lambda t: -t.order)
-        batch = retries[:1] or fresh[:self.parallel]
+        if retries:
+            batch = [] if self._in_flight else retries[:1]
+        else:
+            batch = sorted(self._pending, key=lambda t: -t.order)[:self.parallel - len(self._in_flight)]
         for t in batch:
             self._pending.remove(t)
+            t.id = next(self._ids)
+            self._in_flight[t.id] = t
         return batch
 
-    def _run(self, batch: list[_Ticket], cancelled: Callable[[], bool]) -> list[Inference | BaseException]:
-        """One request to the worker for the whole batch; a worker lost costs each photo of it."""
-        worker = self._ensure()
-        timeout = self._settings.worker.timeout_seconds * len(batch)
-        header = {"type": "infer", "prompt": dataclasses.asdict(batch[0].prompt),
-                  "photos": [{"name": t.image.info.get("bbsd_name", ""),  # for logs and the test hooks
-                              "width": t.image.width, "height": t.image.height, "attempt": t.attempt}
-                             for t in batch]}
-        pixels = b"".join(t.image.convert("RGB").tobytes() for t in batch)
-        t0 = time.monotonic()
+    def _send(self, batch: list[_Ticket]) -> None:
+        """One request per photo. Its deadline counts from now, `timeout_seconds` for each photo then
+        in the worker (they share its steps)."""
+        timeout = self._settings.worker.timeout_seconds * len(self._in_flight)
+        failed: ModelError | None = None
+        self._cond.release()
         try:
-            reply, _ = worker.request(header, pixels, t0 + timeout, cancelled)
-        except AbandonedError:
-            self._discard("shutdown")
-            return [AbandonedError("labelling abandoned at shutdown", "the photo stays pending and is redone at start")
-                    for _ in batch]
+            worker = self._ensure()
+            for t in batch:  # a worker's start does not count
+                t.timeout_s, t.deadline = timeout, time.monotonic() + timeout
+            for t in batch:
+                ipc.send(worker.proc.stdin.fileno(), t.request(), t.image.convert("RGB").tobytes())
+        except ModelError as e:  # no worker: these photos were never in one
+            failed = e
+        except OSError:  # the worker died: reading its pipe says so (EOF), and every photo in it pays
+            pass
+        finally:
+            self._cond.acquire()
+        for t in batch if failed else ():
+            del self._in_flight[t.id]
+            t.outcome = failed
+
+    def _receive(self, cancelled: Callable[[], bool]) -> None:
+        """Wait (at most POLL_S, lock released) for a result and hand it to its photo; a worker that
+        died, hangs past a photo's deadline or is abandoned at shutdown costs each photo in it."""
+        worker = self._worker
+        deadline = min(t.deadline for t in self._in_flight.values())
+        fd = worker.proc.stdout.fileno()
+        message, lost = None, None
+        self._cond.release()
+        try:
+            wait = max(0.0, min(child.POLL_S, deadline - time.monotonic()))
+            ready = select.select([fd, self._wake_r], [], [], wait)[0]
+            if self._wake_r in ready:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wake_r, 4096)
+            if fd in ready:
+                message, _ = ipc.receive(fd, deadline)
         except TimeoutError:
-            self._discard("timeout")
-            return [EngineTimeoutError(timeout) for _ in batch]
+            lost = "timeout"
         except (EOFError, OSError):
-            detail = self._discard("crash")
-            return [EngineCrashError(detail) for _ in batch]
-        worker.photos += len(batch)
-        worker.rss_mb = reply["rss_mb"]
-        self._maybe_recycle(worker)
-        return [_inference(r, reply) for r in reply["results"]]
+            lost = "crash"
+        finally:
+            self._cond.acquire()
+        if message is None and lost is None:
+            lost = "shutdown" if cancelled() else "timeout" if time.monotonic() >= deadline else None
+        if lost:
+            self._lose(lost)
+        elif message is not None:
+            self._dispatch(message, worker)
+
+    def _dispatch(self, message: dict, worker: _Worker) -> None:
+        ticket = self._in_flight.pop(message.get("id"), None)
+        if ticket is None:
+            log.warning("worker.unexpected", type=message.get("type"), id=message.get("id"))
+            return
+        ticket.outcome = _inference(message["result"], message)
+        worker.photos += 1
+        worker.rss_mb = message["rss_mb"]
+        if not self._in_flight and self._recycle_reason():
+            self._recycle(worker)
+
+    def _lose(self, reason: str) -> None:
+        """Kill the worker; each photo in it gets the error of how it was lost."""
+        detail = self._discard(reason)
+        for t in self._in_flight.values():
+            t.outcome = (_abandoned() if reason == "shutdown" else EngineTimeoutError(t.timeout_s)
+                         if reason == "timeout" else EngineCrashError(detail))
+        self._in_flight.clear()
 
     def _discard(self, reason: str) -> str:
         """Kill the current worker (the next request starts a new one); return how it ended."""
@@ -203,28 +266,46 @@ class WorkerLabeler:
         log.warning("worker.lost", pid=worker.proc.pid, reason=reason, how=detail, photos=worker.photos)
         return detail
 
-    def _maybe_recycle(self, worker: _Worker) -> None:
-        w = self._settings.worker
-        growth = worker.rss_mb - worker.baseline_mb
-        reason = None
+    def _recycle_reason(self) -> str | None:
+        worker, w = self._worker, self._settings.worker
+        if worker is None:
+            return None
         if w.recycle_after_photos and worker.photos >= w.recycle_after_photos:
-            reason = "photos"
-        elif w.recycle_rss_growth_mb and growth > w.recycle_rss_growth_mb:
-            reason = "memory"
-        if reason:
-            log.info("worker.recycled", pid=worker.proc.pid, reason=reason, photos=worker.photos,
-                     rss_mb=worker.rss_mb, baseline_mb=worker.baseline_mb, growth_mb=round(growth, 1),
-                     bound_mb=w.recycle_rss_growth_mb)
+            return "photos"
+        if w.recycle_rss_growth_mb and worker.rss_mb - worker.baseline_mb > w.recycle_rss_growth_mb:
+            return "memory"
+        return None
+
+    def _recycle(self, worker: _Worker) -> None:
+        """Stop the worker, now empty (lock released meanwhile: it may take a few seconds to exit)."""
+        growth = worker.rss_mb - worker.baseline_mb
+        log.info("worker.recycled", pid=worker.proc.pid, reason=self._recycle_reason(), photos=worker.photos,
+                 rss_mb=worker.rss_mb, baseline_mb=worker.baseline_mb, growth_mb=round(growth, 1),
+                 bound_mb=self._settings.worker.recycle_rss_growth_mb)
+        self._worker = None
+        self._cond.release()
+        try:
             worker.stop()
-            self._worker = None
+        finally:
+            self._cond.acquire()
 
     def close(self) -> None:
         if self._worker is not None:
             self._worker.stop()
             self._worker = None
+        with self._cond:
+            if self._wake_w is not None:
+                os.close(self._wake_r)
+                os.close(self._wake_w)
+                self._wake_w = None
+
+
+def _abandoned() -> AbandonedError:
+    return AbandonedError("labelling abandoned at shutdown", "the photo stays pending and is redone at start")
 
 
 def _inference(r: dict, reply: dict) -> Inference | PhotoError:
+    """A photo's result message; `reply` carries the worker's memory when it sent it."""
     if r["type"] == "photo_error":
         return PhotoError(r["code"], r["message"], r["hint"])
     return Inference(text=r["text"], prompt_tokens=r["prompt_tokens"], output_tokens=r["output_tokens"],

@@ -1,5 +1,7 @@
-"""The engine worker: a child process that owns the model and answers one request at a time
-(one photo, or a batch that the engine labels together).
+"""The engine worker: a child process that owns the model and labels the photos the daemon hands
+over, each request one photo with the daemon's id for it. Requests are read by a thread of their
+own, so a photo handed over while replies are generating joins them at the next decode step (where
+the engine batches: `replies.serve`); each result goes back, with that id, as soon as it is known.
 
 Invariants: the worker never touches photos or sidecars — it gets pixels and a prompt, and
 returns the raw reply with its own memory figures; the only image files it reads are the
@@ -9,14 +11,18 @@ holding gigabytes; its stdout is the message pipe only (anything native code pri
 stderr instead).
 
 Test hooks (`BBSD_TEST_HOOKS=1` plus `BBSD_TEST_ABORT_ON`, `BBSD_TEST_HANG_ON`, `BBSD_TEST_SLOW_MS`,
-`BBSD_TEST_LEAK_MB`) exist for the fault-injection tests only and do nothing unless
-`BBSD_TEST_HOOKS=1` is set; never set it in production.
+`BBSD_TEST_LEAK_MB`, each applied as a photo is admitted, and `BBSD_TEST_STEP_MS` per decode step)
+exist for the fault-injection tests only and do nothing unless `BBSD_TEST_HOOKS=1` is set; never
+set it in production.
 """
 
 from __future__ import annotations
 
 import os
+import queue
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
@@ -24,6 +30,7 @@ from PIL import Image
 
 from bbsd import child, ipc, metrics
 from bbsd.errors import BbsdError, PhotoError
+from bbsd.labeler import Job
 from bbsd.prompt import Prompt
 
 log = structlog.get_logger("bbsd.worker")
@@ -95,39 +102,89 @@ def _settings(config_path: Path, profile: Path | None) -> tuple:
         return load(False), e
 
 
+class _Closed(Exception):
+    """The daemon said `exit`, or closed the pipe: the worker ends (whatever is in flight is abandoned)."""
+
+
+class _Inbox:
+    """The requests, read from the daemon's pipe by a thread of their own: a photo handed over while
+    the engine is busy waits here for the next decode step, never in the pipe (the daemon's write
+    would block on it)."""
+
+    def __init__(self, fd: int) -> None:
+        self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self.waiting: list[Job] = []  # taken from the queue, not yet admitted (another prompt, a retry)
+        self.running = 0  # admitted, result not sent yet
+        threading.Thread(target=self._read, args=(fd,), name="inbox", daemon=True).start()
+
+    def _read(self, fd: int) -> None:
+        while True:
+            try:
+                request, pixels = ipc.receive(fd)
+            except (EOFError, OSError):
+                break
+            if request["type"] == "exit":
+                break
+            self._queue.put(_job(request, pixels))
+        self._queue.put(None)
+
+    def take(self, block: bool) -> None:
+        """Move what arrived into `waiting` (`block`: wait for one at least); `_Closed` at the end."""
+        try:
+            job = self._queue.get(block)
+            while True:
+                if job is None:
+                    raise _Closed
+                self.waiting.append(job)
+                job = self._queue.get_nowait()
+        except queue.Empty:
+            return
+
+    def admit(self, accepts: Callable[[Job], bool]) -> Job | None:
+        """The first waiting job the engine accepts now (the daemon sent them newest first)."""
+        self.take(block=False)
+        job = next((j for j in self.waiting if accepts(j)), None)
+        if job is not None:
+            self.waiting.remove(job)
+            _test_hooks(job.image.info["bbsd_name"])
+            log.debug("worker.admitted", photo=job.image.info["bbsd_name"], id=job.tag, beside=self.running)
+            self.running += 1
+        return job
+
+
+def _job(request: dict, pixels: bytes) -> Job:
+    photo = request["photo"]
+    image = Image.frombytes("RGB", (photo["width"], photo["height"]), pixels)
+    image.info["bbsd_name"] = photo["name"]  # as in the parent: backends may name the photo in logs
+    return Job(image, Prompt.from_json(request["prompt"]), photo["attempt"], request["id"])
+
+
 def _serve(labeler, inp: int, out: int, gpu: bool) -> int:
-    while True:
-        try:
-            request, pixels = ipc.receive(inp)
-        except EOFError:
-            return 0
-        if request["type"] == "exit":
-            return 0
-        prompt = Prompt.from_json(request["prompt"])
-        items, offset = [], 0
-        for photo in request["photos"]:
-            _test_hooks(photo["name"])
-            size = photo["width"] * photo["height"] * 3
-            image = Image.frombytes("RGB", (photo["width"], photo["height"]), pixels[offset:offset + size])
-            image.info["bbsd_name"] = photo["name"]  # as in the parent: backends may name the photo in logs
-            items.append((image, prompt, photo["attempt"]))
-            offset += size
-        results = _infer(labeler, items)
+    inbox = _Inbox(inp)
+
+    def finish(job: Job, result) -> None:
+        inbox.running -= 1
+        log.debug("worker.finished", photo=job.image.info["bbsd_name"], id=job.tag, beside=inbox.running)
         memory = {"rss_mb": metrics.rss_mb(), "vram_mb": metrics.vram_mb(gpu)}
-        ipc.send(out, {"type": "results", "results": [_result(r) for r in results], **memory})
+        ipc.send(out, {"type": "result", "id": job.tag, "result": _result(result), **memory})
+
+    serve = getattr(labeler, "serve", None) or (lambda admit, done, cancelled: _one_by_one(labeler, admit, done))
+    try:
+        while True:
+            inbox.take(block=not inbox.waiting)
+            serve(inbox.admit, finish, _step_hook)  # the worker is never cancelled: the daemon kills it
+    except _Closed:
+        return 0
 
 
-def _infer(labeler, items: list) -> list:
-    """The batch through `infer_many` where the backend has it (the llama engine), else one by one."""
-    if hasattr(labeler, "infer_many"):
-        return labeler.infer_many(items, cancelled=lambda: False)
-    results = []
-    for image, prompt, attempt in items:
+def _one_by_one(labeler, admit: Callable, finish: Callable) -> None:
+    """A backend without `serve`: the waiting photos one at a time, in the order they came."""
+    while (job := admit(lambda _: True)) is not None:
         try:
-            results.append(labeler.infer(image, prompt, attempt=attempt, cancelled=lambda: False))
+            result = labeler.infer(job.image, job.prompt, attempt=job.attempt, cancelled=lambda: False)
         except PhotoError as e:
-            results.append(e)
-    return results
+            result = e
+        finish(job, result)
 
 
 def _result(r) -> dict:
@@ -136,6 +193,14 @@ def _result(r) -> dict:
     return {"type": "result", "text": r.text, "prompt_tokens": r.prompt_tokens, "output_tokens": r.output_tokens,
             "evaluated_tokens": r.evaluated_tokens, "sampled_tokens": r.sampled_tokens,
             "encode_ms": r.encode_ms, "generate_ms": r.generate_ms, "steps": [step.to_json() for step in r.steps]}
+
+
+def _step_hook() -> bool:
+    """Asked before every decode step; with `BBSD_TEST_STEP_MS`, a step takes that much longer (tests
+    of the batch's timeline: a photo must still be generating when the next one joins it)."""
+    if os.environ.get("BBSD_TEST_HOOKS") == "1" and os.environ.get("BBSD_TEST_STEP_MS"):
+        time.sleep(int(os.environ["BBSD_TEST_STEP_MS"]) / 1000)
+    return False
 
 
 def _test_hooks(name: str) -> None:

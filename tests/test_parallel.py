@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 
 import pytest
 from PIL import Image
 
 from bbsd import config, prompt, sidecar
 from bbsd.engines import open_in_process
-from tests.conftest import make_photo, wait_until, write_config
+from bbsd.errors import PhotoError
+from bbsd.labeler import Job
+from bbsd.supervisor import WorkerLabeler
+from tests.conftest import SLACK, events, make_photo, wait_until, write_config
 
 
 def _photo(i: int) -> Image.Image:
@@ -45,7 +49,54 @@ def test_a_batch_gives_each_photo_the_reply_it_gets_alone_and_evaluates_the_pref
         assert [s.p for s in a.steps] == pytest.approx([s.p for s in b.steps], abs=1e-3)
     image_and_suffix = layout["image"] + layout["suffix"]
     assert [r.evaluated_tokens for r in got] == [sum(layout.values())] + [image_and_suffix] * 3
-    assert len({r.generate_ms for r in first}) == 1  # one decode loop for the batch
+    assert all(r.generate_ms > 0 for r in first)  # each its own: a reply leaves the batch when it is complete
+
+
+def test_a_photo_admitted_mid_batch_joins_before_the_others_finish_and_replies_as_alone(tiny_models, tmp_path):
+    """Continuous batching: a third photo handed over after a few decode steps is evaluated into the
+    free sequence and steps along with the first two; each result comes out when its reply is complete."""
+    alone, p = _labeler(tmp_path, tiny_models, 1)
+    try:
+        expected = [alone.infer(_photo(i), p, attempt=0, cancelled=lambda: False) for i in range(3)]
+    finally:
+        alone.close()
+    together, p = _labeler(tmp_path, tiny_models, 3)
+    steps, decode = [0], together._ctx.eval_parallel
+
+    def counted(parts):  # one call per decode step of the running replies
+        steps[0] += 1
+        return decode(parts)
+
+    together._ctx.eval_parallel = counted
+    waiting = [Job(_photo(i), p, 0, i) for i in range(2)]
+    admitted: dict[int, int] = {}
+    finished: dict[int, int] = {}
+    results: dict[int, object] = {}
+
+    def admit(accepts):
+        if steps[0] == 3 and 2 not in admitted and not waiting:  # it arrives while the first two generate
+            waiting.append(Job(_photo(2), p, 0, 2))
+        job = next((j for j in waiting if accepts(j)), None)
+        if job is not None:
+            waiting.remove(job)
+            admitted[job.tag] = steps[0]
+        return job
+
+    def finish(job, result):
+        results[job.tag], finished[job.tag] = result, steps[0]
+
+    try:
+        together.serve(admit, finish, cancelled=lambda: False)
+    finally:
+        together.close()
+    assert admitted == {0: 0, 1: 0, 2: 3}
+    assert finished[0] > 3 and finished[1] > 3  # the third joined while they were generating
+    assert finished[0] < finished[2] and finished[1] < finished[2]  # and they left without waiting for it
+    assert [results[i].text for i in range(3)] == [r.text for r in expected]
+    assert [results[i].sampled_tokens for i in range(3)] == [r.sampled_tokens for r in expected]
+    for i, b in enumerate(expected):
+        assert [s.p for s in results[i].steps] == pytest.approx([s.p for s in b.steps], abs=1e-3)
+    assert results[2].evaluated_tokens < results[0].evaluated_tokens  # it shared the cached prefix
 
 
 def test_a_batch_of_another_catalog_is_labelled_one_prompt_at_a_time(tiny_models, tmp_path):
@@ -62,6 +113,84 @@ def test_a_batch_of_another_catalog_is_labelled_one_prompt_at_a_time(tiny_models
     assert mixed[1].text == alone[0].text
     assert mixed[0].evaluated_tokens > mixed[0].prompt_tokens - 50  # each had to evaluate its own prefix
     assert mixed[1].evaluated_tokens == mixed[1].prompt_tokens
+
+
+def _in_worker(tmp_path, tiny_models, monkeypatch, capfd, extra: str = "", **env: str):
+    """A `WorkerLabeler` at parallel 4 with the test hooks, each decode step slowed so that a photo is
+    still generating when the next one arrives; and the worker's debug events by name."""
+    env = {"BBSD_ENGINE_PARALLEL": "4", "BBSD_LOG_LEVEL": "debug", "BBSD_TEST_HOOKS": "1",
+           "BBSD_TEST_STEP_MS": str(round(25 * SLACK)), **env}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)  # the worker reads its configuration and hooks from the environment
+    settings = config.load(write_config(tmp_path, [tmp_path], tiny_models, extra=extra))
+    worker_log: list[dict] = []
+
+    def logged(name: str) -> dict[str, int]:
+        worker_log.extend(events(capfd.readouterr().err))
+        return {e["photo"]: e["beside"] for e in worker_log if e.get("event") == name}
+
+    return WorkerLabeler(settings), prompt.build(settings.catalog), logged
+
+
+def _named(i: int) -> Image.Image:
+    image = _photo(i)
+    image.info.update(bbsd_name=f"p{i}", bbsd_order=float(i))
+    return image
+
+
+def test_the_worker_takes_each_photo_into_the_running_batch_and_returns_each_when_its_reply_is_done(
+        tiny_models, tmp_path, monkeypatch, capfd):
+    """Four threads hand over a photo each, one after the other while the first is still generating
+    (every decode step slowed by the test hook): each joins the running batch, and each comes back
+    as soon as its own reply is complete, the first before the others are done."""
+    labeler, p, logged = _in_worker(tmp_path, tiny_models, monkeypatch, capfd)
+    returned: list[str] = []
+
+    def hand_over(i: int) -> None:
+        result = labeler.infer(_named(i), p, attempt=0, cancelled=lambda: False)
+        assert result.text.startswith("{")
+        returned.append(f"p{i}")
+
+    threads = [threading.Thread(target=hand_over, args=(i,)) for i in range(4)]
+    try:
+        for i, thread in enumerate(threads):
+            thread.start()
+            wait_until(lambda i=i: f"p{i}" in logged("worker.admitted"), 30, f"p{i} in the worker")
+        for thread in threads:
+            thread.join(30 * SLACK)
+    finally:
+        labeler.close()
+    admitted, finished = logged("worker.admitted"), logged("worker.finished")
+    # p0 is done a step or more before the photos that joined after it; they may finish in one step.
+    assert returned[0] == "p0" and sorted(returned) == ["p0", "p1", "p2", "p3"]
+    assert list(finished) == ["p0", "p1", "p2", "p3"]  # as they joined: each reply as long as the others
+    assert admitted["p0"] == 0 and all(admitted[f"p{i}"] >= 1 for i in (1, 2, 3))  # each joined a running batch
+    assert finished["p0"] >= 1  # sent back while photos that joined after it were still generating
+
+
+def test_a_worker_that_hangs_mid_batch_costs_each_photo_in_it_a_timeout_and_is_replaced(
+        tiny_models, tmp_path, monkeypatch, capfd):
+    labeler, p, logged = _in_worker(tmp_path, tiny_models, monkeypatch, capfd,
+                                    extra=f"[worker]\ntimeout_seconds = {2 * SLACK:g}\n", BBSD_TEST_HANG_ON="p1")
+    outcomes: dict[int, object] = {}
+
+    def hand_over(i: int) -> None:
+        try:
+            outcomes[i] = labeler.infer(_named(i), p, attempt=0, cancelled=lambda: False)
+        except PhotoError as e:
+            outcomes[i] = e.code
+
+    first = threading.Thread(target=hand_over, args=(0,))
+    try:
+        first.start()
+        wait_until(lambda: "p0" in logged("worker.admitted"), 30, "p0 in the worker")
+        hand_over(1)  # hangs the worker as it joins, while p0 is generating
+        first.join(30 * SLACK)
+        hand_over(2)  # a new worker
+    finally:
+        labeler.close()
+    assert outcomes[0] == outcomes[1] == "engine_timeout"
+    assert outcomes[2].text.startswith("{")
 
 
 def test_a_poison_photo_in_a_batch_is_quarantined_alone_and_its_neighbours_labelled(tmp_path, tiny_models,
