@@ -95,10 +95,23 @@ class Sampler:
     def _candidates(self, logits, best: int):
         """The ids of the strongest logits: within CHOICE_MARGIN of the best, at most CHOICE_TOP of them
         (a tie with the cut makes `greedy_pick` fall back to the full mask, so the cut never decides)."""
+        return self._band(logits, float(logits[best]), float("inf"))
+
+    def _band(self, logits, ref: float, high: float):
+        """The ids of at most CHOICE_TOP of the strongest logits in [ref - margin, high]. The margin halves
+        while the band holds far more than that: a model whose logits lie close together would otherwise
+        put the whole vocabulary in it, and then picking from it costs more than the grammar saves."""
         import numpy as np
 
-        ids = np.flatnonzero(logits >= logits[best] - self.CHOICE_MARGIN)
-        if len(ids) > self.CHOICE_TOP:
+        margin = self.CHOICE_MARGIN
+        while True:
+            mask = (logits >= ref - margin) & (logits <= high)
+            n = int(np.count_nonzero(mask))
+            if n <= 4 * self.CHOICE_TOP or margin < 1.0:
+                break
+            margin /= 2
+        ids = np.flatnonzero(mask)
+        if n > self.CHOICE_TOP:
             ids = ids[np.argpartition(logits[ids], -self.CHOICE_TOP)[-self.CHOICE_TOP:]]
         return ids
 
@@ -133,8 +146,8 @@ class Sampler:
 
     # Only the strongest raw logits go through the grammar: applying it to a 150k vocabulary costs
     # milliseconds, and a token 30 below the best weighs e^-30 of it in a softmax over what is allowed.
-    # Found by a comparison, not a sort: a partial sort of 150k logits costs a millisecond, which every
-    # sequence of a batch would pay on every step.
+    # Found by comparisons (`_band`), not a sort of the whole vocabulary: a partial sort of 150k logits
+    # costs up to a millisecond, which every sequence of a batch would pay on every step.
     CHOICE_TOP = 256
     CHOICE_MARGIN = 30.0
 
@@ -145,10 +158,8 @@ class Sampler:
         # The allowed tokens that matter are those near `token`'s own logit: a greedy token is the best
         # allowed one, so everything above it is refused (the band stops there); a drawn one may have
         # allowed tokens above it too.
-        near = logits[token] + (0.0 if self.greedy else self.CHOICE_MARGIN)
-        ids = np.flatnonzero((logits >= logits[token] - self.CHOICE_MARGIN) & (logits <= near))
-        if len(ids) > self.CHOICE_TOP:
-            ids = ids[np.argpartition(logits[ids], -self.CHOICE_TOP)[-self.CHOICE_TOP:]]
+        ref = float(logits[token])
+        ids = self._band(logits, ref, ref if self.greedy else ref + self.CHOICE_MARGIN)
         if token not in ids:
             ids = np.append(ids, token)
         allowed = self._allowed(ids, logits)
