@@ -63,6 +63,7 @@ release: setup release-tools
 bench: setup  # bench.gpu needs a GPU and a CUDA build: run it by hand there
 	$(VENV)/bin/python -m bench.decode
 	$(VENV)/bin/python -m bench.speed
+	$(VENV)/bin/python -m bench.sampler
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache .ruff_cache
