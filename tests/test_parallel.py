@@ -124,9 +124,12 @@ def _in_worker(tmp_path, tiny_models, monkeypatch, capfd, extra: str = "", **env
         monkeypatch.setenv(key, value)  # the worker reads its configuration and hooks from the environment
     settings = config.load(write_config(tmp_path, [tmp_path], tiny_models, extra=extra))
     worker_log: list[dict] = []
+    partial = [""]  # a line the worker was still writing when the capture was read: completed next time
 
     def logged(name: str) -> dict[str, int]:
-        worker_log.extend(events(capfd.readouterr().err))
+        text = partial[0] + capfd.readouterr().err
+        complete, _, partial[0] = text.rpartition("\n")
+        worker_log.extend(events(complete))
         return {e["photo"]: e["beside"] for e in worker_log if e.get("event") == name}
 
     return WorkerLabeler(settings), prompt.build(settings.catalog), logged
