@@ -195,14 +195,17 @@ class WorkerLabeler:
         self._cond.release()
         try:
             worker = self._ensure()
-            for t in batch:  # a worker's start does not count
-                t.timeout_s, t.deadline = timeout, time.monotonic() + timeout
-            for t in batch:
-                ipc.send(worker.proc.stdin.fileno(), t.request(), t.image.convert("RGB").tobytes())
         except ModelError as e:  # no worker: these photos were never in one
             failed = e
-        except OSError:  # the worker died: reading its pipe says so (EOF), and every photo in it pays
-            pass
+        except (OSError, ValueError) as e:  # its start itself failed (a pipe, a garbled hello)
+            failed = ModelError(f"the engine worker did not start ({e})",
+                                "see the worker events above; run `bbsd check`")
+        else:
+            for t in batch:  # a worker's start does not count
+                t.timeout_s, t.deadline = timeout, time.monotonic() + timeout
+            with contextlib.suppress(OSError):  # the worker died: reading its pipe says so, and every photo pays
+                for t in batch:
+                    ipc.send(worker.proc.stdin.fileno(), t.request(), t.image.convert("RGB").tobytes())
         finally:
             self._cond.acquire()
         for t in batch if failed else ():
@@ -213,6 +216,9 @@ class WorkerLabeler:
         """Wait (at most POLL_S, lock released) for a result and hand it to its photo; a worker that
         died, hangs past a photo's deadline or is abandoned at shutdown costs each photo in it."""
         worker = self._worker
+        if worker is None:  # lost while these photos were being sent
+            self._lose("crash")
+            return
         deadline = min(t.deadline for t in self._in_flight.values())
         fd = worker.proc.stdout.fileno()
         message, lost = None, None
@@ -243,18 +249,28 @@ class WorkerLabeler:
         if ticket is None:
             log.warning("worker.unexpected", type=message.get("type"), id=message.get("id"))
             return
-        ticket.outcome = _inference(message["result"], message)
+        try:
+            ticket.outcome = _inference(message["result"], message)
+        except (KeyError, TypeError, ValueError) as e:  # a worker of another version: the photo, not the thread
+            ticket.outcome = PhotoError("engine_error", f"the engine worker sent a result bbsd cannot read ({e!r})",
+                                        "restart bbsd so that daemon and worker are the same version")
         worker.photos += 1
         worker.rss_mb = message["rss_mb"]
         if not self._in_flight and self._recycle_reason():
             self._recycle(worker)
 
     def _lose(self, reason: str) -> None:
-        """Kill the worker; each photo in it gets the error of how it was lost."""
+        """Kill the worker; each photo in it gets the error of how it was lost. A hang with several
+        photos in the worker cannot say which one hung: each gets a crash (the pipeline retries it
+        alone), so only the photo that hangs alone gets `engine_timeout`, as only the photo that kills
+        the worker alone twice is quarantined."""
         detail = self._discard(reason)
+        shared = len(self._in_flight) > 1
         for t in self._in_flight.values():
-            t.outcome = (_abandoned() if reason == "shutdown" else EngineTimeoutError(t.timeout_s)
-                         if reason == "timeout" else EngineCrashError(detail))
+            t.outcome = (_abandoned() if reason == "shutdown"
+                         else EngineTimeoutError(t.timeout_s) if reason == "timeout" and not shared
+                         else EngineCrashError(f"hung with {len(self._in_flight)} photos in it, killed after "
+                                               f"{t.timeout_s:g} s" if reason == "timeout" else detail))
         self._in_flight.clear()
 
     def _discard(self, reason: str) -> str:

@@ -118,15 +118,19 @@ class _Inbox:
         threading.Thread(target=self._read, args=(fd,), name="inbox", daemon=True).start()
 
     def _read(self, fd: int) -> None:
-        while True:
-            try:
+        try:
+            while True:
                 request, pixels = ipc.receive(fd)
-            except (EOFError, OSError):
-                break
-            if request["type"] == "exit":
-                break
-            self._queue.put(_job(request, pixels))
-        self._queue.put(None)
+                if request["type"] == "exit":
+                    break
+                self._queue.put(_job(request, pixels))
+        except (EOFError, OSError):
+            pass
+        except Exception as e:  # noqa: BLE001 - a request it cannot read: the worker ends (the daemon sees a
+            # crash and retries its photos) rather than leave the daemon writing into a pipe nobody reads
+            log.error("worker.bad_request", error=repr(e))
+        finally:
+            self._queue.put(None)
 
     def take(self, block: bool) -> None:
         """Move what arrived into `waiting` (`block`: wait for one at least); `_Closed` at the end."""

@@ -171,17 +171,19 @@ def test_the_worker_takes_each_photo_into_the_running_batch_and_returns_each_whe
     assert finished["p0"] >= 1  # sent back while photos that joined after it were still generating
 
 
-def test_a_worker_that_hangs_mid_batch_costs_each_photo_in_it_a_timeout_and_is_replaced(
+def test_a_worker_that_hangs_mid_batch_is_replaced_and_only_the_photo_that_hangs_alone_times_out(
         tiny_models, tmp_path, monkeypatch, capfd):
+    """A hang with two photos in the worker cannot say which one hung: both come back as a crash,
+    which the pipeline retries alone; alone, the innocent photo is labelled and the guilty one times out."""
     labeler, p, logged = _in_worker(tmp_path, tiny_models, monkeypatch, capfd,
                                     extra=f"[worker]\ntimeout_seconds = {2 * SLACK:g}\n", BBSD_TEST_HANG_ON="p1")
-    outcomes: dict[int, object] = {}
+    outcomes: dict[tuple[int, int], object] = {}
 
-    def hand_over(i: int) -> None:
+    def hand_over(i: int, attempt: int = 0) -> None:
         try:
-            outcomes[i] = labeler.infer(_named(i), p, attempt=0, cancelled=lambda: False)
+            outcomes[i, attempt] = labeler.infer(_named(i), p, attempt=attempt, cancelled=lambda: False)
         except PhotoError as e:
-            outcomes[i] = e.code
+            outcomes[i, attempt] = e.code
 
     first = threading.Thread(target=hand_over, args=(0,))
     try:
@@ -189,11 +191,14 @@ def test_a_worker_that_hangs_mid_batch_costs_each_photo_in_it_a_timeout_and_is_r
         wait_until(lambda: "p0" in logged("worker.admitted"), 30, "p0 in the worker")
         hand_over(1)  # hangs the worker as it joins, while p0 is generating
         first.join(30 * SLACK)
-        hand_over(2)  # a new worker
+        hand_over(0, attempt=1)  # the pipeline's retries, each alone in a new worker
+        hand_over(1, attempt=1)
+        hand_over(2)
     finally:
         labeler.close()
-    assert outcomes[0] == outcomes[1] == "engine_timeout"
-    assert outcomes[2].text.startswith("{")
+    assert outcomes[0, 0] == outcomes[1, 0] == "engine_crash"
+    assert outcomes[0, 1].text.startswith("{") and outcomes[1, 1] == "engine_timeout"
+    assert outcomes[2, 0].text.startswith("{")
 
 
 def test_a_poison_photo_in_a_batch_is_quarantined_alone_and_its_neighbours_labelled(tmp_path, tiny_models,
