@@ -224,3 +224,26 @@ def test_a_poison_photo_in_a_batch_is_quarantined_alone_and_its_neighbours_label
     assert len(run.events("worker.lost")) == 2  # the batch's crash, then the poison photo's retry alone
     assert len(run.events("photo.retry")) >= 2  # its neighbours in that batch were retried (and labelled)
     assert run.stop() == 0
+
+
+def test_a_request_the_worker_cannot_read_ends_the_worker_and_the_daemon_sees_it(tiny_models, tmp_path):
+    """A request the worker's reader cannot turn into a photo (here: pixels that do not match the size it
+    names) ends the worker, so the daemon reads EOF (a crash: the photo is retried) instead of writing
+    the next photos into a pipe that nobody reads any more."""
+    import dataclasses
+    import time
+
+    from bbsd import ipc
+    from bbsd.supervisor import _Worker, worker_argv
+
+    settings = config.load(write_config(tmp_path, [tmp_path], tiny_models))
+    worker = _Worker(worker_argv(str(settings.source)), 60 * SLACK)
+    try:
+        request = {"type": "infer", "id": 1, "prompt": dataclasses.asdict(prompt.build(settings.catalog)),
+                   "photo": {"name": "p0", "width": 64, "height": 48, "attempt": 0}}
+        ipc.send(worker.proc.stdin.fileno(), request, b"\0" * 10)  # 10 bytes, not 64 × 48 × 3
+        with pytest.raises(EOFError):
+            ipc.receive(worker.proc.stdout.fileno(), time.monotonic() + 30 * SLACK)
+        assert worker.proc.wait(timeout=30 * SLACK) == 0
+    finally:
+        worker.kill()
