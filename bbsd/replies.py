@@ -135,11 +135,7 @@ class _Batch:
         """Each running reply's next tokens; a complete (or failed) reply is finished and leaves."""
         parts = []
         for job, reply in list(self._running.values()):
-            tokens = self._next(reply)
-            if tokens is None:
-                self._done(job, reply)
-            else:
-                parts.append((reply, tokens))
+            self._step(job, reply, parts)
         return parts
 
     def admit(self, admit: Admit) -> list[tuple[Reply, list[int]]]:
@@ -157,12 +153,16 @@ class _Batch:
                 continue
             self._free.discard(seq)
             self._running[seq] = (job, reply)
-            tokens = self._next(reply)
-            if tokens is None:
-                self._done(job, reply)
-            else:
-                parts.append((reply, tokens))
+            self._step(job, reply, parts)
         return parts
+
+    def _step(self, job: Job, reply: Reply, parts: list[tuple[Reply, list[int]]]) -> None:
+        """The reply's next tokens into `parts`; a complete (or failed) reply is finished instead."""
+        tokens = self._next(reply)
+        if tokens is None:
+            self._done(job, reply)
+        else:
+            parts.append((reply, tokens))
 
     def _accepts(self, job: Job) -> bool:
         if not self._running:

@@ -265,12 +265,16 @@ class WorkerLabeler:
         alone), so only the photo that hangs alone gets `engine_timeout`, as only the photo that kills
         the worker alone twice is quarantined."""
         detail = self._discard(reason)
-        shared = len(self._in_flight) > 1
+        n = len(self._in_flight)
         for t in self._in_flight.values():
-            t.outcome = (_abandoned() if reason == "shutdown"
-                         else EngineTimeoutError(t.timeout_s) if reason == "timeout" and not shared
-                         else EngineCrashError(f"hung with {len(self._in_flight)} photos in it, killed after "
-                                               f"{t.timeout_s:g} s" if reason == "timeout" else detail))
+            if reason == "shutdown":
+                t.outcome = _abandoned()
+            elif reason == "timeout" and n == 1:
+                t.outcome = EngineTimeoutError(t.timeout_s)
+            elif reason == "timeout":
+                t.outcome = EngineCrashError(f"hung with {n} photos in it, killed after {t.timeout_s:g} s")
+            else:
+                t.outcome = EngineCrashError(detail)
         self._in_flight.clear()
 
     def _discard(self, reason: str) -> str:

@@ -18,19 +18,17 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 import timeit
 from dataclasses import replace
 from pathlib import Path
 
-from bbsd import config, logs, prompt, tiny_model
+from bbsd import logs, tiny_model
 from bench.results import machine, update_section
-from bench.speed import photos, write_config
+from bench.speed import engine_loop, photos, write_config
 
 
 def per_photo(tmp: Path, n_photos: int) -> dict[str, tuple[float, int]]:
     from bbsd import imaging
-    from bbsd.engines import open_in_process
     from bbsd.llama_sampler import Sampler
 
     models = tiny_model.write_pair(tmp / "m", replace(tiny_model.TinySpec(), n_vocab=151_936))
@@ -38,21 +36,13 @@ def per_photo(tmp: Path, n_photos: int) -> dict[str, tuple[float, int]]:
                                                                  n_ctx=4096))
     images = [imaging.decode(f, 768).image for f in photos(tmp / "ph", n_photos, size=(1024, 768))]
     pick, out = Sampler.greedy_pick, {}
-    for name, fast in (("whole vocabulary masked (llama.cpp's chain)", False), ("bbsd: greedy_pick", True)):
-        Sampler.greedy_pick = pick if fast else (lambda self, logits: None)
-        settings = config.load(cfg, environ={})
-        labeler = open_in_process(settings)
-        p = prompt.build(settings.catalog)
-        ms = []
-        try:
-            for img in images:
-                t0 = time.perf_counter()
-                r = labeler.infer(img, p, attempt=0, cancelled=lambda: False)
-                ms.append((time.perf_counter() - t0) * 1000)
-        finally:
-            labeler.close()
-        out[name] = (statistics.median(ms[2:]), r.sampled_tokens)
-    Sampler.greedy_pick = pick
+    try:
+        for name, fast in (("whole vocabulary masked (llama.cpp's chain)", False), ("bbsd: greedy_pick", True)):
+            Sampler.greedy_pick = pick if fast else (lambda self, logits: None)
+            rows = engine_loop(cfg, images, prefix_cache=True)[2:]  # after two warm-up photos
+            out[name] = (statistics.median(r["ms"] for r in rows), rows[-1]["sampled"])
+    finally:
+        Sampler.greedy_pick = pick
     return out
 
 
