@@ -271,7 +271,8 @@ class Daemon:
                 self._in_flight[job.path] = time.monotonic()
             self.journal.begin(job.path)
             try:
-                with structlog.contextvars.bound_contextvars(queue_depth=len(self._work)):
+                # every event while handling it names the photo (a retry, an invalid reply)
+                with structlog.contextvars.bound_contextvars(queue_depth=len(self._work), path=str(job.path)):
                     self._handle(job.path, wait_ms)
                 self.journal.end(job.path)
             except AbandonedError:

@@ -10,7 +10,8 @@ the daemon); it dies with its parent (PR_SET_PDEATHSIG), so a killed daemon leav
 holding gigabytes; its stdout is the message pipe only (anything native code prints goes to
 stderr instead).
 
-Test hooks (`BBSD_TEST_HOOKS=1` plus `BBSD_TEST_ABORT_ON`, `BBSD_TEST_HANG_ON`, `BBSD_TEST_SLOW_MS`,
+Test hooks (`BBSD_TEST_HOOKS=1` plus `BBSD_TEST_ABORT_ON` (with `BBSD_TEST_ABORT_BESIDE`, on a first try
+only once that many other photos are in the worker), `BBSD_TEST_HANG_ON`, `BBSD_TEST_SLOW_MS`,
 `BBSD_TEST_LEAK_MB`, each applied as a photo is admitted, and `BBSD_TEST_STEP_MS` per decode step)
 exist for the fault-injection tests only and do nothing unless `BBSD_TEST_HOOKS=1` is set; never
 set it in production.
@@ -150,7 +151,7 @@ class _Inbox:
         job = next((j for j in self.waiting if accepts(j)), None)
         if job is not None:
             self.waiting.remove(job)
-            _test_hooks(job.image.info["bbsd_name"])
+            _test_hooks(job.image.info["bbsd_name"], job.attempt, self)
             log.debug("worker.admitted", photo=job.image.info["bbsd_name"], id=job.tag, beside=self.running)
             self.running += 1
         return job
@@ -207,11 +208,13 @@ def _step_hook() -> bool:
     return False
 
 
-def _test_hooks(name: str) -> None:
+def _test_hooks(name: str, attempt: int, inbox: _Inbox) -> None:
     env = os.environ
     if env.get("BBSD_TEST_HOOKS") != "1":
         return
     if env.get("BBSD_TEST_ABORT_ON") and env["BBSD_TEST_ABORT_ON"] in name:
+        if attempt == 0 and env.get("BBSD_TEST_ABORT_BESIDE"):
+            _wait_for_company(inbox, int(env["BBSD_TEST_ABORT_BESIDE"]))
         os.abort()  # what a GGML_ASSERT does to the process
     if env.get("BBSD_TEST_HANG_ON") and env["BBSD_TEST_HANG_ON"] in name:
         time.sleep(3600)
@@ -223,3 +226,10 @@ def _test_hooks(name: str) -> None:
         _leak.append(block)
 
 
+def _wait_for_company(inbox: _Inbox, others: int, timeout_s: float = 60) -> None:
+    """Until the worker holds `others` more photos (running or handed over): a crash test of a batch
+    must not depend on how fast the daemon decodes the neighbours."""
+    deadline = time.monotonic() + timeout_s
+    while inbox.running + len(inbox.waiting) < others and time.monotonic() < deadline:
+        inbox.take(block=False)
+        time.sleep(0.01)
