@@ -145,9 +145,11 @@ class Daemon:
             self._drain_events(timeout=min(0.25, self._tracker.next_deadline(now)))
             self._drain_feedback(time.monotonic())
             self._due_folder_scans(time.monotonic())
+            arrivals: list[tuple[Path, float]] = []
             for path in self._tracker.poll(time.monotonic()):
                 _test_hook(path)
-                self._guarded(self._enqueue, path)
+                self._guarded(self._arrival, path, arrivals)
+            self._work.put_all(arrivals)  # at once: a burst's newest photo is the first one taken
             if time.monotonic() >= next_rescan:
                 self._rescan()
                 next_rescan = time.monotonic() + self.settings.watch.rescan_seconds
@@ -230,7 +232,8 @@ class Daemon:
                 return
             self._tracker.defer(path, now, retry_at)
 
-    def _enqueue(self, path: Path) -> None:
+    def _arrival(self, path: Path, arrivals: list[tuple[Path, float]]) -> None:
+        """A settled path and the time it is ordered by (its capture time, else its mtime), for the queue."""
         st = stat_or_none(path)
         if st is None:
             return
@@ -239,7 +242,7 @@ class Daemon:
         when = st.st_mtime
         if stat_module.S_ISREG(st.st_mode) and (probe := self._prober.probe(path)) and probe.capture_time:
             when = probe.capture_time
-        self._work.put(path, when)
+        arrivals.append((path, when))
 
     def _rescan(self, roots: tuple[Path, ...] | None = None) -> int:
         """Queue every photo whose sidecar looks stale; cheap: no hashing here."""

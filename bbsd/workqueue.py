@@ -37,12 +37,20 @@ class PhotoQueue:
             return len(self._live)
 
     def put(self, path: Path, mtime: float) -> None:
+        self.put_all([(path, mtime)])
+
+    def put_all(self, items: list[tuple[Path, float]]) -> None:
+        """Queue these together: a worker waiting for the first of them sees them all (and takes the newest)."""
+        if not items:
+            return
         with self._cond:
-            seq = next(self._seq)
-            enqueued = self._live.get(path, (0, time.monotonic()))[1]
-            self._live[path] = (seq, enqueued)
-            heapq.heappush(self._heap, (-mtime, seq, path))
-            self._cond.notify()
+            now = time.monotonic()
+            for path, mtime in items:
+                seq = next(self._seq)
+                enqueued = self._live.get(path, (0, now))[1]
+                self._live[path] = (seq, enqueued)
+                heapq.heappush(self._heap, (-mtime, seq, path))
+            self._cond.notify(len(items))
 
     def get(self, timeout: float) -> Job | None:
         """Next job, or None after `timeout` seconds or once closed."""

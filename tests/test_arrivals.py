@@ -397,3 +397,27 @@ def test_a_folder_of_20000_files_starts_without_relabelling(tmp_path, tiny_model
         assert run.stop() == 0
     assert time.monotonic() - t0 < 60 * SLACK  # liveness: the start-up scan must not hash or relabel
     assert not run.events("photo.labeled")
+
+
+@pytest.mark.parametrize("how", ["moved", "linked"])
+def test_a_burst_dropped_at_once_starts_with_its_newest_photo(daemon, tmp_path, how):
+    """Moved in (settled at their first look) or hard-linked (settled after settle_seconds), the photos
+    of a burst are queued together: the first one labelled is the newest, not whichever file's event
+    came a few ms before the others (it then held the engine for a whole photo before the newest)."""
+    inbox, run = daemon(backend="fake")
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    burst = []
+    for i in range(40):
+        p = make_photo(stage / f"IMG_{i:04d}.jpg", size=(64, 48), color=(i * 5, 0, 0))
+        os.utime(p, (1_700_000_000 + i, 1_700_000_000 + i))
+        burst.append(p)
+    for p in burst:
+        if how == "moved":
+            p.rename(inbox / p.name)
+        else:
+            os.link(p, inbox / p.name)
+    wait_until(lambda: len(run.events("photo.labeled")) == 40, 60, "40 labels")
+    first = Path(run.events("photo.labeled")[0]["path"]).name
+    assert first == "IMG_0039.jpg"
+    assert run.stop() == 0

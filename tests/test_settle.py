@@ -81,3 +81,80 @@ def test_next_deadline_is_bounded():
     t.touch(P, now=0)
     t.poll(now=0)
     assert 0.05 <= t.next_deadline(1.0) <= 1.0
+
+
+def test_a_burst_settling_within_the_gathering_is_released_together():
+    """Photos dropped at once settle a few ms apart: the first waits for the others (at most
+    `gather`), so the queue gets the whole burst and hands out its newest photo first."""
+    files = FakeFiles()
+    t = SettleTracker(0.5, stat=files.stat, gather=0.1)
+    burst = [Path(f"/in/{i}.jpg") for i in range(5)]
+    for i, p in enumerate(burst):
+        files.write(p, 10, 1)
+        t.touch(p, now=i * 0.01)  # touched 10 ms apart
+        assert t.poll(now=i * 0.01) == []  # its first look
+    assert t.poll(now=0.505) == []  # the first is settled, the others are due within the gathering
+    assert 0.004 <= t.next_deadline(0.505) <= 0.006  # it looks again when the next one is due (0.51)
+    assert t.poll(now=0.545) == burst  # all of them, in the order they settled
+    assert len(t) == 0
+
+
+def test_a_lone_photo_is_not_held_back():
+    files = FakeFiles()
+    t = SettleTracker(0.5, stat=files.stat, gather=0.1)
+    files.write(P, 10, 1)
+    t.touch(P, now=0)
+    t.poll(now=0)
+    later = Path("/in/later.jpg")
+    files.write(later, 10, 1)
+    t.touch(later, now=0.3)  # due 0.3 s after P: not part of its burst
+    t.poll(now=0.3)
+    assert t.poll(now=0.5) == [P]
+
+
+def test_the_gathering_is_bounded_while_files_keep_arriving():
+    """A stream of files each due right after the last (a camera at 100 frames a second) cannot hold
+    the first one back for longer than `gather`."""
+    files = FakeFiles()
+    t = SettleTracker(0.5, stat=files.stat, gather=0.1)
+    first = Path("/in/0.jpg")
+    released: list[Path] = []
+    for i in range(100):  # one more every 10 ms, polled every 10 ms
+        now = i * 0.01
+        files.write(Path(f"/in/{i}.jpg"), 10, 1)
+        t.touch(Path(f"/in/{i}.jpg"), now=now)
+        released += t.poll(now + 0.005)
+        if first in released:
+            break
+    assert first in released and now <= 0.5 + 0.1 + 0.01  # due at 0.5, released within the gathering
+    assert 9 <= len(released) <= 12  # with the others that settled meanwhile
+
+
+def test_a_path_held_for_its_burst_counts_as_tracked_and_can_be_forgotten():
+    files = FakeFiles()
+    t = SettleTracker(0.5, stat=files.stat, gather=0.1)
+    other = Path("/in/other.jpg")
+    for p, when in ((P, 0), (other, 0.05)):
+        files.write(p, 10, 1)
+        t.touch(p, now=when)
+        t.poll(now=when)
+    assert t.poll(now=0.5) == []
+    assert P in t and len(t) == 2
+    t.forget(P)
+    assert P not in t
+    assert t.poll(now=0.56) == [other]
+
+
+def test_files_moved_in_at_once_are_released_together():
+    """Renamed into the folder, each file is settled at its first look; their events come a few ms
+    apart, so settled paths wait for a quiet moment (within the gathering) before they go."""
+    files = FakeFiles()
+    t = SettleTracker(2.0, stat=files.stat, gather=0.1)
+    a, b = Path("/in/a.jpg"), Path("/in/b.jpg")
+    files.write(a, 10, 1)
+    files.write(b, 10, 2)
+    t.touch(a, now=0.0, closed=True)
+    assert t.poll(now=0.002) == []  # an event came 2 ms ago: more may follow
+    t.touch(b, now=0.004, closed=True)
+    assert t.poll(now=0.006) == []
+    assert t.poll(now=0.02) == [a, b]

@@ -46,3 +46,24 @@ def test_a_photo_in_a_workers_hands_is_not_given_to_another_until_done():
     assert q.get(0.01) is None
     q.done(first.path)
     assert q.get(0).path.name == "a.jpg"
+
+
+def test_a_worker_waiting_when_a_burst_is_queued_takes_its_newest():
+    """`put_all` queues a burst at once: a worker blocked in `get` wakes to the whole burst, never
+    to its first (oldest) photo alone."""
+    q = PhotoQueue()
+    got: list[Path] = []
+    waiting = threading.Event()
+
+    def worker():
+        waiting.set()
+        job = q.get(timeout=30)
+        got.append(job.path)
+
+    t = threading.Thread(target=worker)
+    t.start()
+    waiting.wait(10)
+    q.put_all([(Path(f"/in/{i}.jpg"), 1000.0 + i) for i in range(200)])
+    t.join(30)
+    assert got == [Path("/in/199.jpg")]
+    assert len(q) == 199
