@@ -21,6 +21,7 @@ Run: .venv/bin/python -m bench.speed [--shapes tiny,smol] [--photos 12] [--gpu-l
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -110,23 +111,35 @@ def write_config(folder: Path, models: tuple[Path, Path], n_catalog: int, args, 
     return cfg
 
 
-def engine_loop(cfg: Path, images: list[Image.Image], prefix_cache: bool) -> list[dict]:
-    """The bare engine in this process: what bbsd's worker does per photo, without the daemon."""
-    from bbsd.engines import open_in_process
+class Engine:
+    """The bare engine in this process: what bbsd's worker does per photo, without the daemon
+    (the photos decoded beforehand: `images`)."""
 
-    settings = config.load(cfg, environ={"BBSD_ENGINE_PREFIX_CACHE": str(prefix_cache).lower()})
-    labeler = open_in_process(settings)
-    p = prompt.build(settings.catalog)
-    rows = []
+    def __init__(self, cfg: Path, images: dict[Path, Image.Image], prefix_cache: bool) -> None:
+        from bbsd.engines import open_in_process
+
+        settings = config.load(cfg, environ={"BBSD_ENGINE_PREFIX_CACHE": str(prefix_cache).lower()})
+        self._labeler, self._images = open_in_process(settings), images
+        self._p = prompt.build(settings.catalog)
+
+    def one(self, photo: Path) -> dict:
+        t0 = time.perf_counter()
+        r = self._labeler.infer(self._images[photo], self._p, attempt=0, cancelled=lambda: False)
+        return {"ms": (time.perf_counter() - t0) * 1000, "prompt": r.evaluated_tokens, "out": r.output_tokens,
+                "gen_ms": r.generate_ms, "sampled": r.sampled_tokens}
+
+    def close(self) -> None:
+        self._labeler.close()
+
+
+def engine_loop(cfg: Path, images: list[Image.Image], prefix_cache: bool) -> list[dict]:
+    """The bare engine over these images, one after the other."""
+    keys = [Path(f"image-{i}") for i in range(len(images))]
+    engine = Engine(cfg, dict(zip(keys, images, strict=True)), prefix_cache)
     try:
-        for img in images:
-            t0 = time.perf_counter()
-            r = labeler.infer(img, p, attempt=0, cancelled=lambda: False)
-            rows.append({"ms": (time.perf_counter() - t0) * 1000, "prompt": r.evaluated_tokens,
-                         "out": r.output_tokens, "gen_ms": r.generate_ms, "sampled": r.sampled_tokens})
+        return [engine.one(k) for k in keys]
     finally:
-        labeler.close()
-    return rows
+        engine.close()
 
 
 class Daemon:
@@ -146,9 +159,28 @@ class Daemon:
         os.link(f, target)
         return target
 
-    def stop(self) -> None:
+    def one(self, photo: Path) -> dict:
+        """(a): one photo, settled → sidecar."""
+        target = self.drop(photo)
+        _wait(lambda: sidecar.path_for(target).exists(), 600)
+        return _record(target)
+
+    def close(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=120)
+
+
+def interleave(setups: list[tuple[str, object, int]], files: list[Path]) -> dict[str, list[dict]]:
+    """Every setup on the same photos, in turns: photo 1 through each setup, then photo 2, the order of
+    the setups rotated each round, so that a machine slowing down during the run (a busy neighbour, a
+    warming CPU) weighs on every setup alike. Each setup is (name, object with `one`, photos it takes)."""
+    rows: dict[str, list[dict]] = {name: [] for name, _, _ in setups}
+    for i, f in enumerate(files):
+        turn = [(name, setup) for name, setup, limit in setups if i < limit]
+        k = i % len(turn)
+        for name, setup in turn[k:] + turn[:k]:
+            rows[name].append(setup.one(f))
+    return rows
 
 
 def _record(target: Path) -> dict:
@@ -158,21 +190,6 @@ def _record(target: Path) -> dict:
     t = doc["timing_ms"]
     return {"ms": t["total"] + t.get("queue_wait", 0.0), "prompt": doc["tokens"].get("evaluated"),
             "out": doc["tokens"]["output"], "rss": doc["memory_mb"]["rss"]}
-
-
-def daemon_run(cfg: Path, files: list[Path], burst: list[Path]) -> tuple[list[dict], dict | None]:
-    """(a): photos one at a time, settled → sidecar; then `burst` dropped at once: its newest photo's
-    settled → sidecar time and the burst's photos per second."""
-    daemon = Daemon(cfg)
-    try:
-        rows = []
-        for f in files:
-            target = daemon.drop(f)
-            _wait(lambda t=target: sidecar.path_for(t).exists(), 600)
-            rows.append(_record(target))
-        return rows, _burst(daemon, burst) if burst else None
-    finally:
-        daemon.stop()
 
 
 def _burst(daemon: Daemon, burst: list[Path]) -> dict:
@@ -188,7 +205,7 @@ def burst_run(cfg: Path, burst: list[Path]) -> dict:
     try:
         return _burst(daemon, burst)
     finally:
-        daemon.stop()
+        daemon.close()
 
 
 def memory_run(cfg: Path, files: list[Path], marks: tuple[int, ...] = (100, 1000)) -> dict[int, float]:
@@ -199,7 +216,7 @@ def memory_run(cfg: Path, files: list[Path], marks: tuple[int, ...] = (100, 1000
         _wait(lambda: all(sidecar.path_for(t).exists() for t in targets[-50:]), 3600)
         _wait(lambda: all(sidecar.path_for(t).exists() for t in targets), 3600)
     finally:
-        daemon.stop()
+        daemon.close()
     events = [json.loads(line) for line in daemon.log.read_text().splitlines() if line.startswith("{")]
     rss = [e["rss_mb"] for e in events if e.get("event") == "photo.labeled"]  # in labelling order
     return {m: rss[m - 1] for m in marks if m <= len(rss)}
@@ -253,39 +270,49 @@ def run_shape(shape: str, args, tmp: Path, binaries: tuple[Path, Path] | None) -
     size = _size(args.photo_size)
     files = photos(tmp / f"photos-{shape}", args.photos, size=size)
     burst = photos(tmp / f"burst-{shape}", args.burst, start=args.photos, size=size)
-    images = [imaging.decode(f, 768).image for f in files]
+    images = {f: imaging.decode(f, 768).image for f in files}
     cfg = write_config(tmp / shape, models, args.catalog, args, parallel=args.parallel_default)
     p = prompt.build(config.load(cfg, environ={}).catalog)
     common = {"max_tokens": args.max_tokens, "threads": args.threads or _threads(), "gpu_layers": args.gpu_layers,
               "n_ctx": args.n_ctx}
-    rows, newest = daemon_run(cfg, files, burst)
-    bbsd, cached, uncached = summary(rows), summary(engine_loop(cfg, images, True)), summary(
-        engine_loop(cfg, images, False))
-    setups = [("(a) bbsd run, settled → sidecar", bbsd), ("(b) bare engine, prefix cached", cached),
-              ("    engine, prefix re-evaluated", uncached)]
-    exact = round(cached["out"])
-    if binaries:
-        setups.append(("(c) llama-server, prompt cache, HTTP, no grammar", summary(baselines.server_loop(
-            binaries[0], models, p, files, log=tmp / f"server-{shape}.log", exact_tokens=exact, **common))))
-        setups.append(("    llama-server, with bbsd's grammar", summary(baselines.server_loop(
-            binaries[0], models, p, files, log=tmp / f"server-{shape}.log", **common))))
-        setups.append(("(d) llama-mtmd-cli per photo", summary(baselines.mtmd_cli_loop(
-            binaries[1], models, p, files[:args.cli_photos], folder=tmp, **common), warm=1)))
-    setups.append(("(e) MTMDChatHandler loop, no grammar", summary(baselines.handler_loop(
-        models, p, files, exact_tokens=exact, **common))))
-    setups.append(("    MTMDChatHandler, with bbsd's grammar", summary(baselines.handler_loop(
-        models, p, files, **common))))
-    out = cached["out"]
-    base = {name[:3]: at_tokens(s, out) for name, s in setups if name[:3] != "   "}
-    lines = [f"| {shape} | {name} | {s['ms']:.0f} | {s.get('prompt', 0):.0f} | {s.get('out', 0):.0f} "
-             f"| {at_tokens(s, out):.0f} | {_ratio(at_tokens(s, out), base.get('(c)'))} "
-             f"| {_ratio(at_tokens(s, out), base['(e)'])} | {at_tokens(s, out) / base['(b)']:.2f} |"
-             for name, s in setups]
-    if newest:
-        lines.append(f"| {shape} | newest of a {args.burst}-photo burst, settled → sidecar | {newest['newest']:.0f} "
-                     f"| | | | | | {newest['newest'] / bbsd['ms']:.2f} × one photo (a) |")
-        lines.append(_burst_row(shape, args.burst, f"[engine] parallel {args.parallel_default}", newest, bbsd))
-    print("\n".join(lines), flush=True)  # as measured: a run cut short still shows what it had
+    with contextlib.ExitStack() as stack:
+        def start(make, *a, **kw):
+            setup = make(*a, **kw)
+            stack.callback(setup.close)
+            return setup
+
+        daemon = start(Daemon, cfg)
+        engine = start(Engine, cfg, images, True)
+        # The tokens bbsd's engine writes (median, after the warm-up photos): the baselines without a
+        # grammar write exactly that many.
+        exact = round(summary([engine.one(f) for f in files])["out"])
+        setups = [("(a) bbsd run, settled → sidecar", daemon, len(files)),
+                  ("(b) bare engine, prefix cached", engine, len(files)),
+                  ("    engine, prefix re-evaluated", start(Engine, cfg, images, False), len(files))]
+        if binaries:
+            log = tmp / f"server-{shape}.log"
+            setups += [("(c) llama-server, prompt cache, HTTP, no grammar",
+                        start(baselines.Server, binaries[0], models, p, log=log, exact_tokens=exact, **common),
+                        len(files)),
+                       ("    llama-server, with bbsd's grammar",
+                        start(baselines.Server, binaries[0], models, p, log=log, **common), len(files)),
+                       ("(d) llama-mtmd-cli per photo",
+                        start(baselines.Cli, binaries[1], models, p, folder=tmp, **common), args.cli_photos)]
+        setups += [("(e) MTMDChatHandler loop, no grammar",
+                    start(baselines.Handler, models, p, exact_tokens=exact, **common), len(files)),
+                   ("    MTMDChatHandler, with bbsd's grammar", start(baselines.Handler, models, p, **common),
+                    len(files))]
+        rows = interleave(setups, files)
+        setups = [(name, summary(rows[name], warm=1 if name.startswith("(d)") else 2)) for name, _, _ in setups]
+        bbsd = setups[0][1]
+        lines = _rows(shape, setups)
+        print("\n".join(lines), flush=True)  # as measured: a run cut short still shows what it had
+        if burst:
+            newest = _burst(daemon, burst)
+            lines.append(f"| {shape} | newest of a {args.burst}-photo burst, settled → sidecar | "
+                         f"{newest['newest']:.0f} | | | | | | {newest['newest'] / bbsd['ms']:.2f} × one photo (a) |")
+            lines.append(_burst_row(shape, args.burst, f"[engine] parallel {args.parallel_default}", newest, bbsd))
+            print("\n".join(lines[-2:]), flush=True)
     for n in [int(v) for v in args.parallel.split(",") if v]:
         more = burst[:args.parallel_burst] if len(burst) >= args.parallel_burst else photos(
             tmp / f"burst-{shape}-{n}", args.parallel_burst, start=10_000 * (n + 1), size=size)
@@ -294,6 +321,17 @@ def run_shape(shape: str, args, tmp: Path, binaries: tuple[Path, Path] | None) -
         lines.append(_burst_row(shape, args.parallel_burst, f"parallel {n}", b, bbsd))
         print(lines[-1], flush=True)
     return lines
+
+
+def _rows(shape: str, setups: list[tuple[str, dict]]) -> list[str]:
+    """The table's rows, each setup also at the bare engine's output tokens and as ratios (bbsd's
+    ratios hold it against (c) and (e) without a grammar)."""
+    out = setups[1][1]["out"]  # (b), the bare engine
+    base = {name[:3]: at_tokens(s, out) for name, s in setups if name[:3] != "   "}
+    return [f"| {shape} | {name} | {s['ms']:.0f} | {s.get('prompt', 0):.0f} | {s.get('out', 0):.0f} "
+            f"| {at_tokens(s, out):.0f} | {_ratio(at_tokens(s, out), base.get('(c)'))} "
+            f"| {_ratio(at_tokens(s, out), base['(e)'])} | {at_tokens(s, out) / base['(b)']:.2f} |"
+            for name, s in setups]
 
 
 def _burst_row(shape: str, n: int, setting: str, b: dict, one: dict) -> str:
