@@ -61,6 +61,7 @@ class SettleTracker:
 
     def touch(self, path: Path, now: float, closed: bool = False) -> None:
         """Note activity on `path`; `closed` means the writer is done (close-write or rename)."""
+        self._held.pop(path, None)  # written again while it waited for its burst: it settles anew
         entry = self._entries.setdefault(path, _Entry(changed_at=now))
         entry.closed = closed
         self._last_touch = max(self._last_touch, now)

@@ -158,3 +158,19 @@ def test_files_moved_in_at_once_are_released_together():
     t.touch(b, now=0.004, closed=True)
     assert t.poll(now=0.006) == []
     assert t.poll(now=0.02) == [a, b]
+
+
+def test_a_path_written_again_while_held_settles_anew():
+    files = FakeFiles()
+    t = SettleTracker(0.5, stat=files.stat, gather=0.1)
+    other = Path("/in/other.jpg")
+    for p, when in ((P, 0), (other, 0.05)):
+        files.write(p, 10, 1)
+        t.touch(p, now=when)
+        t.poll(now=when)
+    assert t.poll(now=0.5) == []  # P is held for `other`
+    files.write(P, 20, 2)  # and written to again
+    t.touch(P, now=0.52)
+    assert t.poll(now=0.56) == [other]
+    assert t.poll(now=1.0) == []
+    assert t.poll(now=1.07) == [P]
