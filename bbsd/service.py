@@ -145,11 +145,14 @@ class Daemon:
             self._drain_events(timeout=min(0.25, self._tracker.next_deadline(now)))
             self._drain_feedback(time.monotonic())
             self._due_folder_scans(time.monotonic())
-            arrivals: list[tuple[Path, float]] = []
-            for path in self._tracker.poll(time.monotonic()):
+            settled = self._tracker.poll(time.monotonic())
+            for path in settled:
                 _test_hook(path)
-                self._guarded(self._arrival, path, arrivals)
-            self._work.put_all(arrivals)  # at once: a burst's newest photo is the first one taken
+            # At once, by mtime: a burst's newest photo is the first one taken. Then by capture time,
+            # probe by probe: a slow probe (a share, a hostile file) holds no other photo back.
+            self._work.put_all([(path, st.st_mtime) for path in settled if (st := stat_or_none(path))])
+            for path in settled:
+                self._guarded(self._by_capture_time, path)
             if time.monotonic() >= next_rescan:
                 self._rescan()
                 next_rescan = time.monotonic() + self.settings.watch.rescan_seconds
@@ -232,17 +235,14 @@ class Daemon:
                 return
             self._tracker.defer(path, now, retry_at)
 
-    def _arrival(self, path: Path, arrivals: list[tuple[Path, float]]) -> None:
-        """A settled path and the time it is ordered by (its capture time, else its mtime), for the queue."""
+    def _by_capture_time(self, path: Path) -> None:
+        """Order a queued photo by its EXIF capture time (read by a probe in the decoder process). Only
+        a regular file is probed (opening a FIFO blocks forever); anything else stays queued by mtime,
+        so the pipeline records why it is ignored."""
         st = stat_or_none(path)
-        if st is None:
-            return
-        # Only a regular file is probed for its EXIF date (opening a FIFO blocks forever), and
-        # only in the decoder process. Anything else is queued too, so the pipeline records why it is ignored.
-        when = st.st_mtime
-        if stat_module.S_ISREG(st.st_mode) and (probe := self._prober.probe(path)) and probe.capture_time:
-            when = probe.capture_time
-        arrivals.append((path, when))
+        if st is not None and stat_module.S_ISREG(st.st_mode) and (probe := self._prober.probe(path)) \
+                and probe.capture_time:
+            self._work.reorder(path, probe.capture_time)
 
     def _rescan(self, roots: tuple[Path, ...] | None = None) -> int:
         """Queue every photo whose sidecar looks stale; cheap: no hashing here."""

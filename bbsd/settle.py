@@ -22,8 +22,9 @@ Stat = Callable[[Path], "os.stat_result | None"]
 # (the newest of a burst otherwise waits for a whole older photo), and paid only when another path
 # is due within it.
 GATHER_S = 0.1
-# Files moved in at once (`mv *.jpg`) are settled at their first look, their events a few ms apart:
-# settled paths also wait until no event came for this long (within the gathering).
+# Files renamed into their final name or closed by their writer settle at once, their events a few
+# ms apart in a burst: settled paths also wait until no such event came for this long (within the
+# gathering). Writes to other files do not count: they would hold a lone photo for the whole cap.
 QUIET_S = 0.01
 
 
@@ -41,6 +42,7 @@ class _Entry:
     changed_at: float = 0.0
     closed: bool = False
     not_before: float = 0.0
+    growing: bool = False  # changed between the last two looks: still being written, not about to settle
 
 
 class SettleTracker:
@@ -51,7 +53,7 @@ class SettleTracker:
         self._entries: dict[Path, _Entry] = {}
         self._held: dict[Path, None] = {}  # settled, waiting (at most `gather`) for the rest of their burst
         self._held_since = 0.0
-        self._last_touch = float("-inf")
+        self._last_close = float("-inf")
 
     def __len__(self) -> int:
         return len(self._entries) + len(self._held)
@@ -64,7 +66,8 @@ class SettleTracker:
         self._held.pop(path, None)  # written again while it waited for its burst: it settles anew
         entry = self._entries.setdefault(path, _Entry(changed_at=now))
         entry.closed = closed
-        self._last_touch = max(self._last_touch, now)
+        if closed:
+            self._last_close = max(self._last_close, now)
 
     def defer(self, path: Path, now: float, until: float) -> None:
         """Look at `path` again, not before `until` (a file that did not decode yet)."""
@@ -84,8 +87,8 @@ class SettleTracker:
         self._held.update(dict.fromkeys(settled))
         if not self._held:
             return []
-        others_due = any(self._due(e) <= now + self._gather for e in self._entries.values())
-        if (others_due or now < self._last_touch + QUIET_S) and now < self._held_since + self._gather:
+        others_due = any(not e.growing and self._due(e) <= now + self._gather for e in self._entries.values())
+        if (others_due or now < self._last_close + QUIET_S) and now < self._held_since + self._gather:
             return []
         released, self._held = list(self._held), {}
         return released
@@ -102,6 +105,7 @@ class SettleTracker:
                 del self._entries[path]  # deleted or moved away while settling
                 continue
             signature = (st.st_size, st.st_mtime_ns)
+            entry.growing = entry.signature is not None and signature != entry.signature
             if signature != entry.signature:
                 # A write after a close arrives as a new modify event, which resets `closed`.
                 entry.signature, entry.changed_at = signature, now
@@ -115,8 +119,9 @@ class SettleTracker:
     def next_deadline(self, now: float) -> float:
         """Seconds until the next poll could release something (for the main loop's wait)."""
         if self._held:  # the soonest of: the next path of the burst due, a quiet moment, the end of the gathering
-            quiet = self._last_touch + QUIET_S
-            soonest = min([self._held_since + self._gather, *(self._due(e) for e in self._entries.values()),
+            quiet = self._last_close + QUIET_S
+            soonest = min([self._held_since + self._gather,
+                           *(self._due(e) for e in self._entries.values() if not e.growing),
                            *([quiet] if quiet > now else [])])
             return max(0.005, soonest - now)
         if not self._entries:

@@ -52,6 +52,17 @@ class PhotoQueue:
                 heapq.heappush(self._heap, (-mtime, seq, path))
             self._cond.notify(len(items))
 
+    def reorder(self, path: Path, mtime: float) -> None:
+        """Order a queued photo by another time (its capture time, once probed); a photo already in a
+        worker's hands, or not queued, is left alone (re-queuing it would label it twice)."""
+        with self._cond:
+            live = self._live.get(path)
+            if live is None:
+                return
+            seq = next(self._seq)
+            self._live[path] = (seq, live[1])
+            heapq.heappush(self._heap, (-mtime, seq, path))
+
     def get(self, timeout: float) -> Job | None:
         """Next job, or None after `timeout` seconds or once closed."""
         deadline = time.monotonic() + timeout

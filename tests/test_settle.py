@@ -91,11 +91,11 @@ def test_a_burst_settling_within_the_gathering_is_released_together():
     burst = [Path(f"/in/{i}.jpg") for i in range(5)]
     for i, p in enumerate(burst):
         files.write(p, 10, 1)
-        t.touch(p, now=i * 0.01)  # touched 10 ms apart
-        assert t.poll(now=i * 0.01) == []  # its first look
+        t.touch(p, now=i * 0.02)  # touched 20 ms apart
+        assert t.poll(now=i * 0.02) == []  # its first look
     assert t.poll(now=0.505) == []  # the first is settled, the others are due within the gathering
-    assert 0.004 <= t.next_deadline(0.505) <= 0.006  # it looks again when the next one is due (0.51)
-    assert t.poll(now=0.545) == burst  # all of them, in the order they settled
+    assert abs(t.next_deadline(0.505) - 0.015) < 1e-9  # it looks again when the next one is due (0.52)
+    assert t.poll(now=0.585) == burst  # all of them (the last due at 0.58), in the order they settled
     assert len(t) == 0
 
 
@@ -174,3 +174,22 @@ def test_a_path_written_again_while_held_settles_anew():
     assert t.poll(now=0.56) == [other]
     assert t.poll(now=1.0) == []
     assert t.poll(now=1.07) == [P]
+
+
+def test_a_lone_photo_is_not_held_back_by_a_file_still_being_written():
+    """Another file growing at every look (an upload next to it) is not part of a burst about to
+    settle, even with settle_seconds below the gathering."""
+    files = FakeFiles()
+    t = SettleTracker(0.05, stat=files.stat, gather=0.1)
+    upload = Path("/in/upload.jpg")
+    for k in range(20):  # written a chunk every 10 ms, its events counted
+        files.write(upload, 1000 * (k + 1), k)
+        t.touch(upload, now=k * 0.01)
+        t.poll(now=k * 0.01)
+    files.write(P, 10, 1)
+    t.touch(P, now=0.2, closed=True)
+    files.write(upload, 99_000, 99)
+    t.touch(upload, now=0.2)
+    assert t.poll(now=0.2) == []  # closed 0 ms ago: another closed file may follow within 10 ms
+    files.write(upload, 100_000, 100)
+    assert t.poll(now=0.211) == [P]  # not the whole 0.1 s cap

@@ -50,20 +50,34 @@ def test_a_photo_in_a_workers_hands_is_not_given_to_another_until_done():
 
 def test_a_worker_waiting_when_a_burst_is_queued_takes_its_newest():
     """`put_all` queues a burst at once: a worker blocked in `get` wakes to the whole burst, never
-    to its first (oldest) photo alone."""
+    to its first (oldest) photo alone (which one item at a time, each under its own lock, gives it)."""
+    import sys
+    import time
+
     q = PhotoQueue()
     got: list[Path] = []
-    waiting = threading.Event()
-
-    def worker():
-        waiting.set()
-        job = q.get(timeout=30)
-        got.append(job.path)
-
-    t = threading.Thread(target=worker)
+    t = threading.Thread(target=lambda: got.append(q.get(timeout=30).path))
     t.start()
-    waiting.wait(10)
-    q.put_all([(Path(f"/in/{i}.jpg"), 1000.0 + i) for i in range(200)])
-    t.join(30)
+    deadline = time.monotonic() + 10
+    while not q._cond._waiters and time.monotonic() < deadline:  # until the worker waits in `get`
+        time.sleep(0.001)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # let the worker in between any two statements of the producer
+    try:
+        q.put_all([(Path(f"/in/{i}.jpg"), 1000.0 + i) for i in range(200)])
+        t.join(30)
+    finally:
+        sys.setswitchinterval(interval)
     assert got == [Path("/in/199.jpg")]
     assert len(q) == 199
+
+
+def test_reorder_moves_a_queued_photo_but_never_requeues_one_in_a_workers_hands():
+    q = PhotoQueue()
+    q.put_all([(Path("a.jpg"), 1.0), (Path("b.jpg"), 2.0)])
+    q.reorder(Path("a.jpg"), 3.0)  # its capture time, once probed
+    assert q.get(timeout=1).path == Path("a.jpg")
+    q.reorder(Path("a.jpg"), 9.0)  # in a worker's hands now: left alone
+    q.reorder(Path("never.jpg"), 9.0)
+    assert q.get(timeout=1).path == Path("b.jpg")
+    assert q.get(timeout=0.05) is None
