@@ -150,9 +150,10 @@ class Daemon:
                 _test_hook(path)
             # At once, by mtime: a burst's newest photo is the first one taken. Then by capture time,
             # probe by probe: a slow probe (a share, a hostile file) holds no other photo back.
-            self._work.put_all([(path, st.st_mtime) for path in settled if (st := stat_or_none(path))])
-            for path in settled:
-                self._guarded(self._by_capture_time, path)
+            found = [(path, st) for path in settled if (st := stat_or_none(path))]
+            self._work.put_all([(path, st.st_mtime) for path, st in found])
+            for path, st in found:
+                self._guarded(self._by_capture_time, path, st)
             if time.monotonic() >= next_rescan:
                 self._rescan()
                 next_rescan = time.monotonic() + self.settings.watch.rescan_seconds
@@ -235,13 +236,11 @@ class Daemon:
                 return
             self._tracker.defer(path, now, retry_at)
 
-    def _by_capture_time(self, path: Path) -> None:
+    def _by_capture_time(self, path: Path, st: os.stat_result) -> None:
         """Order a queued photo by its EXIF capture time (read by a probe in the decoder process). Only
         a regular file is probed (opening a FIFO blocks forever); anything else stays queued by mtime,
         so the pipeline records why it is ignored."""
-        st = stat_or_none(path)
-        if st is not None and stat_module.S_ISREG(st.st_mode) and (probe := self._prober.probe(path)) \
-                and probe.capture_time:
+        if stat_module.S_ISREG(st.st_mode) and (probe := self._prober.probe(path)) and probe.capture_time:
             self._work.reorder(path, probe.capture_time)
 
     def _rescan(self, roots: tuple[Path, ...] | None = None) -> int:

@@ -46,10 +46,7 @@ class PhotoQueue:
         with self._cond:
             now = time.monotonic()
             for path, mtime in items:
-                seq = next(self._seq)
-                enqueued = self._live.get(path, (0, now))[1]
-                self._live[path] = (seq, enqueued)
-                heapq.heappush(self._heap, (-mtime, seq, path))
+                self._push(path, mtime, self._live.get(path, (0, now))[1])
             self._cond.notify(len(items))
 
     def reorder(self, path: Path, mtime: float) -> None:
@@ -57,11 +54,14 @@ class PhotoQueue:
         worker's hands, or not queued, is left alone (re-queuing it would label it twice)."""
         with self._cond:
             live = self._live.get(path)
-            if live is None:
-                return
-            seq = next(self._seq)
-            self._live[path] = (seq, live[1])
-            heapq.heappush(self._heap, (-mtime, seq, path))
+            if live is not None:
+                self._push(path, mtime, live[1])
+
+    def _push(self, path: Path, mtime: float, enqueued: float) -> None:
+        """(Lock held.) The live entry of `path`, ordered by `mtime`; an earlier entry of it is superseded."""
+        seq = next(self._seq)
+        self._live[path] = (seq, enqueued)
+        heapq.heappush(self._heap, (-mtime, seq, path))
 
     def get(self, timeout: float) -> Job | None:
         """Next job, or None after `timeout` seconds or once closed."""

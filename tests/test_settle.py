@@ -130,7 +130,8 @@ def test_the_gathering_is_bounded_while_files_keep_arriving():
     assert 9 <= len(released) <= 12  # with the others that settled meanwhile
 
 
-def test_a_path_held_for_its_burst_counts_as_tracked_and_can_be_forgotten():
+def _held_beside_another() -> tuple[FakeFiles, SettleTracker, Path]:
+    """P settled at 0.5 and held there for `other`, due 50 ms later."""
     files = FakeFiles()
     t = SettleTracker(0.5, stat=files.stat, gather=0.1)
     other = Path("/in/other.jpg")
@@ -138,6 +139,11 @@ def test_a_path_held_for_its_burst_counts_as_tracked_and_can_be_forgotten():
         files.write(p, 10, 1)
         t.touch(p, now=when)
         t.poll(now=when)
+    return files, t, other
+
+
+def test_a_path_held_for_its_burst_counts_as_tracked_and_can_be_forgotten():
+    _, t, other = _held_beside_another()
     assert t.poll(now=0.5) == []
     assert P in t and len(t) == 2
     t.forget(P)
@@ -145,9 +151,10 @@ def test_a_path_held_for_its_burst_counts_as_tracked_and_can_be_forgotten():
     assert t.poll(now=0.56) == [other]
 
 
-def test_files_moved_in_at_once_are_released_together():
-    """Renamed into the folder, each file is settled at its first look; their events come a few ms
-    apart, so settled paths wait for a quiet moment (within the gathering) before they go."""
+def test_files_renamed_into_place_at_once_are_released_together():
+    """Renamed into their final name (or closed by their writer), files are settled at their first
+    look; their events come a few ms apart, so settled paths wait for a quiet moment (within the
+    gathering) before they go."""
     files = FakeFiles()
     t = SettleTracker(2.0, stat=files.stat, gather=0.1)
     a, b = Path("/in/a.jpg"), Path("/in/b.jpg")
@@ -161,13 +168,7 @@ def test_files_moved_in_at_once_are_released_together():
 
 
 def test_a_path_written_again_while_held_settles_anew():
-    files = FakeFiles()
-    t = SettleTracker(0.5, stat=files.stat, gather=0.1)
-    other = Path("/in/other.jpg")
-    for p, when in ((P, 0), (other, 0.05)):
-        files.write(p, 10, 1)
-        t.touch(p, now=when)
-        t.poll(now=when)
+    files, t, other = _held_beside_another()
     assert t.poll(now=0.5) == []  # P is held for `other`
     files.write(P, 20, 2)  # and written to again
     t.touch(P, now=0.52)
