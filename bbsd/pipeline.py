@@ -106,13 +106,15 @@ class Pipeline:
         return sidecar.is_current(doc, self.labeler.info, self.prompt, sha256=sha256, photo=photo)
 
     def process(self, path: Path, *, queue_wait_ms: float = 0.0, allow_incomplete: bool = False,
-                force: bool = False, cancelled: Callable[[], bool] = lambda: False) -> Outcome:
+                force: bool = False, order: float | None = None,
+                cancelled: Callable[[], bool] = lambda: False) -> Outcome:
         """Handle one photo; whatever goes wrong ends in a record (error sidecar or event), never escapes.
+        `order`: how new the photo is for the engine's batches (the queue's order; default its mtime).
 
         Only shutdown (`AbandonedError`) and an engine or decoder that cannot start at all pass.
         """
         try:
-            return self._process(path, queue_wait_ms, allow_incomplete, force, cancelled)
+            return self._process(path, queue_wait_ms, allow_incomplete, force, order, cancelled)
         except (AbandonedError, ModelError, DecoderError):
             raise
         except Exception as e:  # a bug must cost this photo, never the service
@@ -134,7 +136,7 @@ class Pipeline:
             return Outcome(path, Status.FAILED, code, message=f"{message} — {hint}")
 
     def _process(self, path: Path, queue_wait_ms: float, allow_incomplete: bool, force: bool,
-                 cancelled: Callable[[], bool]) -> Outcome:
+                 order: float | None, cancelled: Callable[[], bool]) -> Outcome:
         t0 = time.perf_counter()
         if (reason := _not_regular(path)) is not None:
             log.warning("photo.ignored", path=str(path), reason=reason)
@@ -158,7 +160,8 @@ class Pipeline:
         try:
             decoded = self.decoder.decode(path, self._max_side, cancelled)
             decoded.image.info["bbsd_name"] = path.name  # lets a worker name the photo in its log
-            decoded.image.info["bbsd_order"] = _mtime(path)  # a batch takes the newest photos first
+            # the engine's batches take the newest photos first (by the queue's order, else its mtime)
+            decoded.image.info["bbsd_order"] = _mtime(path) if order is None else order
             timing["decode"] = (time.perf_counter() - t0) * 1000
             labels_, inference = self._label(decoded.image, cancelled)
         except IncompletePhotoError as e:

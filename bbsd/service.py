@@ -275,7 +275,7 @@ class Daemon:
             try:
                 # every event while handling it names the photo (a retry, an invalid reply)
                 with structlog.contextvars.bound_contextvars(queue_depth=len(self._work), path=str(job.path)):
-                    self._handle(job.path, wait_ms)
+                    self._handle(job.path, wait_ms, job.order)
                 self.journal.end(job.path)
             except AbandonedError:
                 log.info("photo.abandoned", path=str(job.path), reason="shutdown")
@@ -293,12 +293,12 @@ class Daemon:
                     self._in_flight.pop(job.path, None)
                 self._work.done(job.path)
 
-    def _handle(self, path: Path, wait_ms: float) -> None:
+    def _handle(self, path: Path, wait_ms: float, order: float) -> None:
         st = stat_or_none(path)
         if st is None:
             return
         young = time.time() - st.st_mtime < self.settings.watch.incomplete_timeout_seconds
-        outcome = self.pipeline.process(path, queue_wait_ms=wait_ms, allow_incomplete=young,
+        outcome = self.pipeline.process(path, queue_wait_ms=wait_ms, allow_incomplete=young, order=order,
                                         cancelled=self.stop.is_set)
         if outcome.status in self.counts:
             with self._lock:

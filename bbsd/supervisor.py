@@ -74,7 +74,7 @@ class _Ticket:
 
     def __init__(self, image: Image.Image, prompt: Prompt, attempt: int) -> None:
         self.image, self.prompt, self.attempt = image, prompt, attempt
-        self.order = float(image.info.get("bbsd_order", 0.0))  # the photo's mtime: newest first
+        self.order = float(image.info.get("bbsd_order", 0.0))  # the queue's order (capture time, mtime): newest first
         self.outcome: Inference | BaseException | None = None
         self.id = 0  # the worker's name for it, once sent
         self.timeout_s = 0.0
@@ -110,6 +110,10 @@ class WorkerLabeler:
         self._in_flight: dict[int, _Ticket] = {}
         self._ids = itertools.count(1)
         self._driving = False
+        # A photo handed over to an idle worker leads: while it is in the worker only newer photos
+        # join it, so the newest photo of a burst comes back in one photo's time, not a full batch's;
+        # once the lead is done, the batch fills. `_idle`: the worker emptied with nothing waiting.
+        self._idle, self._leading = True, False
         # Written when a photo is handed over, so that a driver waiting for results sends it at once.
         self._wake_r, wake_w = os.pipe()
         self._wake_w: int | None = wake_w
@@ -177,15 +181,30 @@ class WorkerLabeler:
                                                       any(t.attempt for t in self._in_flight.values()))):
             return []
         retries = [t for t in self._pending if t.attempt]
-        if retries:
-            batch = [] if self._in_flight else retries[:1]
-        else:
-            batch = sorted(self._pending, key=lambda t: -t.order)[:self.parallel - len(self._in_flight)]
+        batch = self._newest() if not retries else [] if self._in_flight else retries[:1]
+        self._idle = False
         for t in batch:
             self._pending.remove(t)
             t.id = next(self._ids)
             self._in_flight[t.id] = t
         return batch
+
+    def _newest(self) -> list[_Ticket]:
+        """The newest photos waiting, as many as the worker has room for. Into an idle worker (at
+        `parallel` > 1) only the newest goes, the lead; while leads are in the worker only a photo
+        newer than each of them joins (the newest may be decoded a moment after an older one)."""
+        newest = sorted(self._pending, key=lambda t: -t.order)
+        if not self._in_flight:
+            self._leading = self._idle and self.parallel > 1
+            return newest[:1] if self._leading else newest[:self.parallel]
+        if self._leading:
+            top = max(t.order for t in self._in_flight.values())
+            newest = [t for t in newest if t.order > top]
+        return newest[:self.parallel - len(self._in_flight)]
+
+    def _emptied(self) -> None:
+        """The worker holds no photo now: idle, unless photos wait (they fill the batch, no lead)."""
+        self._idle, self._leading = not self._pending, False
 
     def _send(self, batch: list[_Ticket]) -> None:
         """One request per photo. Its deadline counts from now, `timeout_seconds` for each photo then
@@ -211,6 +230,8 @@ class WorkerLabeler:
         for t in batch if failed else ():
             del self._in_flight[t.id]
             t.outcome = failed
+        if failed and not self._in_flight:
+            self._emptied()
 
     def _receive(self, cancelled: Callable[[], bool]) -> None:
         """Wait (at most POLL_S, lock released) for a result and hand it to its photo; a worker that
@@ -256,8 +277,10 @@ class WorkerLabeler:
                                         "restart bbsd so that daemon and worker are the same version")
         worker.photos += 1
         worker.rss_mb = message["rss_mb"]
-        if not self._in_flight and self._recycle_reason():
-            self._recycle(worker)
+        if not self._in_flight:
+            self._emptied()
+            if self._recycle_reason():
+                self._recycle(worker)
 
     def _lose(self, reason: str) -> None:
         """Kill the worker; each photo in it gets the error of how it was lost. A hang with several
@@ -276,6 +299,7 @@ class WorkerLabeler:
             else:
                 t.outcome = EngineCrashError(detail)
         self._in_flight.clear()
+        self._emptied()
 
     def _discard(self, reason: str) -> str:
         """Kill the current worker (the next request starts a new one); return how it ended."""

@@ -21,6 +21,7 @@ from pathlib import Path
 class Job:
     path: Path
     enqueued_at: float  # time.monotonic()
+    order: float = 0.0  # what the queue ordered it by: its capture time once probed, else its mtime
 
 
 class PhotoQueue:
@@ -83,7 +84,7 @@ class PhotoQueue:
         job = None
         while self._heap:
             entry = heapq.heappop(self._heap)
-            _, seq, path = entry
+            key, seq, path = entry
             live = self._live.get(path)
             if not live or live[0] != seq:  # superseded by a later put
                 continue
@@ -92,7 +93,7 @@ class PhotoQueue:
                 continue
             del self._live[path]
             self._taken.add(path)
-            job = Job(path, live[1])
+            job = Job(path, live[1], -key)
             break
         for entry in held:
             heapq.heappush(self._heap, entry)

@@ -132,6 +132,7 @@ def _in_worker(tmp_path, tiny_models, monkeypatch, capfd, extra: str = "", **env
         worker_log.extend(events(complete))
         return {e["photo"]: e["beside"] for e in worker_log if e.get("event") == name}
 
+    logged.events = worker_log  # every event so far, in the order the worker logged them
     return WorkerLabeler(settings), prompt.build(settings.catalog), logged
 
 
@@ -171,6 +172,37 @@ def test_the_worker_takes_each_photo_into_the_running_batch_and_returns_each_whe
     assert finished["p0"] >= 1  # sent back while photos that joined after it were still generating
 
 
+def test_a_photo_handed_to_an_idle_worker_leads_only_newer_photos_join_it_then_the_batch_fills(
+        tiny_models, tmp_path, monkeypatch, capfd):
+    """The newest photo of a burst comes back in one photo's time, not a full batch's: handed to an
+    idle worker it leads, older photos handed over meanwhile wait until it is done (then they fill the
+    batch together), and a newer photo (decoded a moment after an older one) joins it at once."""
+    labeler, p, logged = _in_worker(tmp_path, tiny_models, monkeypatch, capfd)
+
+    def hand_over(i: int) -> None:
+        assert labeler.infer(_named(i), p, attempt=0, cancelled=lambda: False).text.startswith("{")
+
+    threads = {i: threading.Thread(target=hand_over, args=(i,)) for i in (3, 1, 2, 4)}
+    try:
+        threads[3].start()
+        wait_until(lambda: "p3" in logged("worker.admitted"), 30, "p3 in the worker")
+        threads[1].start()
+        threads[2].start()
+        threads[4].start()
+        wait_until(lambda: "p4" in logged("worker.admitted"), 30, "p4 in the worker")
+        for thread in threads.values():
+            thread.join(30 * SLACK)
+    finally:
+        labeler.close()
+    admitted = logged("worker.admitted")  # reads the rest of the worker's log
+    order = [(e["event"].removeprefix("worker."), e["photo"]) for e in logged.events
+             if e.get("event") in ("worker.admitted", "worker.finished")]
+    lead_done = order.index(("finished", "p3"))
+    assert order.index(("admitted", "p4")) < lead_done  # newer than the lead: joined it
+    assert order.index(("admitted", "p1")) > lead_done and order.index(("admitted", "p2")) > lead_done
+    assert admitted["p1"] >= 1  # the older ones went together, not one at a time again
+
+
 def test_a_worker_that_hangs_mid_batch_is_replaced_and_only_the_photo_that_hangs_alone_times_out(
         tiny_models, tmp_path, monkeypatch, capfd):
     """A hang with two photos in the worker cannot say which one hung: both come back as a crash,
@@ -208,11 +240,11 @@ def test_a_poison_photo_in_a_batch_is_quarantined_alone_and_its_neighbours_label
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     cfg = write_config(tmp_path, [inbox], tiny_models)
-    # All there before the start, so the queue holds them at once and the first batch takes the
-    # newest 8 of the 9: the poison photo is the newest (taken and decoded first).
-    photos = [make_photo(inbox / f"ok_{i}.jpg", color=(i * 30, 20, 20)) for i in range(8)]
+    # All there before the start, so the queue holds them at once. The poison photo is the fifth
+    # newest: it is in a batch whether it leads (the 4 newer ones join it) or waits for the lead.
     poison = make_photo(inbox / "poison.jpg", color=(1, 1, 1))
-    for i, p in enumerate([*photos, poison]):
+    photos = [make_photo(inbox / f"ok_{i}.jpg", color=(i * 30, 20, 20)) for i in range(9)]
+    for i, p in enumerate([*photos[:5], poison, *photos[5:]]):
         os.utime(p, (1_700_000_000 + i, 1_700_000_000 + i))
     # The worker aborts on the poison photo's first try only once 3 others are in it too: which
     # neighbours are there depends on how fast the daemon decodes them, that there are some must not.
