@@ -34,7 +34,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from bbsd import config, logs, prompt, sidecar, tiny_model
-from bench import baselines
+from bench import baselines, steps
 from bench.results import machine, update_section
 
 REPO = Path(__file__).resolve().parent.parent
@@ -313,7 +313,16 @@ def run_shape(shape: str, args, tmp: Path, binaries: tuple[Path, Path] | None) -
                          f"{newest['newest']:.0f} | | | | | | {newest['newest'] / bbsd['ms']:.2f} × one photo (a) |")
             lines.append(_burst_row(shape, args.burst, f"[engine] parallel {args.parallel_default}", newest, bbsd))
             print("\n".join(lines[-2:]), flush=True)
-    for n in [int(v) for v in args.parallel.split(",") if v]:
+    levels = [int(v) for v in args.parallel.split(",") if v]
+    if levels:  # the engine alone at each level first: where a batch step's time goes
+        sample = [imaging.decode(f, 768).image for f in burst[:max(16, 2 * max(levels)) + 1]]
+        alone: dict | None = None
+        for n in levels:
+            b = steps.engine_burst(cfg, sample, n)
+            alone = b if n == 1 else alone
+            lines.append(steps.row(shape, len(sample) - 1, n, b, alone))
+            print(lines[-1], flush=True)
+    for n in levels:
         more = burst[:args.parallel_burst] if len(burst) >= args.parallel_burst else photos(
             tmp / f"burst-{shape}-{n}", args.parallel_burst, start=10_000 * (n + 1), size=size)
         # the main burst's photos again: each daemon is fresh (nothing cached), and they are distinct
