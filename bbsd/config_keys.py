@@ -63,9 +63,8 @@ def _coerce_env(text: str, key: Key, dotted: str, env_name: str, v: Validator) -
     parsers: dict[str, Callable[[str], Any]] = {
         "int": int,
         "float": float,
-        "bool": lambda s: {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}[
-            s.strip().lower()
-        ],
+        "bool": _env_bool,
+        "switch": lambda s: "auto" if s.strip().lower() == "auto" else _env_bool(s),
         "paths": lambda s: [p for p in s.split(os.pathsep) if p],
         "strs": lambda s: [p.strip() for p in s.split(",") if p.strip()],
     }
@@ -77,10 +76,14 @@ def _coerce_env(text: str, key: Key, dotted: str, env_name: str, v: Validator) -
     return _coerce(value, key, dotted, v, base=Path.cwd())
 
 
+def _env_bool(text: str) -> bool:
+    return {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}[text.strip().lower()]
+
+
 def _coerce(value: Any, key: Key, dotted: str, v: Validator, base: Path) -> Any:
     checkers = {
         "str": _as_str, "choice": _as_choice, "int": _as_number, "float": _as_number, "layers": _as_layers,
-        "bool": _as_bool, "path": _as_path, "paths": _as_paths, "strs": _as_strs,
+        "bool": _as_bool, "switch": _as_switch, "path": _as_path, "paths": _as_paths, "strs": _as_strs,
     }
     return checkers[key.kind](value, key, dotted, v, base)
 
@@ -112,6 +115,13 @@ def _as_number(value, key, dotted, v, base):
     if (key.low is not None and value < key.low) or (key.high is not None and value > key.high):
         raise v.fail(dotted, f"is {value}, outside {key.low}..{key.high}", key.help)
     return float(value) if key.kind == "float" else value
+
+
+def _as_switch(value, key, dotted, v, base):
+    """true, false, or "auto" (the program decides, per device)."""
+    if isinstance(value, bool) or value == "auto":
+        return value
+    raise v.fail(dotted, f'must be true, false or "auto", got {value!r}', key.help)
 
 
 def _as_layers(value, key, dotted, v, base):

@@ -35,11 +35,17 @@ class Chunk:
     image_id: str = ""  # an image's id, as given to `tokenize` with its bitmap; "" for text
 
 
+def _flash_type(ll, on: bool | None) -> int:
+    if on is None:
+        return ll.LLAMA_FLASH_ATTN_TYPE_AUTO
+    return ll.LLAMA_FLASH_ATTN_TYPE_ENABLED if on else ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
+
+
 class Context:
     """A loaded text model, its llama context and its mmproj (libmtmd) context."""
 
     def __init__(self, model: Path, mmproj: Path, *, n_ctx: int, n_batch: int, threads: int, gpu_layers: int,
-                 flash_attention: bool, n_seq: int = 1) -> None:
+                 flash_attention: tuple[bool | None, bool | None] | bool, n_seq: int = 1) -> None:
         from bbsd.backends import import_llama
 
         ll = import_llama()
@@ -61,8 +67,9 @@ class Context:
         cparams.n_ctx, cparams.n_batch, cparams.n_ubatch = n_ctx * n_seq, n_batch, n_batch
         cparams.n_seq_max, cparams.kv_unified = n_seq, n_seq > 1
         cparams.n_threads = cparams.n_threads_batch = threads
-        cparams.flash_attn_type = (ll.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attention
-                                   else ll.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+        # (text model, vision encoder): True on, False off, None llama.cpp's auto (`llama_engine.flash_attention`)
+        text_fa, vision_fa = flash_attention if isinstance(flash_attention, tuple) else (flash_attention,) * 2
+        cparams.flash_attn_type = _flash_type(ll, text_fa)
         cparams.no_perf = True
         self.ctx = ll.llama_init_from_model(self.model, cparams)
         if not self.ctx:
@@ -70,7 +77,7 @@ class Context:
             raise ModelError(f"cannot create a context of {n_ctx} tokens for {model.name}",
                              "lower [engine] context_size, or free memory")
         self.n_ctx, self.n_batch, self.n_seq = n_ctx, n_batch, n_seq  # n_ctx: per sequence
-        self._mtmd = self._open_mtmd(mmproj, threads, gpu_layers, flash_attention)
+        self._mtmd = self._open_mtmd(mmproj, threads, gpu_layers, vision_fa)
         self.marker = mtmd_cpp.mtmd_default_marker().decode()
         self._batch = ll.llama_batch_init(max(n_batch, n_seq), 0, 1)
         # KV cells each sequence holds, and sequence 0's after each position an evaluation ended at.
@@ -91,14 +98,13 @@ class Context:
             raise ModelError(f"cannot apply LoRA adapter {path.name}", "see the llama.log event above")
         self._lora = adapter  # freed with the model (llama.cpp frees a model's adapters with it)
 
-    def _open_mtmd(self, mmproj: Path, threads: int, gpu_layers: int, flash_attention: bool):
+    def _open_mtmd(self, mmproj: Path, threads: int, gpu_layers: int, flash_attention: bool | None):
         ll, m = self._ll, self._m
         params = m.mtmd_context_params_default()
         params.use_gpu = gpu_layers != 0
         params.n_threads = threads
         params.print_timings = False
-        params.flash_attn_type = (ll.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attention
-                                  else ll.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+        params.flash_attn_type = _flash_type(ll, flash_attention)
         ctx = m.mtmd_init_from_file(str(mmproj).encode(), self.model, params)
         if not ctx:
             self.close()

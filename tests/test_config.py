@@ -45,7 +45,7 @@ def test_misspelt_key_names_key_file_and_suggestion(tmp_path):
 @pytest.mark.parametrize("extra, fragment", [
     ("[engine]\nthreads = \"four\"\n", "[engine.threads] must be an integer"),
     ("[engine]\ncontext_size = 10\n", "[engine.context_size] is 10, outside 512"),
-    ("[engine]\nflash_attention = 1\n", "[engine.flash_attention] must be true or false"),
+    ("[engine]\nflash_attention = 1\n", "[engine.flash_attention] must be true, false or \"auto\""),
     ("[log]\nlevel = \"loud\"\n", "use one of: debug, info, warning, error"),
     ("[wach]\n", "[wach] is not a known section"),
     ('[[props]]\nname = "lantern"\n[[props]]\nname = "Lantern"\n',
