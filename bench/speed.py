@@ -34,6 +34,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from bbsd import config, logs, prompt, sidecar, tiny_model
+from bbsd.llama_engine import flash_attention
 from bench import baselines, steps
 from bench.results import machine, update_section
 
@@ -273,8 +274,9 @@ def run_shape(shape: str, args, tmp: Path, binaries: tuple[Path, Path] | None) -
     images = {f: imaging.decode(f, 768).image for f in files}
     cfg = write_config(tmp / shape, models, args.catalog, args, parallel=args.parallel_default)
     p = prompt.build(config.load(cfg, environ={}).catalog)
+    # every baseline with the flash attention bbsd's text model gets by default on this device (the same kernels)
     common = {"max_tokens": args.max_tokens, "threads": args.threads or _threads(), "gpu_layers": args.gpu_layers,
-              "n_ctx": args.n_ctx}
+              "n_ctx": args.n_ctx, "flash": flash_attention("auto", args.gpu_layers)[0]}
     with contextlib.ExitStack() as stack:
         def start(make, *a, **kw):
             setup = make(*a, **kw)

@@ -1,54 +1,119 @@
-"""Where a batch's time goes: the bare engine labelling a burst at `parallel` N, its decode steps
-split into the forward pass (`llama_decode`, waited for) and everything around it (sampling under
-the grammar, jump-forward, image encoding and prefill of photos joining the batch, Python).
+"""Where the engine's time goes: the bare engine labelling a burst at `parallel` N, split into the
+parts of a photo (its prompt tokenized with the image preprocessed, the image encoded and evaluated,
+the grammar sampler made) and the parts of a decode step (the forward pass in `llama_decode`, waited
+for; each sequence's next tokens picked under the grammar and jump-forward; the rest).
 
-Used by bench.speed for each `--parallel` N; the figures say whether a batch is held back by the
-kernels or by the work per sequence between them.
+Used by bench.speed for each `--parallel` N (and alone: `python -m bench.steps`); the figures say
+whether a batch is held back by the kernels or by the work per photo and per sequence between them.
 """
 
 from __future__ import annotations
 
+import argparse
 import time
 from pathlib import Path
 
 from PIL import Image
 
-from bbsd import config, prompt
+from bbsd import config, prompt, replies
 
 
-def engine_burst(cfg: Path, images: list[Image.Image], parallel: int) -> dict:
+class _Clock:
+    """Time spent in wrapped calls, by part (each call waited for: the GPU may still be busy when a
+    llama.cpp call returns)."""
+
+    def __init__(self, sync) -> None:
+        self.ms: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+        self._sync = sync
+
+    def wrap(self, part: str, fn, when=lambda *a, **kw: True):
+        def timed(*args, **kwargs):
+            if not when(*args, **kwargs):
+                return fn(*args, **kwargs)
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self._sync()
+                self.ms[part] = self.ms.get(part, 0.0) + (time.perf_counter() - t) * 1000
+                self.calls[part] = self.calls.get(part, 0) + 1
+        return timed
+
+
+def engine_burst(cfg: Path, images: list[Image.Image], parallel: int, environ: dict | None = None) -> dict:
     """Label `images` together (`infer_many`, up to `parallel` at a time) after one warm-up photo:
-    photos/s, decode steps, and ms per step in `llama_decode` and around it."""
+    photos/s, decode steps, and where the time went (`per_photo` and `per_step` ms by part)."""
     from bbsd.engines import open_in_process
 
-    settings = config.load(cfg, environ={"BBSD_ENGINE_PARALLEL": str(parallel)})
+    settings = config.load(cfg, environ={"BBSD_ENGINE_PARALLEL": str(parallel), **(environ or {})})
     labeler, p = open_in_process(settings), prompt.build(settings.catalog)
+    advance = replies.Reply.advance
     try:
         labeler.infer_many([(images[0], p, 0)], cancelled=lambda: False)  # load, prefix, first kernels
-        ctx = labeler._ctx  # our own engine's context (bbsd.llama_native), timed at its one decode seam
-        decode, spent = ctx._decode, [0, 0.0]
-
-        def timed(parts):
-            t = time.perf_counter()
-            rows = decode(parts)
-            ctx._ll.llama_synchronize(ctx.ctx)  # llama_decode may return before the GPU is done
-            spent[0], spent[1] = spent[0] + 1, spent[1] + time.perf_counter() - t
-            return rows
-
-        ctx._decode = timed
+        ctx = labeler._ctx  # our own engine's context (bbsd.llama_native), timed at its seams
+        clock = _Clock(lambda: ctx._ll.llama_synchronize(ctx.ctx))
+        ctx._decode = clock.wrap("decode", ctx._decode)
+        ctx.tokenize = clock.wrap("tokenize", ctx.tokenize)
+        ctx.eval_chunk = clock.wrap("image", ctx.eval_chunk, lambda chunk, *a, **kw: not chunk.is_text)
+        ctx.sampler = clock.wrap("sampler", ctx.sampler)
+        replies.Reply.advance = clock.wrap("pick", advance)
         t0 = time.perf_counter()
         results = labeler.infer_many([(im, p, 0) for im in images[1:]], cancelled=lambda: False)
-        wall = time.perf_counter() - t0
+        wall = (time.perf_counter() - t0) * 1000
     finally:
+        replies.Reply.advance = advance
         labeler.close()
-    n = len(results)
-    return {"per_s": n / wall, "steps": spent[0], "decode_ms": spent[1] * 1000 / max(1, spent[0]),
-            "rest_ms": (wall - spent[1]) * 1000 / max(1, spent[0]),
-            "sampled": sum(getattr(r, "sampled_tokens", 0) or 0 for r in results) / n}
+    n, steps = len(results), clock.calls.get("decode", 0)
+    # `advance` ("pick") only chooses tokens (forced text included); the next step's `_decode` evaluates
+    # them. The text after a photo's image is evaluated by `_decode` too.
+    parts = {k: clock.ms.get(k, 0.0) for k in ("tokenize", "image", "sampler", "decode", "pick")}
+    rest = wall - sum(parts.values())
+    return {"per_s": n * 1000 / wall, "steps": steps, "sampled": sum(r.sampled_tokens or 0 for r in results) / n,
+            "per_photo": {k: parts[k] / n for k in ("tokenize", "image", "sampler")},
+            "per_step": {"decode": parts["decode"] / max(1, steps), "pick": parts["pick"] / max(1, steps),
+                         "rest": rest / max(1, steps)}}
 
 
 def row(shape: str, n: int, parallel: int, b: dict, one: dict | None) -> str:
     gain = f", {b['per_s'] / one['per_s']:.2f} × parallel 1" if one and parallel != 1 else ""
-    return (f"| {shape} | bare engine, {n} photos at parallel {parallel}: {b['per_s']:.2f} photos/s{gain}; "
-            f"{b['steps']} decode steps, each {b['decode_ms']:.1f} ms in llama_decode + {b['rest_ms']:.1f} ms "
-            f"around it (sampling; images encoded) | | | | | | | |")
+    ph, st = b["per_photo"], b["per_step"]
+    return (f"| {shape} | bare engine, {n} photos at parallel {parallel}: {b['per_s']:.2f} photos/s{gain}. "
+            f"A photo: tokenize and preprocess {ph['tokenize']:.1f} ms, image encoded and evaluated "
+            f"{ph['image']:.1f} ms, sampler {ph['sampler']:.1f} ms. {b['steps']} decode steps, each: "
+            f"llama_decode {st['decode']:.1f} ms, tokens picked {st['pick']:.1f} ms, the rest {st['rest']:.1f} ms "
+            f"| | | | | | | |")
+
+
+def main() -> None:
+    """The 2b (or another) shape's engine alone, at each parallel level and setting given."""
+    import tempfile
+
+    from bbsd import imaging, tiny_model
+    from bench.speed import SHAPES, photos, write_config
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shape", default="tiny")
+    ap.add_argument("--photos", type=int, default=17)
+    ap.add_argument("--parallel", default="1,8")
+    ap.add_argument("--gpu-layers", type=int, default=0)
+    ap.add_argument("--env", action="append", default=[], help="KEY=VALUE settings of a variant (repeatable: "
+                    "KEY=V1 KEY=V2 … each run as its own variant)")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        models = tiny_model.write_pair(tmp / "m", SHAPES[args.shape])
+        cfg = write_config(tmp / "c", models, 5, argparse.Namespace(max_tokens=1024, threads=0, n_ctx=4096,
+                                                                     gpu_layers=args.gpu_layers))
+        images = [imaging.decode(f, 768).image for f in photos(tmp / "ph", args.photos)]
+        for variant in [None, *args.env]:
+            env = dict([variant.split("=", 1)]) if variant else {}
+            one = None
+            for n in [int(v) for v in args.parallel.split(",")]:
+                b = engine_burst(cfg, images, n, env)
+                one = b if n == 1 else one
+                print(f"{variant or 'default'}: {row(args.shape, len(images) - 1, n, b, one)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
