@@ -190,14 +190,18 @@ def _record(target: Path) -> dict:
         raise RuntimeError(f"{target.name} was not labelled: {doc.get('error')}")
     t = doc["timing_ms"]
     return {"ms": t["total"] + t.get("queue_wait", 0.0), "prompt": doc["tokens"].get("evaluated"),
-            "out": doc["tokens"]["output"], "rss": doc["memory_mb"]["rss"]}
+            "out": doc["tokens"]["output"], "rss": doc["memory_mb"]["rss"], "wait": t.get("queue_wait", 0.0),
+            "decode": t.get("decode"), "inference": t.get("inference")}
 
 
 def _burst(daemon: Daemon, burst: list[Path]) -> dict:
     t0 = time.monotonic()
     targets = [daemon.drop(f) for f in burst]
     _wait(lambda: all(sidecar.path_for(t).exists() for t in targets), 3600)
-    return {"per_s": len(targets) / (time.monotonic() - t0), "newest": _record(targets[-1])["ms"]}
+    per_s = len(targets) / (time.monotonic() - t0)
+    newest = _record(targets[-1])
+    done = sorted(targets, key=lambda t: sidecar.path_for(t).stat().st_mtime_ns)  # the order they were labelled in
+    return {"per_s": per_s, "newest": newest["ms"], "rank": done.index(targets[-1]) + 1, "wait": newest["wait"]}
 
 
 def burst_run(cfg: Path, burst: list[Path]) -> dict:
@@ -236,7 +240,8 @@ def summary(rows: list[dict], warm: int = 2) -> dict:
     """Medians over the photos after the first `warm` (load and the first prefix are not per-photo costs)."""
     rows = rows[warm:] or rows
     med = {k: statistics.median(r[k] for r in rows if r.get(k) is not None)
-           for k in ("ms", "prompt", "out", "gen_ms", "sampled") if any(r.get(k) is not None for r in rows)}
+           for k in ("ms", "prompt", "out", "gen_ms", "sampled", "wait", "decode", "inference")
+           if any(r.get(k) is not None for r in rows)}
     return med
 
 
@@ -307,7 +312,7 @@ def run_shape(shape: str, args, tmp: Path, binaries: tuple[Path, Path] | None) -
         rows = interleave(setups, files)
         setups = [(name, summary(rows[name], warm=1 if name.startswith("(d)") else 2)) for name, _, _ in setups]
         bbsd = setups[0][1]
-        lines = _rows(shape, setups)
+        lines = [*_rows(shape, setups), _parts_row(shape, bbsd)]
         print("\n".join(lines), flush=True)  # as measured: a run cut short still shows what it had
         if burst:
             newest = _burst(daemon, burst)
@@ -345,10 +350,23 @@ def _rows(shape: str, setups: list[tuple[str, dict]]) -> list[str]:
             for name, s in setups]
 
 
+def _parts_row(shape: str, a: dict) -> str:
+    """Where (a)'s time goes, from its sidecars (medians, so the parts need not add up exactly)."""
+    rest = a["ms"] - a["wait"] - a["decode"] - a["inference"]
+    return (f"| {shape} | (a)'s photo: queue wait {a['wait']:.0f} ms, hashed and decoded (in the decoder "
+            f"process, file → 768 px) {a['decode']:.0f} ms, engine {a['inference']:.0f} ms, the rest {rest:.0f} ms "
+            "| | | | | | | |")
+
+
 def _burst_row(shape: str, n: int, setting: str, b: dict, one: dict) -> str:
     single = 1000 / one["ms"]  # photos per second, one photo at a time (a)
     return (f"| {shape} | {n}-photo burst, {setting}: {b['per_s']:.2f} photos/s, {b['per_s'] / single:.2f} × one at a "
-            f"time; newest settled → sidecar {b['newest']:.0f} ms | | | | | | | {b['newest'] / one['ms']:.2f} × (a) |")
+            f"time; newest settled → sidecar {b['newest']:.0f} ms (labelled {_nth(b['rank'])}, {b['wait']:.0f} ms "
+            f"of it queued) | | | | | | | {b['newest'] / one['ms']:.2f} × (a) |")
+
+
+def _nth(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -412,7 +430,9 @@ def main() -> None:
     body = "\n".join([
         f"Machine: {machine()}; GPU: {_gpu()}. Threads: {args.threads or _threads()}, gpu_layers {args.gpu_layers}, "
         f"context {args.n_ctx}, catalog of {args.catalog} entries, output limit {args.max_tokens} tokens, temperature "
-        f"0, bbsd's reply grammar in every setup. {args.photos} distinct {args.photo_size.replace('x', '×')} "
+        f"0, bbsd's reply grammar in every setup, flash attention for the text model "
+        f"{'on' if flash_attention('auto', args.gpu_layers)[0] else 'off'} in every setup (bbsd's default on this "
+        f"device). {args.photos} distinct {args.photo_size.replace('x', '×')} "
         "camera-like JPEGs per setup, sent as files to every setup but the bare engine (medians after the "
         f"first two; llama-mtmd-cli {args.cli_photos}, after the first). *prompt* = prompt tokens evaluated per photo. "
         "*at equal tokens*: the per-photo time with its generation rescaled to the bare engine's output tokens "

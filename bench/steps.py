@@ -56,7 +56,8 @@ def engine_burst(cfg: Path, images: list[Image.Image], parallel: int, environ: d
         ctx._decode = clock.wrap("decode", ctx._decode)
         ctx.tokenize = clock.wrap("tokenize", ctx.tokenize)
         ctx.eval_chunk = clock.wrap("image", ctx.eval_chunk, lambda chunk, *a, **kw: not chunk.is_text)
-        ctx.sampler = clock.wrap("sampler", ctx.sampler)
+        made, make = [], clock.wrap("sampler", ctx.sampler)
+        ctx.sampler = lambda *a: made.append(make(*a)) or made[-1]  # kept for their counts of full masks
         replies.Reply.advance = clock.wrap("pick", advance)
         t0 = time.perf_counter()
         results = labeler.infer_many([(im, p, 0) for im in images[1:]], cancelled=lambda: False)
@@ -69,7 +70,9 @@ def engine_burst(cfg: Path, images: list[Image.Image], parallel: int, environ: d
     # them. The text after a photo's image is evaluated by `_decode` too.
     parts = {k: clock.ms.get(k, 0.0) for k in ("tokenize", "image", "sampler", "decode", "pick")}
     rest = wall - sum(parts.values())
-    return {"per_s": n * 1000 / wall, "steps": steps, "sampled": sum(r.sampled_tokens or 0 for r in results) / n,
+    sampled = sum(r.sampled_tokens or 0 for r in results)
+    return {"per_s": n * 1000 / wall, "steps": steps, "sampled": sampled / n,
+            "masked": sum(s.masked for s in made) / max(1, sampled),
             "per_photo": {k: parts[k] / n for k in ("tokenize", "image", "sampler")},
             "per_step": {"decode": parts["decode"] / max(1, steps), "pick": parts["pick"] / max(1, steps),
                          "rest": rest / max(1, steps)}}
@@ -81,7 +84,8 @@ def row(shape: str, n: int, parallel: int, b: dict, one: dict | None) -> str:
     return (f"| {shape} | bare engine, {n} photos at parallel {parallel}: {b['per_s']:.2f} photos/s{gain}. "
             f"A photo: tokenize and preprocess {ph['tokenize']:.1f} ms, image encoded and evaluated "
             f"{ph['image']:.1f} ms, sampler {ph['sampler']:.1f} ms. {b['steps']} decode steps, each: "
-            f"llama_decode {st['decode']:.1f} ms, tokens picked {st['pick']:.1f} ms, the rest {st['rest']:.1f} ms "
+            f"llama_decode {st['decode']:.1f} ms, tokens picked {st['pick']:.1f} ms, the rest {st['rest']:.1f} ms; "
+            f"{b['sampled']:.0f} tokens sampled a photo, {b['masked']:.0%} of them by masking the whole vocabulary "
             f"| | | | | | | |")
 
 
@@ -99,7 +103,9 @@ def main() -> None:
     ap.add_argument("--gpu-layers", type=int, default=0)
     ap.add_argument("--env", action="append", default=[], help="KEY=VALUE settings of a variant (repeatable: "
                     "KEY=V1 KEY=V2 … each run as its own variant)")
+    ap.add_argument("--section", default="", help="also write the rows into this docs/benchmarks.md section")
     args = ap.parse_args()
+    lines = []
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         models = tiny_model.write_pair(tmp / "m", SHAPES[args.shape])
@@ -112,7 +118,18 @@ def main() -> None:
             for n in [int(v) for v in args.parallel.split(",")]:
                 b = engine_burst(cfg, images, n, env)
                 one = b if n == 1 else one
-                print(f"{variant or 'default'}: {row(args.shape, len(images) - 1, n, b, one)}", flush=True)
+                lines.append(row(args.shape, len(images) - 1, n, b, one).replace(
+                    " | bare engine,", f" | {variant or 'defaults'}: bare engine,", 1))
+                print(lines[-1], flush=True)
+    if args.section:
+        from bench.results import machine, update_section
+        from bench.speed import _gpu
+
+        update_section(args.section, f"Machine: {machine()}; GPU: {_gpu()}; {args.photos} distinct 2600×1976 "
+                       f"photos decoded to 768 px, catalog of 5, gpu_layers {args.gpu_layers}.\n\n"
+                       "| shape | where the time goes | | | | | | | |\n|---|---|---|---|---|---|---|---|---|\n"
+                       + "\n".join(lines),
+                       "bench/steps.py")
 
 
 if __name__ == "__main__":
