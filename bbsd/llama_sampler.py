@@ -96,9 +96,12 @@ class Sampler:
     def _best_allowed(self, logits, best: float) -> int | None:
         """The allowed token of the highest logit (lowest id on a tie) among the strongest `PICK_TIERS`,
         or None when no tier decides it. A tier is the `top` strongest logits at any distance from the best."""
-        spread = best - float(logits.min()) + 1.0
+        import numpy as np
+
+        finite = logits[np.isfinite(logits)]  # a -inf logit (a banned token) must not make the spread infinite
+        spread = best - float(finite.min()) + 1.0 if finite.size else 1.0
         for i, top in enumerate(self.PICK_TIERS):  # the first within CHOICE_MARGIN (found in fewer passes)
-            ids = self._band(logits, best, float("inf"), top, spread if i else 0.0)
+            ids = self._band(logits, best, float("inf"), top, spread if i else 0.0, whole_tier=i > 0)
             allowed = self._allowed(ids, logits)
             whole = len(ids) >= len(logits)
             if allowed.size:
@@ -113,21 +116,24 @@ class Sampler:
         """The ids of the strongest logits: within CHOICE_MARGIN of the best, at most CHOICE_TOP of them."""
         return self._band(logits, float(logits[best]), float("inf"))
 
-    def _band(self, logits, ref: float, high: float, top: int = 0, margin: float = 0.0):
+    def _band(self, logits, ref: float, high: float, top: int = 0, margin: float = 0.0, whole_tier: bool = False):
         """The ids of at most `top` (CHOICE_TOP) of the strongest logits in [ref - margin, high] (margin:
-        CHOICE_MARGIN). The margin halves while the band holds far more than that: a model whose logits lie
+        CHOICE_MARGIN). The margin halves while the band holds far more than `top`: a model whose logits lie
         close together would otherwise put the whole vocabulary in it, and then picking from it costs more
-        than the grammar saves."""
+        than the grammar saves. `whole_tier`: never halve below `top` (a greedy tier must hold its size;
+        the first band may be smaller, which is cheaper and still exact)."""
         import numpy as np
 
         top = top or self.CHOICE_TOP
         margin = margin or self.CHOICE_MARGIN
-        while True:
-            mask = (logits >= ref - margin) & (logits <= high)
-            n = int(np.count_nonzero(mask))
-            if n <= 4 * top or margin < 1.0:
+        mask = (logits >= ref - margin) & (logits <= high)
+        n = int(np.count_nonzero(mask))
+        while n > 4 * top and margin >= 1.0:
+            narrower = (logits >= ref - margin / 2) & (logits <= high)
+            m = int(np.count_nonzero(narrower))
+            if whole_tier and m < top:
                 break
-            margin /= 2
+            mask, n, margin = narrower, m, margin / 2
         ids = np.flatnonzero(mask)
         if n > top:
             ids = ids[np.argpartition(logits[ids], -top)[-top:]]

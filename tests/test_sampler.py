@@ -71,3 +71,24 @@ def test_a_tie_takes_the_lowest_id_and_a_tie_with_the_cut_is_never_decided_by_it
     order = np.argsort(-logits, kind="stable")
     logits[order[2047:]] = logits[order[2047]]
     assert sampler._best_allowed(logits, float(logits.max())) is None
+
+
+def test_banned_tokens_at_minus_infinity_change_nothing(sampler):
+    """A -inf logit (a token banned by a bias) once made the tiers' margin infinite and looped forever."""
+    logits = _planted(sampler, 5000, 0)
+    logits[::7] = -np.inf
+    allowed = sampler._allowed(np.arange(N_VOCAB), np.zeros(N_VOCAB, np.float32))["id"]
+    logits[allowed[len(allowed) // 2]] = np.sort(logits)[-5001]  # the 5,001st strongest again
+    assert sampler._best_allowed(logits, float(logits.max())) == _full_mask(sampler, logits)
+
+
+@pytest.mark.parametrize("n_vocab", [40_000, 151_936, 262_144])
+def test_each_tier_holds_its_size_at_real_vocabulary_sizes(n_vocab):
+    """Halving the margin must not shrink a wider tier below its size (at 152k tokens the second and
+    third tiers once held the same 1,479 tokens)."""
+    s = Sampler.__new__(Sampler)
+    logits = np.random.default_rng(0).normal(0.0, 3.0, n_vocab).astype(np.float32)
+    best = float(logits.max())
+    spread = best - float(logits.min()) + 1.0
+    for top in Sampler.PICK_TIERS[1:]:
+        assert len(s._band(logits, best, float("inf"), top, spread, whole_tier=True)) == top
