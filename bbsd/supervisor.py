@@ -112,8 +112,9 @@ class WorkerLabeler:
         self._driving = False
         # A photo handed over to an idle worker leads: while it is in the worker only newer photos
         # join it, so the newest photo of a burst comes back in one photo's time, not a full batch's;
-        # once the lead is done, the batch fills. `_idle`: the worker emptied with nothing waiting.
-        self._idle, self._leading = True, False
+        # once the lead is done, the batch fills (newer photos that joined it run on beside the others,
+        # so a stream of them never starves an older one). `_idle`: the worker emptied with nothing waiting.
+        self._idle, self._leading, self._lead = True, False, 0  # _lead: the leading photo's id while it runs
         # Written when a photo is handed over, so that a driver waiting for results sends it at once.
         self._wake_r, wake_w = os.pipe()
         self._wake_w: int | None = wake_w
@@ -187,6 +188,8 @@ class WorkerLabeler:
             self._pending.remove(t)
             t.id = next(self._ids)
             self._in_flight[t.id] = t
+        if self._leading and not self._lead and batch:
+            self._lead = batch[0].id
         return batch
 
     def _newest(self) -> list[_Ticket]:
@@ -204,7 +207,7 @@ class WorkerLabeler:
 
     def _emptied(self) -> None:
         """The worker holds no photo now: idle, unless photos wait (they fill the batch, no lead)."""
-        self._idle, self._leading = not self._pending, False
+        self._idle, self._leading, self._lead = not self._pending, False, 0
 
     def _send(self, batch: list[_Ticket]) -> None:
         """One request per photo. Its deadline counts from now, `timeout_seconds` for each photo then
@@ -270,6 +273,8 @@ class WorkerLabeler:
         if ticket is None:
             log.warning("worker.unexpected", type=message.get("type"), id=message.get("id"))
             return
+        if ticket.id == self._lead:  # the lead is done: the photos waiting fill the batch
+            self._leading, self._lead = False, 0
         try:
             ticket.outcome = _inference(message["result"], message)
         except (KeyError, TypeError, ValueError) as e:  # a worker of another version: the photo, not the thread

@@ -203,6 +203,37 @@ def test_a_photo_handed_to_an_idle_worker_leads_only_newer_photos_join_it_then_t
     assert admitted["p1"] >= 1  # the older ones went together, not one at a time again
 
 
+def test_newer_photos_joining_a_lead_do_not_starve_an_older_one(tiny_models, tmp_path, monkeypatch, capfd):
+    """A stream of newer photos (a tethered camera) keeps joining the lead; an older photo handed over
+    meanwhile goes in as soon as the lead itself is done, beside the newer ones still running, not
+    when the stream stops."""
+    labeler, p, logged = _in_worker(tmp_path, tiny_models, monkeypatch, capfd, BBSD_ENGINE_PARALLEL="8")
+
+    def hand_over(i: int) -> None:
+        assert labeler.infer(_named(i), p, attempt=0, cancelled=lambda: False).text.startswith("{")
+
+    # Each newer photo joins a step or more after the one before it (they all reply at the same length),
+    # so the last ones are still generating when the lead is done.
+    stream = range(11, 17)
+    threads = {i: threading.Thread(target=hand_over, args=(i,)) for i in (10, 1, *stream)}
+    try:
+        threads[10].start()
+        wait_until(lambda: "p10" in logged("worker.admitted"), 30, "p10 in the worker")
+        threads[1].start()
+        for i in stream:
+            threads[i].start()
+            wait_until(lambda i=i: f"p{i}" in logged("worker.admitted"), 30, f"p{i} in the worker")
+        for thread in threads.values():
+            thread.join(30 * SLACK)
+    finally:
+        labeler.close()
+    admitted = logged("worker.admitted")
+    order = [(e["event"].removeprefix("worker."), e["photo"]) for e in logged.events
+             if e.get("event") in ("worker.admitted", "worker.finished")]
+    assert order.index(("admitted", "p1")) > order.index(("finished", "p10"))  # it waited for the lead…
+    assert admitted["p1"] >= 1  # …and no longer: newer photos were still running when it went in
+
+
 def test_a_worker_that_hangs_mid_batch_is_replaced_and_only_the_photo_that_hangs_alone_times_out(
         tiny_models, tmp_path, monkeypatch, capfd):
     """A hang with two photos in the worker cannot say which one hung: both come back as a crash,
