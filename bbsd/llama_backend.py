@@ -29,9 +29,9 @@ TABLES = {
         "threads": Key("int", 0, "CPU threads; 0 = one per physical core", 0, 512),
         "gpu_layers": Key("layers", 0, "layers offloaded to the GPU; -1 = all, 0 = CPU only, \"auto\" = as many as fit",
                           -1, 10000),
-        "flash_attention": Key("switch", "auto", "flash attention; \"auto\" = the text model uses it with layers on a "
-                               "GPU, not on a CPU (measured faster without there), the vision encoder where the "
-                               "device supports it"),
+        "flash_attention": Key("switch", "auto", "flash attention; \"auto\" = the text model uses it where a GPU "
+                               "that takes its layers supports it, never on a CPU (measured faster without there), "
+                               "the vision encoder where the device supports it"),
         "prefix_cache": Key("bool", True, "keep the prompt's fixed part (system text, catalog) in the KV cache and "
                             "evaluate only the image and the text after it per photo; false = everything per photo"),
         "jump_forward": Key("bool", True, "append the reply's keys, punctuation and the rest of an unambiguous "
@@ -126,14 +126,20 @@ def _chosen(s: LlamaSettings) -> str:
     threads = f"{resolve_threads(s.threads)} threads" + (" (one per physical core)" if s.threads == 0 else "")
     layers = {0: "CPU only", -1: "all layers on the GPU"}.get(s.gpu_layers, f"GPU layers {s.gpu_layers}") \
         if s.gpu_layers != "auto" else "GPU layers: as many as fit (resolved at load)"
+    # "auto" layers are resolved at load (0 where no GPU takes them): say what each outcome gives
+    undecided = s.gpu_layers == "auto"
     text_fa, vision_fa = flash_attention(s.flash_attention, s.gpu_layers)
     fa = {True: "on", False: "off", None: "where the device supports it"}
-    flags = (f"flash attention {fa[text_fa]} for the text model and {fa[vision_fa]} for the vision encoder"
+    text = ("where a GPU that takes the layers supports it, off on a CPU" if undecided and s.flash_attention == "auto"
+            else fa[text_fa])
+    flags = (f"flash attention {text} for the text model and {fa[vision_fa]} for the vision encoder"
              + (" (auto)" if s.flash_attention == "auto" else "") + ", "
              + ", ".join(f"{name} {'on' if on else 'off'}" for name, on in (
                  ("prefix cache", s.prefix_cache), ("jump-forward", s.jump_forward))))
     n = resolve_parallel(s.parallel, s.gpu_layers)
     together = f"up to {n} photos together" if n > 1 else "one photo at a time"
+    if undecided and s.parallel == 0:
+        together = f"up to {n} photos together if a GPU takes the layers, else one at a time"
     return (f"engine: {threads}, context {s.context_size} tokens per photo, batch {batch_size(s.context_size)} "
             f"(an image is encoded in one batch), {layers}, {flags}, {together}"
             + (" (parallel 0: the default for this device)" if s.parallel == 0 else ""))

@@ -279,14 +279,14 @@ def _decode_reference(path: Path, max_side: int) -> Image.Image:
 
 def flash_attention(setting: bool | str, gpu_layers: int | str) -> tuple[bool | None, bool | None]:
     """Flash attention for (the text model, the vision encoder): True, False, or None (llama.cpp
-    decides: on where the device supports it). "auto": the text model with it only with layers on a
-    GPU. On a CPU a decode step took 1.9 x as long with it (SmolVLM-256M shape, 2-core VM: 57 against
+    decides: on where the device supports it). "auto": the text model with it (llama.cpp's auto) only
+    with layers on a GPU. On a CPU a decode step took 1.9 x as long with it (SmolVLM-256M shape, 2-core VM: 57 against
     30 ms; the tiny pair 0.7 against 0.3 ms), while the vision encoder ran faster with it (916
     against 1,113 ms an image), so the encoder keeps llama.cpp's own auto, which also falls back
     cleanly where a GPU lacks the kernel (forced on, the unsupported op would run on the CPU)."""
     if setting != "auto":
         return bool(setting), bool(setting)
-    return gpu_layers != 0, None
+    return (None if gpu_layers != 0 else False), None
 
 
 def batch_size(context_size: int) -> int:

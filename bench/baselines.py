@@ -49,7 +49,7 @@ class Handler:
     """
 
     def __init__(self, models: tuple[Path, Path], p: Prompt, *, max_tokens: int, threads: int, gpu_layers: int,
-                 n_ctx: int, flash: bool, exact_tokens: int = 0) -> None:
+                 n_ctx: int, flash: bool | None, exact_tokens: int = 0) -> None:
         from bbsd.backends import import_llama
 
         import_llama()  # the C++ runtime pinned first, as bbsd does
@@ -58,7 +58,8 @@ class Handler:
 
         self._p = p
         self._llm = llm = Llama(model_path=str(models[0]), n_ctx=n_ctx, n_batch=2048, n_ubatch=2048,
-                                n_gpu_layers=gpu_layers, n_threads=threads, verbose=False, flash_attn=flash,
+                                n_gpu_layers=gpu_layers, n_threads=threads, verbose=False,
+                                flash_attn=flash is not False,
                                 chat_handler=MTMDChatHandler(clip_model_path=str(models[1]), verbose=False))
         self._limits = ({"max_tokens": exact_tokens, "logit_bias": {llm.token_eos(): -1e9, llm.token_bos(): -1e9}}
                         if exact_tokens else {"grammar": LlamaGrammar.from_string(p.grammar, verbose=False),
@@ -111,11 +112,11 @@ class Server:
     `exact_tokens`: no grammar and exactly that many tokens, as in `Handler`."""
 
     def __init__(self, binary: Path, models: tuple[Path, Path], p: Prompt, *, max_tokens: int, threads: int,
-                 gpu_layers: int, n_ctx: int, flash: bool, log: Path, exact_tokens: int = 0) -> None:
+                 gpu_layers: int, n_ctx: int, flash: bool | None, log: Path, exact_tokens: int = 0) -> None:
         port = _free_port()
         argv = [str(binary), "-m", str(models[0]), "--mmproj", str(models[1]), "--host", "127.0.0.1",
                 "--port", str(port), "-np", "1", "-c", str(n_ctx), "-b", "2048", "-ub", "2048", "-t", str(threads),
-                "-ngl", str(_ngl(gpu_layers)), "-fa", "on" if flash else "off", "--no-webui"]
+                "-ngl", str(_ngl(gpu_layers)), "-fa", _fa(flash), "--no-webui"]
         if gpu_layers == 0:
             argv.append("--no-mmproj-offload")
         self._url, self._p = f"http://127.0.0.1:{port}", p
@@ -150,13 +151,13 @@ class Cli:
     """`llama-mtmd-cli` once per photo (loading the model each time), as a script around it would."""
 
     def __init__(self, binary: Path, models: tuple[Path, Path], p: Prompt, *, max_tokens: int, threads: int,
-                 gpu_layers: int, n_ctx: int, flash: bool, folder: Path) -> None:
+                 gpu_layers: int, n_ctx: int, flash: bool | None, folder: Path) -> None:
         grammar = folder / "reply.gbnf"
         grammar.write_text(p.grammar)
         self._argv = [str(binary), "-m", str(models[0]), "--mmproj", str(models[1]), "-sys", p.system, "-p", p.user,
                       "--grammar-file", str(grammar), "-n", str(max_tokens), "--temp", "0", "-t", str(threads),
                       "-c", str(n_ctx), "-b", "2048", "-ub", "2048", "-ngl", str(_ngl(gpu_layers)),
-                      "-fa", "on" if flash else "off", "--perf", "-v"]  # its timings are logged at debug verbosity only
+                      "-fa", _fa(flash), "--perf", "-v"]  # its timings are logged at debug verbosity only
 
     def one(self, photo: Path) -> dict:
         t0 = time.perf_counter()
@@ -170,3 +171,8 @@ class Cli:
 
     def close(self) -> None:
         pass
+
+
+def _fa(flash: bool | None) -> str:
+    """llama.cpp's -fa for bbsd's setting of the text model: True on, False off, None auto."""
+    return {True: "on", False: "off", None: "auto"}[flash]
