@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -115,21 +117,43 @@ def test_a_batch_of_another_catalog_is_labelled_one_prompt_at_a_time(tiny_models
     assert mixed[1].evaluated_tokens == mixed[1].prompt_tokens
 
 
-def _in_worker(tmp_path, tiny_models, monkeypatch, capfd, extra: str = "", **env: str):
+@pytest.fixture
+def fd2_log(tmp_path):
+    """fd 2, which the worker inherits, into a file of the test's own while it runs: pytest's capfd
+    empties its capture file after each read, and a line the worker wrote in between was lost (CI once
+    waited 90 s for a `worker.admitted` line that never came)."""
+    path = tmp_path / "stderr.log"
+    saved = os.dup(2)
+
+    def redirect() -> Path:  # called by the test itself: pytest points fd 2 at its own file between phases
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        sys.stderr.flush()
+        os.dup2(fd, 2)
+        os.close(fd)
+        return path
+
+    try:
+        yield redirect
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _in_worker(tmp_path, tiny_models, monkeypatch, fd2_log, extra: str = "", **env: str):
     """A `WorkerLabeler` at parallel 4 with the test hooks, each decode step slowed so that a photo is
-    still generating when the next one arrives; and the worker's debug events by name."""
+    still generating when the next one arrives; and the worker's debug events by name (from `fd2_log`)."""
     env = {"BBSD_ENGINE_PARALLEL": "4", "BBSD_LOG_LEVEL": "debug", "BBSD_TEST_HOOKS": "1",
            "BBSD_TEST_STEP_MS": str(round(25 * SLACK)), **env}
     for key, value in env.items():
         monkeypatch.setenv(key, value)  # the worker reads its configuration and hooks from the environment
     settings = config.load(write_config(tmp_path, [tmp_path], tiny_models, extra=extra))
+    log_path = fd2_log()  # before the worker starts: it inherits fd 2
     worker_log: list[dict] = []
-    partial = [""]  # a line the worker was still writing when the capture was read: completed next time
 
     def logged(name: str) -> dict[str, int]:
-        text = partial[0] + capfd.readouterr().err
-        complete, _, partial[0] = text.rpartition("\n")
-        worker_log.extend(events(complete))
+        complete = log_path.read_text().rpartition("\n")[0]  # a line still being written counts next time
+        worker_log[:] = events(complete)
         return {e["photo"]: e["beside"] for e in worker_log if e.get("event") == name}
 
     logged.events = worker_log  # every event so far, in the order the worker logged them
@@ -143,11 +167,11 @@ def _named(i: int) -> Image.Image:
 
 
 def test_the_worker_takes_each_photo_into_the_running_batch_and_returns_each_when_its_reply_is_done(
-        tiny_models, tmp_path, monkeypatch, capfd):
+        tiny_models, tmp_path, monkeypatch, fd2_log):
     """Four threads hand over a photo each, one after the other while the first is still generating
     (every decode step slowed by the test hook): each joins the running batch, and each comes back
     as soon as its own reply is complete, the first before the others are done."""
-    labeler, p, logged = _in_worker(tmp_path, tiny_models, monkeypatch, capfd)
+    labeler, p, logged = _in_worker(tmp_path, tiny_models, monkeypatch, fd2_log)
     returned: list[str] = []
 
     def hand_over(i: int) -> None:
@@ -173,11 +197,11 @@ def test_the_worker_takes_each_photo_into_the_running_batch_and_returns_each_whe
 
 
 def test_a_photo_handed_to_an_idle_worker_leads_only_newer_photos_join_it_then_the_batch_fills(
-        tiny_models, tmp_path, monkeypatch, capfd):
+        tiny_models, tmp_path, monkeypatch, fd2_log):
     """The newest photo of a burst comes back in one photo's time, not a full batch's: handed to an
     idle worker it leads, older photos handed over meanwhile wait until it is done (then they fill the
     batch together), and a newer photo (decoded a moment after an older one) joins it at once."""
-    labeler, p, logged = _in_worker(tmp_path, tiny_models, monkeypatch, capfd)
+    labeler, p, logged = _in_worker(tmp_path, tiny_models, monkeypatch, fd2_log)
 
     def hand_over(i: int) -> None:
         assert labeler.infer(_named(i), p, attempt=0, cancelled=lambda: False).text.startswith("{")
@@ -203,11 +227,11 @@ def test_a_photo_handed_to_an_idle_worker_leads_only_newer_photos_join_it_then_t
     assert admitted["p1"] >= 1  # the older ones went together, not one at a time again
 
 
-def test_newer_photos_joining_a_lead_do_not_starve_an_older_one(tiny_models, tmp_path, monkeypatch, capfd):
+def test_newer_photos_joining_a_lead_do_not_starve_an_older_one(tiny_models, tmp_path, monkeypatch, fd2_log):
     """A stream of newer photos (a tethered camera) keeps joining the lead; an older photo handed over
     meanwhile goes in as soon as the lead itself is done, beside the newer ones still running, not
     when the stream stops."""
-    labeler, p, logged = _in_worker(tmp_path, tiny_models, monkeypatch, capfd, BBSD_ENGINE_PARALLEL="8")
+    labeler, p, logged = _in_worker(tmp_path, tiny_models, monkeypatch, fd2_log, BBSD_ENGINE_PARALLEL="8")
 
     def hand_over(i: int) -> None:
         assert labeler.infer(_named(i), p, attempt=0, cancelled=lambda: False).text.startswith("{")
@@ -235,10 +259,10 @@ def test_newer_photos_joining_a_lead_do_not_starve_an_older_one(tiny_models, tmp
 
 
 def test_a_worker_that_hangs_mid_batch_is_replaced_and_only_the_photo_that_hangs_alone_times_out(
-        tiny_models, tmp_path, monkeypatch, capfd):
+        tiny_models, tmp_path, monkeypatch, fd2_log):
     """A hang with two photos in the worker cannot say which one hung: both come back as a crash,
     which the pipeline retries alone; alone, the innocent photo is labelled and the guilty one times out."""
-    labeler, p, logged = _in_worker(tmp_path, tiny_models, monkeypatch, capfd,
+    labeler, p, logged = _in_worker(tmp_path, tiny_models, monkeypatch, fd2_log,
                                     extra=f"[worker]\ntimeout_seconds = {2 * SLACK:g}\n", BBSD_TEST_HANG_ON="p1")
     outcomes: dict[tuple[int, int], object] = {}
 
