@@ -96,12 +96,11 @@ class Sampler:
     def _best_allowed(self, logits, best: float) -> int | None:
         """The allowed token of the highest logit (lowest id on a tie) among the strongest `PICK_TIERS`,
         or None when no tier decides it. A tier is the `top` strongest logits at any distance from the best."""
-        import numpy as np
-
-        finite = logits[np.isfinite(logits)]  # a -inf logit (a banned token) must not make the spread infinite
-        spread = best - float(finite.min()) + 1.0 if finite.size else 1.0
-        for i, top in enumerate(self.PICK_TIERS):  # the first within CHOICE_MARGIN (found in fewer passes)
-            ids = self._band(logits, best, float("inf"), top, spread if i else 0.0, whole_tier=i > 0)
+        spread = 0.0  # the first tier within CHOICE_MARGIN (found in fewer passes); the others at any distance
+        for i, top in enumerate(self.PICK_TIERS):
+            if i == 1:  # only a token the first tier could not decide pays for the spread
+                spread = self._spread(logits, best)
+            ids = self._band(logits, best, float("inf"), top, spread, whole_tier=i > 0)
             allowed = self._allowed(ids, logits)
             whole = len(ids) >= len(logits)
             if allowed.size:
@@ -111,6 +110,14 @@ class Sampler:
             if whole:
                 return None
         return None
+
+    @staticmethod
+    def _spread(logits, best: float) -> float:
+        """A margin that holds every finite logit (a -inf one, a banned token, must not make it infinite)."""
+        import numpy as np
+
+        finite = logits[np.isfinite(logits)]
+        return best - float(finite.min()) + 1.0 if finite.size else 1.0
 
     def _candidates(self, logits, best: int):
         """The ids of the strongest logits: within CHOICE_MARGIN of the best, at most CHOICE_TOP of them."""

@@ -114,7 +114,7 @@ class WorkerLabeler:
         # join it, so the newest photo of a burst comes back in one photo's time, not a full batch's;
         # once the lead is done, the batch fills (newer photos that joined it run on beside the others,
         # so a stream of them never starves an older one). `_idle`: the worker emptied with nothing waiting.
-        self._idle, self._leading, self._lead = True, False, 0  # _lead: the leading photo's id while it runs
+        self._idle, self._lead = True, 0  # _lead: the leading photo's id while it is in the worker
         # Written when a photo is handed over, so that a driver waiting for results sends it at once.
         self._wake_r, wake_w = os.pipe()
         self._wake_w: int | None = wake_w
@@ -182,32 +182,32 @@ class WorkerLabeler:
                                                       any(t.attempt for t in self._in_flight.values()))):
             return []
         retries = [t for t in self._pending if t.attempt]
-        batch = self._newest() if not retries else [] if self._in_flight else retries[:1]
+        leads = not self._in_flight and not retries and self._idle and self.parallel > 1
+        batch = self._newest(leads) if not retries else [] if self._in_flight else retries[:1]
         self._idle = False
         for t in batch:
             self._pending.remove(t)
             t.id = next(self._ids)
             self._in_flight[t.id] = t
-        if self._leading and not self._lead and batch:
+        if leads:
             self._lead = batch[0].id
         return batch
 
-    def _newest(self) -> list[_Ticket]:
+    def _newest(self, leads: bool) -> list[_Ticket]:
         """The newest photos waiting, as many as the worker has room for. Into an idle worker (at
-        `parallel` > 1) only the newest goes, the lead; while leads are in the worker only a photo
-        newer than each of them joins (the newest may be decoded a moment after an older one)."""
+        `parallel` > 1) only the newest goes, the lead; while the lead is in the worker only a photo
+        newer than each photo there joins (the newest may be decoded a moment after an older one)."""
         newest = sorted(self._pending, key=lambda t: -t.order)
-        if not self._in_flight:
-            self._leading = self._idle and self.parallel > 1
-            return newest[:1] if self._leading else newest[:self.parallel]
-        if self._leading:
+        if leads:
+            return newest[:1]
+        if self._lead:
             top = max(t.order for t in self._in_flight.values())
             newest = [t for t in newest if t.order > top]
         return newest[:self.parallel - len(self._in_flight)]
 
     def _emptied(self) -> None:
         """The worker holds no photo now: idle, unless photos wait (they fill the batch, no lead)."""
-        self._idle, self._leading, self._lead = not self._pending, False, 0
+        self._idle, self._lead = not self._pending, 0
 
     def _send(self, batch: list[_Ticket]) -> None:
         """One request per photo. Its deadline counts from now, `timeout_seconds` for each photo then
@@ -274,7 +274,7 @@ class WorkerLabeler:
             log.warning("worker.unexpected", type=message.get("type"), id=message.get("id"))
             return
         if ticket.id == self._lead:  # the lead is done: the photos waiting fill the batch
-            self._leading, self._lead = False, 0
+            self._lead = 0
         try:
             ticket.outcome = _inference(message["result"], message)
         except (KeyError, TypeError, ValueError) as e:  # a worker of another version: the photo, not the thread
