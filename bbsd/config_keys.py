@@ -71,9 +71,13 @@ def _coerce_env(text: str, key: Key, dotted: str, env_name: str, v: Validator) -
     try:
         value = parsers.get(key.kind, str)(text)
     except (ValueError, KeyError):
-        raise v.fail(dotted, f"from ${env_name}={text!r} is not a valid {key.kind}",
-                     f"set ${env_name} to a {key.kind}: {key.help}") from None
+        what = ENV_KINDS.get(key.kind, f"a valid {key.kind}")
+        raise v.fail(dotted, f"from ${env_name}={text!r} is not {what}",
+                     f"set ${env_name} to {what}: {key.help}") from None
     return _coerce(value, key, dotted, v, base=Path.cwd())
+
+
+ENV_KINDS = {"bool": "true or false", "switch": 'true, false or "auto"'}  # in words, for the messages
 
 
 def _env_bool(text: str) -> bool:

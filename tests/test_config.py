@@ -82,6 +82,11 @@ def test_environment_overrides_win_and_are_validated(tmp_path):
     assert s.watch.folders == (tmp_path / "a", tmp_path / "b")
     with pytest.raises(ConfigError, match=r"\$BBSD_ENGINE_THREADS='x' is not a valid int"):
         config.load(path, environ={"BBSD_ENGINE_THREADS": "x"})
+    # true, false or "auto", in either spelling of the environment
+    for text, value in (("AUTO", "auto"), ("no", False), ("1", True)):
+        assert config.load(path, environ={"BBSD_ENGINE_FLASH_ATTENTION": text}).backend.flash_attention == value
+    with pytest.raises(ConfigError, match=r"='maybe' is not true, false or \"auto\""):
+        config.load(path, environ={"BBSD_ENGINE_FLASH_ATTENTION": "maybe"})
 
 
 def test_a_reload_names_the_table_a_backend_key_was_edited_in(tmp_path):
