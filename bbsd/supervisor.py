@@ -111,10 +111,13 @@ class WorkerLabeler:
         self._ids = itertools.count(1)
         self._driving = False
         # A photo handed over to an idle worker leads: while it is in the worker only newer photos
-        # join it, so the newest photo of a burst comes back in one photo's time, not a full batch's;
-        # once the lead is done, the batch fills (newer photos that joined it run on beside the others,
-        # so a stream of them never starves an older one). `_idle`: the worker emptied with nothing waiting.
+        # join it (its group), so the newest photo of a burst comes back in about one photo's time, not
+        # a full batch's, also when an older one was decoded a moment before it and led. Older photos
+        # fill the batch once the whole group is done; only photos that joined while the lead itself
+        # was there belong to it, so a stream of newer photos never starves an older one.
+        # `_idle`: the worker emptied with nothing waiting.
         self._idle, self._lead = True, 0  # _lead: the leading photo's id while it is in the worker
+        self._group: set[int] = set()  # the lead and the photos that joined it, while in the worker
         # Written when a photo is handed over, so that a driver waiting for results sends it at once.
         self._wake_r, wake_w = os.pipe()
         self._wake_w: int | None = wake_w
@@ -191,16 +194,18 @@ class WorkerLabeler:
             self._in_flight[t.id] = t
         if leads:
             self._lead = batch[0].id
+        if self._lead:
+            self._group.update(t.id for t in batch)
         return batch
 
     def _newest(self, leads: bool) -> list[_Ticket]:
         """The newest photos waiting, as many as the worker has room for. Into an idle worker (at
-        `parallel` > 1) only the newest goes, the lead; while the lead is in the worker only a photo
+        `parallel` > 1) only the newest goes, the lead; while its group is in the worker only a photo
         newer than each photo there joins (the newest may be decoded a moment after an older one)."""
         newest = sorted(self._pending, key=lambda t: -t.order)
         if leads:
             return newest[:1]
-        if self._lead:
+        if self._group:
             top = max(t.order for t in self._in_flight.values())
             newest = [t for t in newest if t.order > top]
         return newest[:self.parallel - len(self._in_flight)]
@@ -208,6 +213,7 @@ class WorkerLabeler:
     def _emptied(self) -> None:
         """The worker holds no photo now: idle, unless photos wait (they fill the batch, no lead)."""
         self._idle, self._lead = not self._pending, 0
+        self._group.clear()
 
     def _send(self, batch: list[_Ticket]) -> None:
         """One request per photo. Its deadline counts from now, `timeout_seconds` for each photo then
@@ -273,8 +279,9 @@ class WorkerLabeler:
         if ticket is None:
             log.warning("worker.unexpected", type=message.get("type"), id=message.get("id"))
             return
-        if ticket.id == self._lead:  # the lead is done: the photos waiting fill the batch
+        if ticket.id == self._lead:  # the lead is done: nothing joins its group any more
             self._lead = 0
+        self._group.discard(ticket.id)  # once the group is done, the photos waiting fill the batch
         try:
             ticket.outcome = _inference(message["result"], message)
         except (KeyError, TypeError, ValueError) as e:  # a worker of another version: the photo, not the thread

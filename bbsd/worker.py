@@ -202,9 +202,11 @@ def _result(r) -> dict:
 
 def _step_hook() -> bool:
     """Asked before every decode step; with `BBSD_TEST_STEP_MS`, a step takes that much longer (tests
-    of the batch's timeline: a photo must still be generating when the next one joins it)."""
+    of the batch's timeline: a photo must still be generating when the next one joins it), and each
+    step is logged, the clock those tests count in."""
     if os.environ.get("BBSD_TEST_HOOKS") == "1" and os.environ.get("BBSD_TEST_STEP_MS"):
         time.sleep(int(os.environ["BBSD_TEST_STEP_MS"]) / 1000)
+        log.debug("worker.step")
     return False
 
 

@@ -198,9 +198,10 @@ def test_the_worker_takes_each_photo_into_the_running_batch_and_returns_each_whe
 
 def test_a_photo_handed_to_an_idle_worker_leads_only_newer_photos_join_it_then_the_batch_fills(
         tiny_models, tmp_path, monkeypatch, fd2_log):
-    """The newest photo of a burst comes back in one photo's time, not a full batch's: handed to an
-    idle worker it leads, older photos handed over meanwhile wait until it is done (then they fill the
-    batch together), and a newer photo (decoded a moment after an older one) joins it at once."""
+    """The newest photo of a burst comes back in about one photo's time, not a full batch's: handed to
+    an idle worker a photo leads, a newer photo (decoded a moment after an older one) joins it at once,
+    and older photos handed over meanwhile wait until the lead and the photo that joined it are done
+    (then they fill the batch together)."""
     labeler, p, logged = _in_worker(tmp_path, tiny_models, monkeypatch, fd2_log)
 
     def hand_over(i: int) -> None:
@@ -212,6 +213,8 @@ def test_a_photo_handed_to_an_idle_worker_leads_only_newer_photos_join_it_then_t
         wait_until(lambda: "p3" in logged("worker.admitted"), 30, "p3 in the worker")
         threads[1].start()
         threads[2].start()
+        steps = _steps(logged)
+        wait_until(lambda: _steps(logged) >= steps + 4, 30, "4 steps of the lead")  # p4 ends well after p3
         threads[4].start()
         wait_until(lambda: "p4" in logged("worker.admitted"), 30, "p4 in the worker")
         for thread in threads.values():
@@ -219,43 +222,52 @@ def test_a_photo_handed_to_an_idle_worker_leads_only_newer_photos_join_it_then_t
     finally:
         labeler.close()
     admitted = logged("worker.admitted")  # reads the rest of the worker's log
-    order = [(e["event"].removeprefix("worker."), e["photo"]) for e in logged.events
-             if e.get("event") in ("worker.admitted", "worker.finished")]
-    lead_done = order.index(("finished", "p3"))
-    assert order.index(("admitted", "p4")) < lead_done  # newer than the lead: joined it
-    assert order.index(("admitted", "p1")) > lead_done and order.index(("admitted", "p2")) > lead_done
+    order = _admitted_and_finished(logged)
+    assert order.index(("admitted", "p4")) < order.index(("finished", "p3"))  # newer than the lead: joined it
+    group_done = order.index(("finished", "p4"))  # the photo that joined the lead, done after it
+    assert order.index(("admitted", "p1")) > group_done and order.index(("admitted", "p2")) > group_done
     assert admitted["p1"] >= 1  # the older ones went together, not one at a time again
 
 
-def test_newer_photos_joining_a_lead_do_not_starve_an_older_one(tiny_models, tmp_path, monkeypatch, fd2_log):
-    """A stream of newer photos (a tethered camera) keeps joining the lead; an older photo handed over
-    meanwhile goes in as soon as the lead itself is done, beside the newer ones still running, not
-    when the stream stops."""
-    labeler, p, logged = _in_worker(tmp_path, tiny_models, monkeypatch, fd2_log, BBSD_ENGINE_PARALLEL="8")
+def test_photos_that_join_after_the_lead_is_done_do_not_hold_an_older_one_back(
+        tiny_models, tmp_path, monkeypatch, fd2_log):
+    """Only photos that joined while the lead itself was in the worker belong to its group, so a stream
+    of newer photos (a tethered camera) never starves an older one: here the worker has room for two;
+    p11 joins the lead p10, p12 comes in when p10 is done, and the older p1 goes in as soon as p11 is
+    done, beside p12, not after it."""
+    labeler, p, logged = _in_worker(tmp_path, tiny_models, monkeypatch, fd2_log, BBSD_ENGINE_PARALLEL="2")
 
     def hand_over(i: int) -> None:
         assert labeler.infer(_named(i), p, attempt=0, cancelled=lambda: False).text.startswith("{")
 
-    # Each newer photo joins a step or more after the one before it (they all reply at the same length),
-    # so the last ones are still generating when the lead is done.
-    stream = range(11, 17)
-    threads = {i: threading.Thread(target=hand_over, args=(i,)) for i in (10, 1, *stream)}
+    threads = {i: threading.Thread(target=hand_over, args=(i,)) for i in (10, 11, 1, 12)}
     try:
-        threads[10].start()
-        wait_until(lambda: "p10" in logged("worker.admitted"), 30, "p10 in the worker")
-        threads[1].start()
-        for i in stream:
+        for i in (10, 11):
             threads[i].start()
             wait_until(lambda i=i: f"p{i}" in logged("worker.admitted"), 30, f"p{i} in the worker")
+        threads[1].start()
+        threads[12].start()  # the worker is full: it waits for a place, as does p1
         for thread in threads.values():
             thread.join(30 * SLACK)
     finally:
         labeler.close()
     admitted = logged("worker.admitted")
-    order = [(e["event"].removeprefix("worker."), e["photo"]) for e in logged.events
-             if e.get("event") in ("worker.admitted", "worker.finished")]
-    assert order.index(("admitted", "p1")) > order.index(("finished", "p10"))  # it waited for the lead…
-    assert admitted["p1"] >= 1  # …and no longer: newer photos were still running when it went in
+    order = _admitted_and_finished(logged)
+    assert order.index(("finished", "p10")) < order.index(("admitted", "p12"))  # it took the lead's place…
+    assert order.index(("finished", "p11")) < order.index(("admitted", "p1"))  # p1 waited for the lead's group…
+    assert order.index(("admitted", "p1")) < order.index(("finished", "p12"))  # …and not for p12
+    assert admitted["p1"] == 1
+
+
+def _steps(logged) -> int:
+    """Decode steps the worker made so far (its test hook logs each)."""
+    logged("worker.admitted")  # reads what the worker logged since
+    return sum(e.get("event") == "worker.step" for e in logged.events)
+
+
+def _admitted_and_finished(logged) -> list[tuple[str, str]]:
+    return [(e["event"].removeprefix("worker."), e["photo"]) for e in logged.events
+            if e.get("event") in ("worker.admitted", "worker.finished")]
 
 
 def test_a_worker_that_hangs_mid_batch_is_replaced_and_only_the_photo_that_hangs_alone_times_out(
