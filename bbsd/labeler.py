@@ -65,9 +65,6 @@ class ModelInfo:
 
 
 class Labeler(Protocol):
-    """A labeler that batches photos may also offer `coming(order)`, a context manager the pipeline
-    holds around reading, decoding and handing over a photo as new as `order` (`WorkerLabeler`)."""
-
     info: ModelInfo
     # How many photos the daemon may hand over at once (one worker thread, each with its own
     # decoder, per unit); an in-process model says 1.

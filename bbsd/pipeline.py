@@ -9,7 +9,6 @@ parsed only in the decoder process (`Decoder`). The same code serves the daemon 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 import time
@@ -115,20 +114,13 @@ class Pipeline:
         Only shutdown (`AbandonedError`) and an engine or decoder that cannot start at all pass.
         """
         try:
-            with self._coming(order):
-                return self._process(path, queue_wait_ms, allow_incomplete, force, order, cancelled)
+            return self._process(path, queue_wait_ms, allow_incomplete, force, order, cancelled)
         except (AbandonedError, ModelError, DecoderError):
             raise
         except Exception as e:  # a bug must cost this photo, never the service
             return self.quarantine(path, "internal_error", f"bbsd failed on this photo ({_where(e)})",
                                    "this is a bug: report it with this sidecar; the photo is not retried "
                                    "until it changes")
-
-    def _coming(self, order: float | None):
-        """Tell a batching labeler that a photo this new is on its way (being read and decoded), so
-        that its batches can start with the newest photo of a burst (`WorkerLabeler.coming`)."""
-        coming = getattr(self.labeler, "coming", None)
-        return coming(order) if coming is not None and order is not None else contextlib.nullcontext()
 
     def quarantine(self, path: Path, code: str, message: str, hint: str) -> Outcome:
         """Record that `path` cannot be labelled: an error sidecar if at all possible, else an event."""

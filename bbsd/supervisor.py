@@ -31,11 +31,6 @@ from bbsd.prompt import Prompt
 
 log = structlog.get_logger("bbsd.supervisor")
 
-# How long an idle worker holds a photo back while a newer one announced by `coming` is still being
-# decoded, so that the newest photo of a burst leads: about three decodes of a 2 MB JPEG on a GPU
-# host (70 ms), short beside a photo's labelling, and a bound on what a slow file (a RAW) can cost.
-HOLD_S = 0.25
-
 
 class EngineCrashError(PhotoError):
     def __init__(self, detail: str) -> None:
@@ -123,8 +118,6 @@ class WorkerLabeler:
         # `_idle`: the worker emptied with nothing waiting.
         self._idle, self._lead = True, 0  # _lead: the leading photo's id while it is in the worker
         self._group: set[int] = set()  # the lead and the photos that joined it, while in the worker
-        self._decoding: dict[int, float] = {}  # calling thread → order of the photo it announced, until handed over
-        self._hold_until = 0.0  # while the lead waits for a newer photo still being decoded
         # Written when a photo is handed over, so that a driver waiting for results sends it at once.
         self._wake_r, wake_w = os.pipe()
         self._wake_w: int | None = wake_w
@@ -139,30 +132,12 @@ class WorkerLabeler:
             self._worker = _Worker(self._argv, self._settings.worker.start_timeout_seconds)
         return self._worker
 
-    @contextlib.contextmanager
-    def coming(self, order: float):
-        """Around decoding a photo and handing it over (`Pipeline.process`): a photo that this thread
-        will hand over, as new as `order`. An idle worker lets its lead wait (at most HOLD_S) for a
-        photo newer than any handed over yet, so that the newest photo of a burst leads even when an
-        older one finished decoding a moment before it."""
-        me = threading.get_ident()
-        with self._cond:
-            self._decoding[me] = order
-        try:
-            yield
-        finally:
-            with self._cond:
-                if self._decoding.pop(me, None) is not None:  # never handed over (skipped, failed): no hold for it
-                    self._cond.notify_all()
-
     def infer(self, image: Image.Image, prompt: Prompt, *, attempt: int,
               cancelled: Callable[[], bool]) -> Inference:
         ticket = _Ticket(image, prompt, attempt)
         with self._cond:
-            self._decoding.pop(threading.get_ident(), None)
             self._pending.append(ticket)
             self._wake()
-            self._cond.notify_all()  # a driver holding the lead back for this photo
             while ticket.outcome is None:
                 if ticket in self._pending and cancelled():
                     self._pending.remove(ticket)
@@ -199,8 +174,7 @@ class WorkerLabeler:
         elif self._in_flight:
             self._receive(cancelled)
         else:
-            self._cond.wait(min(child.POLL_S, max(0.005, self._hold_until - time.monotonic()))
-                            if self._hold_until else child.POLL_S)
+            self._cond.wait(child.POLL_S)
 
     def _admissible(self) -> list[_Ticket]:
         """What goes to the worker now, marked in flight: the newest photos while fewer than `parallel`
@@ -212,10 +186,7 @@ class WorkerLabeler:
             return []
         retries = [t for t in self._pending if t.attempt]
         leads = not self._in_flight and not retries and self._idle and self.parallel > 1
-        if leads and self._holds():
-            return []
         batch = self._newest(leads) if not retries else [] if self._in_flight else retries[:1]
-        self._hold_until = 0.0
         self._idle = False
         for t in batch:
             self._pending.remove(t)
@@ -226,15 +197,6 @@ class WorkerLabeler:
         if self._lead:
             self._group.update(t.id for t in batch)
         return batch
-
-    def _holds(self) -> bool:
-        """Whether the lead waits for a newer photo still being decoded (HOLD_S at most)."""
-        top = max(t.order for t in self._pending)
-        if not any(order > top for order in self._decoding.values()):
-            return False
-        now = time.monotonic()
-        self._hold_until = self._hold_until or now + HOLD_S
-        return now < self._hold_until
 
     def _newest(self, leads: bool) -> list[_Ticket]:
         """The newest photos waiting, as many as the worker has room for. Into an idle worker (at

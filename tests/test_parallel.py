@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from bbsd import config, prompt, sidecar, supervisor
+from bbsd import config, prompt, sidecar
 from bbsd.engines import open_in_process
 from bbsd.errors import PhotoError
 from bbsd.labeler import Job
@@ -259,68 +259,6 @@ def test_photos_that_join_after_the_lead_is_done_do_not_hold_an_older_one_back(
     assert admitted["p1"] == 1
 
 
-def test_an_idle_worker_lets_its_lead_wait_for_a_newer_photo_still_being_decoded(
-        tiny_models, tmp_path, monkeypatch, fd2_log):
-    """The newest photo of a burst leads although an older one is handed over first: the pipeline
-    announces each photo before decoding it, and the older one waits for the newer one (which then
-    leads), then for its group; a newer photo that takes too long does not hold it back for longer
-    than HOLD_S."""
-    labeler, p, logged = _in_worker(tmp_path, tiny_models, monkeypatch, fd2_log)
-    monkeypatch.setattr(supervisor, "HOLD_S", 10 * SLACK)  # the test's own steps must not outlast it on a busy machine
-    decoded = {i: threading.Event() for i in (1, 5, 9)}
-
-    def pipeline_thread(i: int) -> None:  # what Pipeline.process does around the decoder
-        with labeler.coming(float(i)):
-            decoded[i].wait(30 * SLACK)
-            assert labeler.infer(_named(i), p, attempt=0, cancelled=lambda: False).text.startswith("{")
-
-    threads = {i: threading.Thread(target=pipeline_thread, args=(i,)) for i in (1, 5, 9)}
-    try:
-        for thread in threads.values():
-            thread.start()
-        wait_until(lambda: len(labeler._decoding) == 3, 10, "three photos announced")
-        decoded[1].set()  # the oldest is decoded first…
-        wait_until(lambda: labeler._pending, 10, "p1 handed over")
-        decoded[5].set()  # …then p5; p9, the newest, a moment later
-        wait_until(lambda: len(labeler._pending) == 2, 10, "p5 handed over")
-        decoded[9].set()
-        for thread in threads.values():
-            thread.join(30 * SLACK)
-    finally:
-        labeler.close()
-    order = _admitted_and_finished(logged)
-    assert order[0] == ("admitted", "p9")  # the newest led
-    assert order.index(("admitted", "p1")) > order.index(("finished", "p9"))
-
-
-def test_a_lead_waits_for_a_newer_photo_no_longer_than_the_hold(tiny_models, tmp_path, monkeypatch, fd2_log):
-    """A newer photo that takes long to decode (a RAW, a share) holds an idle worker back by HOLD_S
-    at most: the older photo leads meanwhile, and the newer one joins it when it comes."""
-    labeler, p, logged = _in_worker(tmp_path, tiny_models, monkeypatch, fd2_log)
-    slow = threading.Event()
-
-    def newer() -> None:
-        with labeler.coming(9.0):
-            slow.wait(30 * SLACK)
-            assert labeler.infer(_named(9), p, attempt=0, cancelled=lambda: False).text.startswith("{")
-
-    thread = threading.Thread(target=newer)
-    try:
-        thread.start()
-        wait_until(lambda: labeler._decoding, 10, "p9 announced")
-        older = threading.Thread(target=lambda: labeler.infer(_named(1), p, attempt=0, cancelled=lambda: False))
-        older.start()
-        wait_until(lambda: "p1" in logged("worker.admitted"), 10 * SLACK, "p1 in the worker while p9 decodes")
-        slow.set()
-        wait_until(lambda: "p9" in logged("worker.admitted"), 30, "p9 in the worker")
-        older.join(30 * SLACK)
-        thread.join(30 * SLACK)
-    finally:
-        labeler.close()
-    order = _admitted_and_finished(logged)
-    assert order.index(("admitted", "p9")) < order.index(("finished", "p1"))  # newer: it joined the lead
-
-
 def _steps(logged) -> int:
     """Decode steps the worker made so far (its test hook logs each)."""
     logged("worker.admitted")  # reads what the worker logged since
@@ -328,7 +266,6 @@ def _steps(logged) -> int:
 
 
 def _admitted_and_finished(logged) -> list[tuple[str, str]]:
-    logged("worker.admitted")  # reads the rest of the worker's log
     return [(e["event"].removeprefix("worker."), e["photo"]) for e in logged.events
             if e.get("event") in ("worker.admitted", "worker.finished")]
 

@@ -96,28 +96,3 @@ def test_unwritable_sidecar_keeps_photo_pending_and_writes_nothing(setup, monkey
 def test_vanished_photo_is_gone_quietly(setup):
     inbox, make = setup
     assert make().process(inbox / "never.jpg").status is Status.GONE
-
-
-def test_a_batching_labeler_hears_of_each_photo_before_it_is_decoded_and_until_it_is_handed_over(setup):
-    """`coming(order)` spans reading, decoding and handing over (the supervisor lets its lead wait for a
-    newer photo still being decoded); a photo that needs no labelling ends it too."""
-    inbox, make = setup
-    p = make()
-    seen = []
-
-    class Announced:
-        def __init__(self, order):
-            self.order = order
-
-        def __enter__(self):
-            seen.append(("coming", self.order, p.labeler.calls))
-
-        def __exit__(self, *exc):
-            seen.append(("gone", self.order, p.labeler.calls))
-
-    p.labeler.coming = Announced
-    photo = make_photo(inbox / "a.jpg")
-    assert p.process(photo, order=7.0).status is Status.LABELED
-    assert p.process(photo, order=8.0).status is Status.SKIPPED  # its sidecar is current
-    assert p.process(photo).status is Status.SKIPPED  # `bbsd label`: no order, no batches
-    assert seen == [("coming", 7.0, 0), ("gone", 7.0, 1), ("coming", 8.0, 1), ("gone", 8.0, 1)]
