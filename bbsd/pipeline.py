@@ -293,7 +293,8 @@ class Pipeline:
         if status is Status.LABELED:
             log.info(event, **fields)
         else:
-            log.warning(event, **fields, code=record.error["code"], message=record.error["message"])
+            log.warning(event, **fields, code=record.error["code"], message=record.error["message"],
+                        hint=record.error.get("hint"))  # what a stage tech reading the journal should do
         return Outcome(record.photo, status, record.error["code"] if record.error else "", target,
                        total_ms=record.timing_ms.get("total"), memory=record.memory_mb)
 

@@ -4,6 +4,7 @@ import json
 import os
 
 import pytest
+import structlog.testing
 
 from bbsd import config, prompt, sidecar
 from bbsd.fake_engine import FakeLabeler
@@ -68,8 +69,12 @@ def test_bad_files_get_error_sidecars(setup, validate_sidecar, content, code):
     inbox, make = setup
     bad = inbox / "bad.jpg"
     bad.write_bytes(content)
-    assert make().process(bad).status is Status.FAILED
-    assert validate_sidecar(bad)["error"]["code"] == code
+    with structlog.testing.capture_logs() as logs:
+        assert make().process(bad).status is Status.FAILED
+    doc = validate_sidecar(bad)
+    assert doc["error"]["code"] == code
+    failed = [e for e in logs if e["event"] == "photo.failed"]  # the journal says what to do, as the sidecar does
+    assert len(failed) == 1 and failed[0]["code"] == code and failed[0]["hint"] == doc["error"]["hint"] != ""
 
 
 def test_incomplete_file_may_wait_without_a_sidecar(setup):
