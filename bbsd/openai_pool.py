@@ -31,6 +31,10 @@ class TransientError(Exception):
     """The endpoint failed in a way another try may not (connection, timeout, 5xx, 429, garbage)."""
 
 
+class _ClosedWhileIdle(Exception):
+    """A kept-alive connection was closed by the server before it read our request."""
+
+
 class RejectedError(Exception):
     """The endpoint refused this request (4xx): trying it again elsewhere will not help."""
 
@@ -71,18 +75,14 @@ class Endpoint:
         return self._exchange("GET", path, None, timeout, {})
 
     def _exchange(self, method: str, path: str, data: bytes | None, timeout: float, conns: dict) -> dict:
-        conn = conns.pop(self.cfg.url, None) or self._connect(timeout)
-        conn.timeout = timeout
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if self._key:
-            headers["Authorization"] = f"Bearer {self._key}"
+        kept = conns.pop(self.cfg.url, None)
         try:
-            conn.request(method, self.path(path), body=data, headers=headers)
-            resp = conn.getresponse()
-            raw = resp.read()
-        except (OSError, http.client.HTTPException) as e:
-            conn.close()
-            raise TransientError(f"{type(e).__name__}: {e}"[:200]) from None
+            conn, resp, raw = self._send(kept or self._connect(timeout), method, path, data, timeout)
+        except _ClosedWhileIdle:
+            # The server closed our kept-alive connection while it was idle (its keep-alive timeout,
+            # 5 s in llama-server, or a restart) and so never saw this request: sending it again on a
+            # new connection is not a failure of the endpoint, and must not count towards marking it down.
+            conn, resp, raw = self._send(self._connect(timeout), method, path, data, timeout)
         conns[self.cfg.url] = conn  # keep-alive for this thread's next request
         if resp.status >= 500 or resp.status in (408, 429):
             raise TransientError(f"HTTP {resp.status}: {raw[:160].decode(errors='replace')}")
@@ -95,6 +95,27 @@ class Endpoint:
         if not isinstance(doc, dict):
             raise TransientError("the reply is not a JSON object")
         return doc
+
+    def _send(self, conn: http.client.HTTPConnection, method: str, path: str, data: bytes | None,
+              timeout: float) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse, bytes]:
+        """One request and its whole reply; _ClosedWhileIdle where a reused connection was found closed."""
+        reused = conn.sock is not None
+        conn.timeout = timeout
+        if reused:
+            conn.sock.settimeout(timeout)  # the timeout is given to the socket only when it connects
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if self._key:
+            headers["Authorization"] = f"Bearer {self._key}"
+        try:
+            conn.request(method, self.path(path), body=data, headers=headers)
+            resp = conn.getresponse()
+            raw = resp.read()
+        except (OSError, http.client.HTTPException) as e:
+            conn.close()
+            if reused and isinstance(e, (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)):
+                raise _ClosedWhileIdle from None  # RemoteDisconnected is a ConnectionResetError
+            raise TransientError(f"{type(e).__name__}: {e}"[:200]) from None
+        return conn, resp, raw
 
     def _connect(self, timeout: float) -> http.client.HTTPConnection:
         cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection

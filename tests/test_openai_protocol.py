@@ -21,11 +21,18 @@ SECRET = "sk-test-never-written-anywhere"
 class FakeServer:
     """Answers /v1/chat/completions from a script: each entry is 'ok', 'garbage', '500', 'slow' or 'text'."""
 
-    def __init__(self, script: list[str]) -> None:
+    def __init__(self, script: list[str], closes_idle: bool = False) -> None:
         self.script, self.seen, self.auth = list(script), [], []
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
+            # closes_idle: HTTP/1.1 without "Connection: close", yet the socket is closed after each
+            # reply, as a server does to an idle kept-alive connection (its timeout, or a restart).
+            protocol_version = "HTTP/1.1" if closes_idle else "HTTP/1.0"
+
+            def handle(self):
+                self.handle_one_request() if closes_idle else super().handle()
+
             def log_message(self, *args):
                 pass
 
@@ -69,8 +76,8 @@ class FakeServer:
 def servers():
     made = []
 
-    def make(script):
-        made.append(FakeServer(script))
+    def make(script, **opts):
+        made.append(FakeServer(script, **opts))
         return made[-1]
     yield make
     for s in made:
@@ -160,6 +167,22 @@ def test_unconstrained_text_gets_the_same_validation_and_retry_as_the_local_engi
     photo, outcome, _ = _label(tmp_path, settings, inbox)
     assert outcome.status is Status.LABELED and len(s.seen) == 2
     assert s.seen[1]["temperature"] == 0.7  # the varied retry
+
+
+def test_a_kept_alive_connection_the_server_closed_while_idle_is_no_failure(tmp_path, servers, monkeypatch):
+    # llama-server closes an idle connection after 5 s and forgets all of them when it restarts; the
+    # next request on it must go out on a new connection, not count against the endpoint and its photo.
+    monkeypatch.setenv("BBSD_T_KEY", SECRET)
+    s = servers([], closes_idle=True)
+    inbox, settings = _settings(tmp_path, [s.url], down_after_failures=1, retries=0)
+    pipeline = Pipeline(open_labeler(settings), settings, prompt.build(settings.catalog))
+    try:
+        outcomes = [pipeline.process(make_photo(inbox / f"p{i}.jpg", color=(i, 0, 0))) for i in range(3)]
+        (h,) = pipeline.labeler.health()
+    finally:
+        pipeline.close()
+    assert [o.status for o in outcomes] == [Status.LABELED] * 3
+    assert h["failed"] == 0 and h["done"] == 3 and h["state"] == "up" and len(s.seen) == 3
 
 
 def test_config_refuses_credentials_in_urls_and_missing_key_variables(tmp_path):
