@@ -152,10 +152,11 @@ class LazyLabeler:
     def health(self) -> list[dict[str, Any]]:
         return self._inner.health() if self._inner is not None else []
 
-    def infer(self, image: Image.Image, prompt: Prompt, *, attempt: int, cancelled: Callable[[], bool]) -> Inference:
+    def infer(self, image: Image.Image, prompt: Prompt, *, attempt: int, cancelled: Callable[[], bool],
+              alone: bool = False) -> Inference:
         if self._inner is None:
             self._inner = open_labeler(self._settings)
-        return self._inner.infer(image, prompt, attempt=attempt, cancelled=cancelled)
+        return self._inner.infer(image, prompt, attempt=attempt, cancelled=cancelled, alone=alone)
 
     def close(self) -> None:
         if self._inner is not None:

@@ -58,7 +58,7 @@ class FakeLabeler:
         self.calls = 0
 
     def infer(self, image: Image.Image, prompt: Prompt, *, attempt: int,
-              cancelled: Callable[[], bool]) -> Inference:
+              cancelled: Callable[[], bool], alone: bool = False) -> Inference:
         with self._lock:
             self.calls += 1
             scripted = self._replies.pop(0) if self._replies else None

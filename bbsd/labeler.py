@@ -47,6 +47,7 @@ class Job:
     prompt: Prompt
     attempt: int
     tag: Any = None
+    alone: bool = False  # a retry after an engine crash: nothing is labelled beside it
 
     def same_prefix(self, other: Job) -> bool:
         """Whether both prompts share the cached prefix (the catalog did not change in between)."""
@@ -72,9 +73,12 @@ class Labeler(Protocol):
     gpu: bool  # whether memory figures should include VRAM
 
     def infer(
-        self, image: Image.Image, prompt: Prompt, *, attempt: int, cancelled: Callable[[], bool]
+        self, image: Image.Image, prompt: Prompt, *, attempt: int, cancelled: Callable[[], bool],
+        alone: bool = False,
     ) -> Inference:
-        """Return the model's raw reply for one RGB image; `attempt` > 0 asks for a varied retry.
+        """Return the model's raw reply for one RGB image; `attempt` > 0 asks for a varied retry;
+        `alone` asks that no other photo be labelled beside this one (it may be the one that crashed
+        the engine), and matters only to a labeler that labels several photos together.
 
         Safe to call from `concurrency` threads at once.
         """

@@ -131,7 +131,7 @@ class LlamaLabeler:
         return prompt.grammar
 
     def infer(self, image: Image.Image, prompt: Prompt, *, attempt: int,
-              cancelled: Callable[[], bool]) -> Inference:
+              cancelled: Callable[[], bool], alone: bool = False) -> Inference:  # one photo a call: alone
         (result,) = self.infer_many([(image, prompt, attempt)], cancelled)
         if isinstance(result, PhotoError):
             raise result

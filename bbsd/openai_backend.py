@@ -145,7 +145,8 @@ class OpenAILabeler:
     def health(self) -> list[dict[str, Any]]:
         return [e.health() for e in self.pool.endpoints]
 
-    def infer(self, image, prompt, *, attempt: int, cancelled: Callable[[], bool]) -> Inference:
+    def infer(self, image, prompt, *, attempt: int, cancelled: Callable[[], bool], alone: bool = False) -> Inference:
+        # `alone` asks nothing of us: each request is a photo of its own, and a server's crash is the server's
         data_uri = _jpeg(image, self._s.jpeg_quality)
         shown = self._gallery.uris(prompt.references) if prompt.references and self._gallery else []
         conns = self._local.__dict__.setdefault("conns", {})

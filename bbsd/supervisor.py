@@ -72,8 +72,8 @@ class _Worker(child.Child):
 class _Ticket:
     """One photo handed to the worker labeler, until its result (or error) is known."""
 
-    def __init__(self, image: Image.Image, prompt: Prompt, attempt: int) -> None:
-        self.image, self.prompt, self.attempt = image, prompt, attempt
+    def __init__(self, image: Image.Image, prompt: Prompt, attempt: int, alone: bool) -> None:
+        self.image, self.prompt, self.attempt, self.alone = image, prompt, attempt, alone
         self.order = float(image.info.get("bbsd_order", 0.0))  # the queue's order (capture time, mtime): newest first
         self.outcome: Inference | BaseException | None = None
         self.id = 0  # the worker's name for it, once sent
@@ -83,7 +83,8 @@ class _Ticket:
     def request(self) -> dict:
         return {"type": "infer", "id": self.id, "prompt": dataclasses.asdict(self.prompt),
                 "photo": {"name": self.image.info.get("bbsd_name", ""),  # for logs and the test hooks
-                          "width": self.image.width, "height": self.image.height, "attempt": self.attempt}}
+                          "width": self.image.width, "height": self.image.height, "attempt": self.attempt,
+                          "alone": self.alone}}
 
 
 class WorkerLabeler:
@@ -133,8 +134,8 @@ class WorkerLabeler:
         return self._worker
 
     def infer(self, image: Image.Image, prompt: Prompt, *, attempt: int,
-              cancelled: Callable[[], bool]) -> Inference:
-        ticket = _Ticket(image, prompt, attempt)
+              cancelled: Callable[[], bool], alone: bool = False) -> Inference:
+        ticket = _Ticket(image, prompt, attempt, alone)
         with self._cond:
             self._pending.append(ticket)
             self._wake()
@@ -178,13 +179,13 @@ class WorkerLabeler:
 
     def _admissible(self) -> list[_Ticket]:
         """What goes to the worker now, marked in flight: the newest photos while fewer than `parallel`
-        are there. A retry goes alone, once the worker is empty, and nothing goes beside it (a photo
-        that crashed the worker must not take others with it twice); nothing goes while a recycle
-        waits for the worker to empty."""
+        are there. A photo retried after a crash goes alone, once the worker is empty, and nothing
+        goes beside it (a photo that crashed the worker must not take others with it twice); nothing
+        goes while a recycle waits for the worker to empty."""
         if not self._pending or (self._in_flight and (self._recycle_reason() or
-                                                      any(t.attempt for t in self._in_flight.values()))):
+                                                      any(t.alone for t in self._in_flight.values()))):
             return []
-        retries = [t for t in self._pending if t.attempt]
+        retries = [t for t in self._pending if t.alone]
         leads = not self._in_flight and not retries and self._idle and self.parallel > 1
         batch = self._newest(leads) if not retries else [] if self._in_flight else retries[:1]
         self._idle = False

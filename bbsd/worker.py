@@ -151,7 +151,7 @@ class _Inbox:
         job = next((j for j in self.waiting if accepts(j)), None)
         if job is not None:
             self.waiting.remove(job)
-            _test_hooks(job.image.info["bbsd_name"], job.attempt, self)
+            _test_hooks(job.image.info["bbsd_name"], job.alone, self)
             log.debug("worker.admitted", photo=job.image.info["bbsd_name"], id=job.tag, beside=self.running)
             self.running += 1
         return job
@@ -161,7 +161,8 @@ def _job(request: dict, pixels: bytes) -> Job:
     photo = request["photo"]
     image = Image.frombytes("RGB", (photo["width"], photo["height"]), pixels)
     image.info["bbsd_name"] = photo["name"]  # as in the parent: backends may name the photo in logs
-    return Job(image, Prompt.from_json(request["prompt"]), photo["attempt"], request["id"])
+    return Job(image, Prompt.from_json(request["prompt"]), photo["attempt"], request["id"],
+               photo.get("alone", False))
 
 
 def _serve(labeler, inp: int, out: int, gpu: bool) -> int:
@@ -210,12 +211,12 @@ def _step_hook() -> bool:
     return False
 
 
-def _test_hooks(name: str, attempt: int, inbox: _Inbox) -> None:
+def _test_hooks(name: str, alone: bool, inbox: _Inbox) -> None:
     env = os.environ
     if env.get("BBSD_TEST_HOOKS") != "1":
         return
     if env.get("BBSD_TEST_ABORT_ON") and env["BBSD_TEST_ABORT_ON"] in name:
-        if attempt == 0 and env.get("BBSD_TEST_ABORT_BESIDE"):
+        if not alone and env.get("BBSD_TEST_ABORT_BESIDE"):
             _wait_for_company(inbox, int(env["BBSD_TEST_ABORT_BESIDE"]))
         os.abort()  # what a GGML_ASSERT does to the process
     if env.get("BBSD_TEST_HANG_ON") and env["BBSD_TEST_HANG_ON"] in name:

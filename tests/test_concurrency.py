@@ -21,7 +21,7 @@ class FakeCountingLabeler(FakeLabeler):
         self.seen: list[str] = []
         self._count = threading.Lock()
 
-    def infer(self, image, prompt, *, attempt, cancelled):
+    def infer(self, image, prompt, *, attempt, cancelled, alone=False):
         with self._count:
             self.now += 1
             self.peak = max(self.peak, self.now)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import threading
 from pathlib import Path
@@ -16,7 +17,7 @@ from bbsd.engines import open_in_process
 from bbsd.errors import PhotoError
 from bbsd.labeler import Job
 from bbsd.supervisor import WorkerLabeler
-from tests.conftest import SLACK, events, make_photo, wait_until, write_config
+from tests.conftest import SLACK, events, make_photo, run_bbsd, wait_until, write_config
 
 
 def _photo(i: int) -> Image.Image:
@@ -278,11 +279,11 @@ def test_a_worker_that_hangs_mid_batch_is_replaced_and_only_the_photo_that_hangs
                                     extra=f"[worker]\ntimeout_seconds = {2 * SLACK:g}\n", BBSD_TEST_HANG_ON="p1")
     outcomes: dict[tuple[int, int], object] = {}
 
-    def hand_over(i: int, attempt: int = 0) -> None:
+    def hand_over(i: int, retry: bool = False) -> None:
         try:
-            outcomes[i, attempt] = labeler.infer(_named(i), p, attempt=attempt, cancelled=lambda: False)
+            outcomes[i, retry] = labeler.infer(_named(i), p, attempt=0, alone=retry, cancelled=lambda: False)
         except PhotoError as e:
-            outcomes[i, attempt] = e.code
+            outcomes[i, retry] = e.code
 
     first = threading.Thread(target=hand_over, args=(0,))
     try:
@@ -290,20 +291,21 @@ def test_a_worker_that_hangs_mid_batch_is_replaced_and_only_the_photo_that_hangs
         wait_until(lambda: "p0" in logged("worker.admitted"), 30, "p0 in the worker")
         hand_over(1)  # hangs the worker as it joins, while p0 is generating
         first.join(30 * SLACK)
-        hand_over(0, attempt=1)  # the pipeline's retries, each alone in a new worker
-        hand_over(1, attempt=1)
+        hand_over(0, retry=True)  # the pipeline's retries, each alone in a new worker
+        hand_over(1, retry=True)
         hand_over(2)
     finally:
         labeler.close()
-    assert outcomes[0, 0] == outcomes[1, 0] == "engine_crash"
-    assert outcomes[0, 1].text.startswith("{") and outcomes[1, 1] == "engine_timeout"
-    assert outcomes[2, 0].text.startswith("{")
+    assert outcomes[0, False] == outcomes[1, False] == "engine_crash"
+    assert outcomes[0, True].text.startswith("{") and outcomes[1, True] == "engine_timeout"
+    assert outcomes[2, False].text.startswith("{")
 
 
 def test_a_poison_photo_in_a_batch_is_quarantined_alone_and_its_neighbours_labelled(tmp_path, tiny_models,
                                                                                     bbsd_run):
     """A crash costs every photo of the batch one try; the retry goes alone, so only the photo
-    that kills the worker twice is quarantined."""
+    that kills the worker twice is quarantined, and sampled as before, so a neighbour gets the
+    labels it gets when nothing crashes."""
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     cfg = write_config(tmp_path, [inbox], tiny_models)
@@ -326,6 +328,15 @@ def test_a_poison_photo_in_a_batch_is_quarantined_alone_and_its_neighbours_label
     retried = {os.path.basename(e["path"]) for e in run.events("photo.retry")}
     assert "poison.jpg" in retried and len(retried) >= 4  # its neighbours in that batch were retried (and labelled)
     assert run.stop() == 0
+    # The same neighbours labelled by `bbsd label`, where nothing crashes: the same labels.
+    again = tmp_path / "again"
+    again.mkdir()
+    for name in retried - {"poison.jpg"}:
+        shutil.copy(inbox / name, again / name)
+    r = run_bbsd("label", str(again), "--config", str(cfg), timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    for name in retried - {"poison.jpg"}:
+        assert sidecar.read(inbox / name)["labels"] == sidecar.read(again / name)["labels"], name
 
 
 def test_a_request_the_worker_cannot_read_ends_the_worker_and_the_daemon_sees_it(tiny_models, tmp_path):
