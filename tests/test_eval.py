@@ -230,7 +230,7 @@ def _renders_in_chromium(page: Path, png: Path) -> None:
     subprocess.run([browser, "--no-sandbox", "--disable-gpu", f"--screenshot={png}", "--window-size=1100,2600",
                     "--hide-scrollbars", page.as_uri()], capture_output=True, timeout=120, check=True)
     shot = Image.open(png).convert("RGB")
-    pixels = list(shot.getdata())
+    pixels = list(zip(*(band.tobytes() for band in shot.split()), strict=True))  # getdata() goes in Pillow 14
     blue = sum(1 for r, g, b in pixels if b > 200 and r < 80 and 90 < g < 140)  # #1f6feb: dots and lines
     green = sum(1 for r, g, b in pixels if r < 80 and 140 < g < 190 and b < 110)  # #2da44e: the F1 bars
     assert shot.size == (1100, 2600) and blue > 50 and green > 5000, (blue, green)
