@@ -11,6 +11,7 @@ photos, and the engine worker for the catalog's reference photos (`references.Im
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,17 +105,41 @@ def check_pixels(size: tuple[int, int], max_pixels: int, scaled: bool = False) -
 
 
 def capture_time(path: Path) -> float | None:
-    """EXIF DateTimeOriginal as a timestamp (newest shots first), or None."""
-    from datetime import datetime
-
+    """When the shot was taken, as a timestamp (newest shots first), or None: EXIF DateTimeOriginal
+    with its SubSecTimeOriginal (a camera shooting 10 frames a second writes ten shots into one
+    second; without the fraction the newest of them would come back in any order) and its
+    OffsetTimeOriginal where the camera wrote one (else the time is read as this machine's local time)."""
     try:
         with Image.open(path) as img:
             if img.format not in HEADER_EXIF_FORMATS:  # elsewhere getexif() may decode the whole image
                 return None
-            raw = img.getexif().get_ifd(0x8769).get(0x9003)
-        return datetime.strptime(str(raw).strip("\x00 "), "%Y:%m:%d %H:%M:%S").timestamp() if raw else None
+            exif = img.getexif().get_ifd(0x8769)
+        return exif_time(exif.get(0x9003), exif.get(0x9291), exif.get(0x9011))
     except (OSError, ValueError, UnidentifiedImageError, SyntaxError, Image.DecompressionBombError):
         return None
+
+
+def exif_time(stamp: object, subsec: object = None, offset: object = None) -> float | None:
+    """EXIF "YYYY:MM:DD HH:MM:SS" (+ sub-second digits, + "±HH:MM") as a timestamp; None if unreadable."""
+    from datetime import datetime
+
+    text = _exif_text(stamp)
+    if not text:
+        return None
+    when = datetime.strptime(text, "%Y:%m:%d %H:%M:%S")
+    zone = _exif_text(offset)
+    if zone and len(zone) == 6 and zone[0] in "+-" and zone[3] == ":":
+        with contextlib.suppress(ValueError):
+            when = datetime.strptime(f"{text} {zone[0]}{zone[1:3]}{zone[4:]}", "%Y:%m:%d %H:%M:%S %z")
+    digits = _exif_text(subsec)
+    fraction = float("0." + digits) if digits.isdigit() else 0.0
+    return when.timestamp() + fraction
+
+
+def _exif_text(value: object) -> str:
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    return str(value).strip("\x00 ") if value is not None else ""
 
 
 def _draft_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:

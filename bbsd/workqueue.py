@@ -1,7 +1,8 @@
 """The queue between settling and the worker that owns the model.
 
 Invariants: a photo is queued at most once at a time (re-queuing updates it); the newest
-photo (by mtime) comes out first, so the last shots of a burst come back first; a photo
+photo (by mtime, or by capture time once probed; equal times by mtime) comes out first, so the
+last shots of a burst come back first; a photo
 taken by one worker thread is not handed to another until that one calls `done`, so several
 workers never label the same photo at once; `get` blocks with a timeout and wakes at once
 on `close`.
@@ -26,8 +27,8 @@ class Job:
 
 class PhotoQueue:
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, Path]] = []
-        self._live: dict[Path, tuple[int, float]] = {}  # path -> (seq, enqueued_at)
+        self._heap: list[tuple[float, float, int, Path]] = []  # (-order, -mtime, seq, path)
+        self._live: dict[Path, tuple[int, float, float]] = {}  # path -> (seq, enqueued_at, mtime)
         self._seq = itertools.count()
         self._cond = threading.Condition()
         self._closed = False
@@ -47,22 +48,24 @@ class PhotoQueue:
         with self._cond:
             now = time.monotonic()
             for path, mtime in items:
-                self._push(path, mtime, self._live.get(path, (0, now))[1])
+                self._push(path, mtime, self._live.get(path, (0, now))[1], mtime)
             self._cond.notify(len(items))
 
-    def reorder(self, path: Path, mtime: float) -> None:
-        """Order a queued photo by another time (its capture time, once probed); a photo already in a
+    def reorder(self, path: Path, order: float) -> None:
+        """Order a queued photo by another time (its capture time, once probed), its mtime breaking
+        ties (shots within one second, where the camera wrote no fraction); a photo already in a
         worker's hands, or not queued, is left alone (re-queuing it would label it twice)."""
         with self._cond:
             live = self._live.get(path)
             if live is not None:
-                self._push(path, mtime, live[1])
+                self._push(path, order, live[1], live[2])
 
-    def _push(self, path: Path, mtime: float, enqueued: float) -> None:
-        """(Lock held.) The live entry of `path`, ordered by `mtime`; an earlier entry of it is superseded."""
+    def _push(self, path: Path, order: float, enqueued: float, mtime: float) -> None:
+        """(Lock held.) The live entry of `path`, ordered by `order`, then `mtime`; an earlier entry
+        of it is superseded."""
         seq = next(self._seq)
-        self._live[path] = (seq, enqueued)
-        heapq.heappush(self._heap, (-mtime, seq, path))
+        self._live[path] = (seq, enqueued, mtime)
+        heapq.heappush(self._heap, (-order, -mtime, seq, path))
 
     def get(self, timeout: float) -> Job | None:
         """Next job, or None after `timeout` seconds or once closed."""
@@ -84,7 +87,7 @@ class PhotoQueue:
         job = None
         while self._heap:
             entry = heapq.heappop(self._heap)
-            key, seq, path = entry
+            key, _, seq, path = entry
             live = self._live.get(path)
             if not live or live[0] != seq:  # superseded by a later put
                 continue

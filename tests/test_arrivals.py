@@ -278,6 +278,30 @@ def test_burst_of_1000_photos_newest_first_with_bounded_memory(daemon, tmp_path,
     assert run.stop() == 0
 
 
+def test_shots_within_one_second_come_back_newest_first_by_their_fraction_of_a_second(daemon, tmp_path):
+    """A camera at 10 frames a second: ten shots share each DateTimeOriginal second and differ only in
+    SubSecTimeOriginal; copied from a card they share an mtime too. After the first photo (taken
+    before the probes have read the capture times) they come back newest shot first."""
+    inbox, run = daemon(backend="fake", extra="[fake]\ndelay_ms = 700\n")
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    base = make_photo(stage / "base.jpg", size=(160, 120))
+    shots = 14
+    for i in range(shots):
+        exif = Image.Exif()
+        exif.get_ifd(0x8769)[0x9003] = f"2026:11:24 19:30:{5 + i // 10:02d}"
+        exif.get_ifd(0x8769)[0x9291] = f"{i % 10}0"
+        name = stage / f"IMG_{(i * 5) % shots:04d}_{i}.jpg"  # file names in another order than the shots
+        Image.open(base).save(name, exif=exif)
+        os.utime(name, (1_700_000_000, 1_700_000_000))
+    for f in sorted(stage.glob("IMG_*.jpg")):
+        f.rename(inbox / f.name)
+    run.wait_for("photo.labeled", timeout=120, count=shots)
+    order = [int(Path(e["path"]).stem.rsplit("_", 1)[1]) for e in run.events("photo.labeled")]
+    assert order[1:] == sorted(order[1:], reverse=True), order
+    assert run.stop() == 0
+
+
 def test_hostile_and_odd_entries(daemon, tmp_path):
     inbox, run = daemon()
     outside = make_photo(tmp_path / "outside" / "secret.jpg")

@@ -73,3 +73,29 @@ def test_pixel_limit_is_checked_on_what_is_decoded(tmp_path):
     assert imaging.decode(jpeg, 100, max_pixels=300 * 300).image.size == (100, 100)  # DCT-scaled to 200 px first
     with pytest.raises(PhotoError, match="scaled for decoding"):
         imaging.decode(jpeg, 100, max_pixels=150 * 150)
+
+
+def test_capture_time_has_the_shots_fraction_of_a_second_and_its_zone(tmp_path):
+    """A camera at 10 frames a second writes ten shots into one DateTimeOriginal second: the
+    SubSecTimeOriginal orders them. OffsetTimeOriginal, where written, makes the time absolute."""
+    from datetime import datetime, timedelta, timezone
+
+    def shot(name, subsec=None, offset=None):
+        exif = Image.Exif()
+        ifd = exif.get_ifd(0x8769)
+        ifd[0x9003] = "2026:11:24 19:30:05"
+        if subsec is not None:
+            ifd[0x9291] = subsec
+        if offset is not None:
+            ifd[0x9011] = offset
+        path = tmp_path / name
+        Image.new("RGB", (32, 24)).save(path, exif=exif)
+        return imaging.capture_time(path)
+
+    local = datetime(2026, 11, 24, 19, 30, 5).timestamp()
+    assert shot("plain.jpg") == local
+    assert shot("a.jpg", "07") < shot("b.jpg", "3") < shot("c.jpg", "95")  # 0.07 < 0.3 < 0.95
+    assert shot("c2.jpg", "95") == pytest.approx(local + 0.95)
+    zoned = datetime(2026, 11, 24, 19, 30, 5, tzinfo=timezone(timedelta(hours=-5))).timestamp()
+    assert shot("ny.jpg", "5", "-05:00") == pytest.approx(zoned + 0.5)
+    assert shot("odd.jpg", "n/a", "local") == local  # unreadable extras are ignored, not the time

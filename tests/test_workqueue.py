@@ -81,3 +81,15 @@ def test_reorder_moves_a_queued_photo_but_never_requeues_one_in_a_workers_hands(
     q.reorder(Path("never.jpg"), 9.0)
     assert q.get(timeout=1).path == Path("b.jpg")
     assert q.get(timeout=0.05) is None
+
+
+def test_photos_of_one_capture_time_come_out_by_mtime():
+    """Shots within one second without a sub-second field share a capture time: the file written
+    last (the later shot) still comes out first, whatever order the probes reordered them in."""
+    q = PhotoQueue()
+    q.put_all([(Path(f"s{i}.jpg"), 1000.0 + i) for i in range(4)])
+    for i in (3, 0, 2, 1):  # probes answer in any order
+        q.reorder(Path(f"s{i}.jpg"), 500.0)
+    q.put(Path("older.jpg"), mtime=2000.0)
+    q.reorder(Path("older.jpg"), 499.0)  # taken earlier, copied later: capture time decides
+    assert [q.get(0).path.name for _ in range(5)] == ["s3.jpg", "s2.jpg", "s1.jpg", "s0.jpg", "older.jpg"]
