@@ -10,8 +10,10 @@ http.client: one keep-alive connection per worker thread and endpoint, no extra 
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+import select
 import threading
 import time
 from collections import deque
@@ -31,8 +33,8 @@ class TransientError(Exception):
     """The endpoint failed in a way another try may not (connection, timeout, 5xx, 429, garbage)."""
 
 
-class _ClosedWhileIdle(Exception):
-    """A kept-alive connection was closed by the server before it read our request."""
+class _NotSent(Exception):
+    """A kept-alive connection failed while the request was being written to it."""
 
 
 class RejectedError(Exception):
@@ -75,13 +77,13 @@ class Endpoint:
         return self._exchange("GET", path, None, timeout, {})
 
     def _exchange(self, method: str, path: str, data: bytes | None, timeout: float, conns: dict) -> dict:
-        kept = conns.pop(self.cfg.url, None)
+        conn = _alive(conns.pop(self.cfg.url, None)) or self._connect(timeout)
         try:
-            conn, resp, raw = self._send(kept or self._connect(timeout), method, path, data, timeout)
-        except _ClosedWhileIdle:
-            # The server closed our kept-alive connection while it was idle (its keep-alive timeout,
-            # 5 s in llama-server, or a restart) and so never saw this request: sending it again on a
-            # new connection is not a failure of the endpoint, and must not count towards marking it down.
+            conn, resp, raw = self._send(conn, method, path, data, timeout)
+        except _NotSent:
+            # Our kept connection looked alive but was closed under us while we wrote the request:
+            # the server cannot have seen it whole, so it goes again on a new connection, and this
+            # is no failure of the endpoint (it must not count towards marking it down).
             conn, resp, raw = self._send(self._connect(timeout), method, path, data, timeout)
         conns[self.cfg.url] = conn  # keep-alive for this thread's next request
         if resp.status >= 500 or resp.status in (408, 429):
@@ -98,22 +100,28 @@ class Endpoint:
 
     def _send(self, conn: http.client.HTTPConnection, method: str, path: str, data: bytes | None,
               timeout: float) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse, bytes]:
-        """One request and its whole reply; _ClosedWhileIdle where a reused connection was found closed."""
+        """One request and its whole reply. _NotSent where a reused connection failed while the request
+        was being written (never once it was sent: the server may be working on it, or have crashed
+        on it, and sending it again would cost it twice)."""
         reused = conn.sock is not None
-        conn.timeout = timeout
-        if reused:
-            conn.sock.settimeout(timeout)  # the timeout is given to the socket only when it connects
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self._key:
             headers["Authorization"] = f"Bearer {self._key}"
         try:
+            conn.timeout = timeout
+            if reused:
+                conn.sock.settimeout(timeout)  # a socket is given the timeout only when it connects
             conn.request(method, self.path(path), body=data, headers=headers)
+        except (OSError, http.client.HTTPException) as e:
+            conn.close()
+            if reused and isinstance(e, OSError) and not isinstance(e, TimeoutError):
+                raise _NotSent from None
+            raise TransientError(f"{type(e).__name__}: {e}"[:200]) from None
+        try:
             resp = conn.getresponse()
             raw = resp.read()
         except (OSError, http.client.HTTPException) as e:
             conn.close()
-            if reused and isinstance(e, (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)):
-                raise _ClosedWhileIdle from None  # RemoteDisconnected is a ConnectionResetError
             raise TransientError(f"{type(e).__name__}: {e}"[:200]) from None
         return conn, resp, raw
 
@@ -127,6 +135,22 @@ class Endpoint:
         return {"url": self.cfg.url, "model": self.cfg.model, "state": "up" if self.down_until is None else "down",
                 "in_flight": self.in_flight, "limit": self.cfg.in_flight, "done": self.done, "failed": self.failed,
                 "p50_ms": percentile(list(self.latencies), 0.5), "last_error": self.last_error}
+
+
+def _alive(conn: http.client.HTTPConnection | None) -> http.client.HTTPConnection | None:
+    """A kept-alive connection still fit for the next request, else None (closed). A server closes
+    idle ones (llama-server after 5 s, its cpp-httplib default) and drops all of them when it
+    restarts; its end of the socket then reads as ready (EOF) before we have asked anything, which
+    is what urllib3 checks too. Sending on such a connection would fail after the request went out,
+    when it can no longer be told from a server that failed on the request."""
+    if conn is None:
+        return None
+    if conn.sock is not None:
+        with contextlib.suppress(OSError, ValueError):
+            if not select.select([conn.sock], [], [], 0)[0]:
+                return conn
+    conn.close()
+    return None
 
 
 class Pool:

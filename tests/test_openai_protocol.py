@@ -3,6 +3,7 @@ server answers malformed JSON, 500s and slow replies. Real llama-server instance
 """
 
 import json
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -12,58 +13,74 @@ from bbsd import config, prompt, sidecar
 from bbsd.engines import open_labeler
 from bbsd.errors import ConfigError
 from bbsd.pipeline import Pipeline, Status
-from tests.conftest import make_photo, write_config
+from tests.conftest import make_photo, wait_until, write_config
 
 GOOD = {"characters": ["Baba Yaga"], "props": [], "caption": "a witch", "scene": "stage", "visible_text": []}
 SECRET = "sk-test-never-written-anywhere"
 
 
+class _Handler(BaseHTTPRequestHandler):
+    def setup(self):
+        super().setup()
+        self.outer = self.server.outer
+        self.protocol_version = "HTTP/1.0" if self.outer.connections == "close" else "HTTP/1.1"
+
+    def handle(self):
+        if self.outer.connections != "close-idle":
+            return super().handle()
+        self.handle_one_request()
+        self.wfile.flush()
+        self.connection.shutdown(socket.SHUT_RDWR)  # the FIN goes out now, not when the thread ends
+        self.outer.closed += 1
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        self._send(200, b'{"data": []}')
+
+    def do_POST(self):
+        outer = self.outer
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        outer.seen.append(body)
+        outer.auth.append(self.headers.get("Authorization"))
+        step = outer.script.pop(0) if outer.script else "ok"
+        if step == "drop":
+            self.close_connection = True
+            return
+        if step == "500":
+            return self._send(500, b"overloaded")
+        if step == "slow":
+            outer.release.wait(10)
+        content = {"garbage": None, "text": "Sure! The witch is there."}.get(step, json.dumps(GOOD))
+        if step == "garbage":
+            return self._send(200, b"<html>not json")
+        reply = {"model": "fake-served", "choices": [{"message": {"content": content}}],
+                 "usage": {"prompt_tokens": 7, "completion_tokens": 5},
+                 "timings": {"prompt_ms": 1.5, "predicted_ms": 2.5}}
+        self._send(200, json.dumps(reply).encode())
+
+    def _send(self, code, data):
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
 class FakeServer:
-    """Answers /v1/chat/completions from a script: each entry is 'ok', 'garbage', '500', 'slow' or 'text'."""
+    """Answers /v1/chat/completions from a script: each entry is 'ok', 'garbage', '500', 'slow', 'text'
+    or 'drop' (the request is read, then the connection closed without a reply: a server that died on
+    it). `connections`: "close" (HTTP/1.0, one request each), "keep" (HTTP/1.1 keep-alive) or
+    "close-idle" (HTTP/1.1 without "Connection: close", yet each socket is closed after its reply, as
+    a server does to an idle kept-alive connection: its timeout, or a restart)."""
 
-    def __init__(self, script: list[str], closes_idle: bool = False) -> None:
+    def __init__(self, script: list[str], connections: str = "close") -> None:
         self.script, self.seen, self.auth = list(script), [], []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            # closes_idle: HTTP/1.1 without "Connection: close", yet the socket is closed after each
-            # reply, as a server does to an idle kept-alive connection (its timeout, or a restart).
-            protocol_version = "HTTP/1.1" if closes_idle else "HTTP/1.0"
-
-            def handle(self):
-                self.handle_one_request() if closes_idle else super().handle()
-
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                self._send(200, b'{"data": []}')
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.seen.append(body)
-                outer.auth.append(self.headers.get("Authorization"))
-                step = outer.script.pop(0) if outer.script else "ok"
-                if step == "500":
-                    return self._send(500, b"overloaded")
-                if step == "slow":
-                    outer.release.wait(10)
-                content = {"garbage": None, "text": "Sure! The witch is there."}.get(step, json.dumps(GOOD))
-                if step == "garbage":
-                    return self._send(200, b"<html>not json")
-                reply = {"model": "fake-served", "choices": [{"message": {"content": content}}],
-                         "usage": {"prompt_tokens": 7, "completion_tokens": 5},
-                         "timings": {"prompt_ms": 1.5, "predicted_ms": 2.5}}
-                self._send(200, json.dumps(reply).encode())
-
-            def _send(self, code, data):
-                self.send_response(code)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        self.connections = connections
+        self.closed = 0  # connections closed after a reply ("close-idle")
         self.release = threading.Event()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self.httpd.outer = self
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
@@ -173,16 +190,38 @@ def test_a_kept_alive_connection_the_server_closed_while_idle_is_no_failure(tmp_
     # llama-server closes an idle connection after 5 s and forgets all of them when it restarts; the
     # next request on it must go out on a new connection, not count against the endpoint and its photo.
     monkeypatch.setenv("BBSD_T_KEY", SECRET)
-    s = servers([], closes_idle=True)
+    s = servers([], connections="close-idle")
     inbox, settings = _settings(tmp_path, [s.url], down_after_failures=1, retries=0)
     pipeline = Pipeline(open_labeler(settings), settings, prompt.build(settings.catalog))
+    outcomes = []
     try:
-        outcomes = [pipeline.process(make_photo(inbox / f"p{i}.jpg", color=(i, 0, 0))) for i in range(3)]
+        for i in range(3):
+            outcomes.append(pipeline.process(make_photo(inbox / f"p{i}.jpg", color=(i, 0, 0))))
+            wait_until(lambda i=i: s.closed > i, 10, "the server closed the connection")
         (h,) = pipeline.labeler.health()
     finally:
         pipeline.close()
     assert [o.status for o in outcomes] == [Status.LABELED] * 3
     assert h["failed"] == 0 and h["done"] == 3 and h["state"] == "up" and len(s.seen) == 3
+
+
+def test_a_request_the_server_dropped_after_reading_it_is_not_sent_again_on_that_connection(
+        tmp_path, servers, monkeypatch):
+    # A server that closes the connection once it has the request may have worked on it, or died of
+    # it: that is a failure of the endpoint (retried with backoff, elsewhere where there is another),
+    # not a stale connection to send the same request down again at once.
+    monkeypatch.setenv("BBSD_T_KEY", SECRET)
+    s = servers(["ok", "drop"], connections="keep")
+    inbox, settings = _settings(tmp_path, [s.url], retries=0)
+    pipeline = Pipeline(open_labeler(settings), settings, prompt.build(settings.catalog))
+    try:
+        first = pipeline.process(make_photo(inbox / "p0.jpg"))
+        second = pipeline.process(make_photo(inbox / "p1.jpg", color=(9, 0, 0)))
+        (h,) = pipeline.labeler.health()
+    finally:
+        pipeline.close()
+    assert first.status is Status.LABELED and second.status is Status.FAILED
+    assert len(s.seen) == 2 and h["failed"] == 1 and "RemoteDisconnected" in h["last_error"]
 
 
 def test_config_refuses_credentials_in_urls_and_missing_key_variables(tmp_path):
