@@ -218,16 +218,17 @@ class Pipeline:
         return Outcome(raw, Status.WAITING, "pair")
 
     def _label(self, image, cancelled) -> tuple[labels.Labels, Inference]:
-        """Infer and validate, with one retry. After an engine crash the photo goes again alone (it
-        may be the one that crashed the engine) and sampled as before: a neighbour that was only in
-        the same batch gets the labels it would have got anyway. After an invalid reply (grammars
-        can be bypassed) it is sampled again, varied (`attempt` 1)."""
+        """Infer and validate. An engine crash is retried once alone (the photo may be the one that
+        crashed the engine, or only shared its batch), sampled as before: a neighbour gets the labels
+        it would have got anyway, and only a crash alone is the photo's own. An invalid reply
+        (grammars can be bypassed) is retried once, sampled varied (`attempt` 1). At most three tries:
+        an invalid reply, then a crash beside others, then alone."""
         attempt, alone = 0, False
-        for tries in (0, 1):
+        while True:
             try:
                 inference = self.labeler.infer(image, self.prompt, attempt=attempt, alone=alone, cancelled=cancelled)
             except PhotoError as e:
-                if e.code != "engine_crash" or tries == 1:
+                if e.code != "engine_crash" or alone:
                     raise
                 log.warning("photo.retry", reason=e.code, message=e.message)
                 alone = True
@@ -235,11 +236,10 @@ class Pipeline:
             try:
                 return labels.parse_reply(inference.text, self._catalog, self._questions), inference
             except labels.InvalidReplyError as e:
-                log.warning("reply.invalid", attempt=tries, problem=e.message, reply=inference.text[:200])
-                if tries == 1:
+                log.warning("reply.invalid", attempt=attempt, problem=e.message, reply=inference.text[:200])
+                if attempt == 1:
                     raise
                 attempt = 1
-        raise AssertionError("unreachable")
 
     def confidence(self, inference: Inference) -> dict | None:
         """Each name's confidence from the backend's token probabilities, and whether to ask a person."""

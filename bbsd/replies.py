@@ -9,7 +9,7 @@ Invariants: each reply is sampled under its own grammar sampler exactly as if it
 fixes is appended without sampling (jump-forward, `jump.py`) but only after the grammar accepted
 it; a reply that fails (its context is full) costs that photo, never the others in the batch;
 a photo joins only beside photos of the same prompt (they share the cached prefix), and a retry
-(`attempt > 0`) only joins an empty batch and lets nothing join beside it.
+after a crash (`Job.alone`) only joins an empty batch and lets nothing join beside it.
 """
 
 from __future__ import annotations
@@ -167,9 +167,10 @@ class _Batch:
     def _accepts(self, job: Job) -> bool:
         if not self._running:
             return True
-        # A retry goes alone: a photo that crashed the worker must not take others down twice.
+        # A retry after a crash goes alone: a photo that crashed the worker must not take others down
+        # twice. A varied retry (`attempt` 1, an invalid reply) has its own sampler like any other.
         others = [other for other, _ in self._running.values()]
-        return not job.attempt and all(not other.attempt and job.same_prefix(other) for other in others)
+        return not job.alone and all(not other.alone and job.same_prefix(other) for other in others)
 
     def _next(self, r: Reply) -> list[int] | None:
         tokens = r.advance(self._ctx.per_sequence_budget)

@@ -102,6 +102,46 @@ def test_a_photo_admitted_mid_batch_joins_before_the_others_finish_and_replies_a
     assert results[2].evaluated_tokens < results[0].evaluated_tokens  # it shared the cached prefix
 
 
+def test_a_varied_retry_joins_the_running_batch_and_a_retry_after_a_crash_waits_for_it_to_empty(
+        tiny_models, tmp_path):
+    """A retry of an invalid reply (attempt 1) has its own sampler and joins like any photo; a retry
+    after a crash (alone) may be the photo that crashes the worker, so it joins no running batch and
+    nothing joins it."""
+    together, p = _labeler(tmp_path, tiny_models, 3)
+    steps, decode = [0], together._ctx.eval_parallel
+
+    def counted(parts):
+        steps[0] += 1
+        return decode(parts)
+
+    together._ctx.eval_parallel = counted
+    waiting = [Job(_photo(0), p, 0, "first")]
+    admitted: dict[str, int] = {}
+    finished: dict[str, int] = {}
+
+    def admit(accepts):
+        if steps[0] == 2 and "varied" not in admitted and len(waiting) < 2:  # both arrive mid-reply
+            waiting[:] = [Job(_photo(1), p, 0, "crashed", alone=True), Job(_photo(2), p, 1, "varied")]
+        job = next((j for j in waiting if accepts(j)), None)
+        if job is not None:
+            waiting.remove(job)
+            admitted[job.tag] = steps[0]
+        return job
+
+    def finish(job, result):
+        assert not isinstance(result, PhotoError), result
+        finished[job.tag] = steps[0]
+
+    try:
+        together.serve(admit, finish, cancelled=lambda: False)
+        while waiting:  # the worker's loop: serve again while photos wait
+            together.serve(admit, finish, cancelled=lambda: False)
+    finally:
+        together.close()
+    assert admitted["first"] == 0 and admitted["varied"] == 2  # it joined at once
+    assert admitted["crashed"] >= max(finished["first"], finished["varied"])  # it waited for the batch to empty
+
+
 def test_a_batch_of_another_catalog_is_labelled_one_prompt_at_a_time(tiny_models, tmp_path):
     """A SIGHUP between two photos of a batch: each photo is labelled with its own prompt."""
     labeler, p = _labeler(tmp_path, tiny_models, 2)

@@ -7,7 +7,9 @@ import pytest
 import structlog.testing
 
 from bbsd import config, prompt, sidecar
+from bbsd.errors import PhotoError
 from bbsd.fake_engine import FakeLabeler
+from bbsd.labeler import Inference
 from bbsd.pipeline import Pipeline, Status
 from tests.conftest import jpeg_bytes, make_photo, write_config
 
@@ -62,6 +64,44 @@ def test_invalid_reply_is_retried_once_then_recorded(setup, validate_sidecar):
     doc = validate_sidecar(other)
     assert doc["status"] == "error" and doc["error"]["code"] == "invalid_reply" and doc["labels"] is None
     assert doc["timing_ms"]["inference"] >= 100  # the engine's time on a photo that failed is still its cost
+
+
+class _Scripted(FakeLabeler):
+    """Each call takes the next step: "crash" (the worker died with this photo in it), "invalid" or
+    "ok"; records how each call was asked for (attempt, alone)."""
+
+    def __init__(self, steps):
+        super().__init__()
+        self.steps, self.asked = list(steps), []
+
+    def infer(self, image, prompt, *, attempt, cancelled, alone=False):
+        self.asked.append((attempt, alone))
+        step = self.steps.pop(0)
+        if step == "crash":
+            raise PhotoError("engine_crash", "the engine worker died", "see worker.lost")
+        return super().infer(image, prompt, attempt=attempt, cancelled=cancelled) if step == "ok" else \
+            Inference(text="nope", prompt_tokens=0, output_tokens=4, encode_ms=0.0, generate_ms=0.0)
+
+
+@pytest.mark.parametrize("steps, asked, status", [
+    # a crash: once more alone, sampled as before (a neighbour's labels are what they would have been)
+    (["crash", "ok"], [(0, False), (0, True)], "labeled"),
+    (["crash", "crash"], [(0, False), (0, True)], "engine_crash"),  # alone too: its own
+    # a varied retry goes beside others; a crash there is not yet its own
+    (["invalid", "crash", "ok"], [(0, False), (1, False), (1, True)], "labeled"),
+    (["invalid", "invalid"], [(0, False), (1, False)], "invalid_reply"),
+    (["crash", "invalid", "invalid"], [(0, False), (0, True), (1, True)], "invalid_reply"),
+])
+def test_a_crash_is_retried_alone_as_sampled_before_and_an_invalid_reply_varied(tmp_path, steps, asked, status):
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    settings = config.load(write_config(tmp_path, [inbox], backend="fake"), environ={})
+    labeler = _Scripted(steps)
+    photo = make_photo(inbox / "a.jpg")
+    Pipeline(labeler, settings, prompt.build(settings.catalog)).process(photo)
+    doc = sidecar.read(photo)
+    assert labeler.asked == asked and not labeler.steps
+    assert (doc["status"] if doc["status"] == "labeled" else doc["error"]["code"]) == status
 
 
 @pytest.mark.parametrize("content, code", [(b"", "empty_file"), (b"hello, not a photo" * 10, "not_an_image")])
