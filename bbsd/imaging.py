@@ -132,7 +132,7 @@ def exif_time(stamp: object, subsec: object = None, offset: object = None) -> fl
         with contextlib.suppress(ValueError):
             when = datetime.strptime(f"{text} {zone[0]}{zone[1:3]}{zone[4:]}", "%Y:%m:%d %H:%M:%S %z")
     digits = _exif_text(subsec)
-    fraction = float("0." + digits) if digits.isdigit() else 0.0
+    fraction = float("0." + digits) if digits.isascii() and digits.isdigit() else 0.0  # not "²"
     return when.timestamp() + fraction
 
 
