@@ -99,3 +99,4 @@ def test_capture_time_has_the_shots_fraction_of_a_second_and_its_zone(tmp_path):
     zoned = datetime(2026, 11, 24, 19, 30, 5, tzinfo=timezone(timedelta(hours=-5))).timestamp()
     assert shot("ny.jpg", "5", "-05:00") == pytest.approx(zoned + 0.5)
     assert shot("odd.jpg", "n/a", "local") == local  # unreadable extras are ignored, not the time
+    assert imaging.exif_time("2026:11:24 19:30:05", "\xb2") == local  # Latin-1 "²": a digit to isdigit()
