@@ -55,30 +55,20 @@ def test_a_batch_gives_each_photo_the_reply_it_gets_alone_and_evaluates_the_pref
     assert all(r.generate_ms > 0 for r in first)  # each its own: a reply leaves the batch when it is complete
 
 
-def test_a_photo_admitted_mid_batch_joins_before_the_others_finish_and_replies_as_alone(tiny_models, tmp_path):
-    """Continuous batching: a third photo handed over after a few decode steps is evaluated into the
-    free sequence and steps along with the first two; each result comes out when its reply is complete."""
-    alone, p = _labeler(tmp_path, tiny_models, 1)
-    try:
-        expected = [alone.infer(_photo(i), p, attempt=0, cancelled=lambda: False) for i in range(3)]
-    finally:
-        alone.close()
-    together, p = _labeler(tmp_path, tiny_models, 3)
-    steps, decode = [0], together._ctx.eval_parallel
+def _serve_by_steps(engine, waiting: list[Job], arrivals: dict[int, list[Job]]):
+    """The engine's serve loop over `waiting`, counting decode steps; the jobs in `arrivals[n]` arrive
+    at step n. Returns the step each job was admitted and finished at, and its result, by tag."""
+    steps, decode = [0], engine._ctx.eval_parallel
 
     def counted(parts):  # one call per decode step of the running replies
         steps[0] += 1
         return decode(parts)
 
-    together._ctx.eval_parallel = counted
-    waiting = [Job(_photo(i), p, 0, i) for i in range(2)]
-    admitted: dict[int, int] = {}
-    finished: dict[int, int] = {}
-    results: dict[int, object] = {}
+    engine._ctx.eval_parallel = counted
+    admitted, finished, results = {}, {}, {}
 
     def admit(accepts):
-        if steps[0] == 3 and 2 not in admitted and not waiting:  # it arrives while the first two generate
-            waiting.append(Job(_photo(2), p, 0, 2))
+        waiting.extend(arrivals.pop(steps[0], []))
         job = next((j for j in waiting if accepts(j)), None)
         if job is not None:
             waiting.remove(job)
@@ -88,8 +78,24 @@ def test_a_photo_admitted_mid_batch_joins_before_the_others_finish_and_replies_a
     def finish(job, result):
         results[job.tag], finished[job.tag] = result, steps[0]
 
+    engine.serve(admit, finish, cancelled=lambda: False)
+    while waiting:  # the worker's loop: serve again while photos wait
+        engine.serve(admit, finish, cancelled=lambda: False)
+    return admitted, finished, results
+
+
+def test_a_photo_admitted_mid_batch_joins_before_the_others_finish_and_replies_as_alone(tiny_models, tmp_path):
+    """Continuous batching: a third photo handed over after a few decode steps is evaluated into the
+    free sequence and steps along with the first two; each result comes out when its reply is complete."""
+    alone, p = _labeler(tmp_path, tiny_models, 1)
     try:
-        together.serve(admit, finish, cancelled=lambda: False)
+        expected = [alone.infer(_photo(i), p, attempt=0, cancelled=lambda: False) for i in range(3)]
+    finally:
+        alone.close()
+    together, p = _labeler(tmp_path, tiny_models, 3)
+    try:  # the third arrives while the first two generate
+        admitted, finished, results = _serve_by_steps(together, [Job(_photo(i), p, 0, i) for i in range(2)],
+                                                      {3: [Job(_photo(2), p, 0, 2)]})
     finally:
         together.close()
     assert admitted == {0: 0, 1: 0, 2: 3}
@@ -108,36 +114,12 @@ def test_a_varied_retry_joins_the_running_batch_and_a_retry_after_a_crash_waits_
     after a crash (alone) may be the photo that crashes the worker, so it joins no running batch and
     nothing joins it."""
     together, p = _labeler(tmp_path, tiny_models, 3)
-    steps, decode = [0], together._ctx.eval_parallel
-
-    def counted(parts):
-        steps[0] += 1
-        return decode(parts)
-
-    together._ctx.eval_parallel = counted
-    waiting = [Job(_photo(0), p, 0, "first")]
-    admitted: dict[str, int] = {}
-    finished: dict[str, int] = {}
-
-    def admit(accepts):
-        if steps[0] == 2 and "varied" not in admitted and len(waiting) < 2:  # both arrive mid-reply
-            waiting[:] = [Job(_photo(1), p, 0, "crashed", alone=True), Job(_photo(2), p, 1, "varied")]
-        job = next((j for j in waiting if accepts(j)), None)
-        if job is not None:
-            waiting.remove(job)
-            admitted[job.tag] = steps[0]
-        return job
-
-    def finish(job, result):
-        assert not isinstance(result, PhotoError), result
-        finished[job.tag] = steps[0]
-
-    try:
-        together.serve(admit, finish, cancelled=lambda: False)
-        while waiting:  # the worker's loop: serve again while photos wait
-            together.serve(admit, finish, cancelled=lambda: False)
+    try:  # both arrive mid-reply
+        admitted, finished, results = _serve_by_steps(together, [Job(_photo(0), p, 0, "first")], {2: [
+            Job(_photo(1), p, 0, "crashed", alone=True), Job(_photo(2), p, 1, "varied")]})
     finally:
         together.close()
+    assert not any(isinstance(r, PhotoError) for r in results.values()), results
     assert admitted["first"] == 0 and admitted["varied"] == 2  # it joined at once
     assert admitted["crashed"] >= max(finished["first"], finished["varied"])  # it waited for the batch to empty
 
