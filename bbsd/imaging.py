@@ -127,10 +127,9 @@ def exif_time(stamp: object, subsec: object = None, offset: object = None) -> fl
     if not text:
         return None
     when = datetime.strptime(text, "%Y:%m:%d %H:%M:%S")
-    zone = _exif_text(offset)
-    if zone and len(zone) == 6 and zone[0] in "+-" and zone[3] == ":":
-        with contextlib.suppress(ValueError):
-            when = datetime.strptime(f"{text} {zone[0]}{zone[1:3]}{zone[4:]}", "%Y:%m:%d %H:%M:%S %z")
+    if zone := _exif_text(offset):
+        with contextlib.suppress(ValueError):  # "±HH:MM"; anything else leaves the local reading
+            when = when.replace(tzinfo=datetime.strptime(zone, "%z").tzinfo)
     digits = _exif_text(subsec)
     fraction = float("0." + digits) if digits.isascii() and digits.isdigit() else 0.0  # not "²"
     return when.timestamp() + fraction
