@@ -3,14 +3,18 @@
 Invariants: a file is opened with `O_NOFOLLOW | O_NONBLOCK` (a symlink is refused by the kernel,
 a FIFO cannot block the open) and accepted only when `fstat` on the open descriptor says it is a
 regular file, so what is checked is what is read — nothing can be swapped in between; a read
-stops at a size cap, so a huge or endless file costs a bounded amount of memory.
+stops at a size cap, so a huge or endless file costs a bounded amount of memory. A path under a
+watch folder is reached from the folder one directory at a time, none of them a link
+(`open_beneath`, `beneath`), so a symlinked folder (`evil.jpg -> /elsewhere`) never leads out.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import stat
+from collections.abc import Iterable
 from pathlib import Path
 
 CHUNK = 1 << 20
@@ -24,6 +28,17 @@ class TooLargeError(OSError):
     """A file larger than bbsd agrees to read (a runaway or hostile file)."""
 
 
+class OutsideError(NotRegularError):
+    """A path that leaves the watch folders: a folder on the way is a symlink, or it is under no watch folder."""
+
+
+class ChangedError(OSError):
+    """The file changed while it was read (still being written, or replaced)."""
+
+
+Ident = tuple[int, int, int, int]  # (st_dev, st_ino, st_size, st_mtime_ns): this file, as it was read
+
+
 def kind_of(mode: int) -> str:
     """A word for what a file is, for messages and events."""
     for test, word in ((stat.S_ISLNK, "symlink"), (stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"),
@@ -33,13 +48,15 @@ def kind_of(mode: int) -> str:
     return "file" if stat.S_ISREG(mode) else "special file"
 
 
-def open_regular(path: Path | str, *, dir_fd: int | None = None) -> int:
+def open_regular(path: Path | str, *, dir_fd: int | None = None, follow: bool = False) -> int:
     """A read-only descriptor on `path` (relative to `dir_fd` when given) if it is a regular file.
 
     Raises `FileNotFoundError` when it is gone, `NotRegularError` when it is not a regular file
-    (a symlink included, whatever it points to), `OSError` for the rest (permissions).
+    (a symlink included, whatever it points to), `OSError` for the rest (permissions). `follow`
+    lets a link through, for files a person named in the configuration (never a watch folder's).
     """
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0)
+    nofollow = 0 if follow else os.O_NOFOLLOW
+    flags = os.O_RDONLY | nofollow | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0)
     try:
         fd = os.open(path, flags, dir_fd=dir_fd)
     except OSError as e:
@@ -88,3 +105,81 @@ def lstat_kind(path: Path | str) -> str | None:
     except OSError:
         return None
     return None if stat.S_ISREG(st.st_mode) else kind_of(st.st_mode)
+
+
+def ident(st: os.stat_result) -> Ident:
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def sha256_fd(fd: int) -> tuple[str, Ident]:
+    """The content's sha256 and the file's identity; `ChangedError` when it changed while read."""
+    before = ident(os.fstat(fd))
+    h = hashlib.sha256()
+    os.lseek(fd, 0, os.SEEK_SET)
+    while chunk := os.read(fd, CHUNK):
+        h.update(chunk)
+    after = ident(os.fstat(fd))
+    if after != before:
+        raise ChangedError(errno.EAGAIN, "the file changed while it was read")
+    return h.hexdigest(), after
+
+
+def _split(roots: Iterable[Path | str], path: Path | str) -> tuple[str, tuple[str, ...]]:
+    """The watch root `path` is under and the names below it; `OutsideError` when under none."""
+    full = os.path.abspath(path)
+    for root in roots:
+        top = os.path.abspath(root)
+        rel = os.path.relpath(full, top)
+        if rel != "." and rel != ".." and not rel.startswith("../"):
+            return top, tuple(rel.split(os.sep))
+    raise OutsideError(errno.EXDEV, "not under any watch folder", str(path))
+
+
+def open_beneath(roots: Iterable[Path | str], path: Path | str) -> int:
+    """`open_regular` on `path`, reached from its watch root one folder at a time, none of them a link.
+
+    Each folder is opened relative to the one above with `O_NOFOLLOW | O_DIRECTORY`, so a folder
+    swapped for a symlink at any moment fails the open (`OutsideError`) instead of leading out.
+    The root itself is the configuration's and may be a link.
+    """
+    top, names = _split(roots, path)
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for name in names[:-1]:
+            try:
+                below = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                                dir_fd=fd)
+            except OSError as e:
+                if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise OutsideError(e.errno, f"{name!r} on the way is not a folder (a symlink?): bbsd "
+                                       "never leaves the watch folders", str(path)) from None
+                raise
+            os.close(fd)
+            fd = below
+        try:
+            return open_regular(names[-1], dir_fd=fd)
+        except OSError as e:
+            e.filename = str(path)  # the whole path in messages, not the last name
+            raise
+    finally:
+        os.close(fd)
+
+
+def beneath(roots: Iterable[Path | str], path: Path | str) -> bool:
+    """Whether `path` lies under a watch root with every folder between them a real folder (no link).
+
+    A check for the main loop's events and before a write; reading goes through `open_beneath`.
+    """
+    try:
+        top, names = _split(roots, path)
+    except OutsideError:
+        return False
+    here = top
+    for name in names[:-1]:
+        here = os.path.join(here, name)
+        try:
+            if not stat.S_ISDIR(os.lstat(here).st_mode):
+                return False
+        except OSError:
+            return False
+    return True
