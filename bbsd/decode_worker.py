@@ -17,11 +17,11 @@ import os
 import resource
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import structlog
 
-from bbsd import child, ipc
+from bbsd import child, ipc, safefs
 from bbsd.errors import IncompletePhotoError, PhotoError
 
 log = structlog.get_logger("bbsd.decoder")
@@ -95,9 +95,10 @@ def answer(request: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
     _current["path"] = str(path)
     _test_hooks(path.name)
     try:
-        if request["type"] == "probe":
-            return {"type": "probed", **probe(path)}, b""
-        return _decode(path, request["max_side"], request["max_pixels"])
+        with _open(path, request) as f:
+            if request["type"] == "probe":
+                return {"type": "probed", **probe(path, f)}, b""
+            return _decode(path, f, request["max_side"], request["max_pixels"])
     except PhotoError as e:
         return _error(e.code, e.message, e.hint, incomplete=isinstance(e, IncompletePhotoError)), b""
     except MemoryError:
@@ -108,23 +109,48 @@ def answer(request: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
                       "the file is damaged or not a photo; export or copy it again"), b""
 
 
-def _decode(path: Path, max_side: int, max_pixels: int) -> tuple[dict[str, Any], bytes]:
+def _open(path: Path, request: dict[str, Any]) -> BinaryIO:
+    """The file to read, opened here without following a link and only if regular (`safefs`).
+
+    A photo's request carries `expect`, the identity (device, inode, size, mtime) of the file the
+    daemon hashed: anything else found at the path now (a symlink swapped in, a new copy) is
+    `changed` and looked at again later, never decoded in its place. A request without it (a
+    reference photo the configuration names) may go through a link.
+    """
+    expect = request.get("expect")
+    try:
+        fd = safefs.open_regular(path, follow=request["type"] == "decode" and expect is None)
+    except FileNotFoundError:
+        raise IncompletePhotoError("changed", "the file is gone", "nothing to do: it is labelled if it comes back") \
+            from None
+    except safefs.NotRegularError as e:
+        raise PhotoError("not_regular", e.strerror or "not a regular file",
+                         "bbsd reads only regular files in a watch folder, never through a link") from None
+    f = os.fdopen(fd, "rb")
+    if expect is not None and list(safefs.ident(os.fstat(fd))) != list(expect):
+        f.close()
+        raise IncompletePhotoError("changed", "the file changed or was replaced after bbsd read it",
+                                   "nothing to do: it is looked at again once it settles")
+    return f
+
+
+def _decode(path: Path, f: BinaryIO, max_side: int, max_pixels: int) -> tuple[dict[str, Any], bytes]:
     from bbsd import imaging
 
-    decoded = imaging.decode(path, max_side, max_pixels)
+    decoded = imaging.decode(path, max_side, max_pixels, fileobj=f)
     image = decoded.image
     return ({"type": "decoded", "width": decoded.width, "height": decoded.height,
              "size": [image.width, image.height]}, image.tobytes())
 
 
-def probe(path: Path) -> dict[str, Any]:
+def probe(path: Path, f: BinaryIO | None = None) -> dict[str, Any]:
     """What ordering and pairing need, from the header only: capture time, and a RAW's size."""
     from bbsd import imaging, raw
 
     if imaging.is_raw(path):
-        width, height = raw.dimensions(path)
+        width, height = raw.dimensions(path, f)
         return {"capture_time": None, "width": width, "height": height}
-    return {"capture_time": imaging.capture_time(path), "width": None, "height": None}
+    return {"capture_time": imaging.capture_time(path, f), "width": None, "height": None}
 
 
 def _error(code: str, message: str, hint: str, incomplete: bool = False) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from pathlib import Path
 import structlog
 from PIL import Image
 
-from bbsd import child
+from bbsd import child, safefs
 from bbsd.errors import AbandonedError, BbsdError, IncompletePhotoError, PhotoError
 from bbsd.imaging import Decoded
 
@@ -53,9 +53,16 @@ class Decoder:
         """Start the process now (the daemon, before READY), so the first photo does not pay for it."""
         self._ensure()
 
-    def decode(self, path: Path, max_side: int, cancelled: Callable[[], bool] = lambda: False) -> Decoded:
-        """Decode `path` to RGB with its longest side <= `max_side`; raise `PhotoError` when it cannot."""
-        request = {"type": "decode", "path": str(path), "max_side": max_side, "max_pixels": self._max_pixels}
+    def decode(self, path: Path, max_side: int, cancelled: Callable[[], bool] = lambda: False, *,
+               expect: safefs.Ident | None = None) -> Decoded:
+        """Decode `path` to RGB with its longest side <= `max_side`; raise `PhotoError` when it cannot.
+
+        `expect`: the identity of the file that was hashed (`safefs.sha256_fd`). The decoder opens
+        the path without following links and decodes it only if it is still that file; otherwise
+        `IncompletePhotoError` ("changed"). Without it (a file the configuration names) a link is followed.
+        """
+        request = {"type": "decode", "path": str(path), "max_side": max_side, "max_pixels": self._max_pixels,
+                   "expect": list(expect) if expect is not None else None}
         for attempt in (0, 1):
             try:
                 reply, payload = self._request(request, self._timeout, cancelled)

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -48,34 +50,37 @@ class Decoded:
 DEFAULT_MAX_PIXELS = 180_000_000
 
 
-def decode(path: Path, max_side: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
+def decode(path: Path, max_side: int, max_pixels: int = DEFAULT_MAX_PIXELS, fileobj: BinaryIO | None = None) -> Decoded:
     """Decode `path`; raise `PhotoError` (or `IncompletePhotoError` when it may still be arriving).
 
+    `fileobj`, when given, is `path` already opened and checked (`safefs`): the pixels come from
+    it, so what was checked is what is decoded; `path` then only names the format by its suffix.
     Pillow's own bomb check is replaced by `max_pixels` on what is actually decoded: a JPEG
     is measured after DCT scaling, so a huge panorama costs only its scaled-down buffer.
     """
     old = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None  # checked below, per format; the decoder process is single-threaded
     try:
-        return _decode(path, max_side, max_pixels)
+        return _decode(path, max_side, max_pixels, fileobj)
     finally:
         Image.MAX_IMAGE_PIXELS = old
 
 
-def _decode(path: Path, max_side: int, max_pixels: int) -> Decoded:
-    if path.stat().st_size == 0:
+def _decode(path: Path, max_side: int, max_pixels: int, fileobj: BinaryIO | None) -> Decoded:
+    size = os.fstat(fileobj.fileno()).st_size if fileobj is not None else path.stat().st_size
+    if size == 0:
         raise IncompletePhotoError("empty_file", "the file is empty (0 bytes)",
                                    "copy the photo again; it may have been cut off")
     if is_raw(path):
         from bbsd import raw
 
-        image, width, height = raw.decode(path, max_side, max_pixels)
+        image, width, height = raw.decode(path, max_side, max_pixels, fileobj)
         image.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
         return Decoded(image=_to_rgb(image), width=width, height=height)
     if path.suffix.lower().lstrip(".") in HEIF_EXTENSIONS and not HEIF_OK:
         raise PhotoError("unsupported_format", "HEIC/HEIF support is not installed", "pip install pillow-heif")
     try:
-        with Image.open(path) as img:
+        with Image.open(fileobj if fileobj is not None else path) as img:
             full_size = img.size
             if img.format == "JPEG":
                 img.draft("RGB", _draft_size(img.size, max_side))
@@ -104,13 +109,13 @@ def check_pixels(size: tuple[int, int], max_pixels: int, scaled: bool = False) -
                          "export a smaller version, or raise [decode] max_megapixels")
 
 
-def capture_time(path: Path) -> float | None:
+def capture_time(path: Path, fileobj: BinaryIO | None = None) -> float | None:
     """When the shot was taken, as a timestamp (newest shots first), or None: EXIF DateTimeOriginal
     with its SubSecTimeOriginal (a camera shooting 10 frames a second writes ten shots into one
     second; without the fraction the newest of them would come back in any order) and its
     OffsetTimeOriginal where the camera wrote one (else the time is read as this machine's local time)."""
     try:
-        with Image.open(path) as img:
+        with Image.open(fileobj if fileobj is not None else path) as img:
             if img.format not in HEADER_EXIF_FORMATS:  # elsewhere getexif() may decode the whole image
                 return None
             exif = img.getexif().get_ifd(0x8769)

@@ -8,7 +8,9 @@ demosaiced at half size. Width and height are the sensor image's, after orientat
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
+from typing import BinaryIO
 
 from PIL import Image
 
@@ -22,13 +24,22 @@ def orient(image: Image.Image, flip: int) -> Image.Image:
     return image.transpose(_ROTATE[flip]) if flip in _ROTATE else image
 
 
-def decode(path: Path, max_side: int, max_pixels: int) -> tuple[Image.Image, int, int]:
+def source(path: Path, fileobj: BinaryIO | None) -> str | BinaryIO:
+    """What LibRaw opens: the checked descriptor itself (through /proc, no copy of a 100 MB RAW in
+    memory), else the file object (read whole), else the path (a file named by the configuration)."""
+    if fileobj is None:
+        return str(path)
+    proc = f"/proc/self/fd/{fileobj.fileno()}"
+    return proc if os.path.exists(proc) else fileobj
+
+
+def decode(path: Path, max_side: int, max_pixels: int, fileobj: BinaryIO | None = None) -> tuple[Image.Image, int, int]:
     import rawpy
 
     from bbsd.imaging import check_pixels
 
     try:
-        with rawpy.imread(str(path)) as raw:
+        with rawpy.imread(source(path, fileobj)) as raw:
             width, height = oriented_size(raw.sizes)
             image = _preview(raw, max_side, max_pixels)
             if image is None:
@@ -50,12 +61,12 @@ def oriented_size(sizes) -> tuple[int, int]:
     return (sizes.height, sizes.width) if sizes.flip in (5, 6) else (sizes.width, sizes.height)
 
 
-def dimensions(path: Path) -> tuple[int | None, int | None]:
+def dimensions(path: Path, fileobj: BinaryIO | None = None) -> tuple[int | None, int | None]:
     """Sensor image size after orientation, read from the header without demosaicing."""
     import rawpy
 
     try:
-        with rawpy.imread(str(path)) as r:
+        with rawpy.imread(source(path, fileobj)) as r:
             return oriented_size(r.sizes)
     except Exception:  # LibRaw raises many types; a missing size must not fail the pair
         return None, None
