@@ -2,12 +2,14 @@
 
 Invariant: a RAW file whose JPEG (or HEIC) sibling — same folder, same stem, written
 within `window_s` of it — exists takes its labels from the sibling's sidecar; it is only
-labelled from its own pixels when there is no sibling, or the sibling failed.
+labelled from its own pixels when there is no sibling, or the sibling failed. A sibling is a
+regular file: a symlink or FIFO of that name is none.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 SOURCES = (".jpg", ".jpeg", ".heic", ".heif", ".hif")
@@ -16,7 +18,7 @@ SOURCES = (".jpg", ".jpeg", ".heic", ".heif", ".hif")
 def partner(raw: Path, window_s: float) -> Path | None:
     """The JPEG-like sibling of `raw` written within `window_s`, if any (first by extension preference)."""
     try:
-        raw_mtime = raw.stat().st_mtime
+        raw_mtime = os.lstat(raw).st_mtime
         names = os.listdir(raw.parent)
     except OSError:
         return None
@@ -25,7 +27,8 @@ def partner(raw: Path, window_s: float) -> Path | None:
                   if Path(n).stem.casefold() == stem and Path(n).suffix.lower() in SOURCES]
     for cand in sorted(candidates, key=lambda p: SOURCES.index(p.suffix.lower())):
         try:
-            if abs(cand.stat().st_mtime - raw_mtime) <= window_s:
+            st = os.lstat(cand)  # a link or a FIFO named like the JPEG is no sibling (never opened)
+            if stat.S_ISREG(st.st_mode) and abs(st.st_mtime - raw_mtime) <= window_s:
                 return cand
         except OSError:
             continue

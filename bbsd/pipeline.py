@@ -5,6 +5,12 @@ all; every photo ends in exactly one `photo.labeled`, `photo.failed`, `photo.ski
 `photo.incomplete` or `sidecar.write_failed` event, and no exception raised while handling
 it escapes (it becomes an `internal_error` record); the photo's bytes are hashed here but
 parsed only in the decoder process (`Decoder`). The same code serves the daemon and `bbsd label`.
+
+Paths (`roots`, set by the daemon): the photo is hashed from a descriptor reached from its watch
+folder without following any link (`safefs.open_beneath`), and decoded only if the decoder finds
+that same file; a photo that is not a regular file, or lies through a symlinked folder, is
+ignored; an unreadable sidecar is recorded before anything is decoded; just before a write the
+photo must still be there, the same file, under real folders (`photo.gone` otherwise, no sidecar).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from pathlib import Path
 
 import structlog
 
-from bbsd import atomic, confidence, editors, imaging, labels, metrics, pairs, sidecar
+from bbsd import atomic, confidence, editors, imaging, labels, metrics, pairs, safefs, sidecar
 from bbsd import prompt as prompt_mod
 from bbsd.config import Settings
 from bbsd.decoder import Decoder, DecoderError
@@ -75,6 +81,8 @@ class Pipeline:
         self._catalog = settings.catalog
         self._questions = settings.questions
         self._xmp = settings.xmp
+        # The watch folders a photo must lie beneath (the daemon's); None for files a person named (`bbsd label`).
+        self.roots: tuple[Path, ...] | None = None
 
     def apply(self, settings: Settings) -> None:
         """Take a new catalog, questions, reference strategy and XMP settings (SIGHUP) without touching the model."""
@@ -99,6 +107,16 @@ class Pipeline:
         for d in decoders:
             d.close()
         self.labeler.close()
+
+    def fingerprint(self, path: Path) -> tuple[str, safefs.Ident]:
+        """The photo's sha256 and identity, read from a descriptor opened without following links
+        (from its watch folder down when `roots` is set). Raises `OSError`, `safefs.NotRegularError`
+        (`OutsideError` through a symlinked folder), `safefs.ChangedError`."""
+        fd = safefs.open_beneath(self.roots, path) if self.roots else safefs.open_regular(path)
+        try:
+            return safefs.sha256_fd(fd)
+        finally:
+            os.close(fd)
 
     def is_current(self, photo: Path, doc: dict | None = None, sha256: str | None = None) -> bool:
         """Whether `photo`'s sidecar is current for this model and prompt (`sidecar.is_current`)."""
@@ -125,11 +143,11 @@ class Pipeline:
     def quarantine(self, path: Path, code: str, message: str, hint: str) -> Outcome:
         """Record that `path` cannot be labelled: an error sidecar if at all possible, else an event."""
         try:
-            sha = sidecar.file_sha256(path)
+            sha, ident = self.fingerprint(path)
         except OSError:
-            sha = None
+            sha, ident = None, None
         try:
-            return self._fail(path, sha, PhotoError(code, message, hint), {})
+            return self._fail(path, sha, PhotoError(code, message, hint), {}, ident=ident)
         except Exception as e:  # even the error sidecar failed: the log is the record
             log.error("photo.failed", path=str(path), code=code, message=message, hint=hint,
                       sidecar_error=_where(e))
@@ -138,39 +156,33 @@ class Pipeline:
     def _process(self, path: Path, queue_wait_ms: float, allow_incomplete: bool, force: bool,
                  order: float | None, cancelled: Callable[[], bool]) -> Outcome:
         t0 = time.perf_counter()
-        if (reason := _not_regular(path)) is not None:
-            log.warning("photo.ignored", path=str(path), reason=reason)
-            return Outcome(path, Status.IGNORED, "ignored", message=reason)
-        try:
-            sha = sidecar.file_sha256(path)
-        except FileNotFoundError:
-            log.info("photo.gone", path=str(path))
-            return Outcome(path, Status.GONE)
-        except OSError as e:
-            return self._fail(path, None, PhotoError("unreadable", f"cannot read the file ({e.strerror})",
-                                                     "check its permissions"), {})
-        if not force and self.is_current(path, sha256=sha):
+        opened = self._open_photo(path)
+        if isinstance(opened, Outcome):
+            return opened
+        sha, ident, doc = opened
+        if not force and sidecar.is_current(doc, self.labeler.info, self.prompt, sha256=sha):
             log.debug("photo.skipped", path=str(path), reason="sidecar up to date")
             return Outcome(path, Status.SKIPPED, sidecar=sidecar.path_for(path))
         timing = {"queue_wait": queue_wait_ms}
         if self._pair_seconds and imaging.is_raw(path):
-            paired = self._from_partner(path, sha, timing, may_wait=allow_incomplete)
+            paired = self._from_partner(path, sha, ident, timing, may_wait=allow_incomplete)
             if paired is not None:
                 return paired
         try:
-            decoded = self.decoder.decode(path, self._max_side, cancelled)
+            decoded = self.decoder.decode(path, self._max_side, cancelled, expect=ident)
             decoded.image.info["bbsd_name"] = path.name  # lets a worker name the photo in its log
             # the engine's batches take the newest photos first (by the queue's order, else its mtime)
-            decoded.image.info["bbsd_order"] = _mtime(path) if order is None else order
+            decoded.image.info["bbsd_order"] = ident[3] / 1e9 if order is None else order
             timing["decode"] = (time.perf_counter() - t0) * 1000
             labels_, inference = self._label(decoded.image, cancelled)
         except IncompletePhotoError as e:
-            if allow_incomplete:
+            # "changed": not the file that was hashed (replaced, or a link swapped in): never an error of its own
+            if allow_incomplete or e.code == "changed":
                 log.info("photo.incomplete", path=str(path), code=e.code, message=e.message)
                 return Outcome(path, Status.INCOMPLETE, e.code)
-            return self._fail(path, sha, e, timing)
+            return self._fail(path, sha, e, timing, ident=ident)
         except PhotoError as e:
-            return self._failed(path, sha, e, timing, t0)
+            return self._failed(path, sha, e, timing, t0, ident)
         timing["inference"] = inference.encode_ms + inference.generate_ms
         timing["total"] = (time.perf_counter() - t0) * 1000
         record = sidecar.Record(
@@ -178,13 +190,39 @@ class Pipeline:
             timing_ms=timing, tokens=_tokens(inference),
             memory_mb=self._memory(inference), served=inference.served, confidence=self.confidence(inference),
         )
-        return self._write(record, "photo.labeled", Status.LABELED)
+        return self._write(record, "photo.labeled", Status.LABELED, ident)
 
-    def _failed(self, path: Path, sha: str, e: PhotoError, timing: dict, started: float) -> Outcome:
+    def _open_photo(self, path: Path) -> tuple[str, safefs.Ident, dict | None] | Outcome:
+        """The photo's sha256 and identity and its sidecar, or the outcome that ends it here."""
+        if (reason := _not_regular(path)) is not None:
+            log.warning("photo.ignored", path=str(path), reason=reason)
+            return Outcome(path, Status.IGNORED, "ignored", message=reason)
+        try:
+            sha, ident = self.fingerprint(path)
+        except FileNotFoundError:
+            log.info("photo.gone", path=str(path))
+            return Outcome(path, Status.GONE)
+        except safefs.NotRegularError as e:  # a link on the way, or swapped in since the lstat above
+            log.warning("photo.ignored", path=str(path), reason=e.strerror)
+            return Outcome(path, Status.IGNORED, "ignored", message=e.strerror)
+        except safefs.ChangedError:
+            log.info("photo.incomplete", path=str(path), code="changed", message="the file changed while hashed")
+            return Outcome(path, Status.INCOMPLETE, "changed")
+        except OSError as e:
+            return self._fail(path, None, PhotoError("unreadable", f"cannot read the file ({e.strerror})",
+                                                     "check its permissions"), {})
+        try:  # before any work: an unreadable sidecar is never overwritten, so labelling would be wasted
+            doc = sidecar.read_strict(path)
+        except (OSError, ValueError) as e:
+            return _kept_unreadable(path, e)
+        return sha, ident, doc
+
+    def _failed(self, path: Path, sha: str, e: PhotoError, timing: dict, started: float,
+                ident: safefs.Ident) -> Outcome:
         if e.code in REFERENCE_CODES:  # the configuration's fault, not the photo's: it waits, unmarked
             log.warning("references.unusable", path=str(path), code=e.code, message=e.message, hint=e.hint)
             return Outcome(path, Status.PENDING, e.code, message=f"{e.message} — {e.hint}")
-        return self._fail(path, sha, e, timing, started=started)
+        return self._fail(path, sha, e, timing, started=started, ident=ident)
 
     def label(self, path: Path, cancelled: Callable[[], bool] = lambda: False) -> tuple[labels.Labels, Inference]:
         """Decode and label one photo the way `process` does, but write nothing.
@@ -196,14 +234,19 @@ class Pipeline:
         decoded.image.info["bbsd_name"] = path.name
         return self._label(decoded.image, cancelled)
 
-    def _from_partner(self, raw: Path, sha: str, timing: dict, may_wait: bool) -> Outcome | None:
+    def _from_partner(self, raw: Path, sha: str, ident: safefs.Ident, timing: dict,
+                      may_wait: bool) -> Outcome | None:
         """A RAW file takes its JPEG sibling's labels; None means: label it from its own pixels."""
         mate = pairs.partner(raw, self._pair_seconds)
         if mate is None:
-            young = time.time() - raw.stat().st_mtime < self._pair_seconds
+            young = time.time() - ident[3] / 1e9 < self._pair_seconds
             return Outcome(raw, Status.WAITING, "pair") if may_wait and young else None
         doc = sidecar.read(mate)
-        current = self.is_current(mate, doc, sha256=sidecar.file_sha256(mate))
+        try:
+            mate_sha, _ = self.fingerprint(mate)
+        except OSError:  # gone, or no longer a regular file: the RAW stands alone
+            return None
+        current = self.is_current(mate, doc, sha256=mate_sha)
         if current and doc["status"] == "labeled":
             probe = self.decoder.probe(raw)
             width, height = (probe.width, probe.height) if probe else (None, None)
@@ -212,7 +255,7 @@ class Pipeline:
                 timing_ms={"decode": 0.0, "inference": 0.0, "total": 0.0, **timing},
                 tokens={"prompt": 0, "output": 0}, memory_mb=self._memory(),
                 pair={"source": mate.name, "sha256": doc["photo"]["sha256"]})
-            return self._write(record, "photo.labeled", Status.LABELED)
+            return self._write(record, "photo.labeled", Status.LABELED, ident)
         if current or not may_wait:
             return None  # the sibling failed (or we cannot wait): label the RAW itself
         return Outcome(raw, Status.WAITING, "pair")
@@ -257,7 +300,7 @@ class Pipeline:
         return {"rss": metrics.rss_mb(), "vram": metrics.vram_mb(self.labeler.gpu)}
 
     def _fail(self, path: Path, sha: str | None, error: PhotoError, timing: dict[str, float],
-              started: float | None = None) -> Outcome:
+              started: float | None = None, ident: safefs.Ident | None = None) -> Outcome:
         if started is not None and "decode" in timing:  # the engine ran (invalid replies, a crash): its time counts
             timing = {**timing, "inference": (time.perf_counter() - started) * 1000 - timing["decode"]}
         timing = {"decode": 0.0, "inference": 0.0, **timing}
@@ -270,16 +313,17 @@ class Pipeline:
             tokens={"prompt": 0, "output": 0}, memory_mb=self._memory(),
             error={"code": error.code, "message": error.message, "hint": error.hint},
         )
-        return self._write(record, "photo.failed", Status.FAILED)
+        return self._write(record, "photo.failed", Status.FAILED, ident)
 
-    def _write(self, record: sidecar.Record, event: str, status: Status) -> Outcome:
+    def _write(self, record: sidecar.Record, event: str, status: Status, ident: safefs.Ident | None = None) -> Outcome:
         target = sidecar.path_for(record.photo)
+        if (why := self._gone(record.photo, ident)) is not None:  # deleted, replaced or moved out mid-label
+            log.info("photo.gone", path=str(record.photo), reason=why, labelled=status is Status.LABELED)
+            return Outcome(record.photo, Status.GONE, why)
         try:
             old = sidecar.read_strict(record.photo)
         except (OSError, ValueError) as e:
-            log.error("sidecar.unreadable", path=str(record.photo), sidecar=str(target), reason=str(e),
-                      hint="bbsd does not overwrite a sidecar it cannot read; fix or remove it")
-            return Outcome(record.photo, Status.KEPT, "unreadable sidecar")
+            return _kept_unreadable(record.photo, e)
         doc = sidecar.render(record, self.labeler.info, self.prompt)
         if status is Status.FAILED and sidecar.human_edited(old):
             log.warning("sidecar.kept", path=str(record.photo), reason="labels edited by a person",
@@ -304,6 +348,21 @@ class Pipeline:
         return Outcome(record.photo, status, record.error["code"] if record.error else "", target,
                        total_ms=record.timing_ms.get("total"), memory=record.memory_mb)
 
+    def _gone(self, photo: Path, ident: safefs.Ident | None) -> str | None:
+        """Why nothing may be written beside `photo` now, or None: it must still be there, the same
+        file that was read (device and inode), in real folders under its watch folder."""
+        if self.roots and not safefs.beneath(self.roots, photo):
+            return "a folder on the way is no longer a real folder under the watch folder"
+        try:
+            st = os.lstat(photo)
+        except FileNotFoundError:
+            return "deleted while it was labelled"
+        except OSError as e:
+            return f"cannot be looked at ({e.strerror})"
+        if ident is not None and (st.st_dev, st.st_ino) != ident[:2]:
+            return "replaced by another file while it was labelled"
+        return None
+
 
 def _tokens(inference: Inference) -> dict[str, int]:
     """Prompt positions, reply tokens, how many prompt tokens this photo evaluated (not cached) and
@@ -323,6 +382,13 @@ def _where(e: BaseException) -> str:
         tb = tb.tb_next
     at = f" at {Path(tb.tb_frame.f_code.co_filename).name}:{tb.tb_lineno}" if tb else ""
     return f"{type(e).__name__}: {str(e)[:200]}{at}"
+
+
+def _kept_unreadable(photo: Path, error: Exception) -> Outcome:
+    """A sidecar that cannot be read (a person's half-edit, a FIFO, a link, a folder) is left as it is."""
+    log.error("sidecar.unreadable", path=str(photo), sidecar=str(sidecar.path_for(photo)), reason=str(error),
+              hint="bbsd does not overwrite a sidecar it cannot read; fix or remove it")
+    return Outcome(photo, Status.KEPT, "unreadable sidecar")
 
 
 def _not_regular(path: Path) -> str | None:
@@ -361,10 +427,3 @@ def _event_fields(record: sidecar.Record) -> dict[str, object]:
         **({"served": record.served} if record.served else {}),
         **({"needs_review": record.confidence["needs_review"]} if record.confidence else {}),
     }
-
-
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return 0.0
