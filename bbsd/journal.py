@@ -6,7 +6,8 @@ hand at once). If the daemon dies with photos in hand (kill -9, a native crash, 
 killer), the next start finds them; a photo that was in hand at two consecutive deaths is
 quarantined instead of being tried a third time, so no single file can hold the service in a
 restart loop. The file is tiny and rewritten without fsync: it must survive the process,
-not a power cut.
+not a power cut. It is read only if it is a regular file of at most `READ_LIMIT` bytes (`safefs`):
+a FIFO or link put in its place never blocks or redirects the start.
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ from pathlib import Path
 
 import structlog
 
-from bbsd import atomic
+from bbsd import atomic, safefs
 from bbsd.errors import SidecarWriteError
 
 log = structlog.get_logger("bbsd.journal")
 NAME = "in_hand.json"
 DEATHS_TO_QUARANTINE = 2
+READ_LIMIT = 1 << 20  # a few paths; anything larger is not ours
 
 
 class Journal:
@@ -63,8 +65,8 @@ class Journal:
 
     def _read(self) -> dict:
         try:
-            doc = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            doc = json.loads(safefs.read_regular(self.path, READ_LIMIT))
+        except (OSError, ValueError, RecursionError):
             return {}
         return doc if isinstance(doc, dict) else {}
 

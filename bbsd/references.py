@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Generic, TypeVar
 
+from bbsd import safefs
 from bbsd.errors import PhotoError
 
 if TYPE_CHECKING:
@@ -76,8 +78,9 @@ def digest(items: tuple[Item, ...], strategy: str) -> str:
 
 
 def file_sha256(path: Path) -> str:
-    """The file's content digest (read, never parsed)."""
-    with path.open("rb") as f:
+    """The file's content digest (read, never parsed). Only a regular file is opened (a link the
+    configuration names is followed): a FIFO or device named as a reference never blocks the start."""
+    with os.fdopen(safefs.open_regular(path, follow=True), "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 

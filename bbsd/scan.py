@@ -1,7 +1,8 @@
 """Walking the watch folders: at start-up and periodically, because watchers miss events.
 
 Invariant: the walk yields every photo under the watch folders that is not in a junk
-folder, without following symlinked folders (no loops, nothing outside the roots).
+folder, without following symlinked folders (no loops, nothing outside the roots): each folder
+below a root is opened with `O_NOFOLLOW`, so one swapped for a link while walked is skipped.
 """
 
 from __future__ import annotations
@@ -14,25 +15,37 @@ from bbsd import atomic
 from bbsd.filters import is_junk_dir, is_photo
 
 
-def photos(roots: tuple[Path, ...], extensions: tuple[str, ...], recursive: bool) -> Iterator[Path]:
+def photos(roots: tuple[Path, ...], extensions: tuple[str, ...], recursive: bool,
+           follow_roots: bool = True) -> Iterator[Path]:
+    """Photos under `roots`; a root itself may be a link (the configuration's) unless `follow_roots` is off."""
     for root in roots:
-        yield from _walk(root, extensions, recursive)
+        yield from _walk(root, extensions, recursive, follow_roots)
 
 
-def _walk(folder: Path, extensions: tuple[str, ...], recursive: bool) -> Iterator[Path]:
+def _walk(folder: Path, extensions: tuple[str, ...], recursive: bool, follow: bool) -> Iterator[Path]:
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW)
     try:
-        entries = list(os.scandir(folder))
+        fd = os.open(folder, flags)
     except OSError:
-        return  # vanished or unreadable: the service reports folders separately
-    for entry in entries:
-        try:
-            if entry.is_dir(follow_symlinks=False):
-                if recursive and not is_junk_dir(entry.name):
-                    yield from _walk(Path(entry.path), extensions, recursive)
-            elif entry.is_file(follow_symlinks=False) and is_photo(Path(entry.path), extensions):
-                yield Path(entry.path)
-        except OSError:
-            continue
+        return  # vanished, unreadable or a link: the service reports folders separately
+    found, below = [], []
+    try:
+        for entry in os.scandir(fd):
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    if recursive and not is_junk_dir(entry.name):
+                        below.append(folder / entry.name)
+                elif entry.is_file(follow_symlinks=False) and is_photo(folder / entry.name, extensions):
+                    found.append(folder / entry.name)
+            except OSError:
+                continue
+    except OSError:
+        return
+    finally:
+        os.close(fd)
+    yield from found
+    for sub in below:
+        yield from _walk(sub, extensions, recursive, follow=False)
 
 
 def remove_stale_temps(roots: tuple[Path, ...], recursive: bool) -> int:

@@ -10,6 +10,11 @@ event: the workers abandon the photos in hand (nothing is written for them, they
 the next start), the loop drains, and `run` returns; if the main loop itself fails, the same
 happens within seconds and `run` raises `DaemonError` (non-zero exit: systemd restarts it).
 Photos in hand are journalled, so one that kills the whole process twice is quarantined.
+Nothing outside the watch folders is looked at: an event under a symlinked folder is dropped, a
+folder is scanned only when it and every folder above it up to its watch root is a real folder,
+and the pipeline reads and writes only beneath the roots. A photo that ended without a sidecar
+of bbsd's (its sidecar unreadable, itself not a regular file, no sidecar could be written) is one
+record: rescans pass it over until it or its sidecar changes.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from pathlib import Path
 import structlog
 
 from bbsd import config as config_mod
-from bbsd import engines, scan, state, watcher
+from bbsd import engines, safefs, scan, sidecar, state, watcher
 from bbsd.config import Settings
 from bbsd.decoder import Decoder
 from bbsd.errors import AbandonedError, BbsdError, ExitCode
@@ -73,6 +78,8 @@ class Daemon:
         self._prober = Decoder(settings, role="probe")  # the main loop's own decoder process, for capture times
         self.journal = Journal(self.monitor.status.path.parent)
         self._decoders_up = threading.Semaphore(0)  # released by each worker thread once its decoder runs
+        self.pipeline.roots = settings.watch.folders  # photos are read and written beneath these only
+        self._no_sidecar: dict[Path, tuple] = {}  # photo -> _signature when it ended without a sidecar of ours
 
     def run(self) -> None:
         """Block until `stop` is set; then shut down cleanly."""
@@ -208,18 +215,35 @@ class Daemon:
             log.warning("event.failed", path=str(path), step=step.__name__, error=f"{type(e).__name__}: {e}")
 
     def _note(self, path: Path, closed: bool) -> None:
-        if path.is_dir():  # a folder created or moved in: look now, and once more after settling
+        if not safefs.beneath(self.settings.watch.folders, path):  # under a symlinked folder: not ours
+            log.debug("event.outside", path=str(path))
+            return
+        st = stat_or_none(path)  # the entry itself: a symlink to a folder is no folder here
+        if st is not None and stat_module.S_ISDIR(st.st_mode):  # created or moved in: look now and after settling
             self._scan_folder(path)
             self._folder_scans.append((time.monotonic() + self.settings.watch.settle_seconds + 1.0, path))
             return
         self._tracker.touch(path, time.monotonic(), closed=closed)
 
     def _scan_folder(self, folder: Path) -> None:
-        for photo in scan.photos((folder,), self.settings.watch.extensions, self.settings.watch.recursive):
+        """Look into a new folder, only if it and each folder above it is a real folder under a root."""
+        st = stat_or_none(folder)
+        if st is None or not stat_module.S_ISDIR(st.st_mode) or not safefs.beneath(self.settings.watch.folders, folder):
+            log.debug("scan.refused", folder=str(folder), reason="not a real folder under a watch folder")
+            return
+        w = self.settings.watch
+        for photo in scan.photos((folder,), w.extensions, w.recursive, follow_roots=False):
             self._guarded(self._consider, photo)
 
     def _consider(self, photo: Path) -> None:
-        if photo not in self._tracker and not self.pipeline.is_current(photo):
+        if photo in self._tracker:
+            return
+        with self._lock:
+            recorded = self._no_sidecar.get(photo)
+        if recorded is not None and recorded == _signature(photo):
+            return  # ended without a sidecar and nothing changed since: its one record stands
+        # A sidecar that is not a regular file (FIFO, link, device, folder) is never read here: the pipeline records it
+        if safefs.lstat_kind(sidecar.path_for(photo)) is not None or not self.pipeline.is_current(photo):
             self._tracker.touch(photo, time.monotonic())
 
     def _due_folder_scans(self, now: float) -> None:
@@ -300,9 +324,13 @@ class Daemon:
         young = time.time() - st.st_mtime < self.settings.watch.incomplete_timeout_seconds
         outcome = self.pipeline.process(path, queue_wait_ms=wait_ms, allow_incomplete=young, order=order,
                                         cancelled=self.stop.is_set)
-        if outcome.status in self.counts:
-            with self._lock:
+        with self._lock:
+            if outcome.status in self.counts:
                 self.counts[outcome.status] += 1
+            if outcome.sidecar is None and outcome.status in (Status.KEPT, Status.IGNORED, Status.FAILED):
+                self._no_sidecar[path] = _signature(path)  # one record, not one per rescan
+            else:
+                self._no_sidecar.pop(path, None)
         if outcome.status in (Status.LABELED, Status.FAILED):
             self.monitor.photo_done(outcome.status is Status.LABELED, outcome.total_ms, outcome.memory)
         if self._progress and outcome.status not in (Status.INCOMPLETE, Status.WAITING, Status.PENDING):
@@ -323,6 +351,15 @@ class Daemon:
             self._feedback.put((path, time.monotonic() + delay))
         else:
             self._write_failures.pop(path, None)
+
+
+def _signature(photo: Path) -> tuple:
+    """What tells that a photo or its sidecar changed: each entry's own lstat (never followed)."""
+    out = []
+    for p in (photo, sidecar.path_for(photo)):
+        st = stat_or_none(p)
+        out.append(None if st is None else (st.st_mode, st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(out)
 
 
 def _test_hook(path: Path) -> None:

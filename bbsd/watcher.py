@@ -3,12 +3,15 @@
 Invariants: handlers run on watchdog's threads and only enqueue `(path, closed)`; a folder
 on NFS/SMB/CIFS/sshfs (where inotify sees nothing written by other machines) is polled; a
 folder that disappears (an unmounted share) is reported once and watched again when it
-comes back — its photos are never taken as deleted, bbsd removes nothing.
+comes back — its photos are never taken as deleted, bbsd removes nothing. Neither observer
+follows a link below a root (inotify with `IN_DONT_FOLLOW`, polling with `lstat`), and a name
+that is not valid UTF-8 travels as Python's surrogate-escaped str (`os.fsdecode`), never an error.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import queue
 from pathlib import Path
@@ -26,7 +29,7 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 from watchdog.observers import Observer
-from watchdog.observers.polling import PollingObserver
+from watchdog.observers.polling import PollingObserverVFS
 
 from bbsd.filters import in_junk_dir, is_photo
 
@@ -46,6 +49,10 @@ def filesystem_type(path: Path, partitions=None) -> str:
     return best.fstype if best else "unknown"
 
 
+def _own_stat(roots: set[str], path: str | bytes) -> os.stat_result:
+    return os.stat(path) if os.fsdecode(path) in roots else os.lstat(path)
+
+
 def choose_observer(mode: str, fstype: str) -> str:
     if mode != "auto":
         return mode
@@ -57,7 +64,7 @@ class _Handler(FileSystemEventHandler):
         self._sink, self._roots, self._extensions = sink, roots, extensions
 
     def _offer(self, raw: str | bytes, closed: bool) -> None:
-        path = Path(raw.decode() if isinstance(raw, bytes) else raw)
+        path = Path(os.fsdecode(raw))
         if is_photo(path, self._extensions) and not in_junk_dir(path, self._roots):
             self._sink.put((path, closed))
 
@@ -69,11 +76,11 @@ class _Handler(FileSystemEventHandler):
         elif isinstance(event, FileCreatedEvent | FileModifiedEvent):
             self._offer(event.src_path, closed=False)
         elif isinstance(event, DirMovedEvent):
-            self._sink.put((Path(str(event.dest_path)), True))  # a folder moved in: scan it
+            self._sink.put((Path(os.fsdecode(event.dest_path)), True))  # a folder moved in: scan it
         elif isinstance(event, DirCreatedEvent):
             # inotify watches new sub-folders only after they exist: what `mkdir -p` plus a quick
             # write puts there can slip past, so the service scans new folders too.
-            self._sink.put((Path(str(event.src_path)), True))
+            self._sink.put((Path(os.fsdecode(event.src_path)), True))
 
 
 class Watcher:
@@ -81,7 +88,12 @@ class Watcher:
                  poll_seconds: float, sink: queue.Queue[Event]) -> None:
         self._roots, self._recursive, self._mode = roots, recursive, mode
         self._handler = _Handler(sink, roots, extensions)
-        self._observers = {"native": Observer(), "polling": PollingObserver(timeout=poll_seconds)}
+        tops = {os.fspath(r) for r in roots}
+        # Polling looks at each entry itself (lstat), so it never walks a symlinked folder out of the
+        # root; a root may be a link (the configuration's), so it alone is followed.
+        poll_stat = functools.partial(_own_stat, tops)
+        self._observers = {"native": Observer(),
+                           "polling": PollingObserverVFS(poll_stat, os.scandir, polling_interval=poll_seconds)}
         for obs in self._observers.values():
             obs.daemon = True
         self._watches: dict[Path, tuple[str, object] | None] = dict.fromkeys(roots)
