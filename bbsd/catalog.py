@@ -6,6 +6,11 @@ identifies the catalog a sidecar was made with, so a catalog change relabels. An
 reference photos are checked and hashed here (read, never parsed: the daemon decodes no image);
 they stay out of `digest`, so a catalog without references keeps its digest — the prompt's
 references digest (`references.digest`) identifies what is shown of them.
+
+Names and descriptions are kept in Unicode NFC, and two names that are one name in NFC
+(`éclair` typed composed and with a combining accent) or ignoring case are refused; no text
+holds what XML 1.0 or a photo tool cannot (`text.UNSAFE`: controls, lone surrogates, U+FFFE,
+U+FFFF and the other non-characters), as it would end in every labelled photo's XMP.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bbsd.references import file_sha256
+from bbsd.text import describe, first_unsafe, nfc
 
 SECTIONS = ("characters", "props")
 Fail = Callable[[str, str, str], Exception]  # config.Validator.fail: (key, problem, hint) -> ConfigError
@@ -82,15 +88,23 @@ def parse(raw: dict[str, Any], fail: Fail, base: Path = Path(".")) -> Catalog:
         if not isinstance(body, list):
             raise fail(section, "must be an array of tables", f"write each entry as [[{section}]]")
         parts[section] = tuple(_entry(item, f"{section}[{i}]", fail, base) for i, item in enumerate(body))
-        seen: dict[str, int] = {}
-        for i, entry in enumerate(parts[section]):
-            first = seen.setdefault(entry.name.casefold(), i)
-            if first != i:
-                raise fail(f"{section}[{i}].name", f"{entry.name!r} repeats {section}[{first}] "
-                             f"{parts[section][first].name!r} (names are compared ignoring case)",
-                             "give every entry a unique name")
+        _unique(section, parts[section], [item["name"].strip() for item in body], fail)
     _total_references(parts, fail)
     return Catalog(characters=parts["characters"], props=parts["props"])
+
+
+def _unique(section: str, entries: tuple[CatalogEntry, ...], written: list[str], fail: Fail) -> None:
+    """Refuse a name that repeats an earlier one, in NFC and ignoring case; name both entries as written."""
+    seen: dict[str, int] = {}
+    for i, entry in enumerate(entries):
+        first = seen.setdefault(nfc(entry.name.casefold()), i)
+        if first == i:
+            continue
+        why = ("(names are compared ignoring case)" if written[i].casefold() == written[first].casefold() else
+               f"(the same letters, written {ascii(written[i])} and {ascii(written[first])}: an accent typed as a "
+               "separate combining mark; names are compared in Unicode NFC, ignoring case)")
+        raise fail(f"{section}[{i}].name", f"{written[i]!r} repeats {section}[{first}] {written[first]!r} {why}",
+                   "give every entry a unique name")
 
 
 def _total_references(parts: dict[str, tuple[CatalogEntry, ...]], fail: Fail) -> None:
@@ -123,7 +137,8 @@ def _entry(item: Any, where: str, fail: Fail, base: Path) -> CatalogEntry:
     if not isinstance(description, str) or len(description) > 500:
         raise fail(f"{where}.description", "must be a string of at most 500 characters",
                      "describe what it looks like")
-    return CatalogEntry(name=name.strip(), description=description.strip(),
+    check_text(description, f"{where}.description", fail)
+    return CatalogEntry(name=nfc(name.strip()), description=nfc(description.strip()),
                         references=_references(item.get("references", []), f"{where}.references", fail, base))
 
 
@@ -149,13 +164,14 @@ def _reference(item: Any, where: str, fail: Fail, base: Path, example: str) -> R
                    "say in a few words what the photo shows of the entry, e.g. \"full figure, from the left\"")
     if any(unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in caption):
         raise fail(f"{where}.caption", "contains a line break or control character", "write it on one line")
+    check_text(caption, f"{where}.caption", fail)
     path = _reference_file(item.get("file"), f"{where}.file", fail, base)
     try:
         digest = file_sha256(path)
     except OSError as e:
         raise fail(f"{where}.file", f"{path} cannot be read ({e.strerror})",
                    "grant the bbsd user read access to it") from None
-    return Reference(file=path, caption=caption.strip(), sha256=digest)
+    return Reference(file=path, caption=nfc(caption.strip()), sha256=digest)
 
 
 def _reference_file(value: Any, where: str, fail: Fail, base: Path) -> Path:
@@ -192,4 +208,13 @@ def check_keyword(name: str, where: str, fail: Fail) -> None:
     if bad is not None:
         raise fail(where, f"{name!r} contains the control character U+{ord(bad):04X}",
                      "write the name on one line without tabs or control characters")
+    check_text(name, where, fail)
+
+
+def check_text(value: str, where: str, fail: Fail) -> None:
+    """Refuse text holding a character XML 1.0 or a photo tool cannot hold (tab and line breaks aside)."""
+    bad = first_unsafe(value)
+    if bad is not None:
+        raise fail(where, f"{value!r} contains {describe(bad)}, which an XMP sidecar cannot hold",
+                   "delete the character: it is invisible, often pasted in by accident")
 

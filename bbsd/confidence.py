@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from bbsd.text import nfc, strip_unsafe
+
 FIELDS = ("characters", "props")
 
 
@@ -100,7 +102,7 @@ def _elements(text: str, field: str) -> tuple[list[tuple[str, int, int]] | None,
             name, end = decoder.raw_decode(text, i)
         except json.JSONDecodeError:
             return None, -1
-        spans.append((str(name), start, end))
+        spans.append((nfc(strip_unsafe(str(name))), start, end))  # the form labels.parse_reply keeps
         start = i = end
 
 

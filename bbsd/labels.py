@@ -4,12 +4,16 @@ Invariant: a `Labels` value only holds catalog names, without duplicates, string
 the prompt's bounds, and one answer per configured question of its declared type (yes/no,
 a listed answer, an integer in range, capped text). Grammars can be bypassed (a backend
 without one, a truncated reply), so every reply is parsed and checked here, whatever produced it.
+
+Text the model writes (caption, scene, visible text, text answers, names) is cleaned of what
+XML 1.0 or a photo tool cannot hold (`text.UNSAFE`: controls, lone surrogates, U+FFFE, U+FFFF
+and the other non-characters) — removed, not refused, as llama.cpp's grammar lets them through —
+and put in NFC, so a name written in NFD (`e` + combining accent) is the catalog's name.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -17,6 +21,7 @@ from bbsd import prompt as prompt_mod
 from bbsd.catalog import Catalog
 from bbsd.errors import PhotoError
 from bbsd.questions import Question
+from bbsd.text import nfc, strip_unsafe
 
 
 @dataclass(frozen=True)
@@ -84,8 +89,8 @@ def _answers(data: dict[str, Any], questions: tuple[Question, ...]) -> tuple[tup
 def _answer(q: Question, value: Any) -> str | int:
     """The answer if it is of the question's type, else `InvalidReplyError` naming the question."""
     closed = q.closed_answers()
-    if closed is not None and value in closed:
-        return value
+    if closed is not None and isinstance(value, str) and _tidy(value) in closed:
+        return _tidy(value)
     if q.kind == "integer" and isinstance(value, int) and not isinstance(value, bool) and q.low <= value <= q.high:
         return value
     if q.kind == "text" and isinstance(value, str):
@@ -97,19 +102,22 @@ def _answer(q: Question, value: Any) -> str | int:
 
 def _names(data: dict[str, Any], key: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
     value = data.get(key)
-    if not isinstance(value, list):
-        raise InvalidReplyError(f"'{key}' is missing or not a list")
-    unknown = [v for v in value if v not in allowed]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidReplyError(f"'{key}' is missing or not a list of strings")
+    names = [_tidy(v) for v in value]
+    unknown = [v for v in names if v not in allowed]
     if unknown:
         raise InvalidReplyError(f"'{key}' names {unknown[0]!r}, which is not in the catalog")
-    return tuple(dict.fromkeys(value))  # dedupe, keep the model's order
+    return tuple(dict.fromkeys(names))  # dedupe, keep the model's order
 
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+def _tidy(value: str) -> str:
+    """NFC, without what XML cannot hold: the form catalog names and listed answers are kept in."""
+    return nfc(strip_unsafe(value))
 
 
 def _clean(value: str, limit: int) -> str:
-    return " ".join(_CONTROL.sub("", value).split())[:limit]
+    return " ".join(_tidy(value).split())[:limit]
 
 
 def _text(data: dict[str, Any], key: str, limit: int) -> str:

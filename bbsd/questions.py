@@ -3,7 +3,9 @@
 Invariant: a `Question` is valid when it exists — a stable key safe as a JSON key and an XMP
 property name, a keyword label and closed answers that survive as single keyword levels (no `|`
 or `/`, no control characters), and bounds small enough that the grammar lists every answer.
-Their digest joins the prompt's identity, so changing a question relabels on purpose.
+Their digest joins the prompt's identity, so changing a question relabels on purpose. Texts
+are kept in Unicode NFC (a model's answer is compared in NFC too) and hold nothing an XMP
+sidecar cannot (`text.UNSAFE`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from bbsd.catalog import Fail, check_keyword
+from bbsd.catalog import Fail, check_keyword, check_text
+from bbsd.text import nfc
 
 YES_NO = ("yes", "no")
 KINDS = ("yes_no", "choice", "integer", "text")
@@ -142,10 +145,11 @@ def _choices(value: Any, where: str, fail: Fail) -> tuple[str, ...]:
             raise fail(f"{where}[{i}]", f"{answer!r} is not a non-empty string of at most 40 characters",
                        FIELDS["choices"][0])
         check_keyword(answer.strip(), f"{where}[{i}]", fail)
-        if answer.strip().casefold() in (a.casefold() for a in out):
-            raise fail(f"{where}[{i}]", f"{answer.strip()!r} is listed twice (compared ignoring case)",
+        answer = nfc(answer.strip())
+        if answer.casefold() in (a.casefold() for a in out):
+            raise fail(f"{where}[{i}]", f"{answer!r} is listed twice (compared in Unicode NFC, ignoring case)",
                        "list every answer once")
-        out.append(answer.strip())
+        out.append(answer)
     return tuple(out)
 
 
@@ -158,7 +162,8 @@ def _text(item: dict, name: str, where: str, fail: Fail, limit: int, default: st
                    FIELDS[name][0])
     if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
         raise fail(f"{where}.{name}", "contains a control character", "write it on one line")
-    return value.strip()
+    check_text(value, f"{where}.{name}", fail)
+    return nfc(value.strip())
 
 
 def _int(item: dict, name: str, where: str, fail: Fail, low: int, high: int, default: int | None) -> int:

@@ -1,0 +1,136 @@
+"""Hostile text (#33): a model's words, a catalog's names and a file's name reach the XMP, the
+console and `bbsd status` only in a form they can hold — never a character XML 1.0 cannot
+hold, never a raw terminal escape sequence."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import unicodedata
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from bbsd import catalog, labels, questions
+from tests.conftest import run_bbsd, write_config
+
+NFC_ECLAIR = unicodedata.normalize("NFC", "éclair")
+NFD_ECLAIR = unicodedata.normalize("NFD", "éclair")
+# One of each class a model has been seen to write or a grammar lets through.
+BAD = {
+    "U+FFFE": "\ufffe", "U+FFFF": "\uffff", "U+FDD0": "\ufdd0", "U+FDEF": "\ufdef",
+    "U+1FFFE": "\U0001fffe", "U+10FFFF": "\U0010ffff", "high surrogate": "\ud800", "low surrogate": "\udcff",
+    "NUL": "\x00", "ESC": "\x1b", "VT": "\x0b", "DEL": "\x7f", "C1 CSI": "\x9b",
+}
+
+
+def _fail(key: str, problem: str, hint: str) -> Exception:
+    return ValueError(f"[{key}] {problem} — {hint}")
+
+
+CATALOG = catalog.parse({"characters": [{"name": "Baba Yaga"}], "props": [{"name": NFD_ECLAIR}]}, _fail)
+ASK = questions.parse([{"key": "mood", "question": "Mood?", "type": "text"},
+                       {"key": "dish", "question": "Which dish?", "type": "choice",
+                        "choices": [NFD_ECLAIR, "tarte"]}], _fail)
+
+
+def _reply(bad: str, ensure_ascii: bool, **over) -> str:
+    doc = {"characters": [f"Baba{bad} Yaga"], "props": [f"{bad}{NFC_ECLAIR}"], "caption": f"a{bad}b",
+           "scene": f"stage{bad}", "visible_text": [f"EXIT{bad}", bad], "answers": {"mood": f"calm{bad}",
+                                                                                    "dish": NFC_ECLAIR}}
+    return json.dumps({**doc, **over}, ensure_ascii=ensure_ascii)
+
+
+def _xml_roundtrip(value: str) -> str:
+    """What an XML 1.0 parser reads back from an element holding `value` (it refuses what XML cannot hold)."""
+    elem = ET.Element("x")
+    elem.text = value
+    return ET.fromstring(ET.tostring(elem, encoding="unicode")).text or ""
+
+
+# Each character as a JSON escape and written as it is (a lone surrogate only comes as an escape:
+# no UTF-8 byte sequence carries one).
+REPLIES = [pytest.param(bad, escaped, id=f"{name}-{'escaped' if escaped else 'raw'}")
+           for name, bad in BAD.items() for escaped in (True, False) if escaped or "surrogate" not in name]
+
+
+@pytest.mark.parametrize(("bad", "ensure_ascii"), REPLIES)
+def test_text_xml_cannot_hold_never_survives_parse_reply(bad, ensure_ascii):
+    got = labels.parse_reply(_reply(bad, ensure_ascii), CATALOG, ASK)
+    texts = [got.caption, got.scene, *got.visible_text, *got.characters, *got.props,
+             *(a for _, a in got.answers if isinstance(a, str))]
+    assert not any(bad in t for t in texts), got
+    assert (got.caption, got.scene, got.visible_text) == ("ab", "stage", ("EXIT",))
+    assert got.characters == ("Baba Yaga",) and got.props == (NFC_ECLAIR,)
+    assert dict(got.answers) == {"mood": "calm", "dish": NFC_ECLAIR}
+    for t in texts:
+        assert _xml_roundtrip(t) == t  # an XMP holding it stays well-formed
+
+
+def test_a_name_written_in_nfd_is_the_catalogs_name():
+    assert CATALOG.prop_names() == (NFC_ECLAIR,)  # the catalog keeps NFC, whatever the config was typed in
+    got = labels.parse_reply(_reply("", True, props=[NFD_ECLAIR], answers={"mood": "ok", "dish": NFD_ECLAIR}),
+                             CATALOG, ASK)
+    assert got.props == (NFC_ECLAIR,) and dict(got.answers)["dish"] == NFC_ECLAIR
+    assert ASK[1].choices == (NFC_ECLAIR, "tarte")
+
+
+def test_a_name_that_is_not_a_string_is_an_invalid_reply():
+    with pytest.raises(labels.InvalidReplyError, match="'props' is missing or not a list of strings"):
+        labels.parse_reply(_reply("", True, props=[7]), CATALOG, ASK)
+
+
+@pytest.mark.parametrize(("section", "entry"), [
+    ("characters", {"name": "Baba\ud800"}),
+    ("props", {"name": "lantern", "description": "brass \udfff"}),
+])
+def test_a_catalog_entry_with_a_lone_surrogate_is_refused(section, entry):
+    """TOML cannot write one; a catalog built another way must not slip one through either."""
+    with pytest.raises(ValueError, match="lone surrogate"):
+        catalog.parse({section: [entry]}, _fail)
+
+
+def _toml(value: str) -> str:
+    """A TOML basic string holding `value`, anything but printable ASCII written as a \\U escape."""
+    return '"' + "".join(ch if " " <= ch <= "~" and ch not in '"\\' else f"\\U{ord(ch):08X}" for ch in value) + '"'
+
+
+def _check(tmp_path: Path, tiny_models, extra: str) -> subprocess.CompletedProcess:
+    cfg = write_config(tmp_path, [tmp_path], tiny_models, extra=extra)
+    return run_bbsd("check", "--config", str(cfg), timeout=60)
+
+
+def _one_line(done: subprocess.CompletedProcess) -> str:
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    return lines[0]
+
+
+@pytest.mark.slow
+def test_bbsd_check_refuses_one_name_written_twice_in_nfc_and_nfd(tmp_path, tiny_models):
+    extra = f'[[props]]\nname = {_toml(NFC_ECLAIR)}\n[[props]]\nname = {_toml(NFD_ECLAIR)}\n'
+    line = _one_line(_check(tmp_path, tiny_models, extra))
+    # Written before the test config's own catalog (lantern): these are props[0] and props[1].
+    assert "props[1].name" in line and "repeats props[0]" in line, line
+    assert ascii(NFC_ECLAIR) in line and ascii(NFD_ECLAIR) in line and "NFC" in line, line
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("extra", "where", "what"), [
+    (f'[[props]]\nname = {_toml("cake" + chr(0xFFFF))}\n', "props[0].name", "U+FFFF (a Unicode non-character)"),
+    (f'[[props]]\nname = {_toml("cake" + chr(0x1B))}\n', "props[0].name", "control character U+001B"),
+    (f'[[props]]\nname = "cake"\ndescription = {_toml("sweet" + chr(0xFDD0))}\n', "props[0].description",
+     "U+FDD0 (a Unicode non-character)"),
+    (f'[[questions]]\nkey = "lit"\nquestion = "Lit?"\ntype = "yes_no"\nlabel = {_toml("Lit" + chr(0xFFFE))}\n',
+     "questions[0].label", "U+FFFE (a Unicode non-character)"),
+    (f'[[questions]]\nkey = "dish"\nquestion = "Dish?"\ntype = "choice"\nchoices = ["tarte", '
+     f'{_toml("cake" + chr(0x10FFFF))}]\n', "questions[0].choices[1]", "U+10FFFF (a Unicode non-character)"),
+    (f'[[questions]]\nkey = "lit"\nquestion = {_toml("Lit?" + chr(0x1FFFF))}\ntype = "yes_no"\n',
+     "questions[0].question", "U+1FFFF (a Unicode non-character)"),
+], ids=["name U+FFFF", "name ESC", "description", "question label", "choice", "question text"])
+def test_bbsd_check_refuses_catalog_text_an_xmp_cannot_hold(tmp_path, tiny_models, extra, where, what):
+    line = _one_line(_check(tmp_path, tiny_models, extra))
+    assert line.startswith("bbsd: error:") and where in line and what in line, line
+    assert "\x1b" not in line  # the refused character itself is shown escaped
