@@ -312,6 +312,7 @@ def _print_version(verbose: bool) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     from bbsd.errors import BbsdError
+    from bbsd.text import printable
 
     args = sys.argv[1:] if argv is None else argv
     if "--version" in args[:2]:  # before typer: `--version --verbose` in either order
@@ -326,13 +327,13 @@ def main(argv: list[str] | None = None) -> None:
         code = 2
     except typer.Abort:
         code = 130
-    except BbsdError as e:
-        print(f"bbsd: error: {e.one_line()}", file=sys.stderr)
+    except BbsdError as e:  # escaped: the message may quote a file name or a server's reply
+        print(f"bbsd: error: {printable(e.one_line())}", file=sys.stderr)
         code = int(e.exit_code)
     except Exception as e:
         if os.environ.get("BBSD_DEBUG") or "PYTEST_CURRENT_TEST" in os.environ:
             raise
-        print(f"bbsd: internal error: {type(e).__name__}: {e} — run with BBSD_DEBUG=1 for the traceback "
-              "and report it", file=sys.stderr)
+        print(f"bbsd: internal error: {type(e).__name__}: {printable(str(e))} — run with BBSD_DEBUG=1 for the "
+              "traceback and report it", file=sys.stderr)
         code = 70
     sys.exit(code if isinstance(code, int) else 0)

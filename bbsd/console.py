@@ -1,7 +1,9 @@
 """What people read on a terminal: one line per photo, the status summary, a progress bar.
 
 Invariant: on a terminal a progress bar with ETA; in a pipe or the journal only the plain
-lines, nothing that redraws.
+lines, nothing that redraws. Every line shown is `text.printable`: a file name, a server's error
+body or a model's words reach the terminal with their control characters escaped (`\x1b` as
+text), never raw.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import sys
 
 import typer
+
+from bbsd.text import printable
 
 
 def _bar(console, description: str, total: int, route_logs: bool = True):
@@ -57,6 +61,7 @@ class Progress:
         return self._advance
 
     def _advance(self, line: str) -> None:
+        line = printable(line)
         if self._bar is None:
             typer.echo(line)
             return
@@ -99,7 +104,7 @@ def status_text(d: dict, running: bool) -> str:
         return f"{v:.0f} ms" if v is not None else "-"
 
     busy = f" ({d['busy']} photos in hand)" if d.get("busy", 0) > 1 else ""
-    return "\n".join([
+    return "\n".join(printable(line) for line in [
         f"bbsd: {head}, model {d['model']}",
         f"queue: {d['queue_depth']} waiting, in flight: {d['in_flight'] or '-'}{busy}",
         f"photos since start: {d['labeled']} labelled, {d['failed']} failed",
@@ -113,7 +118,7 @@ def endpoint_line(e: dict) -> str:
     """One inference-server endpoint's health, as a remote backend reports it (status file, report)."""
     p50 = f"{e['p50_ms']:.0f} ms" if e.get("p50_ms") is not None else "-"
     why = f", last error: {e['last_error']}" if e.get("state") != "up" and e.get("last_error") else ""
-    return (f"endpoint {e.get('url')} ({e.get('model')}): {e.get('state')}, {e.get('in_flight', 0)}/"
+    return printable(f"endpoint {e.get('url')} ({e.get('model')}): {e.get('state')}, {e.get('in_flight', 0)}/"
             f"{e.get('limit', '-')} in flight, {e.get('done', 0)} done, {e.get('failed', 0)} failed, p50 {p50}{why}")
 
 

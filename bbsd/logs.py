@@ -3,6 +3,13 @@
 Console rendering on a terminal, JSON lines otherwise (journald, files, pipes). Logs go
 to a duplicate of stderr's file descriptor, so llama-cpp-python's temporary redirection
 of fd 2 during model loading cannot swallow our events.
+
+Fields carry what others wrote (file names, server error bodies, model output): on the console
+every string is shown with its control characters escaped (`\x1b` as text, `text.printable`),
+never raw, so an escape sequence in a file name cannot drive the terminal; JSON escapes them
+itself (ASCII only, lone surrogates of an undecodable file name included). Rendering never
+raises: a value that cannot be rendered is shown by its type, as a failing log line would
+otherwise cost the photo or the worker.
 """
 
 from __future__ import annotations
@@ -13,6 +20,8 @@ import sys
 from typing import TextIO
 
 import structlog
+
+from bbsd.text import printable
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
@@ -58,6 +67,32 @@ def route_through(console) -> None:
         _switch.console = console
 
 
+def _escaped(_logger, _name: str, event_dict: dict) -> dict:
+    """Every string field with its control characters escaped; a traceback keeps its line breaks."""
+    return {k: printable(v, keep="\n" if k in ("exception", "stack") else "") if isinstance(v, str) else v
+            for k, v in event_dict.items()}
+
+
+class _Safe:
+    """A renderer that does not raise: on failure the fields are rendered again as plain text."""
+
+    def __init__(self, renderer) -> None:
+        self._renderer = renderer
+
+    def __call__(self, logger, name: str, event_dict: dict) -> str:
+        try:  # on a copy: the console renderer pops fields as it goes, the fallback needs them all
+            return self._renderer(logger, name, dict(event_dict))
+        except Exception:  # a value whose repr or serialisation fails: the event still shows
+            return self._renderer(logger, name, {k: _plain(v) for k, v in event_dict.items()})
+
+
+def _plain(value) -> str:
+    try:
+        return printable(value if isinstance(value, str) else repr(value))
+    except Exception:
+        return f"<{type(value).__name__} that cannot be shown>"
+
+
 def configure(level: str = "info", fmt: str = "auto") -> None:
     global _switch
     stream = _switch = _Switch(_stream())
@@ -69,7 +104,8 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
-            renderer,
+            *([] if use_json else [_escaped]),
+            _Safe(renderer),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         logger_factory=structlog.PrintLoggerFactory(file=stream),

@@ -5,15 +5,19 @@ hold, never a raw terminal escape sequence."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
+import sys
 import unicodedata
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
-from bbsd import catalog, labels, questions
-from tests.conftest import run_bbsd, write_config
+from bbsd import catalog, console, labels, questions, sidecar
+from bbsd.text import printable
+from tests.conftest import REPO, bbsd_cmd, make_photo, run_bbsd, wait_until, write_config
 
 NFC_ECLAIR = unicodedata.normalize("NFC", "éclair")
 NFD_ECLAIR = unicodedata.normalize("NFD", "éclair")
@@ -134,3 +138,108 @@ def test_bbsd_check_refuses_catalog_text_an_xmp_cannot_hold(tmp_path, tiny_model
     line = _one_line(_check(tmp_path, tiny_models, extra))
     assert line.startswith("bbsd: error:") and where in line and what in line, line
     assert "\x1b" not in line  # the refused character itself is shown escaped
+
+
+def test_status_and_label_lines_show_control_characters_escaped():
+    """A server's error body and a file name, as `bbsd status` and `bbsd label` print them."""
+    status = {"started_at": "2026-12-07T00:00:00+00:00", "pid": 1, "model": "m\x1b[2J.gguf", "queue_depth": 0,
+              "in_flight": "/in/\x1b[31mred.jpg", "labeled": 0, "failed": 0, "p50_ms": None, "p95_ms": None,
+              "last_ms": None, "rss_mb": None, "vram_mb": None, "updated_at": "",
+              "endpoints": [{"url": "http://h", "model": "m", "state": "down",
+                             "last_error": "HTTP 500: \x1b]0;owned\x07\u202egpj.exe\udcff"}]}
+    shown = console.status_text(status, running=True)
+    assert not any(ch in shown for ch in "\x1b\x07\u202e\udcff"), shown
+    assert "\\x1b[31mred.jpg" in shown and "\\x1b]0;owned\\x07\\u202egpj.exe\\udcff" in shown
+
+
+def test_printable_escapes_every_control_and_keeps_the_rest():
+    assert printable("\x1b[31mred\té😀\x9b\u2028.jpg") == "\\x1b[31mred\\té😀\\x9b\\u2028.jpg"
+    assert printable("line\nbreak\x1b", keep="\n") == "line\nbreak\\x1b"
+
+
+LOG_SCRIPT = """
+import sys
+from bbsd import logs
+import structlog
+class Unshowable:
+    def __repr__(self):
+        raise RuntimeError("no")
+logs.configure("info", sys.argv[1])
+log = structlog.get_logger()
+log.info("photo.labeled", path="/in/\\udcff\\x1b[31mred.jpg", reply="\\ud800\\x07")
+log.info("photo.odd", value=Unshowable())
+print("still running", file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("fmt", ["json", "console"])
+def test_a_log_line_with_surrogates_or_an_unshowable_value_never_raises(fmt):
+    """An undecodable file name (surrogate-escaped by Python) or a value whose repr fails: the line
+    is written and the process goes on (a raising log call would cost the photo or the worker)."""
+    done = subprocess.run([sys.executable, "-c", LOG_SCRIPT, fmt], capture_output=True, cwd=REPO, timeout=60,
+                          env={**os.environ, "PYTHONIOENCODING": "ascii:strict"})
+    err = done.stderr.decode("utf-8")
+    assert done.returncode == 0 and "still running" in err, err
+    assert b"\x1b" not in done.stderr and b"\x07" not in done.stderr, err
+    if fmt == "json":
+        lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+        assert lines[0]["path"] == "/in/\udcff\x1b[31mred.jpg" and lines[0]["reply"] == "\ud800\x07"
+        assert lines[1]["event"] == "photo.odd" and "cannot be shown" in lines[1]["value"]
+    else:
+        assert "path=/in/\\udcff\\x1b[31mred.jpg" in err and "photo.odd" in err and "cannot be shown" in err, err
+
+
+def _read_until(fd: int, out: bytearray, done, timeout: float, what: str) -> None:
+    import contextlib
+    import select
+
+    def step() -> bool:
+        if select.select([fd], [], [], 0.1)[0]:
+            with contextlib.suppress(OSError):  # EIO once the child is gone
+                out.extend(os.read(fd, 65536))
+        return done()
+
+    wait_until(step, timeout, what)
+
+
+@pytest.mark.slow
+def test_escape_sequences_in_file_names_reach_the_console_and_status_escaped(tmp_path, tiny_models):
+    """`bbsd run` by hand on a terminal: the photo named `$'\\e[31mred.jpg'` is labelled, and its
+    name shows as text in the console log and in `bbsd status` (while another one is in hand)."""
+    import pty
+
+    inbox = tmp_path / "in"
+    red = make_photo(inbox / "\x1b[31mred.jpg")  # alone in the backlog: no progress bar redraws
+    cfg = write_config(tmp_path, [inbox], tiny_models)
+    cfg.write_text(cfg.read_text().replace('format = "json"', 'format = "auto"'))
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}, "BBSD_TEST_HOOKS": "1",
+           "BBSD_TEST_HANG_ON": "hang", "COLUMNS": "200"}
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.chdir(REPO)
+        os.execve(bbsd_cmd()[0], bbsd_cmd("run", "--config", str(cfg)), env)
+    out = bytearray()
+    try:
+        _read_until(fd, out, lambda: sidecar.path_for(red).exists() and b"photo.labeled" in out, 120, "red.jpg")
+        hang = make_photo(inbox / "\x1b[2J\x1b]0;owned\x07hang.jpg", color=(9, 9, 9))
+        shown: list[str] = []
+
+        def status_names_it() -> bool:
+            done = run_bbsd("status", "--config", str(cfg), timeout=30)
+            shown[:] = [done.stdout]
+            return "hang.jpg" in done.stdout
+
+        _read_until(fd, out, status_names_it, 60, "bbsd status to show the photo in hand")
+        assert "\x1b" not in shown[0] and "\x07" not in shown[0], shown[0]
+        assert printable(hang.name) in shown[0], shown[0]
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        try:
+            _read_until(fd, out, lambda: os.waitpid(pid, os.WNOHANG)[0] == pid, 60, "bbsd run to stop")
+        except AssertionError:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise
+    text = out.decode("utf-8", errors="replace")
+    assert b"\x1b" not in out and b"\x07" not in out, text[-3000:]
+    assert "\\x1b[31mred.jpg" in text and "photo.labeled" in text, text[-3000:]
