@@ -123,9 +123,10 @@ class Status:
         self._written, self._shown = time.monotonic(), shown
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            data = json.dumps(self.snapshot(state, queue_depth, in_flight)).encode()
+            # ASCII (a file name's lone surrogates escaped); a value of a type JSON lacks is shown as text
+            data = json.dumps(self.snapshot(state, queue_depth, in_flight), default=str).encode()
             atomic.write_bytes(self.path, data, durable=False)
-        except (OSError, SidecarWriteError):
+        except (OSError, SidecarWriteError, ValueError):
             pass  # status is a convenience; labelling goes on without it
 
 

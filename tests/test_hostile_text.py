@@ -152,6 +152,20 @@ def test_status_and_label_lines_show_control_characters_escaped():
     assert "\\x1b[31mred.jpg" in shown and "\\x1b]0;owned\\x07\\u202egpj.exe\\udcff" in shown
 
 
+def test_the_status_file_holds_an_undecodable_name_and_any_endpoint_value(tmp_path):
+    """A photo whose name is not UTF-8 in hand, an endpoint value JSON has no type for: the status
+    file is still written, and `bbsd status` shows the name escaped."""
+    from bbsd import state
+
+    status = state.Status(tmp_path, "m.gguf")
+    status.endpoints = [{"url": "http://h", "state": "down", "last_error": ConnectionResetError(104, "reset")}]
+    status.write("running", 1, "/in/\udcff\x1b[31mred.jpg", force=True)
+    doc = state.read(tmp_path)
+    assert doc["in_flight"] == "/in/\udcff\x1b[31mred.jpg" and "reset" in doc["endpoints"][0]["last_error"]
+    shown = console.status_text(doc, running=True)
+    assert "in flight: /in/\\udcff\\x1b[31mred.jpg" in shown and "\x1b" not in shown
+
+
 def test_printable_escapes_every_control_and_keeps_the_rest():
     assert printable("\x1b[31mred\té😀\x9b\u2028.jpg") == "\\x1b[31mred\\té😀\\x9b\\u2028.jpg"
     assert printable("line\nbreak\x1b", keep="\n") == "line\nbreak\\x1b"
