@@ -32,7 +32,8 @@ def main(config_path: Path, parent: int) -> int:
 
     child.die_with_parent(parent)
     inp, out = child.message_pipes()
-    settings = config.load(config_path)
+    # The configuration the daemon validated, never the file as it is now (it may be broken since)
+    settings = child.receive_settings(inp, lambda: config.load(config_path))
     logs.configure(settings.log.level, settings.log.format)  # writes to its own copy of stderr
     structlog.contextvars.bind_contextvars(decoder_pid=os.getpid())
     _capture_chatter()
