@@ -117,8 +117,18 @@ def open_labeler(settings: Settings, warm_up: bool = False) -> Labeler:
 
 
 def model_info(settings: Settings) -> ModelInfo:
-    """What a labeler for these settings will report, known without loading anything."""
-    return get(settings.engine.backend).info(settings)
+    """What a labeler for these settings will report, known without loading anything (a backend with
+    local files hashes them, once: `fingerprint`)."""
+    return dataclasses.replace(get(settings.engine.backend).info(settings), limits=limits(settings))
+
+
+def limits(settings: Settings) -> tuple[tuple[str, int], ...]:
+    """The engine settings a photo's error may come from (`ModelInfo.limits`): the backend's context
+    size where it has one, the reply's bound and the image's size."""
+    values = (("context_size", getattr(settings.backend, "context_size", None)),
+              ("max_output_tokens", settings.engine.max_output_tokens),
+              ("image_max_side", settings.engine.image_max_side))
+    return tuple((name, value) for name, value in values if isinstance(value, int))
 
 
 def _plain_info(settings: Settings) -> ModelInfo:
@@ -165,5 +175,8 @@ class LazyLabeler:
 
 
 def open_in_process(settings: Settings) -> Labeler:
-    """Open the configured backend in this process (the worker does this)."""
-    return get(settings.engine.backend).open(settings)
+    """Open the configured backend in this process (the worker does this); its `info` gets the limits
+    it works under."""
+    labeler = get(settings.engine.backend).open(settings)
+    labeler.info = dataclasses.replace(labeler.info, limits=limits(settings))
+    return labeler

@@ -57,12 +57,29 @@ class Job:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What a sidecar records about the model that made it (part of "is this sidecar current")."""
+    """What a sidecar records about the model that made it (part of "is this sidecar current"). An
+    isolated engine's worker reports it in its hello: it names what that process loaded."""
 
     backend: str
     file: str
     mmproj: str | None
     lora: str | None = None  # a LoRA adapter on the text model ([model] lora): it changes the labels too
+    # What tells two models with one file name apart: (role, size in bytes, sha256 of the whole file)
+    # for each file loaded, role "file", "mmproj" or "lora" (`fingerprint`); empty without local files.
+    files: tuple[tuple[str, int, str], ...] = ()
+    # The engine settings a photo's error may come from (context_size, max_output_tokens,
+    # image_max_side), as (name, value): an error sidecar is stale once one of them changed.
+    limits: tuple[tuple[str, int], ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"backend": self.backend, "file": self.file, "mmproj": self.mmproj, "lora": self.lora,
+                "files": [list(f) for f in self.files], "limits": [list(v) for v in self.limits]}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> ModelInfo:
+        return cls(doc["backend"], doc["file"], doc["mmproj"], doc.get("lora"),
+                   tuple((str(r), int(n), str(h)) for r, n, h in doc.get("files", ())),
+                   tuple((str(k), int(v)) for k, v in doc.get("limits", ())))
 
 
 class Labeler(Protocol):

@@ -110,7 +110,17 @@ def info(settings):
     from bbsd.labeler import ModelInfo
 
     s: LlamaSettings = settings.backend
-    return ModelInfo(backend="llama", file=s.path.name, mmproj=s.mmproj.name, lora=s.lora.name if s.lora else None)
+    return ModelInfo(backend="llama", file=s.path.name, mmproj=s.mmproj.name, lora=s.lora.name if s.lora else None,
+                     files=digests(settings))
+
+
+def digests(settings) -> tuple[tuple[str, int, str], ...]:
+    """Size and sha256 of the model files (`fingerprint`), cached in the instance's state folder."""
+    from bbsd import fingerprint, state
+
+    s: LlamaSettings = settings.backend
+    folder = state.folder_for(settings.service.state_dir, settings.source)
+    return fingerprint.files({"file": s.path, "mmproj": s.mmproj, "lora": s.lora}, folder)
 
 
 def check(settings) -> list[str]:

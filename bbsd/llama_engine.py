@@ -13,6 +13,7 @@ the daemon. llama.cpp itself is reached only through `llama_native`.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from pathlib import Path
 import structlog
 from PIL import Image
 
-from bbsd import families, llama_log, references
+from bbsd import families, llama_backend, llama_log, references
 from bbsd import replies as replies_mod
 from bbsd.errors import ModelError, PhotoError
 from bbsd.jump import Cursor
@@ -306,8 +307,11 @@ def open_labeler(settings) -> LlamaLabeler:
     llama = settings.backend  # llama_backend.LlamaSettings
     model = _check_file(llama.path, "text model")
     mmproj = _check_file(llama.mmproj, "mmproj")
-    log.info("engine.loading", model=str(model), mmproj=str(mmproj))
+    files = llama_backend.digests(settings)  # before loading: they name what is then loaded
+    log.info("engine.loading", model=str(model), mmproj=str(mmproj),
+             sha256=next((h for role, _, h in files if role == "file"), None))
     t0 = time.perf_counter()
     labeler = LlamaLabeler(model, mmproj, llama)
+    labeler.info = dataclasses.replace(labeler.info, files=files)
     log.info("engine.loaded", model=model.name, mmproj=mmproj.name, load_ms=round((time.perf_counter() - t0) * 1000))
     return labeler

@@ -157,9 +157,13 @@ def identity(model: ModelInfo, prompt: Prompt) -> dict[str, Any]:
         made_with["questions_sha256"] = prompt.questions_digest
     if prompt.references_digest:  # only when reference photos were shown: the same rule
         made_with["references_sha256"] = prompt.references_digest
-    made_by = {"backend": model.backend, "file": model.file, "mmproj": model.mmproj}
+    made_by: dict[str, Any] = {"backend": model.backend, "file": model.file, "mmproj": model.mmproj}
     if model.lora:  # only with an adapter: sidecars made without one stay current
         made_by["lora"] = model.lora
+    if model.files:  # what tells two models with one file name apart (a local model's files)
+        made_by["files"] = {role: {"size": size, "sha256": digest} for role, size, digest in model.files}
+    if model.limits:  # the engine settings an error may come from (`is_current`)
+        made_by["limits"] = dict(model.limits)
     return {"model": made_by, "prompt": made_with}
 
 
@@ -167,15 +171,23 @@ def is_current(doc: dict[str, Any] | None, model: ModelInfo, prompt: Prompt, *,
                sha256: str | None = None, photo: Path | None = None) -> bool:
     """The one rule for "is this sidecar current?": same schema, model and prompt, and same photo.
 
+    "Same model" is the model block of `identity`: the file names and, for a local model, each
+    file's size and sha256, so a different model under the same name relabels. An error sidecar
+    also needs the same `limits` (context size, reply bound, image size): raising [engine]
+    context_size as an error's hint said labels that photo again; a labelled sidecar ignores them.
+
     "Same photo" is the content's sha256 when the caller has it (before labelling), else the
     cheap guess that the sidecar is newer than the photo (rescans; the sha256 is still checked
     before anything is labelled, so a wrong guess costs a hash, never a wrong label). A sidecar
     is current whatever its status, so a bad file is not retried until it changes.
     """
-    if not doc or doc.get("schema") != SCHEMA_ID:
+    if not doc or doc.get("schema") != SCHEMA_ID or not isinstance(doc.get("model"), dict):
         return False
     want = identity(model, prompt)
-    if doc.get("model") != want["model"] or doc.get("prompt") != want["prompt"]:
+    have, made_by = doc["model"], want["model"]
+    if doc.get("status") != "error":  # labels do not depend on the limits; an error may come from them
+        have, made_by = _without(have, "limits"), _without(made_by, "limits")
+    if have != made_by or doc.get("prompt") != want["prompt"]:
         return False
     if sha256 is not None:
         return isinstance(doc.get("photo"), dict) and doc["photo"].get("sha256") == sha256
@@ -185,6 +197,10 @@ def is_current(doc: dict[str, Any] | None, model: ModelInfo, prompt: Prompt, *,
         return path_for(photo).stat().st_mtime_ns >= photo.stat().st_mtime_ns
     except OSError:
         return False
+
+
+def _without(block: dict[str, Any], key: str) -> dict[str, Any]:
+    return {k: v for k, v in block.items() if k != key}
 
 
 def json_schema() -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 Invariants: the daemon survives anything the engine does — an abort (GGML_ASSERT), a hang,
 a kill — because the model lives in a child process; a dead worker is replaced at the next
-request and the request that killed it raises `EngineCrashError` (the pipeline retries once,
+request, from the settings the daemon validated (never the file as it is now), and `info` becomes
+what the new worker says it loaded; the request that killed it raises `EngineCrashError` (the pipeline retries once,
 then quarantines the photo); a hung worker is killed after `timeout_seconds` and the photo
 gets `engine_timeout`; the worker is recycled after N photos or when its memory grows past
 the bound over its post-load baseline.
@@ -51,12 +52,13 @@ def worker_argv(config_path: str, warm_up: bool = False, profile: Path | None = 
 
 
 class _Worker(child.Child):
-    """The engine worker: a child whose hello carries its memory after the model loaded."""
+    """The engine worker: a child whose hello carries its memory after the model loaded, and what it
+    loaded (`info`). `settings`: the configuration the daemon validated, handed over at start."""
 
-    def __init__(self, argv: list[str], start_timeout: float) -> None:
+    def __init__(self, argv: list[str], start_timeout: float, settings=None) -> None:
         t0 = time.monotonic()
         try:
-            super().__init__(argv, start_timeout)
+            super().__init__(argv, start_timeout, settings)
         except child.StartError as e:
             if e.hello is not None:
                 raise ModelError(e.hello["message"], e.hello["hint"]) from None
@@ -65,8 +67,10 @@ class _Worker(child.Child):
         self.photos = 0
         self.baseline_mb = self.hello["rss_mb"]
         self.rss_mb = self.hello["rss_mb"]
+        self.info = ModelInfo.from_json(self.hello["info"])
         log.info("worker.started", pid=self.proc.pid, rss_mb=self.baseline_mb, vram_mb=self.hello["vram_mb"],
-                 start_ms=round((time.monotonic() - t0) * 1000))
+                 start_ms=round((time.monotonic() - t0) * 1000), model=self.info.file,
+                 sha256=next((h for role, _, h in self.info.files if role == "file"), None))
 
 
 class _Ticket:
@@ -99,7 +103,6 @@ class WorkerLabeler:
         self._argv = worker_argv(str(settings.source), warm_up, settings.profile)  # a restarted worker warms up too
         self._worker: _Worker | None = None
         hello = self._ensure().hello  # load at start: a bad model fails `run` and `check` at once
-        self.info = ModelInfo(*hello["info"])  # what the backend itself says, not a guess from settings
         self.gpu = bool(hello.get("gpu"))
         self.parallel = int(hello.get("parallel", 1))
         # One photo more in hand than the worker takes when batching: it is decoded while the others
@@ -130,7 +133,10 @@ class WorkerLabeler:
 
     def _ensure(self) -> _Worker:
         if self._worker is None:
-            self._worker = _Worker(self._argv, self._settings.worker.start_timeout_seconds)
+            self._worker = _Worker(self._argv, self._settings.worker.start_timeout_seconds, self._settings)
+            # What the worker itself says it loaded, not a guess from settings: a model file replaced
+            # under the same name since the last worker started is named by its new digest.
+            self.info = self._worker.info
         return self._worker
 
     def infer(self, image: Image.Image, prompt: Prompt, *, attempt: int,

@@ -3,7 +3,10 @@ over, each request one photo with the daemon's id for it. Requests are read by a
 own, so a photo handed over while replies are generating joins them at the next decode step (where
 the engine batches: `replies.serve`); each result goes back, with that id, as soon as it is known.
 
-Invariants: the worker never touches photos or sidecars — it gets pixels and a prompt, and
+Invariants: the worker works from the settings the daemon validated and handed over at its start
+(`child`), never from the configuration file as it is now; its hello names what it loaded (`info`,
+file digests included) and it refuses to start when the prompt leaves a photo no room in the
+context (`check_fit`); it never touches photos or sidecars — it gets pixels and a prompt, and
 returns the raw reply with its own memory figures; the only image files it reads are the
 catalog's reference photos the prompt names (decoded here, in this contained process, never in
 the daemon); it dies with its parent (PR_SET_PDEATHSIG), so a killed daemon leaves no orphan
@@ -30,7 +33,7 @@ import structlog
 from PIL import Image
 
 from bbsd import child, ipc, metrics
-from bbsd.errors import BbsdError, PhotoError
+from bbsd.errors import BbsdError, ConfigError, PhotoError
 from bbsd.labeler import Job
 from bbsd.prompt import Prompt
 
@@ -49,10 +52,43 @@ def warm_up(labeler, settings) -> None:
         image = Image.new("RGB", (64, 48), (128, 128, 128))
         r = labeler.infer(image, prompt.for_settings(settings), attempt=0, cancelled=lambda: False)
     except PhotoError as e:  # the service still starts; the first photo will say what is wrong
+        if e.code == "context_overflow":  # ... unless no photo can fit: then none would ever be labelled
+            raise ConfigError(f"the prompt does not fit the context ({e.message})", _FIT_HINT) from None
         log.warning("engine.warm_up_failed", code=e.code, message=e.message, hint=e.hint)
         return
     log.info("engine.warmed_up", ms=round((time.perf_counter() - t0) * 1000), prompt_tokens=r.prompt_tokens,
              evaluated_tokens=r.evaluated_tokens)
+
+
+_FIT_HINT = "raise [engine] context_size, or shorten the catalog (fewer entries, shorter descriptions)"
+
+
+def check_fit(labeler, settings) -> None:
+    """Refuse, at start, a prompt that leaves a photo no room in the context: every photo would get an
+    error sidecar while the service looked healthy. Measured with the real prompt (catalog, questions,
+    reference gallery) and a square photo at `image_max_side`, the most pixels a photo is sent with.
+    A backend that cannot measure (no `layout`, no context size) is not checked."""
+    from bbsd import prompt
+
+    layout, context = getattr(labeler, "layout", None), getattr(settings.backend, "context_size", None)
+    if layout is None or context is None:
+        return
+    side = settings.engine.image_max_side
+    try:
+        parts = layout(prompt.for_settings(settings), Image.new("RGB", (side, side), (128, 128, 128)))
+    except PhotoError as e:  # a reference photo unreadable: its photos wait for it (references.Images)
+        log.warning("engine.fit_unmeasured", code=e.code, message=e.message)
+        return
+    needed, room = sum(parts.values()), settings.engine.max_output_tokens
+    if needed > context:
+        entries = len(settings.catalog.characters) + len(settings.catalog.props)
+        raise ConfigError(f"the prompt needs {needed} tokens with a photo ({parts['prefix']} of them for the "
+                          f"instructions and the catalog of {entries} entries), [engine] context_size is {context}",
+                          f"raise [engine] context_size to at least {needed + room}, or shorten the catalog "
+                          "(fewer entries, shorter descriptions)")
+    if context - needed < room:
+        log.warning("engine.context_tight", prompt_tokens=needed, context_size=context, max_output_tokens=room,
+                    hint=f"a long reply may not fit: raise [engine] context_size to {needed + room}")
 
 
 def main(config_path: Path, parent: int, warm: bool = False, profile: Path | None = None) -> int:
@@ -61,22 +97,25 @@ def main(config_path: Path, parent: int, warm: bool = False, profile: Path | Non
 
     child.die_with_parent(parent)
     inp, out = child.message_pipes()
-    settings, missing = _settings(config_path, profile)
+    # The configuration the daemon validated, never the file as it is now (it may be broken since)
+    handed = child.receive_settings(inp, lambda: None)
+    settings, missing = (handed, None) if handed is not None else _settings(config_path, profile)
     logs.configure(settings.log.level, settings.log.format)
     structlog.contextvars.bind_contextvars(worker_pid=os.getpid())
     if missing is not None:
         log.warning("worker.references_unreadable", message=missing.message, hint=missing.hint)
     try:
         labeler = open_in_process(settings)
+        check_fit(labeler, settings)
         if warm:
             warm_up(labeler, settings)
     except BbsdError as e:
         ipc.send(out, {"type": "fatal", "message": e.message, "hint": e.hint, "kind": type(e).__name__})
         return 2
     gpu = labeler.gpu
+    # `info` names what this process loaded (file digests included): the daemon's sidecars say it
     ipc.send(out, {"type": "ready", "pid": os.getpid(), "rss_mb": metrics.rss_mb(), "vram_mb": metrics.vram_mb(gpu),
-                   "info": [labeler.info.backend, labeler.info.file, labeler.info.mmproj, labeler.info.lora],
-                   "gpu": gpu, "parallel": getattr(labeler, "parallel", 1)})
+                   "info": labeler.info.to_json(), "gpu": gpu, "parallel": getattr(labeler, "parallel", 1)})
     try:
         return _serve(labeler, inp, out, gpu)
     finally:
@@ -84,7 +123,8 @@ def main(config_path: Path, parent: int, warm: bool = False, profile: Path | Non
 
 
 def _settings(config_path: Path, profile: Path | None) -> tuple:
-    """The configuration the daemon validated. A reference photo gone since then must not stop the
+    """The configuration read from the file, for a worker started without settings handed over (by hand,
+    by a test); the daemon always hands over what it validated. A reference photo gone must not stop the
     worker (and with it the service): it starts without references in its own warm-up prompt, and
     the photos, whose prompt names them, wait for them (`references.unusable`)."""
     from bbsd import config

@@ -1,0 +1,212 @@
+"""Faults and provenance through a running `bbsd run` (issue 33): the service never ends for a child
+that dies or cannot start, children start from the configuration the daemon validated, a sidecar
+names the model that labelled (file digests included), a catalog that cannot fit the context stops
+the start with one line, and an error that came from a setting is redone once the setting changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import threading
+from pathlib import Path
+
+import psutil
+import pytest
+
+from bbsd import config, sidecar, tiny_model
+from bbsd.labeler import ModelInfo
+from bbsd.prompt import build
+from tests.conftest import make_photo, run_bbsd, wait_until, write_config
+
+pytestmark = pytest.mark.slow
+
+
+def _doc(photo: Path) -> dict:
+    return json.loads(sidecar.path_for(photo).read_text())
+
+
+def _labeled(photo: Path) -> bool:
+    return sidecar.path_for(photo).exists() and _doc(photo)["status"] == "labeled"
+
+
+def _children(pid: int, command: str) -> list[psutil.Process]:
+    """The daemon's children started as `bbsd <command>` (`_decoder`, `_worker`)."""
+    out = []
+    for proc in psutil.Process(pid).children():
+        try:
+            if command in proc.cmdline():
+                out.append(proc)
+        except psutil.Error:  # gone meanwhile
+            continue
+    return out
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_decoders_killed_five_times_in_a_row_never_end_the_service(tmp_path, tiny_models, bbsd_run):
+    """Every decoder process is killed the moment it appears, five times, most of them while starting
+    (before: `StartError` on EOF became `DecoderError` and the daemon exited 2, "reinstall bbsd")."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    run = bbsd_run(write_config(tmp_path, [inbox], tiny_models))
+    run.wait_for("daemon.ready")
+    killed: set[int] = set()
+    done = threading.Event()
+
+    def killer() -> None:
+        while len(killed) < 5 and not done.is_set() and run.proc.poll() is None:
+            for proc in _children(run.proc.pid, "_decoder"):
+                if proc.pid not in killed and len(killed) < 5:
+                    os.kill(proc.pid, signal.SIGKILL)
+                    killed.add(proc.pid)
+            done.wait(0.005)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    try:
+        first = make_photo(inbox / "during.jpg")
+        wait_until(lambda: len(killed) == 5 or run.proc.poll() is not None, 60, "five decoders killed")
+    finally:
+        done.set()
+        thread.join()
+    assert run.proc.poll() is None, run.log_path.read_text()[-3000:]
+    wait_until(lambda: sidecar.path_for(first).exists(), 90, "the photo of the kills")
+    after = make_photo(inbox / "after.jpg", color=(20, 120, 200))
+    wait_until(lambda: _labeled(after), 60, "the next photo labelled")
+    assert run.events("decoder.lost") or run.events("decoder.start_failed")
+    assert run.proc.poll() is None and run.stop() == 0
+
+
+def test_a_config_broken_on_disk_does_not_stop_restarted_children(tmp_path, tiny_models, bbsd_run):
+    """The running configuration is kept after a SIGHUP that cannot read the file (as documented); a
+    worker and decoders started after that get the settings the daemon validated, not the file."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    cfg = write_config(tmp_path, [inbox], tiny_models)
+    run = bbsd_run(cfg)
+    worker = run.wait_for("worker.started")[0]["pid"]
+    run.wait_for("daemon.ready")
+    cfg.write_text(cfg.read_text() + "\n[engine]\nthreads = 'many'\n[[[ not toml\n")
+    run.proc.send_signal(signal.SIGHUP)
+    run.wait_for("config.reload_failed")
+    for proc in [psutil.Process(worker), *_children(run.proc.pid, "_decoder")]:
+        proc.kill()
+    photo = make_photo(inbox / "after-break.jpg")
+    wait_until(lambda: _labeled(photo) or run.proc.poll() is not None, 90, "the photo labelled")
+    assert run.proc.poll() is None, run.log_path.read_text()[-3000:]
+    assert _labeled(photo) and len(run.events("worker.started")) == 2
+    assert run.stop() == 0
+
+
+def _own_models(tmp_path: Path, tiny_models) -> tuple[Path, Path]:
+    folder = tmp_path / "models"
+    folder.mkdir()
+    return Path(shutil.copy(tiny_models[0], folder)), Path(shutil.copy(tiny_models[1], folder))
+
+
+def test_another_model_under_the_same_file_name_relabels_and_is_named_in_the_sidecar(tmp_path, tiny_models,
+                                                                                     bbsd_run):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    text, mmproj = _own_models(tmp_path, tiny_models)
+    cfg = write_config(tmp_path, [inbox], (text, mmproj))
+    photo = make_photo(inbox / "a.jpg")
+    first = bbsd_run(cfg, "first")
+    wait_until(lambda: _labeled(photo), 60, "labelled by the first model")
+    before = _doc(photo)["model"]
+    assert before["files"]["file"] == {"size": text.stat().st_size, "sha256": _sha256(text)}
+    assert first.stop() == 0
+
+    tiny_model.write_text_model(text, tiny_model.TinySpec(seed=1))  # a fine-tune: same name, other weights
+    second = bbsd_run(cfg, "second")
+    assert second.wait_for("daemon.ready")[0]["queued"] == 1
+    wait_until(lambda: _doc(photo)["model"] != before, 60, "relabelled by the second model")
+    after = _doc(photo)["model"]
+    assert after["file"] == before["file"] and after["files"]["file"]["sha256"] == _sha256(text)
+    assert after["files"]["file"]["sha256"] != before["files"]["file"]["sha256"]
+    assert second.stop() == 0
+
+
+def test_a_model_path_edited_while_running_is_not_what_a_restarted_worker_loads(tmp_path, tiny_models, bbsd_run):
+    """`[model] path` edited and SIGHUP (a restart is needed, as documented), then the worker dies: the
+    new worker loads the model the daemon started with, and the sidecar names that model."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    text, mmproj = _own_models(tmp_path, tiny_models)
+    other = tiny_model.write_text_model(tmp_path / "models" / "other.gguf", tiny_model.TinySpec(seed=2))
+    cfg = write_config(tmp_path, [inbox], (text, mmproj))
+    run = bbsd_run(cfg)
+    worker = run.wait_for("worker.started")[0]["pid"]
+    run.wait_for("daemon.ready")
+    cfg.write_text(cfg.read_text().replace(str(text), str(other)))
+    run.proc.send_signal(signal.SIGHUP)
+    run.wait_for("config.restart_needed")
+    os.kill(worker, signal.SIGKILL)
+    photo = make_photo(inbox / "b.jpg")
+    wait_until(lambda: _labeled(photo), 60, "labelled after the worker restart")
+    restarted = run.wait_for("worker.started", count=2)[1]
+    assert restarted["model"] == text.name and restarted["sha256"] == _sha256(text)
+    assert _doc(photo)["model"]["files"]["file"]["sha256"] == _sha256(text)
+    assert run.stop() == 0
+
+
+def _big_catalog(n: int) -> str:
+    return "".join(f'\n[[characters]]\nname = "Puppet {i:04d}"\ndescription = "a wooden marionette with a painted '
+                   f'face, number {i}, red coat and blue hat"\n' for i in range(n))
+
+
+def test_a_catalog_that_cannot_fit_the_context_fails_check_and_run_with_one_line(tmp_path, tiny_models):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    cfg = write_config(tmp_path, [inbox], tiny_models, extra=_big_catalog(1000))
+    for command in ("check", "run"):
+        done = run_bbsd(command, "--config", str(cfg), timeout=120)
+        errors = [line for line in done.stderr.splitlines() if line.startswith("bbsd: error")]
+        assert done.returncode == 2, done.stderr[-2000:]
+        assert len(errors) == 1 and "context_size" in errors[0] and "catalog" in errors[0], errors
+        assert "daemon.ready" not in done.stderr
+
+
+def test_an_error_from_a_limit_is_redone_once_the_limit_changed_but_labels_are_not(tmp_path, tiny_models):
+    """The unit of the rule: an error sidecar records the limits it was made under (context size,
+    reply bound, image size); raising [engine] context_size as its hint says makes it stale."""
+    cfg = config.load(write_config(tmp_path, [tmp_path], tiny_models))
+    prompt = build(cfg.catalog)
+    files = (("file", 10, "a" * 64), ("mmproj", 5, "b" * 64))
+    small = ModelInfo("llama", "m.gguf", "p.gguf", files=files, limits=(("context_size", 4096),))
+    large = ModelInfo("llama", "m.gguf", "p.gguf", files=files, limits=(("context_size", 8192),))
+    record = sidecar.Record(photo=tmp_path / "x.jpg", sha256="c" * 64, width=1, height=1, labels=None,
+                            timing_ms={}, tokens={}, memory_mb={},
+                            error={"code": "context_overflow", "message": "m", "hint": "h"})
+    error = sidecar.render(record, small, prompt)
+    assert sidecar.is_current(error, small, prompt, sha256="c" * 64)
+    assert not sidecar.is_current(error, large, prompt, sha256="c" * 64)
+    labeled = {**error, "status": "labeled"}
+    assert sidecar.is_current(labeled, large, prompt, sha256="c" * 64)
+    other = ModelInfo("llama", "m.gguf", "p.gguf", files=(("file", 10, "d" * 64), files[1]), limits=small.limits)
+    assert not sidecar.is_current(labeled, other, prompt, sha256="c" * 64)  # same name, other weights
+
+
+def test_an_error_sidecar_from_a_reply_bound_is_relabelled_after_raising_it(tmp_path, tiny_models, bbsd_run):
+    """Through the daemon: a reply bound too small for any reply gives error sidecars; raised (and
+    restarted, as an [engine] change needs), the same photos are labelled."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    photo = make_photo(inbox / "c.jpg")
+    cfg = write_config(tmp_path, [inbox], tiny_models)
+    cfg.write_text(cfg.read_text().replace("image_max_side = 256", "image_max_side = 256\nmax_output_tokens = 32"))
+    first = bbsd_run(cfg, "small")
+    wait_until(lambda: sidecar.path_for(photo).exists(), 60, "an error sidecar")
+    assert _doc(photo)["status"] == "error", _doc(photo)
+    assert first.stop() == 0
+    cfg.write_text(cfg.read_text().replace("max_output_tokens = 32", "max_output_tokens = 768"))
+    second = bbsd_run(cfg, "raised")
+    assert second.wait_for("daemon.ready")[0]["queued"] == 1
+    wait_until(lambda: _labeled(photo), 60, "labelled after raising the bound")
+    assert second.stop() == 0
