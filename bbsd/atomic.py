@@ -3,6 +3,8 @@
 Invariant: data goes to a hidden temp file in the target's own folder (same filesystem),
 is fsynced, then renamed over the target, and the folder is fsynced so the rename
 survives a power cut. On any failure the temp file is removed and nothing else changes.
+A new file gets the process umask's mode (created 0666 & ~umask, like any tool's); with
+`keep_owner` a replaced file keeps its owner, group and mode.
 """
 
 from __future__ import annotations
@@ -10,11 +12,16 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+import stat
 from pathlib import Path
+
+import structlog
 
 from bbsd.errors import SidecarWriteError
 
+log = structlog.get_logger("bbsd.atomic")
 TEMP_MARK = ".bbsd-tmp-"
+_owner_warned = False  # "cannot keep the owner" is said once per process, not once per photo
 
 
 def temp_name(target: Path) -> Path:
@@ -28,19 +35,23 @@ def is_temp(path: Path) -> bool:
     return TEMP_MARK in path.name
 
 
-def write_bytes(target: Path, data: bytes, durable: bool = True) -> None:
+def write_bytes(target: Path, data: bytes, durable: bool = True, *, keep_owner: bool = False) -> None:
     """Replace `target` with `data` atomically; raise `SidecarWriteError` naming the cause.
 
     `durable=False` skips the fsyncs: still all-or-nothing for readers, but a power cut may
     lose the new version (right for a status file rewritten all the time, wrong for sidecars).
+    `keep_owner=True`: the new file takes the owner, group and mode of the regular file it
+    replaces (another tool's file stays theirs); the mode is kept even where the owner cannot be.
     """
     tmp = temp_name(target)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)  # the umask applies
         try:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
+            if keep_owner:
+                _take_owner(fd, target)
             if durable:
                 os.fsync(fd)
         finally:
@@ -51,6 +62,26 @@ def write_bytes(target: Path, data: bytes, durable: bool = True) -> None:
     except OSError as e:
         _remove_quietly(tmp)
         raise SidecarWriteError(f"cannot write {target}: {e.strerror or e}", _hint(e)) from e
+
+
+def _take_owner(fd: int, target: Path) -> None:
+    """Give the open temp file `target`'s owner, group and mode, if `target` is a regular file."""
+    global _owner_warned
+    try:
+        st = os.lstat(target)
+    except OSError:
+        return  # a new file: the umask's mode, bbsd's owner
+    if not stat.S_ISREG(st.st_mode):
+        return
+    try:
+        os.fchown(fd, st.st_uid, st.st_gid)  # before the mode: a chown clears set-id bits
+    except OSError as e:
+        if not _owner_warned:
+            _owner_warned = True
+            log.warning("sidecar.owner_not_kept", path=str(target), reason=e.strerror or str(e),
+                        hint="bbsd may not give a file to another user; it keeps the mode, the file becomes "
+                             "bbsd's (said once)")
+    os.fchmod(fd, stat.S_IMODE(st.st_mode))
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -1,7 +1,9 @@
 """The XMP side of a labelled photo: where its sidecar goes and what happens when it cannot be written.
 
-Invariant: the photo's JSON sidecar never depends on the XMP — a hostile or conflicting XMP
-is reported and skipped, only a disk that refuses writes keeps the photo pending.
+Invariant: the photo's JSON sidecar never depends on the XMP — a hostile, conflicting or
+oversized XMP, or something that is not a file under its name (a link, a folder, a FIFO), is
+reported (`xmp.unreadable`, `xmp.name_conflict`, `xmp.too_large`, `xmp.unwritable`) and skipped;
+only a disk that refuses writes keeps the photo pending.
 """
 
 from __future__ import annotations
@@ -49,6 +51,14 @@ def write(photo: Path, sha256: str, labels: Labels, model: ModelInfo, prompt: Pr
     try:
         xmp.write(target, xmp.proposal_for(labels, settings.root, provenance, questions, settings.answers_branch(),
                                            settings.review_keyword if review else None))
+    except xmp.XmpTooLargeError as e:
+        log.error("xmp.too_large", path=str(photo), sidecar=str(target), reason=str(e), limit=xmp.SIZE_LIMIT,
+                  hint="bbsd leaves this file alone (no editor writes one this large); trim or remove it to "
+                       "get labels in your photo tool")
+    except xmp.XmpNotRegularError as e:
+        log.error("xmp.unwritable", path=str(photo), sidecar=str(target), reason=str(e),
+                  hint="something other than a file has the XMP's name (a link, a folder, a FIFO): bbsd never "
+                       "reads or replaces it; remove it to get labels in your photo tool")
     except xmp.XmpUnreadableError as e:
         log.error("xmp.unreadable", path=str(photo), sidecar=str(target), reason=str(e),
                   hint="bbsd leaves this file alone; repair or remove it to get labels in your photo tool")

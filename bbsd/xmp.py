@@ -1,10 +1,12 @@
 """XMP sidecars that photo tools read: keywords, hierarchical keywords, caption, provenance.
 
-Invariants: an existing sidecar is parsed only through defusedxml (no DTD, no entities, no
-external references) and is never overwritten when it cannot be parsed; every property bbsd
-does not own survives (elements, attributes, other namespaces, the xpacket wrapper); bbsd's
-own changes follow `merge` (a person's edit always wins); the file is replaced atomically and
-only if nobody changed it while bbsd was merging.
+Invariants: an existing sidecar is read only as a regular file (never through a symlink, never
+a FIFO or a device: `safefs`) of at most `SIZE_LIMIT` bytes, parsed only through defusedxml (no
+DTD, no entities, no external references) and never overwritten when it cannot be read or
+parsed; every property bbsd does not own survives (elements, attributes, other namespaces, the
+xpacket wrapper); bbsd's own changes follow `merge` (a person's edit always wins); nothing XML 1.0
+cannot hold (non-characters, lone surrogates, C0 controls) is ever written; the file is replaced
+atomically, keeps its owner, group and mode, and only if nobody changed it while bbsd was merging.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 import defusedxml.ElementTree as SafeET
 from defusedxml import DefusedXmlException
 
-from bbsd import __version__, atomic
+from bbsd import __version__, atomic, safefs
 from bbsd.merge import ListState, merge_list, merge_text
 from bbsd.questions import Question
 
@@ -38,6 +40,15 @@ PACKET_END = '\n<?xpacket end="w"?>\n'
 LISTS = (("dc:subject", "rdf:Bag", "Subject"), ("lr:hierarchicalSubject", "rdf:Bag", "Hierarchical"),
          ("digiKam:TagsList", "rdf:Seq", "Tags"))
 _ROOT_START = re.compile(r"<(?:[\w.-]+:)?(?:xmpmeta|xapmeta|RDF)\b")
+# Far above any editor's sidecar (darktable's with a long history and masks is a few hundred kB,
+# Lightroom's and digiKam's are smaller) and small enough that a merge stays well under a second
+# and a few dozen MB of memory; a larger file is left untouched (`xmp.too_large`).
+SIZE_LIMIT = 4 << 20
+# What XML 1.0 cannot hold (C0 controls but tab, LF and CR; lone surrogates; U+FFFE and U+FFFF)
+# and the other non-characters (U+FDD0..U+FDEF, U+nFFFE and U+nFFFF): one in a file makes it
+# unreadable to every XMP tool, so none is ever written.
+_NONCHARACTERS = "".join(f"\\U{p + 0xFFFE:08x}\\U{p + 0xFFFF:08x}" for p in range(0x10000, 0x110000, 0x10000))
+_NOT_XML = re.compile(r"[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]|[\ufdd0-\ufdef" + _NONCHARACTERS + "]")
 
 
 def q(name: str) -> str:
@@ -47,6 +58,19 @@ def q(name: str) -> str:
 
 class XmpUnreadableError(Exception):
     """The existing sidecar is broken or hostile; bbsd leaves it alone."""
+
+
+class XmpTooLargeError(XmpUnreadableError):
+    """The existing sidecar is larger than `SIZE_LIMIT`; bbsd leaves it alone."""
+
+
+class XmpNotRegularError(XmpUnreadableError):
+    """A symlink, FIFO, device or folder (or a file bbsd may not read) holds the sidecar's name."""
+
+
+def xml_text(text: str) -> str:
+    """`text` without the characters XML 1.0 cannot hold (see `_NOT_XML`)."""
+    return _NOT_XML.sub("", text)
 
 
 @dataclass(frozen=True)
@@ -68,6 +92,7 @@ class Document:
 
     def __init__(self, root: ET.Element, head: str, tail: str, fresh: bool = False) -> None:
         self.root, self.head, self.tail, self.fresh = root, head, tail, fresh
+        self._descriptions: list[ET.Element] | None = None  # found once: each search walks the whole tree
 
     @classmethod
     def new(cls) -> Document:
@@ -93,11 +118,16 @@ class Document:
         if self.fresh:  # only a file bbsd created is laid out anew; a person's keeps its layout
             ET.indent(self.root, space=" ")
         body = ET.tostring(self.root, encoding="unicode")
-        return (self.head + body + self.tail).encode("utf-8")
+        return xml_text(self.head + body + self.tail).encode("utf-8")  # the last guard: whatever set a text
 
     # --- reading and writing properties ------------------------------------------------------
 
     def descriptions(self) -> list[ET.Element]:
+        if self._descriptions is None:
+            self._descriptions = self._find_descriptions()
+        return self._descriptions
+
+    def _find_descriptions(self) -> list[ET.Element]:
         found = list(self.root.iter(q("rdf:Description")))
         if not found:
             rdf = self.root if self.root.tag == q("rdf:RDF") else self.root.find(q("rdf:RDF"))
@@ -144,13 +174,14 @@ class Document:
         box = next(iter(elem), None)
         if box is None:
             box = ET.SubElement(elem, q(container))
+        li_tag = q("rdf:li")
         pool: dict[str, list[ET.Element]] = {}
-        for li in list(box):
+        for li in reversed(box):  # reversed, so that pop() hands out a value's first <rdf:li> first
             pool.setdefault(li.text or "", []).append(li)
-            box.remove(li)
+        del box[:]  # all at once: removing one by one shifted the list each time (quadratic)
         for value in values:  # reuse a person's <rdf:li> (with its attributes) where it exists
             reused = pool.get(value)
-            li = reused.pop(0) if reused else ET.Element(q("rdf:li"))
+            li = reused.pop() if reused else ET.Element(li_tag)
             li.text = value
             box.append(li)
         ET.indent(elem, space=" ", level=3)
@@ -183,6 +214,7 @@ class Document:
                 del desc.attrib[key]
             for child in [c for c in desc if c.tag.startswith(prefix)]:
                 desc.remove(child)
+        self._descriptions = None  # a removed element may have held one
 
 
 def _child(parent: ET.Element, name: str) -> ET.Element:
@@ -256,15 +288,26 @@ def write(target: Path, proposal: Proposal, attempts: int = 3) -> None:
     merges, bbsd merges again from their version.
     """
     for _ in range(attempts):
-        before = target.read_bytes() if target.exists() else None
+        before = _read(target)
         doc = Document.parse(before) if before is not None else Document.new()
         merge(doc, proposal)
         data = doc.to_bytes()
-        now = target.read_bytes() if target.exists() else None
-        if now == before:
-            atomic.write_bytes(target, data)
+        if _read(target) == before:
+            atomic.write_bytes(target, data, keep_owner=True)  # an editor's file stays theirs, mode and all
             return
     raise XmpUnreadableError("the sidecar kept changing while bbsd merged it")
+
+
+def _read(target: Path) -> bytes | None:
+    """The sidecar's bytes, None when there is none; never through a link, never past `SIZE_LIMIT`."""
+    try:
+        return safefs.read_regular(target, SIZE_LIMIT)
+    except FileNotFoundError:
+        return None
+    except safefs.TooLargeError:
+        raise XmpTooLargeError(f"larger than {SIZE_LIMIT >> 20} MiB") from None
+    except OSError as e:  # NotRegularError (symlink, FIFO, device, folder) or permissions
+        raise XmpNotRegularError(e.strerror or str(e)) from None
 
 
 def proposal_for(labels, root: str, provenance: dict[str, str], questions: tuple[Question, ...] = (),
@@ -275,7 +318,8 @@ def proposal_for(labels, root: str, provenance: dict[str, str], questions: tuple
     (`BBS|Act|Act 2`, flat `Act 2`), so they are filtered on and merged like a name; every answer
     (integer and text too) also goes to `bbsd:answer_<key>`. `review` is the keyword path that
     marks a photo the model was unsure of (`bbsd|needs review`), written the same way, so every
-    tool can filter on it and a person who removes it after checking keeps it removed.
+    tool can filter on it and a person who removes it after checking keeps it removed. Every text
+    loses what XML 1.0 cannot hold (`xml_text`), whoever produced it (model, catalog, file names).
     """
     branches = [(f"{root}|Characters", labels.characters), (f"{root}|Props", labels.props)]
     answers = dict(labels.answers)
@@ -284,11 +328,14 @@ def proposal_for(labels, root: str, provenance: dict[str, str], questions: tuple
     if review:
         branch, _, leaf = review.rpartition("|")
         branches.append((branch, (leaf,)) if branch else ("", (leaf,)))
+    branches = [(xml_text(branch), tuple(xml_text(leaf) for leaf in leaves)) for branch, leaves in branches]
     paths = [f"{branch}|{leaf}" if branch else leaf for branch, leaves in branches for leaf in leaves]
     return Proposal(
         keywords=tuple(dict.fromkeys(leaf for _, leaves in branches for leaf in leaves)),
         hierarchical=tuple(paths),
         tags=tuple(p.replace("|", "/") for p in paths),
-        caption=labels.caption, scene=labels.scene, visible_text=labels.visible_text,
-        provenance=provenance, answers=tuple((k, str(v)) for k, v in labels.answers),
+        caption=xml_text(labels.caption), scene=xml_text(labels.scene),
+        visible_text=tuple(xml_text(t) for t in labels.visible_text),
+        provenance={k: xml_text(v) for k, v in provenance.items()},
+        answers=tuple((k, xml_text(str(v))) for k, v in labels.answers),
     )
