@@ -1,7 +1,10 @@
 """The JSON sidecar beside each photo: its name, its content, and when it is up to date.
 
 Invariants: the sidecar of `IMG_0001.JPG` is `IMG_0001.JPG.json` (a RAW and a JPEG of one
-shot never collide); every sidecar carries `schema` = SCHEMA_ID and validates against
+shot never collide), or `IMG_0001.JPG.bbsd.json` when another tool's JSON (Google Takeout's)
+holds that name: bbsd never replaces a file it did not write; a sidecar is read only as a
+regular file (never through a link, never a FIFO) of at most READ_LIMIT bytes; every sidecar
+carries `schema` = SCHEMA_ID, is strict JSON (no NaN, no lone surrogates) and validates against
 `schema/sidecar.schema.json`; a sidecar is up to date when it was made from the same file
 content (sha256), the same model and the same prompt, whatever its status, so a restart
 redoes nothing and a bad file is not retried until it changes.
@@ -11,19 +14,26 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import os
+import stat
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from bbsd import __version__
+from bbsd import __version__, safefs
 from bbsd.labeler import ModelInfo
 from bbsd.labels import Labels
 from bbsd.prompt import Prompt
 
 SCHEMA_ID = "bbsd.sidecar/1"
 SUFFIX = ".json"
+OWN_SUFFIX = ".bbsd.json"  # bbsd's name when another tool's JSON holds `<photo>.json`
+# A sidecar is a few kB (100 kB texts at most); a file far larger is not one bbsd wrote, and
+# reading it whole would let one file cost the daemon its memory.
+READ_LIMIT = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -51,7 +61,47 @@ FALLBACK_MARK = "~bbsd-"
 
 
 def path_for(photo: Path) -> Path:
-    return photo.with_name(fit_name(photo.name, SUFFIX))
+    """The photo's JSON sidecar: `<name>.json`, or `<name>.bbsd.json` where another tool's JSON has that name.
+
+    bbsd's own file first: `<name>.bbsd.json` once it exists; else `<name>.json` when it is free or
+    bbsd's (a JSON object whose `schema` is bbsd's); else — another tool's JSON document there, such
+    as Google Takeout's — `<name>.bbsd.json`. Something at `<name>.json` that is not a regular file
+    or not JSON at all stays the answer, so that reading it reports it instead of going around it.
+    """
+    plain = photo.with_name(fit_name(photo.name, SUFFIX))
+    own = photo.with_name(fit_name(photo.name, OWN_SUFFIX))
+    return own if os.path.lexists(own) or _foreign(plain) else plain
+
+
+_verdicts: dict[tuple[int, ...], bool] = {}  # by file identity: a rescan does not parse each sidecar twice
+
+
+def _foreign(plain: Path) -> bool:
+    """Whether `plain` is a regular file holding another tool's JSON (remembered per file version)."""
+    try:
+        st = os.lstat(plain)
+    except OSError:
+        return False
+    if not stat.S_ISREG(st.st_mode):
+        return False
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    verdict = _verdicts.get(key)
+    if verdict is None:
+        verdict = _not_ours(plain)
+        if len(_verdicts) >= 4096:
+            _verdicts.clear()
+        _verdicts[key] = verdict
+    return verdict
+
+
+def _not_ours(plain: Path) -> bool:
+    try:
+        doc = json.loads(safefs.read_regular(plain, READ_LIMIT))
+    except safefs.TooLargeError:
+        return True  # bbsd never writes one that large
+    except (OSError, ValueError, RecursionError):
+        return False  # unreadable or not JSON: whose it is cannot be told, so reading it reports it
+    return not (isinstance(doc, dict) and str(doc.get("schema", "")).startswith("bbsd.sidecar/"))
 
 
 def fit_name(name: str, suffix: str, name_max: int = NAME_MAX) -> str:
@@ -79,6 +129,7 @@ def file_sha256(path: Path) -> str:
 
 
 def render(record: Record, model: ModelInfo, prompt: Prompt) -> dict[str, Any]:
+    """The sidecar of `record`, as strict JSON can hold it (`json_safe`)."""
     doc: dict[str, Any] = {
         "schema": SCHEMA_ID,
         "status": "error" if record.error else "labeled",
@@ -100,13 +151,47 @@ def render(record: Record, model: ModelInfo, prompt: Prompt) -> dict[str, Any]:
         doc["confidence"] = record.confidence
     if record.error:
         doc["error"] = record.error
-    else:
+    doc = json_safe(doc)
+    if not record.error:
         doc["labels_sha256"] = labels_digest(doc["labels"])
     return doc
 
 
+def json_safe(value: Any) -> Any:
+    """`value` as strict JSON holds it: a non-finite number (a server's NaN or Infinity) becomes null,
+    text with lone surrogates becomes UTF-8 (`file_text`)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, str):
+        return file_text(value)
+    if isinstance(value, dict):
+        return {file_text(k) if isinstance(k, str) else k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def file_text(text: str) -> str:
+    """`text` as valid UTF-8. A file name whose bytes are not UTF-8 (Python holds each such byte as a
+    surrogate escape) shows each as `\\xNN`, as `os.fsencode(name).decode("utf-8", "backslashreplace")`
+    would; any other lone surrogate becomes U+FFFD."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return "".join(_escape(c) for c in text)
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:
+        return f"\\x{code - 0xDC00:02x}"
+    return "\ufffd" if 0xD800 <= code <= 0xDFFF else char
+
+
 def labels_digest(labels: dict[str, Any] | None) -> str:
-    return hashlib.sha256(json.dumps(labels, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+    text = json.dumps(labels, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()  # a hostile old sidecar too
 
 
 def human_edited(old: dict[str, Any] | None) -> bool:
@@ -125,7 +210,8 @@ def keep_human_labels(new: dict[str, Any], old: dict[str, Any] | None) -> dict[s
 
 
 def to_bytes(doc: dict[str, Any]) -> bytes:
-    return (json.dumps(doc, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
+    """Strict JSON: whatever `doc` holds (an old sidecar's NaN too) goes through `json_safe` first."""
+    return (json.dumps(json_safe(doc), ensure_ascii=False, indent=2, allow_nan=False) + "\n").encode("utf-8")
 
 
 def read(photo: Path) -> dict[str, Any] | None:
@@ -137,9 +223,11 @@ def read(photo: Path) -> dict[str, Any] | None:
 
 
 def read_strict(photo: Path) -> dict[str, Any] | None:
-    """None when there is no sidecar; raises ValueError when one exists but is not a JSON object."""
+    """None when there is no sidecar; raises ValueError when one exists but is not a JSON object,
+    `safefs.NotRegularError` (an OSError) for a symlink, FIFO, device or folder — never followed,
+    never opened so that it blocks — and `safefs.TooLargeError` (an OSError) past READ_LIMIT."""
     try:
-        doc = json.loads(path_for(photo).read_text(encoding="utf-8"))
+        doc = json.loads(safefs.read_regular(path_for(photo), READ_LIMIT).decode("utf-8"))
     except FileNotFoundError:
         return None
     except RecursionError:  # hostile nesting: refused like any other unreadable sidecar
