@@ -67,10 +67,22 @@ def route_through(console) -> None:
         _switch.console = console
 
 
+# structlog's console renderer shows a string field holding one of these by repr(), which escapes
+# every control character already (escaping it here too would show `\\x1b`); others it shows raw.
+_SHOWN_BY_REPR = frozenset(" \t=\r\n\"'")
+
+
 def _escaped(_logger, _name: str, event_dict: dict) -> dict:
-    """Every string field with its control characters escaped; a traceback keeps its line breaks."""
-    return {k: printable(v, keep="\n" if k in ("exception", "stack") else "") if isinstance(v, str) else v
-            for k, v in event_dict.items()}
+    """Every string the console would show raw with its control characters escaped: the event name
+    and a traceback (which keeps its line breaks) always, another field unless it is shown by repr()."""
+    def shown(key: str, value):
+        if not isinstance(value, str):
+            return value  # shown by repr()
+        if key in ("event", "exception", "stack"):
+            return printable(value, keep="\n" if key != "event" else "")
+        return value if _SHOWN_BY_REPR.intersection(value) else printable(value)
+
+    return {k: shown(k, v) for k, v in event_dict.items()}
 
 
 class _Safe:

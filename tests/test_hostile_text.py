@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -216,22 +217,80 @@ def _read_until(fd: int, out: bytearray, done, timeout: float, what: str) -> Non
     wait_until(step, timeout, what)
 
 
-@pytest.mark.slow
-def test_escape_sequences_in_file_names_reach_the_console_and_status_escaped(tmp_path, tiny_models):
-    """`bbsd run` by hand on a terminal: the photo named `$'\\e[31mred.jpg'` is labelled, and its
-    name shows as text in the console log and in `bbsd status` (while another one is in hand)."""
+def _start_on_a_pty(cfg: Path, env: dict[str, str]) -> tuple[int, int]:
+    """`bbsd run` by hand: stdout and stderr on a pseudo-terminal, so logs render for people."""
     import pty
 
-    inbox = tmp_path / "in"
-    red = make_photo(inbox / "\x1b[31mred.jpg")  # alone in the backlog: no progress bar redraws
-    cfg = write_config(tmp_path, [inbox], tiny_models)
     cfg.write_text(cfg.read_text().replace('format = "json"', 'format = "auto"'))
-    env = {**{k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}, "BBSD_TEST_HOOKS": "1",
-           "BBSD_TEST_HANG_ON": "hang", "COLUMNS": "200"}
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}, "COLUMNS": "200", **env}
     pid, fd = pty.fork()
     if pid == 0:
         os.chdir(REPO)
         os.execve(bbsd_cmd()[0], bbsd_cmd("run", "--config", str(cfg)), env)
+    return pid, fd
+
+
+def _stop(pid: int, fd: int, out: bytearray) -> None:
+    os.kill(pid, signal.SIGTERM)
+    try:
+        _read_until(fd, out, lambda: os.waitpid(pid, os.WNOHANG)[0] == pid, 60, "bbsd run to stop")
+    except AssertionError:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise
+
+
+@pytest.mark.slow
+def test_model_output_reaches_the_xmp_clean_and_the_console_escaped(tmp_path):
+    """A running daemon whose model writes U+FFFF and escape sequences: the editor's darktable XMP
+    stays well-formed, the JSON holds the cleaned text, and the console shows the raw reply escaped."""
+    from tests.test_xmp import GOLDEN
+
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    replies = {
+        "stage.jpg": {"characters": ["Baba Yaga"], "props": [NFD_ECLAIR],
+                      "caption": "Baba\x1b[2J Yaga\uffff bows\ud800", "scene": "hut\ufdd0",
+                      "visible_text": ["EXIT\U0010ffff"]},
+        # as the model wrote it: raw control characters inside a JSON string (llama.cpp's grammar admits them)
+        "bad.jpg": '{"characters": ["\x1b]0;owned\x07evil"], "props": [], "caption": "", "scene": "", '
+                   '"visible_text": []}',
+    }
+    (tmp_path / "replies.json").write_text(json.dumps(replies))
+    cfg = write_config(tmp_path, [inbox], backend="fake", extra=f'[fake]\nreplies = "{tmp_path / "replies.json"}"\n'
+                       f'[[props]]\nname = {_toml(NFC_ECLAIR)}\n')
+    pid, fd = _start_on_a_pty(cfg, {})
+    out = bytearray()
+    try:
+        _read_until(fd, out, lambda: b"daemon.ready" in out, 60, "daemon.ready")  # no start-up backlog bar
+        stage = make_photo(tmp_path / "stage.jpg")
+        shutil.copyfile(GOLDEN / "darktable.xmp", inbox / "stage.jpg.xmp")
+        stage.rename(inbox / "stage.jpg")
+        bad = make_photo(inbox / "bad.jpg", color=(9, 9, 9))
+        _read_until(fd, out, lambda: out.count(b"photo.labeled") + out.count(b"photo.failed") >= 2, 60, "both")
+    finally:
+        _stop(pid, fd, out)
+    text = out.decode("utf-8", errors="replace")
+    assert b"\x1b" not in out and b"\x07" not in out, text[-3000:]
+    assert "\\x1b]0;owned\\x07evil" in text and "reply.invalid" in text, text[-3000:]
+    labels = json.loads(sidecar.path_for(inbox / "stage.jpg").read_text())["labels"]
+    assert labels["caption"] == "Baba[2J Yaga bows" and labels["scene"] == "hut", labels
+    assert labels["visible_text"] == ["EXIT"] and labels["props"] == [NFC_ECLAIR], labels
+    xmp_text = (inbox / "stage.jpg.xmp").read_text(encoding="utf-8")
+    ET.fromstring(xmp_text)  # well-formed: darktable and exiv2 can still read it
+    assert not any(ch in xmp_text for ch in "\uffff\ufdd0\U0010ffff\x1b"), xmp_text
+    assert "hut" in xmp_text and "darktable:history" in xmp_text
+    assert json.loads(sidecar.path_for(bad).read_text())["error"]["code"] == "invalid_reply"
+
+
+@pytest.mark.slow
+def test_escape_sequences_in_file_names_reach_the_console_and_status_escaped(tmp_path, tiny_models):
+    """`bbsd run` by hand on a terminal: the photo named `$'\\e[31mred.jpg'` is labelled, and its
+    name shows as text in the console log and in `bbsd status` (while another one is in hand)."""
+    inbox = tmp_path / "in"
+    red = make_photo(inbox / "\x1b[31mred.jpg")  # alone in the backlog: no progress bar redraws
+    cfg = write_config(tmp_path, [inbox], tiny_models)
+    pid, fd = _start_on_a_pty(cfg, {"BBSD_TEST_HOOKS": "1", "BBSD_TEST_HANG_ON": "hang"})
     out = bytearray()
     try:
         _read_until(fd, out, lambda: sidecar.path_for(red).exists() and b"photo.labeled" in out, 120, "red.jpg")
@@ -247,13 +306,7 @@ def test_escape_sequences_in_file_names_reach_the_console_and_status_escaped(tmp
         assert "\x1b" not in shown[0] and "\x07" not in shown[0], shown[0]
         assert printable(hang.name) in shown[0], shown[0]
     finally:
-        os.kill(pid, signal.SIGTERM)
-        try:
-            _read_until(fd, out, lambda: os.waitpid(pid, os.WNOHANG)[0] == pid, 60, "bbsd run to stop")
-        except AssertionError:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            raise
+        _stop(pid, fd, out)
     text = out.decode("utf-8", errors="replace")
     assert b"\x1b" not in out and b"\x07" not in out, text[-3000:]
     assert "\\x1b[31mred.jpg" in text and "photo.labeled" in text, text[-3000:]
