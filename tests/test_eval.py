@@ -265,3 +265,19 @@ def test_precision_and_recall_move_with_the_review_threshold_as_computed_by_hand
     assert curve[0.7] == (1.0, 1 / 3)  # B at 0.6 goes too: recall falls
     assert curve[0.9] == (1.0, 1 / 3)  # A at exactly 0.9 is kept (at or above)
     assert threshold_curve([(Sample(frozenset({"A"}), frozenset({"A"})), {})]) is None  # no confidences: no curve
+
+
+def test_a_manifest_typed_in_nfd_names_the_catalogs_nfc_names(tmp_path):
+    import unicodedata
+
+    from bbsd import config
+    from bbsd.study import truth
+
+    cfg = write_config(tmp_path, [tmp_path], backend="fake",
+                       extra='[[props]]\nname = "éclair"\ndescription = "a cake"\n')
+    (tmp_path / "p.jpg").write_bytes(b"")
+    nfd = unicodedata.normalize("NFD", "éclair")
+    manifest = tmp_path / "truth.jsonl"
+    manifest.write_text(json.dumps({"file": "p.jpg", "characters": [], "props": [nfd]}) + "\n")
+    [item] = truth.read(manifest, config.load(cfg))
+    assert item.props == frozenset({"éclair"})  # NFC, as the catalog and the model's labels are

@@ -18,6 +18,7 @@ from typing import Any
 from bbsd import atomic, scan, sidecar
 from bbsd.config import Settings
 from bbsd.errors import BbsdError
+from bbsd.text import nfc
 
 FIELDS = ("file", "characters", "props", "caption", "scene", "answers")
 FORMAT_HINT = ('each line is one JSON object: {"file": "…", "characters": […], "props": […]} with optional '
@@ -91,6 +92,7 @@ def _names(doc: dict[str, Any], key: str, allowed: tuple[str, ...]) -> frozenset
     value = doc.get(key)
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ValueError(f"'{key}' is missing or not a list of names")
+    value = [nfc(v) for v in value]  # a manifest typed on macOS (NFD) names the catalog's NFC names
     if unknown := [v for v in value if v not in allowed]:
         raise ValueError(f"'{key}' names {unknown[0]!r}, which is not in the catalog")
     return frozenset(value)
