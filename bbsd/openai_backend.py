@@ -10,7 +10,10 @@ returned raw and validated by the pipeline exactly as the local engine's; a phot
 lost to a failing endpoint — connection errors, timeouts, 5xx and malformed bodies are
 retried (with backoff, on another endpoint when there is one), and while every endpoint is
 down the photo waits in hand rather than getting an error sidecar; API keys come from an
-environment variable or a file and go nowhere but the Authorization header.
+environment variable or a file and go nowhere but the Authorization header. A reply is read
+only in the shape it must have (anything else is `InvalidReplyError`, never a bug of ours), its
+figures only where they are finite, and every try gives its endpoint's slot back however it
+ends, an exception of bbsd's own included.
 """
 
 from __future__ import annotations
@@ -35,14 +38,16 @@ from bbsd.config import Key, Validator, section
 from bbsd.engines import Backend, UnitNeeds
 from bbsd.errors import ModelError, PhotoError
 from bbsd.labeler import Inference, ModelInfo
-from bbsd.openai_pool import Endpoint, EndpointConfig, Pool, RejectedError, TransientError
+from bbsd.openai_pool import Endpoint, EndpointConfig, InvalidReplyError, Pool, RejectedError, TransientError
+from bbsd.text import printable
 
 log = structlog.get_logger("bbsd.openai")
 RETRY_TEMPERATURE = 0.7  # the same varied retry as the local engine
 TABLES = {"openai": {
     "endpoints": Key("endpoints", None, "[[openai.endpoints]] tables: url, model, in_flight, api, api_key_env, "
                      "api_key_file (see below)"),
-    "timeout_seconds": Key("float", 120.0, "per request: no answer this long counts as a failure", 1, 3600),
+    "timeout_seconds": Key("float", 120.0, "per request, from connecting to the reply's last byte: a request "
+                           "not done by then counts as a failure", 1, 3600),
     "retries": Key("int", 3, "failed requests retried per photo (another endpoint when there is one)", 0, 20),
     "backoff_seconds": Key("float", 1.0, "wait before a retry, doubled each time", 0, 60),
     "down_after_failures": Key("int", 3, "failures in a row that mark an endpoint down", 1, 100),
@@ -151,28 +156,27 @@ class OpenAILabeler:
         shown = self._gallery.uris(prompt.references) if prompt.references and self._gallery else []
         conns = self._local.__dict__.setdefault("conns", {})
         last: Endpoint | None = None
+        failure: TransientError | None = None
         for tries in range(self._s.retries + 1):
-            e = self.pool.acquire(cancelled, avoid=last)
-            t0 = time.perf_counter()
-            try:
-                doc = e.post(*_request(e.cfg, prompt, data_uri, self._s, attempt, shown), self._s.timeout_seconds,
-                             conns)
-                text, timings, usage = _reply(e.cfg, doc)
-            except RejectedError as err:
-                self.pool.release(e, False, error=str(err))
-                raise PhotoError("server_rejected", f"{e.cfg.url} refused the request ({err})",
-                                 "check the endpoint's model name and limits (image size, context)") from None
-            except TransientError as err:
-                self.pool.release(e, False, error=str(err))
-                log.warning("request.retry", url=e.cfg.url, error=str(err), attempt=tries + 1)
-                last = e
-                time.sleep(min(30.0, self._s.backoff_seconds * 2**tries) if tries < self._s.retries else 0)
-                continue
-            latency = (time.perf_counter() - t0) * 1000
-            self.pool.release(e, True, latency)
-            return _inference(e.cfg, doc, text, timings, usage, latency, tries + 1)
-        raise PhotoError("server_error", f"the inference servers failed {self._s.retries + 1} times on this photo",
-                         "see the endpoint.down / request.retry events; the photo is not retried until it changes")
+            with self.pool.slot(cancelled, avoid=last) as held:  # given back however this try ends
+                e, t0 = held.endpoint, time.perf_counter()
+                try:
+                    doc = e.post(*_request(e.cfg, prompt, data_uri, self._s, attempt, shown), self._s.timeout_seconds,
+                                 conns)
+                    text, timings, usage = _reply(e.cfg, doc)
+                except RejectedError as err:
+                    held.ok, held.error = False, str(err)
+                    raise PhotoError("server_rejected", f"{e.cfg.url} refused the request ({err})",
+                                     "check the endpoint's model name and limits (image size, context)") from None
+                except TransientError as err:
+                    held.ok, held.error = False, str(err)
+                    failure, last = err, e
+                else:
+                    held.ok, held.latency_ms = True, (time.perf_counter() - t0) * 1000
+                    return _inference(e.cfg, doc, text, timings, usage, held.latency_ms, tries + 1)
+            log.warning("request.retry", url=e.cfg.url, error=str(failure), attempt=tries + 1)
+            time.sleep(min(30.0, self._s.backoff_seconds * 2**tries) if tries < self._s.retries else 0)
+        raise _exhausted(failure, last, self._s.retries + 1)
 
     def close(self) -> None:
         self.pool.close()
@@ -240,33 +244,103 @@ def _request(cfg: EndpointConfig, prompt, data_uri: str, s: OpenAISettings, atte
 
 
 def _reply(cfg: EndpointConfig, doc: dict) -> tuple[str, dict[str, float], dict[str, int]]:
-    """The reply text (a thinking model's JSON may sit after <think> or in reasoning_content)."""
-    try:
-        if cfg.api == "ollama":
-            msg = doc["message"]
-            ns = {k: doc.get(k) for k in ("prompt_eval_duration", "eval_duration")}
-            timings = {"prompt_ms": (ns["prompt_eval_duration"] or 0) / 1e6,
-                       "predicted_ms": (ns["eval_duration"] or 0) / 1e6}
-            usage = {"prompt": doc.get("prompt_eval_count") or 0, "output": doc.get("eval_count") or 0}
-        else:
-            msg = doc["choices"][0]["message"]
-            timings = {k: v for k, v in (doc.get("timings") or {}).items() if isinstance(v, int | float)}
-            u = doc.get("usage") or {}
-            usage = {"prompt": u.get("prompt_tokens") or 0, "output": u.get("completion_tokens") or 0}
-    except (KeyError, IndexError, TypeError):
-        raise TransientError(f"the reply has no message: {str(doc)[:120]}") from None
-    text = re.sub(r"<think>.*?</think>", "", msg.get("content") or "", flags=re.S).strip()
+    """The reply text (a thinking model's JSON may sit after <think> or in reasoning_content) and the
+    server's numbers. Any other shape is InvalidReplyError (retried elsewhere, like a 5xx); numbers
+    that are not finite, non-negative figures are dropped, never passed on."""
+    if doc.get("error") is not None:
+        raise _error_reply(doc["error"])
+    if cfg.api == "ollama":
+        msg = _table(doc.get("message"), "message")
+        ns = _numbers({"prompt_ms": doc.get("prompt_eval_duration"), "predicted_ms": doc.get("eval_duration")})
+        timings = {k: v / 1e6 for k, v in ns.items()}
+        usage = {"prompt": _count(doc.get("prompt_eval_count")), "output": _count(doc.get("eval_count"))}
+    else:
+        choices = doc.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise InvalidReplyError(f"the reply's choices are {_shape(choices)}, not a list of one or more")
+        msg = _table(_table(choices[0], "choices[0]").get("message"), "choices[0].message")
+        timings = _numbers(doc.get("timings"))
+        u = doc.get("usage") if isinstance(doc.get("usage"), dict) else {}
+        usage = {"prompt": _count(u.get("prompt_tokens")), "output": _count(u.get("completion_tokens"))}
+    text = re.sub(r"<think>.*?</think>", "", _text(msg.get("content"), "content"), flags=re.S).strip()
     if "{" not in text:
-        text = (msg.get("reasoning_content") or msg.get("thinking") or text).strip()
+        text = (_text(msg.get("reasoning_content"), "reasoning_content") or _text(msg.get("thinking"), "thinking")
+                or text).strip()
     return text, timings, usage
 
 
+def _error_reply(error: Any) -> RejectedError | TransientError:
+    """A 200 that carries an `error` (some servers send one in place of a status): a refusal when it
+    names a 4xx code, else a failure of the endpoint, as its status would have been."""
+    detail = error.get("message", error) if isinstance(error, dict) else error
+    code = error.get("code") if isinstance(error, dict) else None
+    if isinstance(code, int) and 400 <= code < 500 and code not in (408, 429):
+        return RejectedError(f"HTTP 200 with error {code}: {detail}")
+    return TransientError(f"HTTP 200 with an error: {detail}")
+
+
+def _shape(value: Any) -> str:
+    return "missing" if value is None else f"a JSON {type(value).__name__}"
+
+
+def _table(value: Any, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise InvalidReplyError(f"the reply's {where} is {_shape(value)}, not an object")
+    return value
+
+
+def _text(value: Any, where: str) -> str:
+    """A message's text: a string, or OpenAI's list of parts; lone surrogates (escapes no UTF-8 holds) replaced."""
+    if isinstance(value, list) and all(isinstance(p, dict) for p in value):
+        value = "".join(p["text"] for p in value if isinstance(p.get("text"), str))
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise InvalidReplyError(f"the reply's {where} is {_shape(value)}, not text")
+    return value.encode("utf-8", "replace").decode("utf-8") if _SURROGATE.search(value) else value
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+MAX_TIMINGS = 32  # llama-server reports about ten; more is not timings
+
+
+def _numbers(table: Any) -> dict[str, float]:
+    """A server's figures: keys of it that are finite non-negative numbers (NaN, bools, strings dropped)."""
+    if not isinstance(table, dict):
+        return {}
+    kept = {k: float(v) for k, v in table.items() if isinstance(k, str) and len(k) <= 64 and k.isprintable()
+            and type(v) in (int, float) and 0 <= v < 1e15}
+    return dict(list(kept.items())[:MAX_TIMINGS])
+
+
+def _count(value: Any) -> int:
+    """A token count, or 0 where the server's is not one."""
+    return value if type(value) is int and 0 <= value < 2**31 else 0
+
+
+def _exhausted(failure: TransientError | None, e: Endpoint | None, tries: int) -> PhotoError:
+    where = e.cfg.url if e else "the endpoints"
+    if isinstance(failure, InvalidReplyError):
+        return PhotoError("server_reply_invalid", f"{where} answered with a reply bbsd cannot read ({failure})",
+                          f"check that {where} is an OpenAI-compatible server serving {e.cfg.model if e else 'it'} "
+                          '(Ollama: api = "ollama"); the photo is not retried until it changes')
+    return PhotoError("server_error", f"the inference servers failed {tries} times on this photo (last: {where}: "
+                      f"{failure})", "see the endpoint.down / request.retry events; the photo is not retried until "
+                      "it changes")
+
+
 def _inference(cfg, doc, text, timings, usage, latency: float, attempts: int) -> Inference:
-    encode = float(timings.get("prompt_ms") or 0.0)
-    served = {"endpoint": cfg.url, "model": str(doc.get("model") or cfg.model), "latency_ms": round(latency, 1),
+    encode = min(timings.get("prompt_ms", 0.0), latency)
+    served = {"endpoint": cfg.url, "model": _served_model(cfg, doc), "latency_ms": round(latency, 1),
               "attempts": attempts, **({"server_timings": timings} if timings else {})}
     return Inference(text=text, prompt_tokens=usage["prompt"], output_tokens=usage["output"], encode_ms=encode,
                      generate_ms=max(0.0, latency - encode), served=served)
+
+
+def _served_model(cfg: EndpointConfig, doc: dict) -> str:
+    """The model the server says answered, shown as text (escapes, capped), or the configured one."""
+    name = doc.get("model")
+    return printable(name[:200]) if isinstance(name, str) and name else cfg.model
 
 
 def open_labeler(settings) -> OpenAILabeler:
