@@ -282,6 +282,21 @@ def test_every_malformed_shape_in_turn_leaves_both_slots_free_for_the_next_photo
     assert [h["in_flight"] for h in labeler.health()] == [0]
 
 
+def test_a_fault_of_bbsds_own_mid_request_gives_the_slot_back_and_blames_no_endpoint(hostile, backend,
+                                                                                       monkeypatch):
+    from bbsd import openai_backend
+
+    s = hostile()
+    labeler, ask = backend([s.url], in_flight=1)
+    monkeypatch.setattr(openai_backend, "_reply", lambda cfg, doc: 1 / 0)  # a bug in reading the reply
+    with pytest.raises(ZeroDivisionError):
+        ask()
+    monkeypatch.undo()
+    assert ask().text == json.dumps(GOOD)  # the only slot came back
+    (h,) = labeler.health()
+    assert (h["in_flight"], h["failed"], h["done"], h["state"]) == (0, 0, 1, "up")
+
+
 def test_an_unreadable_reply_is_tried_again_on_the_other_endpoint(hostile, backend):
     bad, good = hostile(["message_string"]), hostile()
     labeler, ask = backend([bad.url, good.url], retries=1)
