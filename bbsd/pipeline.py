@@ -211,6 +211,8 @@ class Pipeline:
         except OSError as e:
             return self._fail(path, None, PhotoError("unreadable", f"cannot read the file ({e.strerror})",
                                                      "check its permissions"), {})
+        if (kind := safefs.lstat_kind(sidecar.path_for(path))) is not None:  # never opened, so never blocks
+            return _kept_unreadable(path, f"a {kind} where the sidecar should be")
         try:  # before any work: an unreadable sidecar is never overwritten, so labelling would be wasted
             doc = sidecar.read_strict(path)
         except (OSError, ValueError) as e:
@@ -384,7 +386,7 @@ def _where(e: BaseException) -> str:
     return f"{type(e).__name__}: {str(e)[:200]}{at}"
 
 
-def _kept_unreadable(photo: Path, error: Exception) -> Outcome:
+def _kept_unreadable(photo: Path, error: Exception | str) -> Outcome:
     """A sidecar that cannot be read (a person's half-edit, a FIFO, a link, a folder) is left as it is."""
     log.error("sidecar.unreadable", path=str(photo), sidecar=str(sidecar.path_for(photo)), reason=str(error),
               hint="bbsd does not overwrite a sidecar it cannot read; fix or remove it")
