@@ -154,28 +154,24 @@ class Endpoint:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self._key:
             headers["Authorization"] = f"Bearer {self._key}"
-        watch = _WATCHDOG.arm(conn, deadline)
+        watch, sent, failed = _WATCHDOG.arm(conn, deadline), False, None
         try:
-            try:
-                _connect_by(conn, deadline)
-                conn.request(method, self.path(path), body=data, headers=headers)
-            except (OSError, http.client.HTTPException) as e:
-                conn.close()
-                if reused and isinstance(e, OSError) and not isinstance(e, TimeoutError) and not watch.fired:
-                    raise _NotSent from None
-                raise _failure(e, watch, timeout) from None
-            try:
-                resp = conn.getresponse()
-                raw = _read(resp)
-            except (OSError, http.client.HTTPException, InvalidReplyError) as e:
-                conn.close()  # what is left of the reply is never read: the connection is spent
-                raise _failure(e, watch, timeout) from None
-        finally:
+            _connect_by(conn, deadline)
+            conn.request(method, self.path(path), body=data, headers=headers)
+            sent = True
+            resp = conn.getresponse()
+            raw = _read(resp)
+        except (OSError, http.client.HTTPException, InvalidReplyError) as e:
+            failed = e
+        finally:  # closed only once disarmed: a shutdown racing the close could hit a new socket on the same fd
             fired = _WATCHDOG.disarm(watch)
-        if fired:  # the socket was shut down under a reply that ended just then: not a reply to trust
-            conn.close()
-            raise _failure(TimeoutError(), watch, timeout)
-        return conn, resp.status, raw
+        if failed is None and not fired:
+            return conn, resp.status, raw
+        conn.close()  # what is left of the reply is never read: the connection is spent
+        if reused and not sent and isinstance(failed, OSError) and not isinstance(failed, TimeoutError) and not fired:
+            raise _NotSent
+        # `fired` with no error: the socket was shut down under a reply that ended just then, not one to trust
+        raise _failure(failed, fired, timeout)
 
     def _connect(self) -> http.client.HTTPConnection:
         cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
@@ -217,8 +213,8 @@ def _read(resp: http.client.HTTPResponse) -> bytes:
     return b"".join(parts)
 
 
-def _failure(e: BaseException, watch: _Watch, timeout: float) -> TransientError:
-    if watch.fired or isinstance(e, TimeoutError):
+def _failure(e: BaseException | None, fired: bool, timeout: float) -> TransientError:
+    if fired or e is None or isinstance(e, TimeoutError):
         return TransientError(f"no whole reply within {timeout:g} s")
     if isinstance(e, InvalidReplyError):
         return e
