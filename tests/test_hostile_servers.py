@@ -81,6 +81,9 @@ def _http(status: int, body: bytes, reason: str = "OK") -> bytes:
 FIXED = {
     "ok": _http(200, _reply()),
     **{name: _http(200, body) for name, body in {**INVALID, **TOLERATED}.items()},
+    "ollama_message_string": _http(200, json.dumps({"message": "hi", "done": True}).encode()),
+    "ollama_nan": _http(200, b'{"message": {"role": "assistant", "content": ' + json.dumps(json.dumps(GOOD)).encode()
+                        + b'}, "prompt_eval_duration": NaN, "eval_duration": 2500000, "eval_count": Infinity}'),
     "error_200": _http(200, json.dumps({"error": {"message": ESC + "boom", "code": 500}}).encode()),
     "error_200_refused": _http(200, json.dumps({"error": {"message": "context too long", "code": 400}}).encode()),
     "escape_500": _http(500, (ESC + "overloaded " * 20_000).encode(), reason="Internal" + ESC),
@@ -188,12 +191,13 @@ def hostile():
         s.close()
 
 
-def _config(tmp_path: Path, urls: list[str], in_flight: int = 2, **opts) -> Path:
+def _config(tmp_path: Path, urls: list[str], in_flight: int = 2, api: str = "openai", **opts) -> Path:
     inbox = tmp_path / "in"
     inbox.mkdir(exist_ok=True)
     table = {"timeout_seconds": 2, "retries": 0, "backoff_seconds": 0.05, "probe_seconds": 0.3,
              "down_after_failures": 100, **opts}
-    ends = "".join(f'[[openai.endpoints]]\nurl = "{u}"\nmodel = "m"\nin_flight = {in_flight}\n' for u in urls)
+    ends = "".join(f'[[openai.endpoints]]\nurl = "{u}"\nmodel = "m"\nin_flight = {in_flight}\napi = "{api}"\n'
+                   for u in urls)
     body = "[openai]\n" + "".join(f"{k} = {v}\n" for k, v in table.items()) + ends
     return write_config(tmp_path, [inbox], backend="openai", extra=body)
 
@@ -295,6 +299,16 @@ def test_a_fault_of_bbsds_own_mid_request_gives_the_slot_back_and_blames_no_endp
     assert ask().text == json.dumps(GOOD)  # the only slot came back
     (h,) = labeler.health()
     assert (h["in_flight"], h["failed"], h["done"], h["state"]) == (0, 0, 1, "up")
+
+
+def test_ollamas_replies_are_checked_the_same_way(hostile, backend):
+    s = hostile(["ollama_message_string", "ollama_nan"])
+    labeler, ask = backend([s.url], api="ollama")
+    assert _error(ask).code == "server_reply_invalid"
+    inference = ask()
+    assert json.loads(inference.text) == GOOD and inference.output_tokens == 0
+    assert inference.served["server_timings"] == {"predicted_ms": 2.5}
+    assert labeler.health()[0]["in_flight"] == 0
 
 
 def test_an_unreadable_reply_is_tried_again_on_the_other_endpoint(hostile, backend):
