@@ -38,12 +38,14 @@ from bbsd.text import printable
 
 log = structlog.get_logger("bbsd.openai")
 PROBE_TIMEOUT_S = 5.0
-# A reply larger than this is a misbehaving server, not a label: max_output_tokens (8,192 at
-# most) of JSON-escaped text, a thinking model's reasoning beside it and the server's timings are
-# well under 1 MiB. Reading on would let one server fill the daemon's memory. It counts as a
-# failure of the endpoint (InvalidReplyError, retried elsewhere): the photo did nothing to cause
-# it, and a server that does it again is marked down before it costs every photo a gigabyte.
-REPLY_LIMIT_BYTES = 8 * 2**20
+# A reply larger than this is a misbehaving server, not a label: it holds max_output_tokens'
+# 8,192 at most at 256 bytes a token, far more than a token takes JSON-escaped, reasoning
+# included (it counts towards the same limit). Reading on would let one server fill the
+# daemon's memory, and parsing takes up to 25 times the text's size ([{},{},...]: 8 MiB took
+# 200 MB), so the cap bounds that too. It counts as a failure of the endpoint
+# (InvalidReplyError, retried elsewhere): the photo did nothing to cause it, and a server that
+# does it again is marked down before it costs every photo as much.
+REPLY_LIMIT_BYTES = 2 * 2**20
 SERVER_TEXT_CHARS = 300  # what a server wrote, as far as it goes into a message or a log
 _CHUNK = 64 * 1024
 
