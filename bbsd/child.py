@@ -63,10 +63,12 @@ class Child:
         try:
             self.hello, _ = ipc.receive(self.proc.stdout.fileno(), time.monotonic() + start_timeout)
         except (EOFError, TimeoutError) as e:
-            if self.proc.poll() is None:
+            ours = isinstance(e, TimeoutError) and self.proc.poll() is None  # killed here, at the deadline
+            if ours:
                 self.proc.kill()
             sender.join()  # its write ends with the process (EPIPE): only then may its pipe be closed
-            how = self.kill()
+            how = "killed at the start deadline" if ours else self.kill()
+            self.kill()
             raise StartError(f"{type(e).__name__}: {e} ({how})", how=how) from None
         sender.join()  # done: the child read it all before it said hello
         if self.hello["type"] == "fatal":

@@ -51,6 +51,13 @@ def worker_argv(config_path: str, warm_up: bool = False, profile: Path | None = 
             + (["--profile", str(profile)] if profile else []))
 
 
+class WorkerKilledError(ModelError):
+    """The worker was killed while it started (SIGKILL, SIGTERM: a person, the OOM killer), not refused."""
+
+
+RESTART_MIN_S, RESTART_MAX_S = 0.5, 30.0  # backoff between starts of a worker killed while starting
+
+
 class _Worker(child.Child):
     """The engine worker: a child whose hello carries its memory after the model loaded, and what it
     loaded (`info`). `settings`: the configuration the daemon validated, handed over at start."""
@@ -62,8 +69,9 @@ class _Worker(child.Child):
         except child.StartError as e:
             if e.hello is not None:
                 raise ModelError(e.hello["message"], e.hello["hint"]) from None
-            raise ModelError(f"the engine worker did not start ({e})",
-                             "see the llama.log / worker events above; run `bbsd check`") from None
+            raise (WorkerKilledError if e.killed else ModelError)(
+                f"the engine worker did not start ({e})",
+                "see the llama.log / worker events above; run `bbsd check`") from None
         self.photos = 0
         self.baseline_mb = self.hello["rss_mb"]
         self.rss_mb = self.hello["rss_mb"]
@@ -131,9 +139,22 @@ class WorkerLabeler:
     def health(self) -> list[dict]:
         return []
 
-    def _ensure(self) -> _Worker:
-        if self._worker is None:
-            self._worker = _Worker(self._argv, self._settings.worker.start_timeout_seconds, self._settings)
+    def _ensure(self, cancelled: Callable[[], bool] | None = None) -> _Worker:
+        """The running worker, started (again) if need be. A restart (`cancelled` given: a photo waits)
+        whose worker is killed while it starts is tried again with backoff until one runs or the
+        daemon stops (`AbandonedError`); a worker that refuses to start (`fatal`) fails as at start-up."""
+        failures = 0
+        while self._worker is None:
+            try:
+                self._worker = _Worker(self._argv, self._settings.worker.start_timeout_seconds, self._settings)
+            except WorkerKilledError as e:
+                if cancelled is None:
+                    raise
+                failures += 1
+                delay = min(RESTART_MAX_S, RESTART_MIN_S * 2 ** (failures - 1))
+                log.warning("worker.start_failed", reason=e.message, failures=failures, retry_in_s=delay)
+                _wait(delay, cancelled)
+                continue
             # What the worker itself says it loaded, not a guess from settings: a model file replaced
             # under the same name since the last worker started is named by its new digest.
             self.info = self._worker.info
@@ -177,7 +198,7 @@ class WorkerLabeler:
             return
         batch = self._admissible()
         if batch:
-            self._send(batch)
+            self._send(batch, cancelled)
         elif self._in_flight:
             self._receive(cancelled)
         else:
@@ -222,15 +243,15 @@ class WorkerLabeler:
         self._idle, self._lead = not self._pending, 0
         self._group.clear()
 
-    def _send(self, batch: list[_Ticket]) -> None:
+    def _send(self, batch: list[_Ticket], cancelled: Callable[[], bool]) -> None:
         """One request per photo. Its deadline counts from now, `timeout_seconds` for each photo then
         in the worker (they share its steps)."""
         timeout = self._settings.worker.timeout_seconds * len(self._in_flight)
-        failed: ModelError | None = None
+        failed: ModelError | AbandonedError | None = None
         self._cond.release()
         try:
-            worker = self._ensure()
-        except ModelError as e:  # no worker: these photos were never in one
+            worker = self._ensure(cancelled)
+        except (ModelError, AbandonedError) as e:  # no worker: these photos were never in one
             failed = e
         except (OSError, ValueError) as e:  # its start itself failed (a pipe, a garbled hello)
             failed = ModelError(f"the engine worker did not start ({e})",
@@ -361,6 +382,14 @@ class WorkerLabeler:
                 os.close(self._wake_r)
                 os.close(self._wake_w)
                 self._wake_w = None
+
+
+def _wait(seconds: float, cancelled: Callable[[], bool]) -> None:
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        if cancelled():
+            raise _abandoned()
+        time.sleep(min(child.POLL_S, left))
 
 
 def _abandoned() -> AbandonedError:

@@ -83,6 +83,38 @@ def test_decoders_killed_five_times_in_a_row_never_end_the_service(tmp_path, tin
     assert run.proc.poll() is None and run.stop() == 0
 
 
+def test_an_engine_worker_killed_while_restarting_is_started_again(tmp_path, tiny_models, bbsd_run):
+    """The worker is killed, and its replacements too while they load the model: each restart is
+    tried again with backoff (before: `ModelError`, and the daemon exited 2)."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    run = bbsd_run(write_config(tmp_path, [inbox], tiny_models))
+    run.wait_for("daemon.ready")
+    killed: set[int] = set()
+    done = threading.Event()
+
+    def killer() -> None:
+        while len(killed) < 3 and not done.is_set() and run.proc.poll() is None:
+            for proc in _children(run.proc.pid, "_worker"):
+                if proc.pid not in killed and len(killed) < 3:
+                    os.kill(proc.pid, signal.SIGKILL)
+                    killed.add(proc.pid)
+            done.wait(0.005)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    try:
+        photo = make_photo(inbox / "during.jpg")
+        wait_until(lambda: len(killed) == 3 or run.proc.poll() is not None, 60, "three workers killed")
+    finally:
+        done.set()
+        thread.join()
+    wait_until(lambda: _labeled(photo) or run.proc.poll() is not None, 90, "the photo labelled")
+    assert run.proc.poll() is None, run.log_path.read_text()[-3000:]
+    assert _labeled(photo) and run.events("worker.start_failed")
+    assert run.stop() == 0
+
+
 def test_a_config_broken_on_disk_does_not_stop_restarted_children(tmp_path, tiny_models, bbsd_run):
     """The running configuration is kept after a SIGHUP that cannot read the file (as documented); a
     worker and decoders started after that get the settings the daemon validated, not the file."""
