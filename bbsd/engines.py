@@ -109,10 +109,16 @@ def open_labeler(settings: Settings, warm_up: bool = False) -> Labeler:
 
         return WorkerLabeler(settings, warm_up=warm_up)
     labeler = open_in_process(settings)
-    if warm_up:
-        from bbsd.worker import warm_up as warm
+    from bbsd.worker import check_fit
+    from bbsd.worker import warm_up as warm
 
-        warm(labeler, settings)
+    try:
+        check_fit(labeler, settings)  # as the worker does: a catalog that cannot fit fails the start
+        if warm_up:
+            warm(labeler, settings)
+    except BaseException:
+        labeler.close()
+        raise
     return labeler
 
 
@@ -123,12 +129,14 @@ def model_info(settings: Settings) -> ModelInfo:
 
 
 def limits(settings: Settings) -> tuple[tuple[str, int], ...]:
-    """The engine settings a photo's error may come from (`ModelInfo.limits`): the backend's context
-    size where it has one, the reply's bound and the image's size."""
-    values = (("context_size", getattr(settings.backend, "context_size", None)),
-              ("max_output_tokens", settings.engine.max_output_tokens),
-              ("image_max_side", settings.engine.image_max_side))
-    return tuple((name, value) for name, value in values if isinstance(value, int))
+    """The engine settings a photo's error may come from (`ModelInfo.limits`) for a backend that holds
+    the context itself (a local model): its context size, the reply's bound and the image's size. A
+    remote server's errors are the server's: none."""
+    context = getattr(settings.backend, "context_size", None)
+    if not isinstance(context, int):
+        return ()
+    return (("context_size", context), ("max_output_tokens", settings.engine.max_output_tokens),
+            ("image_max_side", settings.engine.image_max_side))
 
 
 def _plain_info(settings: Settings) -> ModelInfo:

@@ -41,6 +41,9 @@ log = structlog.get_logger("bbsd.worker")
 _leak: list[bytearray] = []
 
 
+_FIT_HINT = "raise [engine] context_size, or shorten the catalog (fewer entries, shorter descriptions)"
+
+
 def warm_up(labeler, settings) -> None:
     """Label a generated image once before the first photo, so the first photo of a show is not
     the slow one: the prompt prefix gets cached and lazily allocated buffers exist. Memory is
@@ -58,9 +61,6 @@ def warm_up(labeler, settings) -> None:
         return
     log.info("engine.warmed_up", ms=round((time.perf_counter() - t0) * 1000), prompt_tokens=r.prompt_tokens,
              evaluated_tokens=r.evaluated_tokens)
-
-
-_FIT_HINT = "raise [engine] context_size, or shorten the catalog (fewer entries, shorter descriptions)"
 
 
 def check_fit(labeler, settings) -> None:
@@ -82,10 +82,12 @@ def check_fit(labeler, settings) -> None:
     needed, room = sum(parts.values()), settings.engine.max_output_tokens
     if needed > context:
         entries = len(settings.catalog.characters) + len(settings.catalog.props)
-        raise ConfigError(f"the prompt needs {needed} tokens with a photo ({parts['prefix']} of them for the "
-                          f"instructions and the catalog of {entries} entries), [engine] context_size is {context}",
-                          f"raise [engine] context_size to at least {needed + room}, or shorten the catalog "
-                          "(fewer entries, shorter descriptions)")
+        refs = settings.catalog.reference_count() if settings.prompt.references != "off" else 0
+        shown, fewer = (f" and its {refs} reference photos", ", fewer reference photos") if refs else ("", "")
+        raise ConfigError(f"the prompt with a photo needs {needed} tokens ({parts['prefix']} before the photo: the "
+                          f"instructions and the catalog of {entries} entries{shown}), [engine] context_size is "
+                          f"{context}", f"raise [engine] context_size to at least {needed + room}, or shorten the "
+                          f"catalog (fewer entries, shorter descriptions{fewer})")
     if context - needed < room:
         log.warning("engine.context_tight", prompt_tokens=needed, context_size=context, max_output_tokens=room,
                     hint=f"a long reply may not fit: raise [engine] context_size to {needed + room}")

@@ -193,10 +193,11 @@ def _big_catalog(n: int) -> str:
                    f'face, number {i}, red coat and blue hat"\n' for i in range(n))
 
 
-def test_a_catalog_that_cannot_fit_the_context_fails_check_and_run_with_one_line(tmp_path, tiny_models):
+@pytest.mark.parametrize("isolate", ["true", "false"])
+def test_a_catalog_that_cannot_fit_the_context_fails_check_and_run_with_one_line(tmp_path, tiny_models, isolate):
     inbox = tmp_path / "inbox"
     inbox.mkdir()
-    cfg = write_config(tmp_path, [inbox], tiny_models, extra=_big_catalog(1000))
+    cfg = write_config(tmp_path, [inbox], tiny_models, extra=f"[worker]\nisolate = {isolate}\n{_big_catalog(1000)}")
     for command in ("check", "run"):
         done = run_bbsd(command, "--config", str(cfg), timeout=120)
         errors = [line for line in done.stderr.splitlines() if line.startswith("bbsd: error")]

@@ -245,7 +245,7 @@ def test_a_gallery_that_does_not_fit_the_context_is_refused_clearly_and_bbsd_che
     done = run_bbsd("check", "--config", str(cfg))
     assert done.returncode == 2
     assert "2 reference photos (gallery)" in done.stdout
-    assert "context_overflow: the prompt with its 2 reference photos needs" in done.stderr
+    assert "the catalog of 3 entries and its 2 reference photos), [engine] context_size is 512" in done.stderr
     assert "raise [engine] context_size" in done.stderr
 
 
