@@ -194,7 +194,7 @@ class Pipeline:
 
     def _open_photo(self, path: Path) -> tuple[str, safefs.Ident, dict | None] | Outcome:
         """The photo's sha256 and identity and its sidecar, or the outcome that ends it here."""
-        if (reason := _not_regular(path)) is not None:
+        if (reason := safefs.refusal(path)) is not None:
             log.warning("photo.ignored", path=str(path), reason=reason)
             return Outcome(path, Status.IGNORED, "ignored", message=reason)
         try:
@@ -318,10 +318,11 @@ class Pipeline:
         return self._write(record, "photo.failed", Status.FAILED, ident)
 
     def _write(self, record: sidecar.Record, event: str, status: Status, ident: safefs.Ident | None = None) -> Outcome:
-        target = sidecar.path_for(record.photo)
-        if (why := self._gone(record.photo, ident)) is not None:  # deleted, replaced or moved out mid-label
+        # deleted, replaced or moved out while it was labelled: nothing is written for it
+        if (why := safefs.moved_away(self.roots, record.photo, ident)) is not None:
             log.info("photo.gone", path=str(record.photo), reason=why, labelled=status is Status.LABELED)
             return Outcome(record.photo, Status.GONE, why)
+        target = sidecar.path_for(record.photo)
         try:
             old = sidecar.read_strict(record.photo)
         except (OSError, ValueError) as e:
@@ -350,21 +351,6 @@ class Pipeline:
         return Outcome(record.photo, status, record.error["code"] if record.error else "", target,
                        total_ms=record.timing_ms.get("total"), memory=record.memory_mb)
 
-    def _gone(self, photo: Path, ident: safefs.Ident | None) -> str | None:
-        """Why nothing may be written beside `photo` now, or None: it must still be there, the same
-        file that was read (device and inode), in real folders under its watch folder."""
-        if self.roots and not safefs.beneath(self.roots, photo):
-            return "a folder on the way is no longer a real folder under the watch folder"
-        try:
-            st = os.lstat(photo)
-        except FileNotFoundError:
-            return "deleted while it was labelled"
-        except OSError as e:
-            return f"cannot be looked at ({e.strerror})"
-        if ident is not None and (st.st_dev, st.st_ino) != ident[:2]:
-            return "replaced by another file while it was labelled"
-        return None
-
 
 def _tokens(inference: Inference) -> dict[str, int]:
     """Prompt positions, reply tokens, how many prompt tokens this photo evaluated (not cached) and
@@ -391,21 +377,6 @@ def _kept_unreadable(photo: Path, error: Exception | str) -> Outcome:
     log.error("sidecar.unreadable", path=str(photo), sidecar=str(sidecar.path_for(photo)), reason=str(error),
               hint="bbsd does not overwrite a sidecar it cannot read; fix or remove it")
     return Outcome(photo, Status.KEPT, "unreadable sidecar")
-
-
-def _not_regular(path: Path) -> str | None:
-    """Why `path` must not be opened (a FIFO would block forever), or None for a regular file."""
-    import stat
-
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return None  # gone or unreadable: the normal path reports it
-    if stat.S_ISLNK(st.st_mode):
-        return "symlink: bbsd labels the file itself where it is watched, and never follows links out"
-    if not stat.S_ISREG(st.st_mode):
-        return "not a regular file (FIFO, socket or device): never opened"
-    return None
 
 
 def _event_fields(record: sidecar.Record) -> dict[str, object]:

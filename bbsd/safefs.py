@@ -183,3 +183,33 @@ def beneath(roots: Iterable[Path | str], path: Path | str) -> bool:
         except OSError:
             return False
     return True
+
+
+def refusal(path: Path | str) -> str | None:
+    """Why `path` must not be opened at all (a FIFO would block, a device may act), from its lstat;
+    None for a regular file, or one that is gone (opening it reports that)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    if stat.S_ISLNK(st.st_mode):
+        return "symlink: bbsd labels the file itself where it is watched, and never follows links out"
+    if not stat.S_ISREG(st.st_mode):
+        return f"a {kind_of(st.st_mode)}, not a regular file: never opened"
+    return None
+
+
+def moved_away(roots: Iterable[Path | str] | None, path: Path | str, was: Ident | None) -> str | None:
+    """Why nothing may be written beside `path` now, or None: it must still be there, the same file
+    that was read (`was`: device and inode), in real folders under its watch root (when `roots`)."""
+    if roots and not beneath(roots, path):
+        return "a folder on the way is no longer a real folder under the watch folder"
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return "deleted while it was labelled"
+    except OSError as e:
+        return f"cannot be looked at ({e.strerror})"
+    if was is not None and (st.st_dev, st.st_ino) != was[:2]:
+        return "replaced by another file while it was labelled"
+    return None
