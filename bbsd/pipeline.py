@@ -176,7 +176,10 @@ class Pipeline:
             timing["decode"] = (time.perf_counter() - t0) * 1000
             labels_, inference = self._label(decoded.image, cancelled)
         except IncompletePhotoError as e:
-            # "changed": not the file that was hashed (replaced, or a link swapped in): never an error of its own
+            if e.code == "changed" and (why := safefs.moved_away(self.roots, path, ident)) is not None:
+                log.info("photo.gone", path=str(path), reason=why, labelled=False)
+                return Outcome(path, Status.GONE, why)
+            # "changed": not the file that was hashed (rewritten, or a link swapped in): never an error of its own
             if allow_incomplete or e.code == "changed":
                 log.info("photo.incomplete", path=str(path), code=e.code, message=e.message)
                 return Outcome(path, Status.INCOMPLETE, e.code)
