@@ -226,20 +226,18 @@ def test_an_error_from_a_limit_is_redone_once_the_limit_changed_but_labels_are_n
     assert not sidecar.is_current(labeled, other, prompt, sha256="c" * 64)  # same name, other weights
 
 
-def test_an_error_sidecar_from_a_reply_bound_is_relabelled_after_raising_it(tmp_path, tiny_models, bbsd_run):
-    """Through the daemon: a reply bound too small for any reply gives error sidecars; raised (and
-    restarted, as an [engine] change needs), the same photos are labelled."""
+def test_error_sidecars_from_a_small_context_are_relabelled_after_raising_it(tmp_path, tiny_models, bbsd_run):
+    """The issue's sequence: photos got `context_overflow` error sidecars; [engine] context_size is raised
+    as their hint says and the daemon restarted (an [engine] change needs it): the photos are labelled."""
     inbox = tmp_path / "inbox"
     inbox.mkdir()
-    photo = make_photo(inbox / "c.jpg")
+    photos = [make_photo(inbox / f"c{i}.jpg", color=(9, 60 * i, 9)) for i in range(2)]
     cfg = write_config(tmp_path, [inbox], tiny_models)
-    cfg.write_text(cfg.read_text().replace("image_max_side = 256", "image_max_side = 256\nmax_output_tokens = 32"))
-    first = bbsd_run(cfg, "small")
-    wait_until(lambda: sidecar.path_for(photo).exists(), 60, "an error sidecar")
-    assert _doc(photo)["status"] == "error", _doc(photo)
-    assert first.stop() == 0
-    cfg.write_text(cfg.read_text().replace("max_output_tokens = 32", "max_output_tokens = 768"))
-    second = bbsd_run(cfg, "raised")
-    assert second.wait_for("daemon.ready")[0]["queued"] == 1
-    wait_until(lambda: _labeled(photo), 60, "labelled after raising the bound")
-    assert second.stop() == 0
+    cfg.write_text(cfg.read_text().replace("image_max_side = 256", "image_max_side = 256\ncontext_size = 512"))
+    done = run_bbsd("label", "--config", str(cfg), *map(str, photos))
+    assert done.returncode == 1 and all(_doc(p)["error"]["code"] == "context_overflow" for p in photos), done.stdout
+    cfg.write_text(cfg.read_text().replace("context_size = 512", "context_size = 4096"))
+    run = bbsd_run(cfg)
+    assert run.wait_for("daemon.ready")[0]["queued"] == 2
+    wait_until(lambda: all(_labeled(p) for p in photos), 60, "labelled after raising the context")
+    assert run.stop() == 0
