@@ -120,9 +120,14 @@ def test_symlinked_folders_and_photos_never_lead_out_of_the_watch_folder(start, 
     (inbox / "real" / "sub").symlink_to(outside, target_is_directory=True)  # a link inside a real folder
     (inbox / "real" / "sub.jpg").symlink_to(outside, target_is_directory=True)
     (inbox / "link.jpg").symlink_to(outside / "private.jpg")  # a photo that is a link to a file outside
+    trip = tmp_path / "staging" / "trip"  # a real folder moved in, holding a link out
+    make_photo(trip / "moved.jpg", color=(200, 200, 0))
+    (trip / "out").symlink_to(outside, target_is_directory=True)
+    trip.rename(inbox / "trip")
     wait_until(lambda: all(events_for(d, "photo.ignored", inbox / n) for n in ("evil.jpg", "link.jpg")), 30,
                "the links ignored")
     next_photo_labelled(d, inbox / "real")
+    labelled(inbox / "trip" / "moved.jpg")
     assert tree(outside) == before  # nothing written there
     touched = [e for e in d.events() if str(outside) in json.dumps(e) or "/linked/" in str(e.get("path", ""))
                or "evil.jpg/" in str(e.get("path", ""))]
