@@ -156,7 +156,7 @@ class Endpoint:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self._key:
             headers["Authorization"] = f"Bearer {self._key}"
-        watch, sent, failed = _WATCHDOG.arm(conn, deadline), False, None
+        watch, sent, failed, resp = _WATCHDOG.arm(conn, deadline), False, None, None
         try:
             _connect_by(conn, deadline)
             conn.request(method, self.path(path), body=data, headers=headers)
@@ -169,6 +169,8 @@ class Endpoint:
             fired = _WATCHDOG.disarm(watch)
         if failed is None and not fired:
             return conn, resp.status, raw
+        if resp is not None:
+            resp.close()  # its file holds the socket open past conn.close(), and a server would go on sending
         conn.close()  # what is left of the reply is never read: the connection is spent
         if reused and not sent and isinstance(failed, OSError) and not isinstance(failed, TimeoutError) and not fired:
             raise _NotSent
