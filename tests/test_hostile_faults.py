@@ -243,3 +243,24 @@ def test_error_sidecars_from_a_small_context_are_relabelled_after_raising_it(tmp
     assert run.wait_for("daemon.ready")[0]["queued"] == 2
     wait_until(lambda: all(_labeled(p) for p in photos), 60, "labelled after raising the context")
     assert run.stop() == 0
+
+
+def test_model_digests_are_hashed_once_per_file_version_and_a_same_size_copy_is_noticed(tmp_path, monkeypatch):
+    """A restart does not hash gigabytes again; a copy of the same size with its old mtime restored
+    (`cp --preserve=timestamps`) is hashed again all the same (its ctime changed)."""
+    from bbsd import fingerprint
+
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"a" * 4096)
+    hashed: list[Path] = []
+    real = fingerprint._sha256
+    monkeypatch.setattr(fingerprint, "_sha256", lambda p: hashed.append(p) or real(p))
+    state = tmp_path / "state"
+    first = fingerprint.files({"file": model, "lora": None}, state)
+    assert first == (("file", 4096, _sha256(model)),) and fingerprint.files({"file": model}, state) == first
+    assert len(hashed) == 1 and (state / fingerprint.CACHE).exists()
+    st = model.stat()
+    model.write_bytes(b"b" * 4096)
+    os.utime(model, ns=(st.st_atime_ns, st.st_mtime_ns))
+    second = fingerprint.files({"file": model}, state)
+    assert len(hashed) == 2 and second[0][2] == _sha256(model) != first[0][2]
