@@ -2,8 +2,10 @@
 
 Invariants: a child is started with its argv, is handed the configuration the daemon validated
 (the frozen `Settings`, pickled, as the first message on its stdin: a child never reads the
-configuration file, which may have changed or broken since the daemon read it) and answers a
-hello message before anything else; every request has a deadline and a way to be abandoned
+configuration file, which may have changed or broken since the daemon read it; the object, not
+the text, because validating again reads the filesystem again — reference photos, the model
+registry — and could fail where the daemon's validation passed) and answers a hello message
+before anything else; every request has a deadline and a way to be abandoned
 (shutdown), so the caller never blocks on a child that hangs; `kill` always reaps the process
 and closes its pipes. Both the engine worker and the photo decoder are such children.
 """
