@@ -137,6 +137,15 @@ def _hand_over(fd: int, settings) -> threading.Thread:
     return sender
 
 
+def wait(seconds: float, cancelled: Callable[[], bool]) -> None:
+    """Sleep `seconds` (a restart's backoff) in POLL_S steps; `AbandonedError` once `cancelled()` (shutdown)."""
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        if cancelled():
+            raise AbandonedError("labelling abandoned at shutdown", "the photo stays pending and is redone at start")
+        time.sleep(min(POLL_S, left))
+
+
 # --- the child's side ---------------------------------------------------------------------------
 
 def receive_settings(fd: int, load: Callable[[], object]):

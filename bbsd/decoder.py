@@ -150,12 +150,10 @@ class Decoder:
 
     def _await_retry(self, cancelled: Callable[[], bool] | None) -> None:
         """Wait out the backoff after a failed start; a probe (on the main loop) does not wait."""
-        while (left := self._retry_at - time.monotonic()) > 0:
-            if self._role == "probe" and cancelled is not None:
-                raise _Crashed(f"restarting after {self._failures} failed starts")
-            if cancelled is not None and cancelled():
-                raise AbandonedError("labelling abandoned at shutdown", "redone at the next start")
-            time.sleep(min(child.POLL_S, left))
+        left = self._retry_at - time.monotonic()
+        if left > 0 and self._role == "probe" and cancelled is not None:
+            raise _Crashed(f"restarting after {self._failures} failed starts")
+        child.wait(left, cancelled or (lambda: False))
 
     def _discard(self, reason: str) -> str:
         proc, self._child = self._child, None

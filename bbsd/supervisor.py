@@ -153,7 +153,7 @@ class WorkerLabeler:
                 failures += 1
                 delay = min(RESTART_MAX_S, RESTART_MIN_S * 2 ** (failures - 1))
                 log.warning("worker.start_failed", reason=e.message, failures=failures, retry_in_s=delay)
-                _wait(delay, cancelled)
+                child.wait(delay, cancelled)
                 continue
             # What the worker itself says it loaded, not a guess from settings: a model file replaced
             # under the same name since the last worker started is named by its new digest.
@@ -382,14 +382,6 @@ class WorkerLabeler:
                 os.close(self._wake_r)
                 os.close(self._wake_w)
                 self._wake_w = None
-
-
-def _wait(seconds: float, cancelled: Callable[[], bool]) -> None:
-    end = time.monotonic() + seconds
-    while (left := end - time.monotonic()) > 0:
-        if cancelled():
-            raise _abandoned()
-        time.sleep(min(child.POLL_S, left))
 
 
 def _abandoned() -> AbandonedError:
