@@ -105,7 +105,8 @@ def test_a_sidecar_linked_to_dev_zero_is_one_record_in_bounded_memory(start):
     stops_promptly(d)
 
 
-def test_symlinked_folders_and_photos_never_lead_out_of_the_watch_folder(start, tmp_path):
+@pytest.mark.parametrize("observer", ["native", "polling"])
+def test_symlinked_folders_and_photos_never_lead_out_of_the_watch_folder(start, tmp_path, observer):
     outside = tmp_path / "elsewhere"
     make_photo(outside / "private.jpg")
     make_photo(outside / "deeper" / "secret.jpg")
@@ -115,7 +116,7 @@ def test_symlinked_folders_and_photos_never_lead_out_of_the_watch_folder(start, 
         (inbox / "linked").symlink_to(outside, target_is_directory=True)  # a symlinked sub-folder at start-up
         (inbox / "real").mkdir()
 
-    d, inbox = start(prepare)
+    d, inbox = start(prepare, env={"BBSD_WATCH_OBSERVER": observer, "BBSD_WATCH_POLL_SECONDS": "0.5"})
     (inbox / "evil.jpg").symlink_to(outside, target_is_directory=True)  # a folder named like a photo
     (inbox / "real" / "sub").symlink_to(outside, target_is_directory=True)  # a link inside a real folder
     (inbox / "real" / "sub.jpg").symlink_to(outside, target_is_directory=True)
