@@ -324,11 +324,13 @@ class Daemon:
         young = time.time() - st.st_mtime < self.settings.watch.incomplete_timeout_seconds
         outcome = self.pipeline.process(path, queue_wait_ms=wait_ms, allow_incomplete=young, order=order,
                                         cancelled=self.stop.is_set)
+        no_sidecar = outcome.sidecar is None and outcome.status in (Status.KEPT, Status.IGNORED, Status.FAILED)
+        signature = _signature(path) if no_sidecar else None  # looked at outside the lock
         with self._lock:
             if outcome.status in self.counts:
                 self.counts[outcome.status] += 1
-            if outcome.sidecar is None and outcome.status in (Status.KEPT, Status.IGNORED, Status.FAILED):
-                self._no_sidecar[path] = _signature(path)  # one record, not one per rescan
+            if signature is not None:
+                self._no_sidecar[path] = signature  # one record, not one per rescan
             else:
                 self._no_sidecar.pop(path, None)
         if outcome.status in (Status.LABELED, Status.FAILED):
