@@ -236,7 +236,7 @@ class Daemon:
             self._guarded(self._consider, photo)
 
     def _consider(self, photo: Path) -> None:
-        if photo in self._tracker:
+        if photo in self._tracker or photo in self._work:  # already on its way: a rescan must not add it twice
             return
         with self._lock:
             recorded = self._no_sidecar.get(photo)

@@ -38,6 +38,11 @@ class PhotoQueue:
         with self._cond:
             return len(self._live)
 
+    def __contains__(self, path: Path) -> bool:
+        """Queued, or in a worker's hands until `done`."""
+        with self._cond:
+            return path in self._live or path in self._taken
+
     def put(self, path: Path, mtime: float) -> None:
         self.put_all([(path, mtime)])
 
