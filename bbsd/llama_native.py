@@ -130,30 +130,59 @@ class Context:
             size = n + 1
 
     def piece(self, token: int) -> bytes:
+        """`token`'s text as it belongs in a reply: a control or unknown token (`<unk>`, `<|im_start|>`)
+        has none. llama.cpp's grammar reads such a token as its literal name, which it admits inside a
+        free string; rendered with special=True it reached captions as the text `<unk>`."""
         cached = self._pieces.get(token)
         if cached is None:
-            cached = self._pieces[token] = self._piece(token)
+            cached = self._pieces[token] = self._piece(token, special=False)
         return cached
 
-    def _piece(self, token: int) -> bytes:
+    def _piece(self, token: int, special: bool) -> bytes:
         buf = ctypes.create_string_buffer(64)
-        n = self._ll.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, True)
+        n = self._ll.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
         if n < 0:  # a longer piece: -n is the size it needs
             buf = ctypes.create_string_buffer(-n)
-            n = self._ll.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, True)
+            n = self._ll.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
         return buf.raw[:n] if n > 0 else b""
 
     def bos_eos(self) -> tuple[str, str]:
+        """The BOS and EOS tokens' names (for the chat template), which `piece` leaves out of replies."""
         ll = self._ll
-        return (self.piece(ll.llama_vocab_bos(self.vocab)).decode(errors="ignore"),
-                self.piece(ll.llama_vocab_eos(self.vocab)).decode(errors="ignore"))
+        return (self._piece(ll.llama_vocab_bos(self.vocab), special=True).decode(errors="ignore"),
+                self._piece(ll.llama_vocab_eos(self.vocab), special=True).decode(errors="ignore"))
 
     def is_end(self, token: int) -> bool:
         return bool(self._ll.llama_vocab_is_eog(self.vocab, token))
 
-    def tokens(self, text: str) -> list[int]:
-        """Plain text (no special tokens, no BOS) as tokens: for text appended to a reply."""
+    # Text put before forced text when tokenizing it, then dropped with its own tokens: a SentencePiece
+    # vocabulary (llama.cpp's `llama` tokenizer with `tokenizer.ggml.add_space_prefix`, as InternLM2 and
+    # Gemma have) starts plain text with a word-start piece (`▁`), which the anchor takes instead of the
+    # reply's text. A newline and a letter: whichever merges with the text in some vocabulary, the other does not.
+    ANCHORS = ("\n", "a")
+
+    def tokens(self, text: str) -> list[int] | None:
+        """Tokens whose pieces are exactly `text` (plain text, no special tokens, no BOS), to append to a
+        reply; None when the tokenizer gives no such tokens (the caller samples instead).
+
+        Tokenized alone first (byte-level BPE: exact), else behind each of `ANCHORS`, whose own tokens
+        must come back unchanged in front: a word-start piece before forced text was refused by the
+        grammar (jump-forward ended) or taken as a space the reply did not need."""
         raw = text.encode("utf-8")
+        alone = self._tokenize(raw)
+        if self._spells(alone, raw):
+            return alone
+        for anchor in self.ANCHORS:
+            head, both = self._tokenize(anchor.encode()), self._tokenize(anchor.encode() + raw)
+            rest = both[len(head):]
+            if both[:len(head)] == head and self._spells(rest, raw):
+                return rest
+        return None
+
+    def _spells(self, tokens: list[int], raw: bytes) -> bool:
+        return bool(tokens) and b"".join(map(self.piece, tokens)) == raw
+
+    def _tokenize(self, raw: bytes) -> list[int]:
         out = (self._ll.llama_token * (len(raw) + 8))()
         n = self._ll.llama_tokenize(self.vocab, raw, len(raw), out, len(out), False, False)
         if n < 0:

@@ -67,6 +67,8 @@ class Reply:
         forced = self._cursor.forced(self.raw.decode("utf-8", "ignore")) if self._cursor else None
         if forced is not None and forced.text:
             tokens = self._ctx.tokens(forced.text)
+            if tokens is None:  # no tokens spell exactly that text: this one is sampled, the cursor stays
+                return self._sample()
             if self._sampler.allows(tokens) and self.n_out + len(tokens) <= self._max:
                 part = tokens if len(tokens) <= budget else tokens[:budget]
                 self._sampler.force(part)

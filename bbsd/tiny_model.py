@@ -65,6 +65,15 @@ class TinySpec:
     # Added to the closing quote's and closing bracket's bias: strings and lists end sooner, as a real
     # model's short caption and few names do (benchmark shapes; 0 keeps the test pair's replies).
     close_bias: float = 0.0
+    # "bpe": a byte-level BPE vocabulary (GPT-2, Qwen2). "spm": a SentencePiece-style one (llama.cpp's
+    # `llama` tokenizer: scored pieces, `▁` for a space, byte fallback, a word-start piece put before
+    # plain text), as InternLM2 and Gemma have; `n_vocab` padding is for "bpe" only.
+    tokenizer: str = "bpe"
+    # False: the lone space token is practically never written (as a model that never writes the optional
+    # whitespace JSON allows), so a reply sampled token by token equals the one jump-forward writes.
+    spaces: bool = True
+    # Added to the SPM vocabulary's `<unk>` bias: a model that writes it inside strings, as a real one did.
+    unknown_bias: float = 0.0
 
 
 def _byte_level_alphabet() -> list[str]:
@@ -95,6 +104,34 @@ def _vocab(spec: TinySpec = TinySpec(), pad: bool = True) -> tuple[list[str], li
     return tokens, [int(t) for t in types]
 
 
+SPM_SPACE = "\u2581"  # SentencePiece's visible space
+SPM_UNKNOWN = "<unk>"
+# Whole pieces for the reply's keys and punctuation, as a real SentencePiece vocabulary has them
+# (each reachable by merges of its prefixes): a reply's keys take a few tokens, not one per letter.
+SPM_WORDS = ("characters", "props", "caption", "scene", "visible_text", '":["', '"],"', '","', '":"', '":[]', "],")
+
+
+def _spm_vocab() -> tuple[list[str], list[int], list[float]]:
+    """The SentencePiece-style vocabulary: `<unk>`, BOS/EOS, the 256 byte-fallback pieces, the
+    printable ASCII characters (`▁` for the space), a few scored merges, then ChatML's specials."""
+    import gguf
+
+    tokens = [SPM_UNKNOWN, "<s>", "</s>", *(f"<0x{b:02X}>" for b in range(256))]
+    types = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL]
+    types += [gguf.TokenType.BYTE] * 256
+    chars = [SPM_SPACE if b == 0x20 else chr(b) for b in range(0x20, 0x7F)]
+    merges = ["".join(m.split(" ")).replace("Ġ", SPM_SPACE) for m in MERGES]
+    words = list(dict.fromkeys(w[:k] for w in SPM_WORDS for k in range(2, len(w) + 1)))
+    tokens += chars + merges + words + list(SPECIAL_TOKENS)
+    types += [gguf.TokenType.NORMAL] * (len(chars) + len(merges) + len(words))
+    types += [gguf.TokenType.CONTROL] * len(SPECIAL_TOKENS)
+    # llama.cpp's SPM tokenizer merges the pair of highest score first: words (longest first), then
+    # the merges, then characters.
+    scores = [0.0] * 259 + [-100.0 - i for i in range(len(chars))] + [-10.0 - i for i in range(len(merges))]
+    scores += [-1.0 + 0.01 * len(w) for w in words] + [0.0] * len(SPECIAL_TOKENS)
+    return tokens, [int(t) for t in types], scores
+
+
 def _padding(n: int) -> list[str]:
     """`n` distinct tokens of two CJK characters each, written in the byte-level alphabet as any
     byte-level BPE vocabulary stores its multi-byte tokens."""
@@ -123,8 +160,20 @@ def _embeddings(rng: np.random.Generator, v: int, d: int) -> np.ndarray:
     return emb
 
 
+def _as_last_letter(emb: np.ndarray, tokens: list[str]) -> np.ndarray:
+    """Each `SPM_WORDS` piece embedded as its last character: the random model, which mostly follows
+    its last token, then goes on after a piece jump-forward wrote as after the letters it samples one
+    by one (its replies are compared with jump-forward on and off)."""
+    index = {t: i for i, t in enumerate(tokens)}
+    for w in SPM_WORDS:
+        for k in range(2, len(w) + 1):
+            if w[:k] in index and w[k - 1] in index:
+                emb[index[w[:k]]] = emb[index[w[k - 1]]]
+    return emb
+
+
 def _output(rng: np.random.Generator, tokens: list[str], d: int, padding: int = 0,
-            close_bias: float = 0.0) -> np.ndarray:
+            close_bias: float = 0.0, spaces: bool = True, unknown_bias: float = 0.0) -> np.ndarray:
     """Output weights whose bias column makes the model write short printable-ASCII strings.
 
     A purely random model writes every JSON string to its maximum length in multi-byte
@@ -133,7 +182,8 @@ def _output(rng: np.random.Generator, tokens: list[str], d: int, padding: int = 
     """
     out = _rand(rng, len(tokens), d, scale=1.0)
     alphabet = _byte_level_alphabet()
-    printable = {alphabet[b] for b in range(0x20, 0x7F)} | {"Ġ"}
+    # the SPM vocabulary's `<unk>` is as likely as a character: a real model writes it now and then
+    printable = {alphabet[b] for b in range(0x20, 0x7F)} | {"Ġ", SPM_SPACE, SPM_UNKNOWN}
     for i, token in enumerate(tokens):
         if i >= len(tokens) - padding:  # `_padding`: far below the noise of the other columns, never chosen
             out[i, 0] = -4.0
@@ -141,8 +191,10 @@ def _output(rng: np.random.Generator, tokens: list[str], d: int, padding: int = 
             out[i, 0] = 0.32 + close_bias
         elif token == "]" and close_bias:
             out[i, 0] = close_bias
+        elif token in ("Ġ", SPM_SPACE) and not spaces:
+            out[i, 0] = -1.0
         elif token in printable or token in SPECIAL_TOKENS:
-            out[i, 0] = rng.normal(0.0, 0.1)
+            out[i, 0] = rng.normal(0.0, 0.1) + (unknown_bias if token == SPM_UNKNOWN else 0.0)
         else:
             out[i, 0] = -1.0  # control and non-ASCII bytes: practically never chosen
     return out
@@ -154,7 +206,7 @@ def write_text_model(path: Path, spec: TinySpec = TinySpec()) -> Path:
     import gguf
 
     rng = np.random.default_rng(spec.seed)
-    tokens, types = _vocab(spec)
+    tokens, types = _vocab(spec) if spec.tokenizer == "bpe" else _spm_vocab()[:2]
     w = gguf.GGUFWriter(str(path), "qwen2vl" if _is_qwen2vl(spec) else "llama")
     w.add_name("bbsd-tiny-text")
     w.add_context_length(spec.n_ctx_train)
@@ -170,22 +222,18 @@ def write_text_model(path: Path, spec: TinySpec = TinySpec()) -> Path:
         w.add_rope_freq_base(1000000.0)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if spec.f16 else gguf.LlamaFileType.ALL_F32)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("default")
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    w.add_token_merges(list(MERGES))
-    w.add_bos_token_id(tokens.index("<|endoftext|>"))
+    _tokenizer(w, spec, tokens, types)
     w.add_eos_token_id(tokens.index("<|im_end|>"))
     w.add_add_bos_token(False)
     w.add_chat_template(CHAT_TEMPLATE)
     d, v = spec.n_embd, len(tokens)
     d_kv = d // spec.n_head * n_kv
     dtype = np.float16 if spec.f16 else np.float32
-    w.add_tensor("token_embd.weight", _embeddings(rng, v, d).astype(dtype))
+    w.add_tensor("token_embd.weight", _as_last_letter(_embeddings(rng, v, d), tokens).astype(dtype))
     w.add_tensor("output_norm.weight", np.ones(d, dtype=np.float32))
-    padding = max(0, spec.n_vocab - len(_vocab(spec, pad=False)[0]))
-    w.add_tensor("output.weight", _output(rng, tokens, d, padding, spec.close_bias).astype(dtype))
+    padding = max(0, spec.n_vocab - len(_vocab(spec, pad=False)[0])) if spec.tokenizer == "bpe" else 0
+    out = _output(rng, tokens, d, padding, spec.close_bias, spec.spaces, spec.unknown_bias)
+    w.add_tensor("output.weight", out.astype(dtype))
     for i in range(spec.n_layer):
         p = f"blk.{i}."
         w.add_tensor(p + "attn_norm.weight", np.ones(d, dtype=np.float32))
@@ -199,6 +247,25 @@ def write_text_model(path: Path, spec: TinySpec = TinySpec()) -> Path:
         w.add_tensor(p + "ffn_down.weight", _rand(rng, d, spec.n_ff, scale=spec.block_scale).astype(dtype))
     _finish(w)
     return path
+
+
+def _tokenizer(w, spec: TinySpec, tokens: list[str], types: list[int]) -> None:
+    if spec.tokenizer == "spm":
+        w.add_tokenizer_model("llama")
+        w.add_tokenizer_pre("default")
+        w.add_token_list(tokens)
+        w.add_token_types(types)
+        w.add_token_scores(_spm_vocab()[2])
+        w.add_add_space_prefix(True)
+        w.add_unk_token_id(0)
+        w.add_bos_token_id(1)
+    else:
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre("default")
+        w.add_token_list(tokens)
+        w.add_token_types(types)
+        w.add_token_merges(list(MERGES))
+        w.add_bos_token_id(tokens.index("<|endoftext|>"))
 
 
 def _mrope_sections(head_dim: int) -> list[int]:
@@ -343,7 +410,7 @@ def write_lora(path: Path, spec: TinySpec = TinySpec(), rank: int = 4, seed: int
     w.add_type(gguf.GGUFType.ADAPTER)
     w.add_string(gguf.Keys.Adapter.TYPE, "lora")
     w.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
-    n_vocab = len(_vocab(spec)[0])
+    n_vocab = len(_vocab(spec)[0] if spec.tokenizer == "bpe" else _spm_vocab()[0])
     w.add_tensor("output.weight.lora_a", _rand(rng, rank, spec.n_embd, scale=1.0))
     w.add_tensor("output.weight.lora_b", _rand(rng, n_vocab, rank, scale=1.0))
     _finish(w)
