@@ -5,6 +5,7 @@ nothing outside the watch folder read or written, and one record for the photo c
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -135,6 +136,26 @@ def test_symlinked_folders_and_photos_never_lead_out_of_the_watch_folder(start, 
     assert not touched, touched
     for name in ("evil.jpg", "link.jpg"):
         assert not sidecar.path_for(inbox / name).exists() and not (inbox / f"{name}.xmp").exists()
+    stops_promptly(d)
+
+
+def test_a_link_swapped_in_between_the_hash_and_the_decode_is_never_decoded(start, tmp_path):
+    private = make_photo(tmp_path / "elsewhere" / "private.jpg", size=(333, 222), color=(1, 1, 1))
+    d, inbox = start(env={"BBSD_TEST_HOOKS": "1", "BBSD_TEST_DECODE_DELAY_ON": "swap",
+                          "BBSD_TEST_DECODE_DELAY_MS": "1500"})
+    photo = make_photo(inbox / "swap.jpg")
+    wait_until(lambda: d.events("test.decode_delayed"), 60, "the decode of the hashed photo")
+    (inbox / ".swap-link").symlink_to(private)
+    (inbox / ".swap-link").rename(photo)  # the race of the issue, made certain
+    wait_until(lambda: events_for(d, "photo.gone", photo), 30, "photo.gone")
+    assert not sidecar.path_for(photo).exists() and not events_for(d, "photo.labeled", photo)
+    photo.unlink()
+    real = make_photo(inbox / ".swap-copy", color=(7, 7, 7)).read_bytes()
+    (inbox / ".swap-copy").rename(photo)  # a regular file again: labelled, from its own pixels
+    doc = labelled(photo)
+    assert (doc["photo"]["width"], doc["photo"]["height"]) == (320, 240)
+    assert doc["photo"]["sha256"] == hashlib.sha256(real).hexdigest()
+    next_photo_labelled(d, inbox)
     stops_promptly(d)
 
 
