@@ -7,6 +7,11 @@ optional whitespace the grammar also allows. Where the model has a real choice i
 If the model's text is not what this cursor understands, it returns None and the caller samples
 as usual (the grammar sampler stays the judge of every token, forced or sampled).
 
+`Cursor.closing(text)` is the shortest text that makes `text` a complete reply (the open string,
+list and object closed, the fields not yet written left empty), for a reply about to reach the
+output cap: it never invents a value that cannot be empty (a name with several candidates left,
+an answer), and says which of the reply's fields it cut.
+
 Understood schema shapes (what `prompt.reply_schema` produces): objects with all properties
 required in a fixed order and no others; arrays with `maxItems` of enum strings or of strings;
 strings with `maxLength`; enums of strings without escapes; integers with `minimum` and `maximum`
@@ -23,6 +28,12 @@ from typing import Any
 class Forced:
     text: str
     complete: bool  # the whole reply is written: stop generating
+
+
+@dataclass(frozen=True)
+class Closing:
+    text: str
+    cut: tuple[str, ...]  # the reply's fields (top-level keys) closed early or left empty, in order
 
 
 class _Forced(Exception):  # noqa: N818 - control flow, not an error
@@ -60,6 +71,18 @@ class Cursor:
             except _Mismatch:
                 return None if not out else Forced(out, complete=False)
 
+    def closing(self, text: str) -> Closing | None:
+        """What closes `text` into a schema-valid reply, or None when that would need an invented value
+        (or `text` is not understood)."""
+        parser = _Parser(text, close=True)
+        try:
+            parser.value(self._schema)
+        except (_Forced, _Mismatch):
+            return None
+        keys = list(self._schema.get("properties", {}))
+        cut = tuple(keys[keys.index(parser.cut_from):]) if parser.cut_from in keys else ()
+        return Closing(parser.text[len(text):], cut)
+
     def _still_open(self, text: str) -> bool:
         """Whether `text` only added plain characters to the free string it ended in last time, below its
         maxLength: then nothing is forced, and the reply is not parsed again (that costs its whole length
@@ -76,10 +99,23 @@ class Cursor:
 
 
 class _Parser:
-    """Reads a partial reply against the schema; raises `_Forced` where the text ends."""
+    """Reads a partial reply against the schema; raises `_Forced` where the text ends, or with
+    `close` appends what closes each open value there (`Cursor.closing`)."""
 
-    def __init__(self, text: str) -> None:
-        self.text, self.i = text, 0
+    def __init__(self, text: str, close: bool = False) -> None:
+        self.text, self.i, self.close = text, 0, close
+        self.depth = 0  # objects open: the reply's own fields are those at depth 1
+        self.key: str | None = None  # the reply's field being read
+        self.cut_from: str | None = None  # the first field `close` appended to
+
+    def _end(self) -> bool:
+        return self.i >= len(self.text)
+
+    def _append(self, text: str, cut: bool = True) -> None:
+        """Append closing text; `cut`: it ends a value early (not a full list or string's end)."""
+        self.text += text
+        if cut and self.cut_from is None:
+            self.cut_from = self.key
 
     def _space(self) -> None:
         while self.i < len(self.text) and self.text[self.i] in " \t\n":
@@ -89,11 +125,13 @@ class _Parser:
         self._space()
         return self.text[self.i] if self.i < len(self.text) else None
 
-    def _lit(self, lit: str) -> None:
+    def _lit(self, lit: str, cut: bool = True) -> None:
         self._space()
         for k, ch in enumerate(lit):
-            if self.i >= len(self.text):
-                raise _Forced(lit[k:])
+            if self._end():
+                if not self.close:
+                    raise _Forced(lit[k:])
+                self._append(lit[k:], cut)
             if self.text[self.i] != ch:
                 raise _Mismatch
             self.i += 1
@@ -117,9 +155,15 @@ class _Parser:
         if schema.get("additionalProperties") is not False or set(schema.get("required", ())) != set(props):
             raise _Mismatch  # optional or extra keys: the order of keys is not fixed
         self._lit("{")
+        self.depth += 1
         for n, (key, sub) in enumerate(props.items()):
+            if self.depth == 1:
+                self.key = key
             self._lit(("," if n else "") + f'"{key}":')
             self.value(sub)
+        self.depth -= 1
+        if self.depth == 0:
+            self.key = None  # only the closing brace is left: no field is cut by writing it
         self._lit("}")
 
     def _array(self, schema: dict[str, Any]) -> None:
@@ -128,8 +172,11 @@ class _Parser:
         n = 0
         while True:
             if limit is not None and n >= limit:
-                return self._lit("]")
+                return self._lit("]", cut=False)
             nxt = self._peek()
+            if nxt is None and self.close:
+                self._append("]")
+                continue
             if nxt is None:
                 raise _Forced("")  # another item or the end: the model chooses
             if nxt == "]":
@@ -149,7 +196,10 @@ class _Parser:
             left = [v for v in names if v.startswith(typed)]
             if not left:
                 raise _Mismatch
-            if self.i >= len(self.text):
+            if self._end() and self.close and (typed in names or len(left) == 1):
+                # the one name left is the model's choice, complete; a name that others extend is cut short
+                self._append(left[0][len(typed):] + '"' if len(left) == 1 else '"', cut=len(left) > 1)
+            if self._end():
                 raise _Forced(left[0][len(typed):] + '"' if len(left) == 1 else "")
             if self.text[self.i] == '"' and typed in names:
                 self.i += 1
@@ -167,7 +217,7 @@ class _Parser:
         if not left:
             raise _Mismatch
         if self.i >= len(self.text):
-            if typed in numbers and len(left) == 1:
+            if typed in numbers and (len(left) == 1 or self.close):
                 return  # complete: what follows the number is forced too
             raise _Forced(left[0][len(typed):] if len(left) == 1 else "")
         if typed not in numbers:
@@ -178,12 +228,17 @@ class _Parser:
         chars = 0
         while True:
             if max_len is not None and chars >= max_len:
-                return self._lit('"')
-            if self.i >= len(self.text):
+                return self._lit('"', cut=False)
+            if self._end() and self.close:
+                self._append('"')
+            if self._end():
                 raise _Forced("", (chars, max_len) if max_len is not None else None)
             ch = self.text[self.i]
             if ch == '"':
                 self.i += 1
                 return
-            self.i += 2 if ch == "\\" and self.text[self.i + 1:self.i + 2] != "u" else 6 if ch == "\\" else 1
+            step = 2 if ch == "\\" and self.text[self.i + 1:self.i + 2] != "u" else 6 if ch == "\\" else 1
+            if self.close and self.i + step > len(self.text):  # an escape cut short: completed, never dropped
+                self._append("\\" if step == 2 else "0" * (self.i + step - len(self.text)))
+            self.i += step
             chars += 1

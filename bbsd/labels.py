@@ -9,6 +9,9 @@ Text the model writes (caption, scene, visible text, text answers, names) is cle
 XML 1.0 or a photo tool cannot hold (`text.UNSAFE`: controls, lone surrogates, U+FFFE, U+FFFF
 and the other non-characters) — removed, not refused, as llama.cpp's grammar lets them through —
 and put in NFC, so a name written in NFD (`e` + combining accent) is the catalog's name.
+
+`cut` names the fields bbsd closed or left empty when the reply reached the output cap (the
+`"cut"` member the engine writes, `replies.py`); only the reply's own field names are kept.
 """
 
 from __future__ import annotations
@@ -32,12 +35,17 @@ class Labels:
     scene: str
     visible_text: tuple[str, ...]
     answers: tuple[tuple[str, str | int], ...] = ()  # (question key, answer) in the configured order
+    cut: tuple[str, ...] = ()  # fields cut short at the output cap, in the reply's order
 
     def to_json(self) -> dict[str, Any]:
-        """Without questions there is no `answers` key: such sidecars keep the shape they always had."""
-        doc = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items() if k != "answers"}
+        """Without questions there is no `answers` key, and without a cut no `cut` key: such sidecars
+        keep the shape they always had."""
+        doc = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()
+               if k not in ("answers", "cut")}
         if self.answers:
             doc["answers"] = dict(self.answers)
+        if self.cut:
+            doc["cut"] = list(self.cut)
         return doc
 
     @classmethod
@@ -45,7 +53,7 @@ class Labels:
         return cls(characters=tuple(doc.get("characters", ())), props=tuple(doc.get("props", ())),
                    caption=doc.get("caption", ""), scene=doc.get("scene", ""),
                    visible_text=tuple(doc.get("visible_text", ())),
-                   answers=tuple(doc.get("answers", {}).items()))
+                   answers=tuple(doc.get("answers", {}).items()), cut=tuple(doc.get("cut", ())))
 
 
 class InvalidReplyError(PhotoError):
@@ -71,7 +79,16 @@ def parse_reply(text: str, catalog: Catalog, questions: tuple[Question, ...] = (
         scene=_text(data, "scene", prompt_mod.SCENE_MAX),
         visible_text=_texts(data, "visible_text"),
         answers=_answers(data, questions),
+        cut=_cut(data),
     )
+
+
+FIELDS = ("characters", "props", "caption", "scene", "visible_text", "answers")
+
+
+def _cut(data: dict[str, Any]) -> tuple[str, ...]:
+    value = data.get("cut", [])
+    return tuple(f for f in FIELDS if isinstance(value, list) and f in value)
 
 
 def _answers(data: dict[str, Any], questions: tuple[Question, ...]) -> tuple[tuple[str, str | int], ...]:

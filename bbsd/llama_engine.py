@@ -168,10 +168,10 @@ class LlamaLabeler:
             prompt_tokens = sum(c.n_tokens for c in chunks.items)
         temperature = self._engine.temperature if job.attempt == 0 else RETRY_TEMPERATURE
         sampler = self._ctx.sampler(self._grammar(job.prompt), temperature, self._engine.seed + job.attempt)
-        return replies_mod.Reply(self._ctx, seq, n_past, sampler,
-                                 Cursor(job.prompt.schema) if self._engine.jump_forward else None,
+        return replies_mod.Reply(self._ctx, seq, n_past, sampler, Cursor(job.prompt.schema),
                                  self._engine.max_output_tokens, prompt_tokens=prompt_tokens,
-                                 evaluated=evaluated, encode_ms=(time.perf_counter() - t0) * 1000)
+                                 evaluated=evaluated, encode_ms=(time.perf_counter() - t0) * 1000,
+                                 jump=self._engine.jump_forward)
 
     def _tokenize(self, prompt: Prompt, image: Image.Image):
         """The chat and its images: the reference photos (decoded here, once), then the photo."""

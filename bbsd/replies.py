@@ -10,10 +10,17 @@ fixes is appended without sampling (jump-forward, `jump.py`) but only after the 
 it; a reply that fails (its context is full) costs that photo, never the others in the batch;
 a photo joins only beside photos of the same prompt (they share the cached prefix), and a retry
 after a crash (`Job.alone`) only joins an empty batch and lets nothing join beside it.
+
+A reply never runs past `max_output_tokens` unfinished: once the budget left only holds what
+closes it (`Cursor.closing`: the open string, list and object, the fields not written left empty),
+bbsd writes that, and the reply's last member becomes `"cut": [fields]` (the grammar never lets a
+model write that key; `labels.parse_reply` reads it), so the photo keeps its names and says what
+was cut instead of failing as invalid JSON.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 
@@ -29,15 +36,21 @@ Finish = Callable[[Job, "Inference | PhotoError"], None]
 Start = Callable[[Job, int, bool], "Reply"]
 
 NAMES_END = b'"caption"'  # the key after the characters and props lists (prompt.reply_schema's order)
+# Tokens kept beyond what closes the reply when deciding to close it: the next sampled token may
+# make the closing longer (an escape begun) or impossible for a step (a name begun after a comma).
+CLOSE_MARGIN = 6
 
 
 class Reply:
     """One photo's reply in sequence `seq`, from position `n_past` on."""
 
     def __init__(self, ctx, seq: int, n_past: int, sampler, cursor, max_tokens: int, *, prompt_tokens: int,
-                 evaluated: int, encode_ms: float) -> None:
+                 evaluated: int, encode_ms: float, jump: bool = True) -> None:
+        """`cursor`: the reply schema's `Cursor`, which closes a reply at the output cap, and with `jump`
+        also appends the text the schema fixes (jump-forward); None: neither."""
         self._ctx, self.seq, self.n_past = ctx, seq, n_past
-        self._sampler, self._cursor, self._max = sampler, cursor, max_tokens
+        self._sampler, self._max = sampler, max_tokens
+        self._cursor, self._closer = cursor if jump else None, cursor
         self.raw = bytearray()
         self.n_out = self.n_sampled = 0
         self.steps: list[Step] = []
@@ -46,6 +59,7 @@ class Reply:
         self.prompt_tokens = prompt_tokens  # tokens, not positions (an M-RoPE image has fewer positions)
         self.evaluated = evaluated  # prompt tokens evaluated for this photo (the rest was cached)
         self.encode_ms = encode_ms
+        self._room: int | None = None  # `_closer_room`
         self._t0 = time.perf_counter()
 
     def inference(self) -> Inference | PhotoError:
@@ -63,6 +77,8 @@ class Reply:
         """The tokens this sequence appends next (forced text, or one sampled token); None when
         the reply is complete. At most `budget` tokens (one batch is shared by every sequence)."""
         if self.n_out >= self._max:
+            return None
+        if self._closer is not None and self._close_at_cap():
             return None
         forced = self._cursor.forced(self.raw.decode("utf-8", "ignore")) if self._cursor else None
         if forced is not None and forced.text:
@@ -82,6 +98,35 @@ class Reply:
         elif forced is None:
             self._cursor = None
         return self._sample()
+
+    def _close_at_cap(self) -> bool:
+        """Close the reply when the budget left only holds what closes it (and a margin); whether it did.
+        The closing is appended without evaluation: nothing is sampled after it."""
+        left = self._max - self.n_out
+        if left > self._closer_room:
+            return False  # far from the cap: the reply is not parsed for it
+        text = self.raw.decode("utf-8", "ignore")
+        closing = self._closer.closing(text)
+        tokens = self._ctx.tokens(closing.text) if closing is not None and closing.text else None
+        if tokens is None or len(tokens) + CLOSE_MARGIN < left or not self._sampler.allows(tokens):
+            return False
+        self._sampler.force(tokens)
+        self.n_out += len(tokens)
+        body = (text + closing.text)[:-1]  # the closing always ends with the reply object's brace
+        cut = ',"cut":' + json.dumps(closing.cut, separators=(",", ":")) if closing.cut else ""
+        self.raw = bytearray((body + cut + "}").encode())
+        self._closer = None
+        return True
+
+    @property
+    def _closer_room(self) -> int:
+        """The most tokens a closing can take: that of an empty reply, computed once (an upper bound on
+        any later one, give or take a string's close), and the margin."""
+        if self._room is None:
+            empty = self._closer.closing("")
+            tokens = self._ctx.tokens(empty.text) if empty is not None else None
+            self._room = (len(tokens) if tokens else 0) + 2 * CLOSE_MARGIN
+        return self._room
 
     def _sample(self) -> list[int] | None:
         ctx, sampler = self._ctx, self._sampler

@@ -87,3 +87,39 @@ def test_a_growing_reply_gets_what_a_fresh_cursor_says_at_every_step():
         growing.forced(step)
     assert growing.forced('{"characters":[],"props":[],"caption":"x') == _cursor().forced(
         '{"characters":[],"props":[],"caption":"x')  # not an extension of the last text: read again
+
+
+def test_closing_closes_the_open_string_list_and_object_and_names_the_fields_cut():
+    from bbsd import labels
+    from bbsd.jump import Closing
+
+    c = _cursor(characters=("Baba Yaga", "Fox", "Fox Mother"))
+    caption = '{"characters":["Baba Yaga"],"props":["lantern"],"caption":"a witch'
+    assert c.closing(caption) == Closing('","scene":"","visible_text":[]}', ("caption", "scene", "visible_text"))
+    assert c.closing(caption + '"') == Closing(',"scene":"","visible_text":[]}', ("scene", "visible_text"))
+    # a list bbsd closes may have been cut short; a full one (maxItems) and a name only one fits are not
+    assert c.closing('{"characters":["Baba Yaga"').cut[0] == "characters"
+    assert c.closing('{"characters":[],"props":["l').text == 'antern"],"caption":"","scene":"","visible_text":[]}'
+    assert c.closing('{"characters":[],"props":["l').cut == ("caption", "scene", "visible_text")
+    assert c.closing('{"characters":["Fox').cut[0] == "characters"  # "Fox" or "Fox Mother": cut short
+    whole = '{"characters":[],"props":[],"caption":"x","scene":"y","visible_text":["z"]'
+    assert c.closing(whole) == Closing("}", ())
+    for text in ('{"characters":[],"props":[],"caption":"a \\', '{"characters":[],"props":[],"caption":"a \\u00'):
+        closed = text + c.closing(text).text  # an escape cut short is completed, never left open
+        labels.parse_reply(closed, Catalog((), ()))
+    for text in ('{"characters":["Fo', '{"characters":["Baba Yaga",', '{"characters":["'):
+        assert c.closing(text) is None  # a name would have to be invented: not closed
+
+
+def test_a_closed_reply_is_labelled_with_what_it_has_and_says_what_was_cut():
+    from bbsd import labels
+
+    catalog = Catalog((CatalogEntry("Baba Yaga", "d"),), (CatalogEntry("lantern", "d"),))
+    reply = '{"characters":["Baba Yaga"],"props":[],"caption":"a wit","scene":"","visible_text":[],' \
+            '"cut":["caption","scene","visible_text"]}'
+    parsed = labels.parse_reply(reply, catalog)
+    assert parsed.characters == ("Baba Yaga",) and parsed.cut == ("caption", "scene", "visible_text")
+    assert parsed.to_json()["cut"] == ["caption", "scene", "visible_text"]
+    assert labels.Labels.from_json(parsed.to_json()) == parsed
+    assert "cut" not in labels.parse_reply(reply.replace(',"cut":["caption","scene","visible_text"]', ""),
+                                           catalog).to_json()  # sidecars of whole replies keep their shape
