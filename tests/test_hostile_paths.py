@@ -89,6 +89,14 @@ def test_a_fifo_where_a_sidecar_belongs_blocks_nothing(start, suffix):
     stops_promptly(d)
 
 
+def test_a_fifo_in_place_of_the_journal_blocks_nothing(start, tmp_path):
+    (tmp_path / "state").mkdir()
+    os.mkfifo(tmp_path / "state" / "in_hand.json")  # the photos-in-hand journal (journal.NAME)
+    d, inbox = start()
+    next_photo_labelled(d, inbox)
+    stops_promptly(d)
+
+
 def test_a_sidecar_linked_to_dev_zero_is_one_record_in_bounded_memory(start):
     def prepare(inbox):
         make_photo(inbox / "z.jpg")
