@@ -9,8 +9,9 @@ as usual (the grammar sampler stays the judge of every token, forced or sampled)
 
 `Cursor.closing(text)` is the shortest text that makes `text` a complete reply (the open string,
 list and object closed, the fields not yet written left empty), for a reply about to reach the
-output cap: it never invents a value that cannot be empty (a name with several candidates left,
-an answer), and says which of the reply's fields it cut.
+output cap: it never invents a value that cannot be empty (an answer, a name with several
+candidates left): it stops there (`complete` false) and the model chooses; and it says which of
+the reply's fields it cut.
 
 Understood schema shapes (what `prompt.reply_schema` produces): objects with all properties
 required in a fixed order and no others; arrays with `maxItems` of enum strings or of strings;
@@ -20,6 +21,7 @@ strings with `maxLength`; enums of strings without escapes; integers with `minim
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +36,31 @@ class Forced:
 class Closing:
     text: str
     cut: tuple[str, ...]  # the reply's fields (top-level keys) closed early or left empty, in order
+    complete: bool = True  # False: `text` stops where the model must choose a value (an answer)
+
+
+def longest(schema: dict[str, Any]) -> int:
+    """Characters of the longest reply the schema (and so the grammar) allows, written compactly with one
+    character per string character: at about a token a character, the output budget that never cuts a reply."""
+    return len(widest(schema))
+
+
+def widest(schema: dict[str, Any], empty: bool = False) -> str:
+    """The longest reply the schema allows, written compactly (strings of `x`). `empty`: with every string
+    and list empty, only what the model must choose at its longest (what follows a closing)."""
+    if "enum" in schema:
+        return max((json.dumps(str(v), ensure_ascii=False) for v in schema["enum"]), key=len, default='""')
+    kind = schema.get("type")
+    if kind == "object":
+        props = schema.get("properties", {}).items()
+        return "{" + ",".join(f"{json.dumps(k)}:{widest(v, empty)}" for k, v in props) + "}"
+    if kind == "array":
+        return "[" + ",".join([widest(schema.get("items", {}))] * (0 if empty else schema.get("maxItems", 0))) + "]"
+    if kind == "string":
+        return '"' + "x" * (0 if empty else schema.get("maxLength", 0)) + '"'
+    if kind == "integer":
+        return max(str(schema.get("minimum", 0)), str(schema.get("maximum", 0)), key=len)
+    return ""
 
 
 class _Forced(Exception):  # noqa: N818 - control flow, not an error
@@ -72,16 +99,25 @@ class Cursor:
                 return None if not out else Forced(out, complete=False)
 
     def closing(self, text: str) -> Closing | None:
-        """What closes `text` into a schema-valid reply, or None when that would need an invented value
-        (or `text` is not understood)."""
+        """What closes `text` into a schema-valid reply, up to the next value the model must choose
+        (then `complete` is false); None when `text` is not understood."""
         parser = _Parser(text, close=True)
         try:
             parser.value(self._schema)
-        except (_Forced, _Mismatch):
+            complete = True
+        except _Forced:  # in closing, only a value the model must choose stops the parser
+            complete = False
+        except _Mismatch:
             return None
         keys = list(self._schema.get("properties", {}))
         cut = tuple(keys[keys.index(parser.cut_from):]) if parser.cut_from in keys else ()
-        return Closing(parser.text[len(text):], cut)
+        return Closing(parser.text[len(text):], cut, complete)
+
+    def reserve(self) -> str:
+        """The answers the model must still choose after a closing, at their longest (each closed answer
+        and integer with its key; text answers may be left empty); "" without questions."""
+        answers = self._schema.get("properties", {}).get("answers")
+        return widest(answers, empty=True) if answers else ""
 
     def _still_open(self, text: str) -> bool:
         """Whether `text` only added plain characters to the free string it ended in last time, below its
@@ -162,9 +198,7 @@ class _Parser:
             self._lit(("," if n else "") + f'"{key}":')
             self.value(sub)
         self.depth -= 1
-        if self.depth == 0:
-            self.key = None  # only the closing brace is left: no field is cut by writing it
-        self._lit("}")
+        self._lit("}", cut=False)  # a field left out was cut where its key was written
 
     def _array(self, schema: dict[str, Any]) -> None:
         limit = schema.get("maxItems")

@@ -11,11 +11,12 @@ it; a reply that fails (its context is full) costs that photo, never the others 
 a photo joins only beside photos of the same prompt (they share the cached prefix), and a retry
 after a crash (`Job.alone`) only joins an empty batch and lets nothing join beside it.
 
-A reply never runs past `max_output_tokens` unfinished: once the budget left only holds what
-closes it (`Cursor.closing`: the open string, list and object, the fields not written left empty),
-bbsd writes that, and the reply's last member becomes `"cut": [fields]` (the grammar never lets a
-model write that key; `labels.parse_reply` reads it), so the photo keeps its names and says what
-was cut instead of failing as invalid JSON.
+A reply does not run past `max_output_tokens` unfinished: once the budget left only holds what
+closes it (`Cursor.closing`: the open string, list and object, the fields not written left empty)
+and the answers the model must still choose, bbsd writes that (the model choosing each answer),
+and the reply's last member becomes `"cut": [fields]` (the grammar never lets a model write that
+key; `labels.parse_reply` reads it), so the photo keeps its names and says what was cut instead
+of failing as invalid JSON.
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ class Reply:
         self.evaluated = evaluated  # prompt tokens evaluated for this photo (the rest was cached)
         self.encode_ms = encode_ms
         self._room: int | None = None  # `_closer_room`
+        self._reserve = 0  # tokens of the answers the model must choose after a closing (`Cursor.reserve`)
+        self.cut: tuple[str, ...] = ()  # the fields a closing cut short, written into `text`
         self._t0 = time.perf_counter()
 
     def inference(self) -> Inference | PhotoError:
@@ -78,8 +81,10 @@ class Reply:
         the reply is complete. At most `budget` tokens (one batch is shared by every sequence)."""
         if self.n_out >= self._max:
             return None
-        if self._closer is not None and self._close_at_cap():
-            return None
+        if self._closer is not None:
+            closed = self._close_at_cap(budget)
+            if closed is not None:
+                return closed or None
         forced = self._cursor.forced(self.raw.decode("utf-8", "ignore")) if self._cursor else None
         if forced is not None and forced.text:
             tokens = self._ctx.tokens(forced.text)
@@ -99,33 +104,37 @@ class Reply:
             self._cursor = None
         return self._sample()
 
-    def _close_at_cap(self) -> bool:
-        """Close the reply when the budget left only holds what closes it (and a margin); whether it did.
-        The closing is appended without evaluation: nothing is sampled after it."""
+    def _close_at_cap(self, budget: int) -> list[int] | None:
+        """Close the reply when the budget left only holds what closes it, the answers the model must
+        still choose and a margin: [] when it is now complete (nothing to evaluate: nothing is sampled
+        after it), the tokens to evaluate when the closing stops at an answer, None when not due."""
         left = self._max - self.n_out
         if left > self._closer_room:
-            return False  # far from the cap: the reply is not parsed for it
-        text = self.raw.decode("utf-8", "ignore")
-        closing = self._closer.closing(text)
+            return None  # far from the cap: the reply is not parsed for it
+        closing = self._closer.closing(self.raw.decode("utf-8", "ignore"))
         tokens = self._ctx.tokens(closing.text) if closing is not None and closing.text else None
-        if tokens is None or len(tokens) + CLOSE_MARGIN < left or not self._sampler.allows(tokens):
-            return False
+        if tokens is None or len(tokens) + (0 if closing.complete else self._reserve) + CLOSE_MARGIN < left:
+            return None
+        if (not closing.complete and len(tokens) > budget) or not self._sampler.allows(tokens):
+            return None  # a partial UTF-8 character the grammar waits on ends next step
         self._sampler.force(tokens)
         self.n_out += len(tokens)
-        body = (text + closing.text)[:-1]  # the closing always ends with the reply object's brace
-        cut = ',"cut":' + json.dumps(closing.cut, separators=(",", ":")) if closing.cut else ""
-        self.raw = bytearray((body + cut + "}").encode())
-        self._closer = None
-        return True
+        self.raw += closing.text.encode()
+        self.cut += tuple(f for f in closing.cut if f not in self.cut)
+        if closing.complete:
+            self._closer = None
+            return []
+        return tokens
 
     @property
     def _closer_room(self) -> int:
         """The most tokens a closing can take: that of an empty reply, computed once (an upper bound on
-        any later one, give or take a string's close), and the margin."""
+        any later one, give or take a string's close), the answers to choose and the margin."""
         if self._room is None:
-            empty = self._closer.closing("")
-            tokens = self._ctx.tokens(empty.text) if empty is not None else None
-            self._room = (len(tokens) if tokens else 0) + 2 * CLOSE_MARGIN
+            empty, answers = self._closer.closing(""), self._closer.reserve()
+            tokens = self._ctx.tokens(empty.text) if empty is not None and empty.text else None
+            self._reserve = len(self._ctx.tokens(answers) or answers) if answers else 0  # tokens, else characters
+            self._room = (len(tokens) if tokens else 0) + self._reserve + 2 * CLOSE_MARGIN
         return self._room
 
     def _sample(self) -> list[int] | None:
@@ -146,7 +155,12 @@ class Reply:
 
     @property
     def text(self) -> str:
-        return self.raw.decode("utf-8", errors="replace")
+        """The reply; one bbsd closed ends with `"cut": [fields]` (a key the grammar gives no model)."""
+        text = self.raw.decode("utf-8", errors="replace")
+        whole = text.rstrip()
+        if not self.cut or not whole.endswith("}"):
+            return text
+        return whole[:-1] + ',"cut":' + json.dumps(self.cut, separators=(",", ":")) + "}"
 
 
 def serve(ctx, start: Start, admit: Admit, finish: Finish, cancelled: Callable[[], bool]) -> None:

@@ -107,8 +107,10 @@ def test_closing_closes_the_open_string_list_and_object_and_names_the_fields_cut
     for text in ('{"characters":[],"props":[],"caption":"a \\', '{"characters":[],"props":[],"caption":"a \\u00'):
         closed = text + c.closing(text).text  # an escape cut short is completed, never left open
         labels.parse_reply(closed, Catalog((), ()))
-    for text in ('{"characters":["Fo', '{"characters":["Baba Yaga",', '{"characters":["'):
-        assert c.closing(text) is None  # a name would have to be invented: not closed
+    for text in ('{"characters":["Fo', '{"characters":["'):
+        assert c.closing(text) == Closing("", (), complete=False)  # a name is never invented: the model chooses
+    assert not c.closing('{"characters":["Baba Yaga",').complete
+    assert c.closing('{"props":') is None  # not understood
 
 
 def test_a_closed_reply_is_labelled_with_what_it_has_and_says_what_was_cut():
@@ -123,3 +125,36 @@ def test_a_closed_reply_is_labelled_with_what_it_has_and_says_what_was_cut():
     assert labels.Labels.from_json(parsed.to_json()) == parsed
     assert "cut" not in labels.parse_reply(reply.replace(',"cut":["caption","scene","visible_text"]', ""),
                                            catalog).to_json()  # sidecars of whole replies keep their shape
+
+
+def test_longest_is_the_length_of_the_longest_reply_the_schema_allows():
+    from bbsd.jump import longest
+    from bbsd.questions import Question
+
+    catalog = Catalog((CatalogEntry("Baba Yaga", "d"), CatalogEntry("Koschei", "d")), (CatalogEntry("lantern", "d"),))
+    reply = {"characters": ["Baba Yaga"] * 2, "props": ["lantern"], "caption": "c" * prompt.CAPTION_MAX,
+             "scene": "s" * prompt.SCENE_MAX, "visible_text": ["t" * prompt.TEXT_ITEM_MAX] * prompt.TEXT_ITEMS_MAX}
+    compact = json.dumps(reply, separators=(",", ":"))
+    assert longest(prompt.reply_schema(catalog)) == len(compact)
+    mood = Question(key="mood", text="mood?", kind="text", label="Mood", max_length=30)
+    count = Question(key="n", text="how many?", kind="integer", label="N", low=0, high=120)
+    asked = {**reply, "answers": {"mood": "m" * 30, "n": 120}}
+    assert longest(prompt.reply_schema(catalog, (mood, count))) == len(json.dumps(asked, separators=(",", ":")))
+    assert longest(prompt.reply_schema(Catalog((), ()))) == len(compact) - len('"Baba Yaga","Baba Yaga"' + '"lantern"')
+
+
+def test_closing_stops_at_each_answer_the_model_must_choose():
+    from bbsd.jump import Closing
+    from bbsd.questions import Question
+
+    act = Question(key="act", text="act?", kind="choice", label="Act", choices=("Act 1", "Act 2"))
+    mood = Question(key="mood", text="mood?", kind="text", label="Mood", max_length=30)
+    n = Question(key="n", text="how many?", kind="integer", label="N", low=0, high=12)
+    c = Cursor(prompt.reply_schema(Catalog((), ()), (act, mood, n)))
+    head = '{"characters":[],"props":[],"caption":"a wit'
+    assert c.closing(head) == Closing('","scene":"","visible_text":[],"answers":{"act":"',
+                                      ("caption", "scene", "visible_text", "answers"), complete=False)
+    chosen = head + '","scene":"","visible_text":[],"answers":{"act":"Act 2"'
+    assert c.closing(chosen) == Closing(',"mood":"","n":', ("answers",), complete=False)  # text answers may be empty
+    assert c.closing(chosen + ',"mood":"","n":1') == Closing("}}", (), complete=True)  # 1 or 10..12: 1 is whole
+    assert c.reserve() == '{"act":"Act 1","mood":"","n":12}'
