@@ -21,7 +21,7 @@ from bbsd.fake_engine import FakeLabeler
 from bbsd.labeler import ModelInfo
 from bbsd.labels import Labels
 from bbsd.pipeline import Pipeline, Status
-from tests.conftest import make_photo, write_config
+from tests.conftest import make_photo, wait_until, write_config
 from tests.test_xmp import GOLDEN, PROVENANCE, exiftool, needs_exiftool
 
 needs_exiv2 = pytest.mark.skipif(shutil.which("exiv2") is None, reason="exiv2 missing: `make test` installs it")
@@ -340,3 +340,102 @@ def test_editors_write_reports_a_folder_and_carries_on(tmp_path):
         editors.write(photo, "ab" * 32, Labels((), (), "c", "s", ()), ModelInfo("fake", "f", None),
                       prompt.build(settings.catalog), settings.xmp)
     assert [e["event"] for e in logs] == ["xmp.unwritable"]
+
+
+# --- through a running daemon (`bbsd run`, the tiny real model) -----------------------------------
+
+
+def _events_for(run, name: str, photo: Path) -> list[dict]:
+    return [e for e in run.events(name) if e.get("path") == str(photo)]
+
+
+@pytest.mark.slow
+def test_daemon_leaves_other_tools_json_alone_and_follows_no_json_link(tmp_path, tiny_models, bbsd_run,
+                                                                      validate_sidecar):
+    inbox = tmp_path / "inbox"
+    photo = make_photo(inbox / "IMG_0001.JPG")
+    takeout = inbox / "IMG_0001.JPG.json"
+    takeout.write_text(json.dumps(TAKEOUT, indent=2))
+    linked = make_photo(inbox / "a.jpg", color=(20, 90, 20))
+    reviewed = tmp_path / "elsewhere" / "b.jpg.json"
+    reviewed.parent.mkdir()
+    reviewed.write_text(json.dumps({"schema": sidecar.SCHEMA_ID, "status": "labeled", "reviewed": True,
+                                    "labels": {"characters": ["SECRET"], "props": [], "caption": "secret",
+                                               "scene": "", "visible_text": []}}))
+    (inbox / "a.jpg.json").symlink_to(reviewed)
+    odd = make_photo(inbox / os.fsdecode(b"IMG_\xff caf\xe9.jpg"), color=(90, 20, 90))
+    before = (takeout.read_bytes(), reviewed.read_bytes())
+    cfg = write_config(tmp_path, [inbox], tiny_models)
+
+    first = bbsd_run(cfg, "first")
+    wait_until(lambda: (inbox / "IMG_0001.JPG.bbsd.json").exists() and sidecar.path_for(odd).exists()
+               and _events_for(first, "sidecar.unreadable", linked), 90, "both sidecars and the link's record")
+    assert (takeout.read_bytes(), reviewed.read_bytes()) == before
+    assert validate_sidecar(photo)["status"] == "labeled" and sidecar.path_for(photo).name == "IMG_0001.JPG.bbsd.json"
+    assert validate_sidecar(odd)["photo"]["file"] == "IMG_\\xff caf\\xe9.jpg"
+    assert (inbox / "a.jpg.json").is_symlink() and not (inbox / "a.jpg.xmp").exists()
+    assert not [p for p in inbox.iterdir() if not p.is_symlink() and b"SECRET" in p.read_bytes()]
+    assert len(_events_for(first, "sidecar.unreadable", linked)) == 1
+    assert first.stop() == 0
+
+    second = bbsd_run(cfg, "second")  # a restart relabels neither the photo beside Takeout's file nor the odd name
+    assert second.wait_for("daemon.ready")[0]["queued"] <= 1  # only the photo whose sidecar is a link, if any
+    wait_until(lambda: second.events("scan.done"), 30, "the start-up scan")
+    assert second.stop() == 0
+    assert not second.events("photo.labeled") and takeout.read_bytes() == before[0]
+
+
+@pytest.mark.slow
+def test_daemon_reads_no_xmp_through_a_link_and_carries_on_past_a_folder_a_fifo_and_a_huge_file(
+        tmp_path, tiny_models, bbsd_run, validate_sidecar):
+    inbox = tmp_path / "inbox"
+    secret = tmp_path / "etc" / "app-config.xml"
+    secret.parent.mkdir()
+    secret.write_text('<?xml version="1.0"?><config><password>hunter2</password></config>')
+    secret.chmod(0o600)
+    photos = {name: make_photo(inbox / name, color=(30 * i, 60, 90)) for i, name in
+              enumerate(["g.jpg", "X.jpg", "f.jpg", "big.jpg", "ok.jpg"])}
+    (inbox / "g.jpg.xmp").symlink_to(secret)
+    (inbox / "X.jpg.xmp").mkdir()
+    os.mkfifo(inbox / "f.jpg.xmp")
+    keyword = b"<rdf:li>curtain call</rdf:li>"
+    big = (GOLDEN / "darktable.xmp").read_bytes().replace(keyword, keyword * (xmp.SIZE_LIMIT // len(keyword)))
+    (inbox / "big.jpg.xmp").write_bytes(big)
+    before = (secret.read_bytes(), secret.stat().st_mtime_ns, stat.S_IMODE(secret.stat().st_mode))
+
+    run = bbsd_run(write_config(tmp_path, [inbox], tiny_models))
+    wait_until(lambda: all(sidecar.path_for(p).exists() for p in photos.values()), 120, "every JSON sidecar")
+    for name in ("g.jpg", "X.jpg", "f.jpg"):
+        assert len(_events_for(run, "xmp.unwritable", photos[name])) == 1, name
+    assert len(_events_for(run, "xmp.too_large", photos["big.jpg"])) == 1
+    assert all(validate_sidecar(p)["status"] == "labeled" for p in photos.values())
+    assert (secret.read_bytes(), secret.stat().st_mtime_ns, stat.S_IMODE(secret.stat().st_mode)) == before
+    assert (inbox / "g.jpg.xmp").is_symlink() and (inbox / "X.jpg.xmp").is_dir()
+    assert stat.S_ISFIFO(os.lstat(inbox / "f.jpg.xmp").st_mode) and (inbox / "big.jpg.xmp").read_bytes() == big
+    assert not [p for p in inbox.iterdir() if p.is_file() and not p.is_symlink() and b"hunter2" in p.read_bytes()]
+    assert xmp.Document.parse((inbox / "ok.jpg.xmp").read_bytes()).items("dc:subject")
+    assert not run.events("photo.failed") and run.stop() == 0
+
+
+@pytest.mark.slow
+def test_daemon_keeps_an_editors_xmp_mode_and_owner_and_honours_the_umask(tmp_path, tiny_models, bbsd_run):
+    inbox = tmp_path / "inbox"
+    edited, fresh = make_photo(inbox / "e.jpg"), make_photo(inbox / "n.jpg", color=(10, 200, 10))
+    shutil.copyfile(GOLDEN / "darktable.xmp", inbox / "e.jpg.xmp")
+    (inbox / "e.jpg.xmp").chmod(0o640)
+    if os.geteuid() == 0:  # only root may give a file away; the mode is kept in any case
+        os.chown(inbox / "e.jpg.xmp", 4321, 8765)
+    owner = (os.stat(inbox / "e.jpg.xmp").st_uid, os.stat(inbox / "e.jpg.xmp").st_gid)
+    cfg = write_config(tmp_path, [inbox], tiny_models)
+    old = os.umask(0o002)  # the daemon inherits it, as from a shell or a unit's UMask=
+    try:
+        run = bbsd_run(cfg)
+    finally:
+        os.umask(old)
+    wait_until(lambda: sidecar.path_for(edited).exists() and sidecar.path_for(fresh).exists(), 90, "both sidecars")
+    merged = os.stat(inbox / "e.jpg.xmp")
+    assert b"bbsd:photoSha256" in (inbox / "e.jpg.xmp").read_bytes()  # bbsd merged into it
+    assert (stat.S_IMODE(merged.st_mode), merged.st_uid, merged.st_gid) == (0o640, *owner)
+    modes = {n: stat.S_IMODE(os.stat(inbox / n).st_mode) for n in ("e.jpg.json", "n.jpg.json", "n.jpg.xmp")}
+    assert modes == {"e.jpg.json": 0o664, "n.jpg.json": 0o664, "n.jpg.xmp": 0o664}
+    assert run.stop() == 0
