@@ -54,18 +54,24 @@ def parse_since(text: str | None, now: datetime) -> datetime | None:
 def collect(folders: tuple[Path, ...], extensions: tuple[str, ...], since: datetime | None) -> list[Record]:
     records = []
     for photo in scan.photos(folders, extensions, recursive=True):
-        doc = sidecar.read(photo)
+        doc = sidecar.read(photo)  # `<photo>.json`, or `<photo>.bbsd.json` beside another tool's JSON
         if not doc or doc.get("schema") != sidecar.SCHEMA_ID:
             continue
-        when = datetime.fromisoformat(doc["created_at"].replace("Z", "+00:00"))
-        if since and when < since:
-            continue
-        mem = doc.get("memory_mb") or {}
-        served = doc.get("served") if isinstance(doc.get("served"), dict) else {}
-        records.append(Record(when, doc["status"], float(doc["timing_ms"]["total"]), mem.get("rss"),
-                              mem.get("vram"), doc.get("model", {}).get("file", "?"), served.get("endpoint"),
-                              served.get("latency_ms")))
+        try:
+            record = _record(doc)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            continue  # a sidecar a person damaged, or a figure not measured (null): not a record to plot
+        if not since or record.when >= since:
+            records.append(record)
     return sorted(records, key=lambda r: r.when)
+
+
+def _record(doc: dict) -> Record:
+    when = datetime.fromisoformat(doc["created_at"].replace("Z", "+00:00"))
+    mem = doc.get("memory_mb") or {}
+    served = doc.get("served") if isinstance(doc.get("served"), dict) else {}
+    return Record(when, doc["status"], float(doc["timing_ms"]["total"]), mem.get("rss"), mem.get("vram"),
+                  doc.get("model", {}).get("file", "?"), served.get("endpoint"), served.get("latency_ms"))
 
 
 def machine() -> str:

@@ -91,7 +91,9 @@ def test_report_and_truth_export_find_a_sidecar_under_bbsds_own_name(make, tmp_p
     photo = make_photo(inbox / "IMG_0001.JPG")
     (inbox / "IMG_0001.JPG.json").write_text(json.dumps(TAKEOUT))
     build([reply()]).process(photo)
-    assert [r.status for r in report.collect((inbox,), ("jpg",), None)] == ["labeled"]
+    damaged = make_photo(inbox / "IMG_0002.JPG")
+    sidecar.path_for(damaged).write_text(json.dumps({"schema": sidecar.SCHEMA_ID, "status": "labeled"}))
+    assert [r.status for r in report.collect((inbox,), ("jpg",), None)] == ["labeled"]  # the damaged one passed over
     own = inbox / "IMG_0001.JPG.bbsd.json"
     doc = json.loads(own.read_text())
     own.write_text(json.dumps({**doc, "reviewed": True}))
