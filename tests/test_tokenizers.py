@@ -144,3 +144,21 @@ def test_control_and_unknown_tokens_leave_no_text_in_the_reply(tmp_path):
     finally:
         ctx.close()
 
+
+def test_the_converted_internlm2_vocabulary_appends_the_keys_too(tmp_path):
+    """The InternVL2-8B-shaped checkpoint (InternLM2: SentencePiece with byte fallback), converted by
+    llama.cpp's own converter: through `bbsd label`, the keys and punctuation are appended there too."""
+    from tests.test_convert import _convert
+
+    _, text, mmproj, _ = _convert(tmp_path, "InternVL2-8B")
+    ctx = _context((text, mmproj))
+    try:
+        assert ctx.meta("tokenizer.ggml.model") == "llama" and ctx.meta("tokenizer.ggml.add_space_prefix") == "true"
+        skeleton = len(ctx.tokens(SKELETON))
+    finally:
+        ctx.close()
+    inbox = tmp_path / "in"
+    make_photo(inbox / "stage.jpg", size=(320, 240))
+    doc = _label(inbox, write_config(tmp_path, [inbox], (text, mmproj)), {})["stage.jpg"]
+    print(f"InternLM2 stage.jpg: tokens {doc['tokens']} (keys and punctuation: {skeleton} tokens)")
+    assert doc["status"] == "labeled" and doc["tokens"]["output"] - doc["tokens"]["sampled"] >= skeleton
