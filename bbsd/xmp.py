@@ -44,11 +44,13 @@ _ROOT_START = re.compile(r"<(?:[\w.-]+:)?(?:xmpmeta|xapmeta|RDF)\b")
 # Lightroom's and digiKam's are smaller) and small enough that a merge stays well under a second
 # and a few dozen MB of memory; a larger file is left untouched (`xmp.too_large`).
 SIZE_LIMIT = 4 << 20
-# What XML 1.0 cannot hold (C0 controls but tab, LF and CR; lone surrogates; U+FFFE and U+FFFF)
-# and the other non-characters (U+FDD0..U+FDEF, U+nFFFE and U+nFFFF): one in a file makes it
-# unreadable to every XMP tool, so none is ever written.
+# What XML 1.0 cannot hold (C0 controls but tab, LF and CR; lone surrogates; U+FFFE and U+FFFF):
+# one in a file makes it unreadable to every XMP tool, so none is ever written.
+_NOT_XML = re.compile(r"[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+# The other non-characters (U+FDD0..U+FDEF, U+nFFFE and U+nFFFF): legal XML, but never text, so
+# none of bbsd's own goes in; a person's file may keep theirs.
 _NONCHARACTERS = "".join(f"\\U{p + 0xFFFE:08x}\\U{p + 0xFFFF:08x}" for p in range(0x10000, 0x110000, 0x10000))
-_NOT_XML = re.compile(r"[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]|[\ufdd0-\ufdef" + _NONCHARACTERS + "]")
+_NOT_TEXT = re.compile(_NOT_XML.pattern + r"|[\ufdd0-\ufdef" + _NONCHARACTERS + "]")
 
 
 def q(name: str) -> str:
@@ -69,8 +71,8 @@ class XmpNotRegularError(XmpUnreadableError):
 
 
 def xml_text(text: str) -> str:
-    """`text` without the characters XML 1.0 cannot hold (see `_NOT_XML`)."""
-    return _NOT_XML.sub("", text)
+    """`text` without what XML 1.0 cannot hold and without Unicode's non-characters (`_NOT_TEXT`)."""
+    return _NOT_TEXT.sub("", text)
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,8 @@ class Document:
         if self.fresh:  # only a file bbsd created is laid out anew; a person's keeps its layout
             ET.indent(self.root, space=" ")
         body = ET.tostring(self.root, encoding="unicode")
-        return xml_text(self.head + body + self.tail).encode("utf-8")  # the last guard: whatever set a text
+        # the last guard, whatever set a text; it never changes a parsed file, which cannot hold these
+        return _NOT_XML.sub("", self.head + body + self.tail).encode("utf-8")
 
     # --- reading and writing properties ------------------------------------------------------
 

@@ -291,10 +291,19 @@ def test_model_text_xml_cannot_hold_never_reaches_a_darktable_xmp(tmp_path):
     assert tags["XMP-dc:Description"] == "Baba Yaga" and tags["XMP-bbsd:Scene"] == "hut"
     assert tags["XMP-bbsd:VisibleText"] == ["EXIT"] and tags["XMP-xmp:Rating"] == 4
     assert "BBS|Characters|Baba Yaga" in tags["XMP-lr:HierarchicalSubject"]
-    # the writer's last guard: whatever sets a text, the file stays XML
+    # the writer's last guard: whatever sets a text, the file stays XML (non-characters are legal XML)
     doc = xmp.Document.parse(target.read_bytes())
     doc.set_alt_default("dc:description", f"raw{UNSAFE}")
-    assert xmp.Document.parse(doc.to_bytes()).alt_default("dc:description") == "raw"
+    assert xmp.Document.parse(doc.to_bytes()).alt_default("dc:description") == "raw\ufdd0\ufdef\U0001fffe\U0010ffff"
+
+
+def test_a_persons_legal_non_characters_stay_in_their_xmp(tmp_path):
+    target = tmp_path / "a.xmp"
+    text = (GOLDEN / "darktable.xmp").read_text().replace("curtain call", "curtain\ufdd0call")
+    target.write_text(text)
+    xmp.write(target, xmp.proposal_for(Labels(("Koschei\ufdd0",), (), "c", "s", ()), "BBS", PROVENANCE))
+    subjects = xmp.Document.parse(target.read_bytes()).items("dc:subject")
+    assert subjects == ("curtain\ufdd0call", "Koschei")
 
 
 def test_a_caption_with_uffff_through_the_pipeline_leaves_a_readable_xmp(make):
