@@ -9,14 +9,17 @@ A new file gets the process umask's mode (created 0666 & ~umask, like any tool's
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
 import stat
+from collections.abc import Iterable
 from pathlib import Path
 
 import structlog
 
+from bbsd import safefs
 from bbsd.errors import SidecarWriteError
 
 log = structlog.get_logger("bbsd.atomic")
@@ -35,40 +38,67 @@ def is_temp(path: Path) -> bool:
     return TEMP_MARK in path.name
 
 
-def write_bytes(target: Path, data: bytes, durable: bool = True, *, keep_owner: bool = False) -> None:
+def write_bytes(target: Path, data: bytes, durable: bool = True, *, keep_owner: bool = False,
+                roots: Iterable[Path] | None = None) -> None:
     """Replace `target` with `data` atomically; raise `SidecarWriteError` naming the cause.
 
     `durable=False` skips the fsyncs: still all-or-nothing for readers, but a power cut may
     lose the new version (right for a status file rewritten all the time, wrong for sidecars).
     `keep_owner=True`: the new file takes the owner, group and mode of the regular file it
     replaces (another tool's file stays theirs); the mode is kept even where the owner cannot be.
+    `roots`: the watch folders `target` must lie beneath. Its folder is then reached from its root
+    one folder at a time (`safefs.open_folder_beneath`), and the temp file is created and renamed
+    relative to that descriptor: a folder swapped for a symlink mid-write cannot lead the write out.
     """
     tmp = temp_name(target)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)  # the umask applies
+        folder = safefs.open_folder_beneath(roots, target) if roots else _open_folder(target.parent)
+    except OSError as e:
+        raise SidecarWriteError(f"cannot write {target}: {e.strerror or e}", _hint(e)) from e
+    try:
+        _write_in(folder, target, tmp, data, durable, keep_owner)
+    finally:
+        if folder is not None:
+            os.close(folder)
+
+
+def _write_in(folder: int | None, target: Path, tmp: Path, data: bytes, durable: bool, keep_owner: bool) -> None:
+    """The temp file, its data, the rename: by name relative to `folder` (or by path where the
+    filesystem refused to open the folder)."""
+    tmp_at, target_at = (tmp.name, target.name) if folder is not None else (tmp, target)
+    try:
+        fd = os.open(tmp_at, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666,
+                     dir_fd=folder)  # the umask applies
         try:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
             if keep_owner:
-                _take_owner(fd, target)
+                _take_owner(fd, target_at, folder)
             if durable:
                 os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, target)
+        os.replace(tmp_at, target_at, src_dir_fd=folder, dst_dir_fd=folder)
         if durable:
-            _fsync_dir(target.parent)
+            _fsync_folder(folder, target.parent)
     except OSError as e:
-        _remove_quietly(tmp)
+        _remove_quietly(tmp_at, folder)
         raise SidecarWriteError(f"cannot write {target}: {e.strerror or e}", _hint(e)) from e
 
 
-def _take_owner(fd: int, target: Path) -> None:
+def _open_folder(folder: Path) -> int | None:
+    try:
+        return os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None  # some network filesystems refuse to open folders: write by path there
+
+
+def _take_owner(fd: int, target: Path | str, folder: int | None) -> None:
     """Give the open temp file `target`'s owner, group and mode, if `target` is a regular file."""
     global _owner_warned
     try:
-        st = os.lstat(target)
+        st = os.stat(target, dir_fd=folder, follow_symlinks=False)
     except OSError:
         return  # a new file: the umask's mode, bbsd's owner
     if not stat.S_ISREG(st.st_mode):
@@ -84,6 +114,14 @@ def _take_owner(fd: int, target: Path) -> None:
     os.fchmod(fd, stat.S_IMODE(st.st_mode))
 
 
+def _fsync_folder(folder: int | None, path: Path) -> None:
+    if folder is None:
+        _fsync_dir(path)
+        return
+    with contextlib.suppress(OSError):  # some filesystems refuse to fsync a folder: the rename is done
+        os.fsync(folder)
+
+
 def _fsync_dir(folder: Path) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
@@ -97,9 +135,9 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _remove_quietly(path: Path) -> None:
+def _remove_quietly(path: Path | str, folder: int | None = None) -> None:
     try:
-        path.unlink()
+        os.unlink(path, dir_fd=folder)
     except FileNotFoundError:
         pass
     except OSError:

@@ -33,8 +33,10 @@ def same_stem_photos(photo: Path) -> list[Path]:
 
 
 def write(photo: Path, sha256: str, labels: Labels, model: ModelInfo, prompt: Prompt,
-          settings: XmpSettings, questions: tuple[Question, ...] = (), review: bool = False) -> None:
-    """Write or merge the XMP sidecar; raises `SidecarWriteError` (from `atomic`) only when the disk refuses."""
+          settings: XmpSettings, questions: tuple[Question, ...] = (), review: bool = False,
+          roots: tuple[Path, ...] | None = None) -> None:
+    """Write or merge the XMP sidecar; raises `SidecarWriteError` (from `atomic`) only when the disk refuses.
+    `roots`: the watch folders the XMP is read and written beneath (never through a linked folder)."""
     if settings.naming == "off":
         return
     target = xmp.path_for(photo, settings.naming)
@@ -50,7 +52,7 @@ def write(photo: Path, sha256: str, labels: Labels, model: ModelInfo, prompt: Pr
     }
     try:
         xmp.write(target, xmp.proposal_for(labels, settings.root, provenance, questions, settings.answers_branch(),
-                                           settings.review_keyword if review else None))
+                                           settings.review_keyword if review else None), roots=roots)
     except xmp.XmpTooLargeError as e:
         log.error("xmp.too_large", path=str(photo), sidecar=str(target), reason=str(e), limit=xmp.SIZE_LIMIT,
                   hint="bbsd leaves this file alone (no editor writes one this large); trim or remove it to "

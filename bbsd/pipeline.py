@@ -339,8 +339,8 @@ class Pipeline:
             if status is Status.LABELED:  # XMP first: the JSON is the "done" mark of a photo
                 review = bool(record.confidence and record.confidence["needs_review"])
                 editors.write(record.photo, record.sha256, record.labels, self.labeler.info, self.prompt,
-                              self._xmp, self._questions, review)
-            atomic.write_bytes(target, sidecar.to_bytes(sidecar.keep_human_labels(doc, old)))
+                              self._xmp, self._questions, review, roots=self.roots)
+            atomic.write_bytes(target, sidecar.to_bytes(sidecar.keep_human_labels(doc, old)), roots=self.roots)
         except SidecarWriteError as e:
             log.error("sidecar.write_failed", path=str(record.photo), sidecar=str(target),
                       message=e.message, hint=e.hint)

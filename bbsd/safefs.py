@@ -142,6 +142,19 @@ def open_beneath(roots: Iterable[Path | str], path: Path | str) -> int:
     swapped for a symlink at any moment fails the open (`OutsideError`) instead of leading out.
     The root itself is the configuration's and may be a link.
     """
+    fd = open_folder_beneath(roots, path)
+    try:
+        return open_regular(os.path.basename(os.path.abspath(path)), dir_fd=fd)
+    except OSError as e:
+        e.filename = str(path)  # the whole path in messages, not the last name
+        raise
+    finally:
+        os.close(fd)
+
+
+def open_folder_beneath(roots: Iterable[Path | str], path: Path | str) -> int:
+    """A descriptor on the folder that holds `path`, reached from its watch root as `open_beneath`
+    does; files are then created and renamed relative to it, so nothing is written outside."""
     top, names = _split(roots, path)
     fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -156,13 +169,10 @@ def open_beneath(roots: Iterable[Path | str], path: Path | str) -> int:
                 raise
             os.close(fd)
             fd = below
-        try:
-            return open_regular(names[-1], dir_fd=fd)
-        except OSError as e:
-            e.filename = str(path)  # the whole path in messages, not the last name
-            raise
-    finally:
+    except BaseException:
         os.close(fd)
+        raise
+    return fd
 
 
 def beneath(roots: Iterable[Path | str], path: Path | str) -> bool:

@@ -12,6 +12,7 @@ atomically, keeps its owner, group and mode, and only if nobody changed it while
 from __future__ import annotations
 
 import io
+import os
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -283,27 +284,34 @@ def path_for(photo: Path, naming: str) -> Path:
     return photo.with_name(fit_name(photo.name if naming == "ext" else photo.stem, ".xmp"))
 
 
-def write(target: Path, proposal: Proposal, attempts: int = 3) -> None:
-    """Merge into `target` (or create it) and replace it atomically.
+def write(target: Path, proposal: Proposal, attempts: int = 3, roots: tuple[Path, ...] | None = None) -> None:
+    """Merge into `target` (or create it) and replace it atomically; with `roots`, read and written
+    only from its watch folder down (`safefs.open_beneath`).
 
     Raises `XmpUnreadableError` for a sidecar that cannot be parsed safely (left untouched)
     and `SidecarWriteError` when the disk refuses. If a person saves the file while bbsd
     merges, bbsd merges again from their version.
     """
     for _ in range(attempts):
-        before = _read(target)
+        before = _read(target, roots)
         doc = Document.parse(before) if before is not None else Document.new()
         merge(doc, proposal)
         data = doc.to_bytes()
-        if _read(target) == before:
-            atomic.write_bytes(target, data, keep_owner=True)  # an editor's file stays theirs, mode and all
+        if _read(target, roots) == before:  # an editor's file stays theirs, mode and all
+            atomic.write_bytes(target, data, keep_owner=True, roots=roots)
             return
     raise XmpUnreadableError("the sidecar kept changing while bbsd merged it")
 
 
-def _read(target: Path) -> bytes | None:
+def _read(target: Path, roots: tuple[Path, ...] | None = None) -> bytes | None:
     """The sidecar's bytes, None when there is none; never through a link, never past `SIZE_LIMIT`."""
     try:
+        if roots:
+            fd = safefs.open_beneath(roots, target)
+            try:
+                return safefs.read_fd(fd, SIZE_LIMIT, str(target))
+            finally:
+                os.close(fd)
         return safefs.read_regular(target, SIZE_LIMIT)
     except FileNotFoundError:
         return None

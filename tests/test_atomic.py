@@ -60,3 +60,37 @@ def test_stale_temps_are_removed(tmp_path):
     (tmp_path / "keep.jpg").write_text("x")
     assert atomic.remove_stale_temps(tmp_path) == 1
     assert os.listdir(tmp_path) == ["keep.jpg"]
+
+
+def test_a_folder_swapped_for_a_link_cannot_lead_a_write_out(tmp_path):
+    """With the watch roots given, the write goes through descriptors reached from the root, so a
+    folder on the way that became a symlink (after every check by path) fails the write instead of
+    writing beside the link's target."""
+    root, outside = tmp_path / "watch", tmp_path / "outside"
+    (root / "day1").mkdir(parents=True)
+    outside.mkdir()
+    atomic.write_bytes(root / "day1" / "a.jpg.json", b"mine", roots=(root,))
+    assert (root / "day1" / "a.jpg.json").read_bytes() == b"mine"
+    (root / "day1").rename(root / "day1.moved")
+    (root / "day1").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(SidecarWriteError, match="not a folder"):
+        atomic.write_bytes(root / "day1" / "a.jpg.json", b"evil", roots=(root,))
+    assert os.listdir(outside) == []  # not even a temp file
+    with pytest.raises(SidecarWriteError, match="not under any watch folder"):
+        atomic.write_bytes(outside / "b.json", b"evil", roots=(root,))
+    assert os.listdir(outside) == []
+
+
+def test_the_xmp_merge_neither_reads_nor_writes_through_a_linked_folder(tmp_path):
+    from bbsd import xmp
+    from bbsd.labels import Labels
+
+    root, outside = tmp_path / "watch", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (outside / "p.jpg.xmp").write_text("<x:xmpmeta xmlns:x='adobe:ns:meta/'>secret</x:xmpmeta>")
+    (root / "day1").symlink_to(outside, target_is_directory=True)
+    labels = Labels(characters=("Koschei",), props=(), caption="c", scene="s", visible_text=())
+    with pytest.raises(xmp.XmpNotRegularError):
+        xmp.write(root / "day1" / "p.jpg.xmp", xmp.proposal_for(labels, "BBS", {}), roots=(root,))
+    assert os.listdir(outside) == ["p.jpg.xmp"] and "secret" in (outside / "p.jpg.xmp").read_text()
