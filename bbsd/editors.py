@@ -46,6 +46,8 @@ def write(photo: Path, sha256: str, labels: Labels, model: ModelInfo, prompt: Pr
         return
     provenance = {
         "model": model.file, "mmproj": model.mmproj or "", "backend": model.backend,
+        # which model, when two share a file name (the JSON sidecar's model block has every file)
+        **({"modelSha256": digest} if (digest := model.digest()) else {}),
         "promptVersion": prompt.version, "photoSha256": sha256,
         "labeledAt": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
         "version": __version__,

@@ -36,6 +36,9 @@ class Inference:
     # The sampled tokens of the names with their probabilities (`confidence.Step`), where the
     # backend can see them; the pipeline turns them into each name's confidence.
     steps: tuple = ()
+    # What answered when it is not the labeller's `info` of the moment: an engine worker's model,
+    # as it said at its start (a worker restarted since with another model must not name this reply).
+    model: ModelInfo | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,10 @@ class ModelInfo:
     def to_json(self) -> dict[str, Any]:
         return {"backend": self.backend, "file": self.file, "mmproj": self.mmproj, "lora": self.lora,
                 "files": [list(f) for f in self.files], "limits": [list(v) for v in self.limits]}
+
+    def digest(self) -> str | None:
+        """The text model file's sha256, where bbsd hashed it (a local model)."""
+        return next((h for role, _, h in self.files if role == "file"), None)
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> ModelInfo:

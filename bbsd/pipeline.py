@@ -192,6 +192,7 @@ class Pipeline:
             photo=path, sha256=sha, width=decoded.width, height=decoded.height, labels=labels_,
             timing_ms=timing, tokens=_tokens(inference),
             memory_mb=self._memory(inference), served=inference.served, confidence=self.confidence(inference),
+            model=inference.model,
         )
         return self._write(record, "photo.labeled", Status.LABELED, ident)
 
@@ -330,7 +331,8 @@ class Pipeline:
             old = sidecar.read_strict(record.photo)
         except (OSError, ValueError) as e:
             return _kept_unreadable(record.photo, e)
-        doc = sidecar.render(record, self.labeler.info, self.prompt)
+        model = record.model or self.labeler.info  # the worker that answered, not one restarted since
+        doc = sidecar.render(record, model, self.prompt)
         if status is Status.FAILED and sidecar.human_edited(old):
             log.warning("sidecar.kept", path=str(record.photo), reason="labels edited by a person",
                         code=record.error["code"])
@@ -338,7 +340,7 @@ class Pipeline:
         try:
             if status is Status.LABELED:  # XMP first: the JSON is the "done" mark of a photo
                 review = bool(record.confidence and record.confidence["needs_review"])
-                editors.write(record.photo, record.sha256, record.labels, self.labeler.info, self.prompt,
+                editors.write(record.photo, record.sha256, record.labels, model, self.prompt,
                               self._xmp, self._questions, review, roots=self.roots)
             atomic.write_bytes(target, sidecar.to_bytes(sidecar.keep_human_labels(doc, old)), roots=self.roots)
         except SidecarWriteError as e:

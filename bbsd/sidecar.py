@@ -54,6 +54,7 @@ class Record:
     # Per list, each name's confidence and runner-up and the strongest name not chosen (confidence.py),
     # with `needs_review`; None when the backend cannot see token probabilities.
     confidence: dict[str, Any] | None = None
+    model: ModelInfo | None = None  # what labelled it, when the engine said (an engine worker's model)
 
 
 NAME_MAX = 255  # bytes in a file name on ext4, XFS, Btrfs, NTFS and exFAT

@@ -78,7 +78,7 @@ class _Worker(child.Child):
         self.info = ModelInfo.from_json(self.hello["info"])
         log.info("worker.started", pid=self.proc.pid, rss_mb=self.baseline_mb, vram_mb=self.hello["vram_mb"],
                  start_ms=round((time.monotonic() - t0) * 1000), model=self.info.file,
-                 sha256=next((h for role, _, h in self.info.files if role == "file"), None))
+                 sha256=self.info.digest())
 
 
 class _Ticket:
@@ -311,7 +311,7 @@ class WorkerLabeler:
             self._lead = 0
         self._group.discard(ticket.id)  # once the group is done, the photos waiting fill the batch
         try:
-            ticket.outcome = _inference(message["result"], message)
+            ticket.outcome = _inference(message["result"], message, worker.info)
         except (KeyError, TypeError, ValueError) as e:  # a worker of another version: the photo, not the thread
             ticket.outcome = PhotoError("engine_error", f"the engine worker sent a result bbsd cannot read ({e!r})",
                                         "restart bbsd so that daemon and worker are the same version")
@@ -388,11 +388,13 @@ def _abandoned() -> AbandonedError:
     return AbandonedError("labelling abandoned at shutdown", "the photo stays pending and is redone at start")
 
 
-def _inference(r: dict, reply: dict) -> Inference | PhotoError:
-    """A photo's result message; `reply` carries the worker's memory when it sent it."""
+def _inference(r: dict, reply: dict, model: ModelInfo) -> Inference | PhotoError:
+    """A photo's result message; `reply` carries the worker's memory when it sent it, `model` is
+    what that worker loaded."""
     if r["type"] == "photo_error":
         return PhotoError(r["code"], r["message"], r["hint"])
     return Inference(text=r["text"], prompt_tokens=r["prompt_tokens"], output_tokens=r["output_tokens"],
                      encode_ms=r["encode_ms"], generate_ms=r["generate_ms"], rss_mb=reply["rss_mb"],
                      vram_mb=reply["vram_mb"], evaluated_tokens=r.get("evaluated_tokens"),
-                     sampled_tokens=r.get("sampled_tokens"), steps=tuple(Step.from_json(row) for row in r["steps"]))
+                     sampled_tokens=r.get("sampled_tokens"), steps=tuple(Step.from_json(row) for row in r["steps"]),
+                     model=model)

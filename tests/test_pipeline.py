@@ -141,3 +141,30 @@ def test_unwritable_sidecar_keeps_photo_pending_and_writes_nothing(setup, monkey
 def test_vanished_photo_is_gone_quietly(setup):
     inbox, make = setup
     assert make().process(inbox / "never.jpg").status is Status.GONE
+
+
+def test_the_sidecar_names_the_model_that_answered_not_one_loaded_since(setup):
+    """A worker restarted with another model between a photo's reply and its write (a model file
+    replaced, `[model] path` edited): the sidecar and the XMP name the model of the reply."""
+    import dataclasses
+
+    from bbsd.labeler import ModelInfo
+
+    inbox, make = setup
+    pipeline = make()
+    answered = ModelInfo("llama", "show.gguf", "mmproj.gguf", files=(("file", 10, "a" * 64),))
+    loaded_since = ModelInfo("llama", "show.gguf", "mmproj.gguf", files=(("file", 11, "b" * 64),))
+    real_infer = pipeline.labeler.infer
+
+    def infer(*args, **kwargs):
+        reply = real_infer(*args, **kwargs)
+        pipeline.labeler.info = loaded_since  # the restart, after the reply
+        return dataclasses.replace(reply, model=answered)
+
+    pipeline.labeler.infer = infer
+    photo = make_photo(inbox / "a.jpg")
+    assert pipeline.process(photo).status is Status.LABELED
+    doc = sidecar.read(photo)
+    assert doc["model"]["files"]["file"]["sha256"] == "a" * 64
+    assert "a" * 64 in photo.with_name("a.jpg.xmp").read_text()
+    assert not sidecar.is_current(doc, loaded_since, pipeline.prompt, sha256=doc["photo"]["sha256"])
