@@ -32,7 +32,7 @@ import structlog
 from bbsd import config as config_mod
 from bbsd import engines, safefs, scan, sidecar, state, watcher
 from bbsd.config import Settings
-from bbsd.decoder import Decoder
+from bbsd.decoder import Decoder, DecoderError
 from bbsd.errors import AbandonedError, BbsdError, ExitCode
 from bbsd.journal import DEATHS_TO_QUARANTINE, Journal
 from bbsd.monitor import Monitor
@@ -106,6 +106,9 @@ class Daemon:
             if self._progress:
                 self._progress.start(queued)
             self._main_loop(observer)
+        except DecoderError as e:  # the decoder cannot start at all: a broken installation, said as such
+            log.error("daemon.failed", error=e.message, hint=e.hint, queue_depth=len(self._work))
+            self.fatal = e
         except Exception as e:  # the loop itself broke: stop promptly, never spin (systemd restarts us)
             log.error("daemon.failed", error=f"{type(e).__name__}: {e}", queue_depth=len(self._work))
             self.fatal = DaemonError(f"the daemon's main loop failed ({type(e).__name__}: {e})",

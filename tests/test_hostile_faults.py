@@ -17,10 +17,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from bbsd import config, sidecar, tiny_model
+from bbsd import config, prompt, sidecar, tiny_model
 from bbsd.labeler import ModelInfo
 from bbsd.prompt import build
-from tests.conftest import make_photo, run_bbsd, wait_until, write_config
+from tests.conftest import SLACK, make_photo, run_bbsd, wait_until, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -264,3 +264,35 @@ def test_model_digests_are_hashed_once_per_file_version_and_a_same_size_copy_is_
     os.utime(model, ns=(st.st_atime_ns, st.st_mtime_ns))
     second = fingerprint.files({"file": model}, state)
     assert len(hashed) == 2 and second[0][2] == _sha256(model) != first[0][2]
+
+
+def test_a_decoder_that_cannot_start_at_all_ends_the_start_with_the_reinstall_line(tmp_path):
+    """A broken installation (the decoder's executable gone) is said as such — not as a bug of the
+    main loop — and ends the start, where a decoder that ran before is restarted with backoff."""
+    from bbsd.decoder import DecoderError
+    from bbsd.fake_engine import FakeLabeler
+    from bbsd.pipeline import Pipeline
+    from bbsd.service import Daemon
+
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    settings = config.load(write_config(tmp_path, [inbox], backend="fake", extra="[worker]\nisolate = false\n"),
+                           environ={})
+    pipeline = Pipeline(FakeLabeler(), settings, prompt.build(settings.catalog))
+    daemon = Daemon(settings, pipeline)
+    daemon._prober._argv = [str(tmp_path / "gone" / "bbsd"), "_decoder"]  # the installation lost its binary
+    failed: list[BaseException] = []
+    thread = threading.Thread(target=lambda: _run_catching(daemon, failed), daemon=True)
+    thread.start()
+    thread.join(60 * SLACK)
+    pipeline.close()
+    assert not thread.is_alive()
+    assert len(failed) == 1 and isinstance(failed[0], DecoderError), failed
+    assert "reinstall" in failed[0].hint and "bug" not in failed[0].one_line()
+
+
+def _run_catching(daemon, failed: list) -> None:
+    try:
+        daemon.run()
+    except BaseException as e:  # noqa: BLE001 - the test inspects what run() raised
+        failed.append(e)
