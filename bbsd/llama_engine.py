@@ -75,6 +75,7 @@ class LlamaLabeler:
                               lora=engine.lora.name if engine.lora else None)
         self.gpu = engine.gpu_layers != 0
         self._family = families.for_projector(models.inspect(mmproj_path).projector)
+        self.fit = families.fitter(self._family, mmproj_path)  # InternVL: its own tile grid (tiling.py)
         layers = backends.gpu_layers(engine.gpu_layers, model_path, mmproj_path, engine.context_size)
         self.parallel = resolve_parallel(engine.parallel, layers)
         self._ctx = llama_native.Context(
@@ -177,6 +178,7 @@ class LlamaLabeler:
         """The chat and its images: the reference photos (decoded here, once), then the photo."""
         shown = self._references.load(prompt.references, self._engine.image_max_side)
         images = [*((item.sha256, ref) for item, ref in zip(prompt.references, shown, strict=True)), (PHOTO_ID, image)]
+        images = [(key, self.fit(picture)) for key, picture in images]  # sized as the family tiles (families.fitter)
         return self._ctx.tokenize(self._render(prompt, self._ctx.marker), images)
 
     def layout(self, prompt: Prompt, image: Image.Image) -> dict[str, int]:

@@ -200,13 +200,9 @@ def test_internvl_formula_gives_256_tokens_per_448_px_tile():
     assert tokens_per_tile({"image_size": 448, "patch_size": 14}, 0.5) == 256
 
 
-TILING_DIFFERS = pytest.mark.xfail(strict=True, reason=(
-    "llama.cpp's INTERNVL slicing picks the grid with the most resolution (4x3 + overview = 13 tiles for a 3:2 "
-    "photo) where InternVL's dynamic_preprocess picks the closest aspect ratio (3x2 + thumbnail = 7)"))
-
-
-@pytest.mark.parametrize("size", [(56, 56), (112, 56), pytest.param((300, 200), marks=TILING_DIFFERS), (640, 480)])
+@pytest.mark.parametrize("size", [(56, 56), (112, 56), (640, 480)])
 def test_an_image_becomes_internvl_formula_tokens(converted, size):
+    """Shapes where llama.cpp's own slicing already agrees with InternVL (raw llama.cpp, no bbsd fit)."""
     ck, text, mmproj, _ = converted
     v = ck.config["vision_config"]
     per_tile = tokens_per_tile(v, ck.config["downsample_ratio"])
@@ -214,6 +210,40 @@ def test_an_image_becomes_internvl_formula_tokens(converted, size):
     expected = per_tile * internvl_tiles(*size, v["image_size"], ck.config["min_dynamic_patch"],
                                          ck.config["max_dynamic_patch"])
     assert _image_tokens(text, mmproj, size) == expected
+
+
+# Photos of the fixture's 56-px tiles (448 px scaled by 1/8): single tiles, the common camera shapes at about
+# bbsd's default image_max_side (96 px here ~ 768 px at 448-px tiles) and larger, panoramas both ways, and
+# shapes whose nearest grids tie (the tie rule: a larger grid when the photo covers more than half of it).
+TILED_SIZES = [(40, 40), (56, 56), (79, 79), (30, 20), (96, 96), (96, 72), (96, 64), (96, 54), (72, 96), (64, 96),
+               (54, 96), (96, 48), (96, 24), (24, 96), (300, 200), (200, 300), (400, 300), (640, 480), (640, 360),
+               (360, 640), (800, 200), (200, 800), (600, 150), (1200, 100), (100, 1200), (336, 336), (120, 120),
+               (500, 400), (700, 300), (90, 500), (80, 80), (96, 80), (80, 96), (210, 90), (96, 32), (32, 96),
+               (70, 50), (330, 150), (250, 180)]
+
+
+def test_the_engine_tiles_photos_as_internvl_does(converted, tmp_path):
+    """Through the engine (`layout`: the chat tokenized by the real llama.cpp), every photo's image tokens
+    are InternVL's dynamic_preprocess tile count (closest aspect ratio, thumbnail beyond one tile) times
+    the tokens of a tile; without bbsd's fit llama.cpp gives a 3:2 photo 4x3 tiles + overview."""
+    from bbsd import config, prompt
+    from bbsd.engines import open_in_process
+
+    ck, text, mmproj, _ = converted
+    v = ck.config["vision_config"]
+    per_tile = tokens_per_tile(v, ck.config["downsample_ratio"])
+    assert len({w / h for w, h in TILED_SIZES}) >= 20
+    settings = config.load(write_config(tmp_path, [tmp_path], (text, mmproj)), environ={})
+    labeler = open_in_process(settings)
+    try:
+        asked = prompt.for_settings(settings)
+        got = {size: labeler.layout(asked, Image.new("RGB", size, (120, 60, 30)))["image"] for size in TILED_SIZES}
+    finally:
+        labeler.close()
+    want = {size: per_tile * internvl_tiles(*size, v["image_size"], ck.config["min_dynamic_patch"],
+                                            ck.config["max_dynamic_patch"]) for size in TILED_SIZES}
+    assert got == want
+    assert _image_tokens(text, mmproj, (300, 200)) == per_tile * (4 * 3 + 1) != want[(300, 200)] == per_tile * 7
 
 
 # --- logits against a reference forward pass ------------------------------------------------------------------
