@@ -246,6 +246,32 @@ def test_the_engine_tiles_photos_as_internvl_does(converted, tmp_path):
     assert _image_tokens(text, mmproj, (300, 200)) == per_tile * (4 * 3 + 1) != want[(300, 200)] == per_tile * 7
 
 
+def test_reference_photos_are_tiled_as_internvl_does_too(converted, tmp_path):
+    """A reference photo in the gallery is fitted as the photo is (once, when decoded): a 3:2 reference costs
+    InternVL's 3x2 tiles + thumbnail in the prompt prefix, not llama.cpp's 4x3 + overview."""
+    from bbsd import config, prompt
+    from bbsd.engines import open_in_process
+
+    ck, text, mmproj, _ = converted
+    per_tile = tokens_per_tile(ck.config["vision_config"], ck.config["downsample_ratio"])
+    asked = {}
+    for name, size in (("wide", (240, 160)), ("small", (40, 40))):
+        folder = tmp_path / name
+        make_photo(folder / "refs" / "r.jpg", size=size)
+        cfg = write_config(folder, [folder], (text, mmproj))
+        cfg.write_text(cfg.read_text().replace('name = "Baba Yaga"\n', 'name = "Baba Yaga"\nreferences = '
+                                               '[{ file = "refs/r.jpg", caption = "full figure" }]\n', 1))
+        asked[name] = prompt.for_settings(config.load(cfg, environ={}))
+    labeler = open_in_process(config.load(cfg, environ={}))
+    try:
+        photo = Image.new("RGB", (56, 56))
+        prefix = {name: labeler.layout(p, photo)["prefix"] for name, p in asked.items()}
+    finally:
+        labeler.close()
+    assert prefix["wide"] - prefix["small"] == per_tile * (7 - 1)  # llama.cpp alone: per_tile * (13 - 1)
+    assert _image_tokens(text, mmproj, (240, 160)) == per_tile * 13
+
+
 # --- logits against a reference forward pass ------------------------------------------------------------------
 
 
