@@ -22,7 +22,8 @@ InternVL stretches it (bicubic, no letterbox). Why that is enough, in the vendor
       -> tiles row by row, then the thumbnail (the overview: PAD_NONE, stretched to one tile)
 
 One difference is left: llama.cpp makes the thumbnail from the fitted image, InternVL from the original
-(two resamplings instead of one; the same pixels up to interpolation).
+(two resamplings instead of one; the same pixels up to interpolation). And one assumption: min_num is 1
+(every InternVL config's min_dynamic_patch); above 1 llama.cpp's candidates (b >= min) lack InternVL's 1×n grids.
 """
 
 from __future__ import annotations
