@@ -64,6 +64,7 @@ bench: setup  # bench.gpu needs a GPU and a CUDA build: run it by hand there
 	$(VENV)/bin/python -m bench.decode
 	$(VENV)/bin/python -m bench.speed
 	$(VENV)/bin/python -m bench.sampler
+	$(VENV)/bin/python -m bench.tiling
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache .ruff_cache

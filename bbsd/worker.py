@@ -66,7 +66,8 @@ def warm_up(labeler, settings) -> None:
 def check_fit(labeler, settings) -> None:
     """Refuse, at start, a prompt that leaves a photo no room in the context: every photo would get an
     error sidecar while the service looked healthy. Measured with the real prompt (catalog, questions,
-    reference gallery) and a square photo at `image_max_side`, the most pixels a photo is sent with.
+    reference gallery) and the costliest photo at `image_max_side`: a square (the most pixels), or for a
+    family that tiles by shape its worst shape (InternVL: 4:3, 12 tiles + thumbnail; `families.Fit`).
     A backend that cannot measure (no `layout`, no context size) is not checked."""
     from bbsd import prompt
 
@@ -74,8 +75,10 @@ def check_fit(labeler, settings) -> None:
     if layout is None or context is None:
         return
     side = settings.engine.image_max_side
+    fit = getattr(labeler, "fit", None)
+    shape = fit.costliest(side) if hasattr(fit, "costliest") else (side, side)
     try:
-        parts = layout(prompt.for_settings(settings), Image.new("RGB", (side, side), (128, 128, 128)))
+        parts = layout(prompt.for_settings(settings), Image.new("RGB", shape, (128, 128, 128)))
     except PhotoError as e:  # a reference photo unreadable: its photos wait for it (references.Images)
         log.warning("engine.fit_unmeasured", code=e.code, message=e.message)
         return

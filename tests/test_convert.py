@@ -362,3 +362,36 @@ def test_a_quantised_conversion_of_an_unlisted_checkpoint_is_appended_to_the_reg
     assert r.returncode == 0 and "quantisation Q8_0" in r.stdout and "belong together" in r.stdout, r.stdout
     r = run_bbsd("models", "list", "--dir", str(out))
     assert "InternVL2-2B-stage-finetune" in r.stdout and "Q8_0.gguf" in r.stdout
+
+
+def test_the_start_measures_internvl_s_costliest_photo_not_a_square(converted, tmp_path):
+    """`worker.check_fit` refuses a context that holds a square photo but not InternVL's costliest shape
+    (4:3: 12 tiles + thumbnail where a square gets 2x2 + thumbnail): otherwise the service starts and
+    every 4:3 photo gets a context_overflow error sidecar."""
+    from bbsd import config, prompt, worker
+    from bbsd.engines import open_in_process
+    from bbsd.errors import ConfigError
+
+    _, text, mmproj, _ = converted
+    cfg = write_config(tmp_path, [tmp_path], (text, mmproj))
+    settings = config.load(cfg, environ={})
+    side = settings.engine.image_max_side
+    labeler = open_in_process(settings)
+    try:
+        asked = prompt.for_settings(settings)
+        square = sum(labeler.layout(asked, Image.new("RGB", (side, side))).values())
+        wide = sum(labeler.layout(asked, Image.new("RGB", (side, side * 3 // 4))).values())
+    finally:
+        labeler.close()
+    assert wide > square
+    between = (square + wide) // 2  # a square photo fits, a 4:3 one does not
+    if between < 512:  # [engine] context_size's least value
+        pytest.skip(f"this fixture's prompt ({square}..{wide} tokens) is below the least context bbsd accepts")
+    cfg.write_text(cfg.read_text().replace("image_max_side = 256", f"image_max_side = 256\ncontext_size = {between}"))
+    tight = config.load(cfg, environ={})
+    labeler = open_in_process(tight)
+    try:
+        with pytest.raises(ConfigError, match="context_size"):
+            worker.check_fit(labeler, tight)
+    finally:
+        labeler.close()
