@@ -145,6 +145,62 @@ def test_control_and_unknown_tokens_leave_no_text_in_the_reply(tmp_path):
         ctx.close()
 
 
+def test_every_photo_is_labelled_at_a_small_output_cap(tmp_path, validate_sidecar):
+    """A model that writes every caption to its 200 characters, `max_output_tokens = 48`: each photo is
+    labelled with the names it has (those of the uncapped reply), and the sidecar says what was cut;
+    with jump-forward off too (the reply is closed all the same)."""
+    pair = tiny_model.write_pair(tmp_path / "long", TinySpec(tokenizer="spm", spaces=False, seed=1))
+    inboxes = _inboxes(tmp_path, ("full", "on", "off"))
+    cfg = write_config(tmp_path, list(inboxes.values()), pair)
+    full = _label(inboxes["full"], cfg, {})
+    for name in ("on", "off"):
+        capped = _label(inboxes[name], cfg, {"BBSD_ENGINE_MAX_OUTPUT_TOKENS": "48",
+                                              "BBSD_ENGINE_JUMP_FORWARD": str(name == "on").lower()})
+        for photo, doc in capped.items():
+            validate_sidecar(inboxes[name] / photo)
+            assert doc["status"] == "labeled", doc.get("error")
+            assert doc["labels"]["characters"] == full[photo]["labels"]["characters"]
+            assert doc["labels"]["cut"] and "cut" not in full[photo]["labels"]
+            assert len(doc["labels"]["caption"]) < len(full[photo]["labels"]["caption"])
+
+
+QUESTIONS = """
+[[questions]]
+key = "act"
+question = "Which act?"
+type = "choice"
+choices = ["Act 1", "Act 2", "Act 3"]
+
+[[questions]]
+key = "mood"
+question = "Mood?"
+type = "text"
+
+[[questions]]
+key = "puppets"
+question = "How many puppets?"
+type = "integer"
+min = 0
+max = 12
+"""
+
+
+def test_at_the_cap_the_model_still_chooses_every_answer(tmp_path, validate_sidecar):
+    """With questions, a closing stops at each answer the model must choose (never invented): the photo
+    is labelled with its names and every answer, its cut marked; the budget held them all."""
+    pair = tiny_model.write_pair(tmp_path / "long", TinySpec(tokenizer="spm", spaces=False, seed=1))
+    inboxes = _inboxes(tmp_path, ("full", "capped"))
+    cfg = write_config(tmp_path, list(inboxes.values()), pair, extra=QUESTIONS)
+    full = _label(inboxes["full"], cfg, {})
+    capped = _label(inboxes["capped"], cfg, {"BBSD_ENGINE_MAX_OUTPUT_TOKENS": "96"})
+    for photo, doc in capped.items():
+        validate_sidecar(inboxes["capped"] / photo)
+        assert doc["status"] == "labeled", doc.get("error")
+        assert doc["labels"]["characters"] == full[photo]["labels"]["characters"]
+        assert set(doc["labels"]["answers"]) == {"act", "mood", "puppets"} and doc["labels"]["cut"]
+        assert doc["tokens"]["output"] <= 96
+
+
 def test_the_converted_internlm2_vocabulary_appends_the_keys_too(tmp_path):
     """The InternVL2-8B-shaped checkpoint (InternLM2: SentencePiece with byte fallback), converted by
     llama.cpp's own converter: through `bbsd label`, the keys and punctuation are appended there too."""
