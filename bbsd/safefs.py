@@ -135,6 +135,34 @@ def _split(roots: Iterable[Path | str], path: Path | str) -> tuple[str, tuple[st
     raise OutsideError(errno.EXDEV, "not under any watch folder", str(path))
 
 
+# Each watch root as it resolved when the daemon pinned it (its start): the folder it is opened at from
+# then on, never through a link put in its place (`mv W W.old; ln -s /elsewhere W` while it runs).
+_PINNED: dict[str, str] = {}
+
+
+def pin_roots(roots: Iterable[Path | str]) -> None:
+    """Resolve each watch root once. A root the configuration names through a link stays the folder the
+    link led to; a root replaced by a link later is refused (`open_root`), not followed."""
+    for root in roots:
+        _PINNED[os.path.abspath(root)] = os.path.realpath(root)
+
+
+def open_root(root: Path | str) -> int:
+    """A descriptor on the watch root `root`: at its pinned folder, without following a link there
+    (`OutsideError` when one was put in its place), or the path as it is when not pinned (a one-shot command)."""
+    top = os.path.abspath(root)
+    real = _PINNED.get(top)
+    if real is None:
+        return os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        return os.open(real, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise OutsideError(e.errno, "the watch folder was replaced by a link or a file since bbsd started: "
+                               "bbsd never follows it", top) from None
+        raise
+
+
 def open_beneath(roots: Iterable[Path | str], path: Path | str) -> int:
     """`open_regular` on `path`, reached from its watch root one folder at a time, none of them a link.
 
@@ -156,7 +184,7 @@ def open_folder_beneath(roots: Iterable[Path | str], path: Path | str) -> int:
     """A descriptor on the folder that holds `path`, reached from its watch root as `open_beneath`
     does; files are then created and renamed relative to it, so nothing is written outside."""
     top, names = _split(roots, path)
-    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fd = open_root(top)
     try:
         for name in names[:-1]:
             try:
@@ -184,6 +212,8 @@ def beneath(roots: Iterable[Path | str], path: Path | str) -> bool:
         top, names = _split(roots, path)
     except OutsideError:
         return False
+    if top in _PINNED and os.path.realpath(top) != _PINNED[top]:
+        return False  # the root itself now leads elsewhere
     here = top
     for name in names[:-1]:
         here = os.path.join(here, name)

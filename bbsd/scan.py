@@ -11,41 +11,56 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from bbsd import atomic
+from bbsd import atomic, safefs
 from bbsd.filters import is_junk_dir, is_photo
 
 
 def photos(roots: tuple[Path, ...], extensions: tuple[str, ...], recursive: bool,
            follow_roots: bool = True) -> Iterator[Path]:
-    """Photos under `roots`; a root itself may be a link (the configuration's) unless `follow_roots` is off."""
+    """Photos under `roots`; a root itself may be a link (the configuration's) unless `follow_roots` is off.
+
+    A root the daemon pinned is opened at the folder it resolved to at start (`safefs.open_root`), and
+    every folder below is opened relative to the one above it: a folder, or the root, swapped for a
+    link while walked cannot lead the walk out."""
     for root in roots:
-        yield from _walk(root, extensions, recursive, follow_roots)
+        try:
+            fd = safefs.open_root(root) if follow_roots else _open_below(None, root)
+        except OSError:
+            continue  # vanished, unreadable, a link or replaced: the service reports folders separately
+        yield from _walk(fd, root, extensions, recursive)
 
 
-def _walk(folder: Path, extensions: tuple[str, ...], recursive: bool, follow: bool) -> Iterator[Path]:
-    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW)
+def _open_below(parent: int | None, name: str | Path) -> int:
+    return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW, dir_fd=parent)
+
+
+def _walk(fd: int, folder: Path, extensions: tuple[str, ...], recursive: bool) -> Iterator[Path]:
+    """The photos in the open folder `fd` (named `folder`) and below; closes `fd`. One descriptor is open
+    per level of the walk, however many folders a level holds."""
     try:
-        fd = os.open(folder, flags)
-    except OSError:
-        return  # vanished, unreadable or a link: the service reports folders separately
-    found, below = [], []
-    try:
-        for entry in os.scandir(fd):
+        found, below = [], []
+        try:
+            entries = list(os.scandir(fd))
+        except OSError:
+            return
+        for entry in entries:
             try:
                 if entry.is_dir(follow_symlinks=False):
                     if recursive and not is_junk_dir(entry.name):
-                        below.append(folder / entry.name)
+                        below.append(entry.name)
                 elif entry.is_file(follow_symlinks=False) and is_photo(folder / entry.name, extensions):
                     found.append(folder / entry.name)
             except OSError:
                 continue
-    except OSError:
-        return
+        yield from found
+        for name in below:
+            try:
+                sub = _open_below(fd, name)
+            except OSError:
+                continue  # gone, or swapped for a link since it was listed
+            yield from _walk(sub, folder / name, extensions, recursive)
     finally:
         os.close(fd)
-    yield from found
-    for sub in below:
-        yield from _walk(sub, extensions, recursive, follow=False)
 
 
 def remove_stale_temps(roots: tuple[Path, ...], recursive: bool) -> int:

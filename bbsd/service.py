@@ -79,6 +79,7 @@ class Daemon:
         self.journal = Journal(self.monitor.status.path.parent)
         self._decoders_up = threading.Semaphore(0)  # released by each worker thread once its decoder runs
         self.pipeline.roots = settings.watch.folders  # photos are read and written beneath these only
+        safefs.pin_roots(settings.watch.folders)  # a root later replaced by a link is not followed
         self._no_sidecar: dict[Path, tuple] = {}  # photo -> _signature when it ended without a sidecar of ours
 
     def run(self) -> None:

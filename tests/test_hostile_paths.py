@@ -147,6 +147,29 @@ def test_symlinked_folders_and_photos_never_lead_out_of_the_watch_folder(start, 
     stops_promptly(d)
 
 
+@pytest.mark.parametrize("observer", ["native", "polling"])
+def test_a_watch_root_replaced_by_a_link_while_running_is_never_followed(start, tmp_path, observer):
+    """`mv W W.old; ln -s /elsewhere W` while bbsd runs: neither the poller nor a rescan labels, reads or
+    writes anything under /elsewhere (the root is opened at the folder it was at start, never through a link)."""
+    outside = tmp_path / "elsewhere"
+    make_photo(outside / "o.jpg")
+    make_photo(outside / "deep" / "o2.jpg")
+    d, inbox = start(rescan_seconds=1, env={"BBSD_WATCH_OBSERVER": observer, "BBSD_WATCH_POLL_SECONDS": "0.5"})
+    next_photo_labelled(d, inbox, "before.jpg")
+    inbox.rename(tmp_path / "inbox.old")
+    inbox.symlink_to(outside, target_is_directory=True)
+    before = tree(outside)
+    make_photo(outside / "new.jpg", color=(10, 10, 200))
+    before["new.jpg"] = tree(outside)["new.jpg"]
+    rescans = len(d.events("scan.done"))
+    # five rescans and many polls later (rescan_seconds = 1): nothing of /elsewhere read or written
+    wait_until(lambda: len(d.events("scan.done")) >= rescans + 5, 60, "five rescans")
+    assert tree(outside) == before
+    assert not [e for e in d.events("photo.labeled") if "before.jpg" not in e["path"]]
+    assert d.proc.poll() is None
+    stops_promptly(d)
+
+
 def test_a_link_swapped_in_between_the_hash_and_the_decode_is_never_decoded(start, tmp_path):
     private = make_photo(tmp_path / "elsewhere" / "private.jpg", size=(333, 222), color=(1, 1, 1))
     d, inbox = start(env={"BBSD_TEST_HOOKS": "1", "BBSD_TEST_DECODE_DELAY_ON": "swap",
