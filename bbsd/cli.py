@@ -140,15 +140,21 @@ def label(
 
 
 def _expand(photos: list[Path], settings) -> list[Path]:
+    """The photos named, and those under the folders named. Nothing is resolved through a link: a link
+    named here is handed on as it is and refused as the daemon refuses one (a symlink among `W/*` must not
+    lead `bbsd label` out of the folder), and folders are walked without following links."""
     from bbsd import scan
     from bbsd.errors import PhotoError
 
     out = []
     for p in photos:
-        if p.is_dir():
-            out += sorted(scan.photos((p.resolve(),), settings.watch.extensions, True))
-        elif p.exists():
-            out.append(p.resolve())
+        here = Path(os.path.abspath(p))  # absolute, but not resolved
+        if here.is_symlink() or here.is_file():
+            out.append(here)
+        elif here.is_dir():
+            out += sorted(scan.photos((here,), settings.watch.extensions, True, follow_roots=False))
+        elif here.exists():
+            out.append(here)  # a FIFO or a device: refused by the pipeline without being opened
         else:
             raise PhotoError("missing", f"{p} does not exist", "check the path")
     return out

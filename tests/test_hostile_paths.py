@@ -267,3 +267,26 @@ def test_the_decoder_decodes_only_the_file_that_was_hashed(tmp_path):
     make_photo(photo, color=(4, 5, 6))  # a new copy under the same name
     reply = decode_worker.answer(request)[0]
     assert reply["code"] == "changed" and reply["incomplete"]
+
+
+def test_bbsd_label_never_follows_a_link_it_is_handed(tmp_path, tiny_models):
+    """`bbsd label W/*` with links among the entries: a link to a private photo outside and a link to a
+    folder outside are each refused with a line, nothing outside is read or written, the real photo is
+    labelled."""
+    from tests.conftest import run_bbsd
+
+    inbox, outside = tmp_path / "inbox", tmp_path / "elsewhere"
+    make_photo(outside / "private.jpg")
+    make_photo(outside / "d" / "q.jpg")
+    before = tree(outside)
+    real = make_photo(inbox / "real.jpg")
+    (inbox / "evil.jpg").symlink_to(outside / "private.jpg")
+    (inbox / "dir.jpg").symlink_to(outside / "d", target_is_directory=True)
+    cfg = write_config(tmp_path, [inbox], tiny_models)
+    done = run_bbsd("label", "--config", str(cfg), str(real), str(inbox / "evil.jpg"), str(inbox / "dir.jpg"))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert tree(outside) == before
+    assert json.loads(sidecar.path_for(real).read_text())["status"] == "labeled"
+    lines = [line for line in done.stdout.splitlines() if "evil.jpg" in line or "dir.jpg" in line]
+    assert len(lines) == 2 and all("symlink" in line for line in lines), done.stdout
+    assert "private.jpg" not in done.stdout and "q.jpg" not in done.stdout
