@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bbsd import catalog, engines, questions, references
+from bbsd import catalog, engines, questions, references, safefs
 from bbsd.catalog import Catalog
 from bbsd.config_keys import REQUIRED, Key, Validator, section  # noqa: F401 - backends import them from here
 from bbsd.errors import ConfigError
@@ -283,14 +283,26 @@ def _legacy_backend_key(raw: dict[str, Any], v: Validator) -> None:
                      "keep only `backend = ...` under [engine]")
 
 
+CONFIG_LIMIT = 4 << 20  # bytes: a catalog of thousands of entries is well under 1 MiB
+
+
 def read_toml(path: Path) -> dict[str, Any]:
+    """The configuration file's tables. It may be a link (/etc/bbsd/config.toml → a versioned file), but
+    it is read only if it ends at a regular file under CONFIG_LIMIT: a FIFO put in its place must not
+    block a reload (SIGHUP) forever, nor /dev/zero fill the memory."""
     try:
-        with path.open("rb") as f:
-            return tomllib.load(f)
+        data = safefs.read_regular(path, CONFIG_LIMIT, follow=True)
+        return tomllib.loads(data.decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"config file {path} not found", "pass --config PATH or copy config.toml") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML ({e})", "fix the syntax at that line") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})", "save the file as UTF-8") from None
+    except safefs.TooLargeError:
+        raise ConfigError(f"{path}: larger than {CONFIG_LIMIT >> 20} MiB", "is this the configuration file?") from None
+    except safefs.NotRegularError as e:
+        raise ConfigError(f"{path}: {e.strerror}", "point --config at the configuration file itself") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read ({e.strerror})", "check the file's permissions") from None
 

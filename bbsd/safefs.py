@@ -76,9 +76,11 @@ def open_regular(path: Path | str, *, dir_fd: int | None = None, follow: bool = 
     return fd
 
 
-def read_regular(path: Path | str, limit: int | None = None, *, dir_fd: int | None = None) -> bytes:
-    """The whole content of the regular file `path`; `TooLargeError` past `limit` bytes."""
-    fd = open_regular(path, dir_fd=dir_fd)
+def read_regular(path: Path | str, limit: int | None = None, *, dir_fd: int | None = None,
+                 follow: bool = False) -> bytes:
+    """The whole content of the regular file `path`; `TooLargeError` past `limit` bytes. `follow`: as
+    `open_regular` (only for files the configuration names)."""
+    fd = open_regular(path, dir_fd=dir_fd, follow=follow)
     try:
         return read_fd(fd, limit, str(path))
     finally:

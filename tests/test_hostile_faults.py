@@ -138,6 +138,32 @@ def test_a_config_broken_on_disk_does_not_stop_restarted_children(tmp_path, tiny
     assert run.stop() == 0
 
 
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero"])
+def test_a_config_that_is_not_a_file_at_sighup_blocks_nothing_and_fills_no_memory(tmp_path, tiny_models, bbsd_run,
+                                                                                  kind):
+    """The config path replaced by a FIFO (a read would block the main loop for good) or a link to
+    /dev/zero (a read would fill the memory) and SIGHUP: one config.reload_failed, the running
+    configuration kept, the next photo labelled, SIGTERM obeyed at once."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    cfg = write_config(tmp_path, [inbox], tiny_models)
+    run = bbsd_run(cfg)
+    run.wait_for("daemon.ready")
+    cfg.rename(tmp_path / "config.kept")
+    if kind == "fifo":
+        os.mkfifo(cfg)
+    else:
+        cfg.symlink_to("/dev/zero")
+    run.proc.send_signal(signal.SIGHUP)
+    [failed] = run.wait_for("config.reload_failed")
+    assert ("FIFO" if kind == "fifo" else "device") in failed["message"]
+    photo = make_photo(inbox / "after.jpg")
+    wait_until(lambda: _labeled(photo) or run.proc.poll() is not None, 90, "the photo labelled")
+    assert _labeled(photo)
+    assert psutil.Process(run.proc.pid).memory_info().rss < 600 * 2**20
+    assert run.stop(timeout=8) == 0
+
+
 def _own_models(tmp_path: Path, tiny_models) -> tuple[Path, Path]:
     folder = tmp_path / "models"
     folder.mkdir()
