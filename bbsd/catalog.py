@@ -194,6 +194,9 @@ def _reference_file(value: Any, where: str, fail: Fail, base: Path) -> Path:
     return path
 
 
+BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
 def check_keyword(name: str, where: str, fail: Fail) -> None:
     """Refuse what cannot survive as one keyword: hierarchy delimiters and control characters.
 
@@ -208,6 +211,13 @@ def check_keyword(name: str, where: str, fail: Fail) -> None:
     if bad is not None:
         raise fail(where, f"{name!r} contains the control character U+{ord(bad):04X}",
                      "write the name on one line without tabs or control characters")
+    # A bidi embedding, override or isolate makes a keyword show in another order than it is stored
+    # ("Trojan source"): in a photo tool's keyword list an editor would filter on what they cannot see.
+    bad = next((ch for ch in name if ch in BIDI_CONTROLS), None)
+    if bad is not None:
+        raise fail(where, f"{name!r} contains the bidirectional control U+{ord(bad):04X}, which makes the "
+                          "keyword show in another order than it is stored",
+                   "delete the invisible character (right-to-left scripts need none in a name)")
     check_text(name, where, fail)
 
 

@@ -134,7 +134,9 @@ def test_bbsd_check_refuses_one_name_written_twice_in_nfc_and_nfd(tmp_path, tiny
      f'{_toml("cake" + chr(0x10FFFF))}]\n', "questions[0].choices[1]", "U+10FFFF (a Unicode non-character)"),
     (f'[[questions]]\nkey = "lit"\nquestion = {_toml("Lit?" + chr(0x1FFFF))}\ntype = "yes_no"\n',
      "questions[0].question", "U+1FFFF (a Unicode non-character)"),
-], ids=["name U+FFFF", "name ESC", "description", "question label", "choice", "question text"])
+    (f'[[characters]]\nname = {_toml("Fox" + chr(0x202E) + "gpj")}\n', "characters[0].name",
+     "bidirectional control U+202E"),
+], ids=["name U+FFFF", "name ESC", "description", "question label", "choice", "question text", "name RLO"])
 def test_bbsd_check_refuses_catalog_text_an_xmp_cannot_hold(tmp_path, tiny_models, extra, where, what):
     line = _one_line(_check(tmp_path, tiny_models, extra))
     assert line.startswith("bbsd: error:") and where in line and what in line, line
