@@ -6,6 +6,7 @@ the start with one line, and an error that came from a setting is redone once th
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -49,20 +50,17 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_decoders_killed_five_times_in_a_row_never_end_the_service(tmp_path, tiny_models, bbsd_run):
-    """Every decoder process is killed the moment it appears, five times, most of them while starting
-    (before: `StartError` on EOF became `DecoderError` and the daemon exited 2, "reinstall bbsd")."""
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
-    run = bbsd_run(write_config(tmp_path, [inbox], tiny_models))
-    run.wait_for("daemon.ready")
+@contextlib.contextmanager
+def _kill_storm(run, role: str, times: int):
+    """SIGKILL each `role` child of the daemon the moment it appears, `times` in all, while the body
+    runs and until they are all killed (or the daemon ended)."""
     killed: set[int] = set()
     done = threading.Event()
 
     def killer() -> None:
-        while len(killed) < 5 and not done.is_set() and run.proc.poll() is None:
-            for proc in _children(run.proc.pid, "_decoder"):
-                if proc.pid not in killed and len(killed) < 5:
+        while len(killed) < times and not done.is_set() and run.proc.poll() is None:
+            for proc in _children(run.proc.pid, role):
+                if proc.pid not in killed and len(killed) < times:
                     os.kill(proc.pid, signal.SIGKILL)
                     killed.add(proc.pid)
             done.wait(0.005)
@@ -70,11 +68,22 @@ def test_decoders_killed_five_times_in_a_row_never_end_the_service(tmp_path, tin
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
     try:
-        first = make_photo(inbox / "during.jpg")
-        wait_until(lambda: len(killed) == 5 or run.proc.poll() is not None, 60, "five decoders killed")
+        yield
+        wait_until(lambda: len(killed) == times or run.proc.poll() is not None, 60, f"{times} {role} killed")
     finally:
         done.set()
         thread.join()
+
+
+def test_decoders_killed_five_times_in_a_row_never_end_the_service(tmp_path, tiny_models, bbsd_run):
+    """Every decoder process is killed the moment it appears, five times, most of them while starting
+    (before: `StartError` on EOF became `DecoderError` and the daemon exited 2, "reinstall bbsd")."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    run = bbsd_run(write_config(tmp_path, [inbox], tiny_models))
+    run.wait_for("daemon.ready")
+    with _kill_storm(run, "_decoder", 5):
+        first = make_photo(inbox / "during.jpg")
     assert run.proc.poll() is None, run.log_path.read_text()[-3000:]
     wait_until(lambda: sidecar.path_for(first).exists(), 90, "the photo of the kills")
     after = make_photo(inbox / "after.jpg", color=(20, 120, 200))
@@ -90,25 +99,8 @@ def test_an_engine_worker_killed_while_restarting_is_started_again(tmp_path, tin
     inbox.mkdir()
     run = bbsd_run(write_config(tmp_path, [inbox], tiny_models))
     run.wait_for("daemon.ready")
-    killed: set[int] = set()
-    done = threading.Event()
-
-    def killer() -> None:
-        while len(killed) < 3 and not done.is_set() and run.proc.poll() is None:
-            for proc in _children(run.proc.pid, "_worker"):
-                if proc.pid not in killed and len(killed) < 3:
-                    os.kill(proc.pid, signal.SIGKILL)
-                    killed.add(proc.pid)
-            done.wait(0.005)
-
-    thread = threading.Thread(target=killer, daemon=True)
-    thread.start()
-    try:
+    with _kill_storm(run, "_worker", 3):
         photo = make_photo(inbox / "during.jpg")
-        wait_until(lambda: len(killed) == 3 or run.proc.poll() is not None, 60, "three workers killed")
-    finally:
-        done.set()
-        thread.join()
     # The photo of the kills is labelled, or quarantined if a kill hit it twice: either way one record
     wait_until(lambda: sidecar.path_for(photo).exists() or run.proc.poll() is not None, 90, "the photo's record")
     assert run.proc.poll() is None, run.log_path.read_text()[-3000:]
