@@ -67,5 +67,20 @@ def label_probe(labeler, prompt, settings: Settings) -> str:
 
 
 def backend(settings: Settings) -> list[str]:
-    """What the configured backend checks before its model is opened (raises its own `BbsdError`)."""
-    return engines.get(settings.engine.backend).check(settings)
+    """What the configured backend checks before its model is opened (raises its own `BbsdError`), and
+    whether `max_output_tokens` holds the longest reply."""
+    return engines.get(settings.engine.backend).check(settings) + _output_cap(settings)
+
+
+def _output_cap(settings: Settings) -> list[str]:
+    """A warning when `[engine] max_output_tokens` is below the longest reply the grammar allows for this
+    catalog and these questions (at about a token a character): such a reply is closed at the cap."""
+    from bbsd import jump, prompt
+
+    longest = jump.longest(prompt.reply_schema(settings.catalog, settings.questions))
+    cap = settings.engine.max_output_tokens
+    if cap >= longest:
+        return []
+    return [f"warning: [engine] max_output_tokens = {cap} is below the longest reply ({longest} characters) the "
+            f"grammar allows for this catalog and questions: a longer reply is closed at the cap and its sidecar's "
+            f"labels.cut names what was cut; raise it to {longest} to never cut one"]

@@ -218,3 +218,19 @@ def test_the_converted_internlm2_vocabulary_appends_the_keys_too(tmp_path):
     doc = _label(inbox, write_config(tmp_path, [inbox], (text, mmproj)), {})["stage.jpg"]
     print(f"InternLM2 stage.jpg: tokens {doc['tokens']} (keys and punctuation: {skeleton} tokens)")
     assert doc["status"] == "labeled" and doc["tokens"]["output"] - doc["tokens"]["sampled"] >= skeleton
+
+
+def test_bbsd_check_warns_when_the_output_cap_is_below_the_longest_reply(pairs, tmp_path):
+    """The catalog and questions fix the longest reply the grammar allows; a cap below it cuts some replies."""
+    from bbsd import jump
+
+    cfg = write_config(tmp_path, [tmp_path], pairs["bpe"], extra=QUESTIONS)
+    settings = config.load(cfg, environ={})
+    longest = jump.longest(prompt.reply_schema(settings.catalog, settings.questions))
+    assert 768 < longest < 8192  # the test catalog and QUESTIONS' text answer of 40 characters
+    low = run_bbsd("check", "--config", str(cfg), env={"BBSD_ENGINE_MAX_OUTPUT_TOKENS": "200"}, timeout=300)
+    enough = run_bbsd("check", "--config", str(cfg), env={"BBSD_ENGINE_MAX_OUTPUT_TOKENS": str(longest)},
+                      timeout=300)
+    assert low.returncode == enough.returncode == 0, low.stdout + low.stderr[-2000:]
+    assert f"max_output_tokens = 200 is below the longest reply ({longest} characters)" in low.stdout
+    assert "max_output_tokens" not in enough.stdout
