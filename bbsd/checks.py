@@ -82,5 +82,5 @@ def _output_cap(settings: Settings) -> list[str]:
     if cap >= longest:
         return []
     return [f"warning: [engine] max_output_tokens = {cap} is below the longest reply ({longest} characters) the "
-            f"grammar allows for this catalog and questions: a longer reply is closed at the cap and its sidecar's "
-            f"labels.cut names what was cut; raise it to {longest} to never cut one"]
+            f"grammar allows for this catalog and questions: a longer reply is closed at the cap (labels.cut names "
+            f"what was cut; a remote server's is lost); raise it to {longest} to never cut one"]
