@@ -447,3 +447,21 @@ def test_a_daemon_holds_neither_a_dripping_reply_past_its_deadline_nor_a_gigabyt
     wait_until(lambda: len(run.events("photo.labeled")) >= 2, 30, "the photo after labelled")
     wait_until(lambda: _endpoint_status(tmp_path).get("in_flight") == 0, 10, "status: 0 in flight")
     assert run.stop() == 0
+
+
+def test_think_blocks_are_removed_in_one_pass_even_from_a_hostile_reply():
+    """A reply of `<think>` repeated with no `</think>`: the old lazy regex took quadratic time holding
+    the GIL (20 s for 210 kB, the daemon frozen; ~30 min at the 2 MiB cap). The bound below is loose on
+    purpose: linear is milliseconds, quadratic is minutes."""
+    import time
+
+    from bbsd.openai_backend import _without_thinking
+
+    assert _without_thinking('<think>hm</think>{"a": 1}') == '{"a": 1}'
+    assert _without_thinking("a<think>x</think>b<think>y</think>c") == "abc"
+    assert _without_thinking("b<think>unclosed") == "b<think>unclosed"
+    assert _without_thinking("<think><think>x</think>{}") == "{}"
+    hostile = "<think>" * (2 * 2**20 // 7)
+    t0 = time.process_time()
+    assert _without_thinking(hostile) == hostile
+    assert time.process_time() - t0 < 10
