@@ -111,7 +111,10 @@ def _take_owner(fd: int, target: Path | str, folder: int | None) -> None:
             log.warning("sidecar.owner_not_kept", path=str(target), reason=e.strerror or str(e),
                         hint="bbsd may not give a file to another user; it keeps the mode, the file becomes "
                              "bbsd's (said once)")
-    os.fchmod(fd, stat.S_IMODE(st.st_mode))
+    # Permission bits only (never set-id bits from the file replaced); a filesystem that refuses
+    # chmod (some CIFS mounts) keeps the umask's mode rather than failing every write.
+    with contextlib.suppress(OSError):
+        os.fchmod(fd, stat.S_IMODE(st.st_mode) & 0o777)
 
 
 def _fsync_folder(folder: int | None, path: Path) -> None:

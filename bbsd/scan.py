@@ -11,8 +11,13 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import structlog
+
 from bbsd import atomic, safefs
 from bbsd.filters import is_junk_dir, is_photo
+
+log = structlog.get_logger("bbsd.scan")
+MAX_DEPTH = 64  # folders below a watch root; a show's folders are a few levels deep
 
 
 def photos(roots: tuple[Path, ...], extensions: tuple[str, ...], recursive: bool,
@@ -34,7 +39,7 @@ def _open_below(parent: int | None, name: str | Path) -> int:
     return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW, dir_fd=parent)
 
 
-def _walk(fd: int, folder: Path, extensions: tuple[str, ...], recursive: bool) -> Iterator[Path]:
+def _walk(fd: int, folder: Path, extensions: tuple[str, ...], recursive: bool, depth: int = 0) -> Iterator[Path]:
     """The photos in the open folder `fd` (named `folder`) and below; closes `fd`. One descriptor is open
     per level of the walk, however many folders a level holds."""
     try:
@@ -53,12 +58,16 @@ def _walk(fd: int, folder: Path, extensions: tuple[str, ...], recursive: bool) -
             except OSError:
                 continue
         yield from found
+        if below and depth >= MAX_DEPTH:  # a hostile tree must not exhaust the stack or the descriptors
+            log.warning("scan.too_deep", folder=str(folder), depth=depth, skipped=len(below),
+                        hint=f"bbsd walks {MAX_DEPTH} folders deep at most; move the photos higher up")
+            return
         for name in below:
             try:
                 sub = _open_below(fd, name)
             except OSError:
                 continue  # gone, or swapped for a link since it was listed
-            yield from _walk(sub, folder / name, extensions, recursive)
+            yield from _walk(sub, folder / name, extensions, recursive, depth + 1)
     finally:
         os.close(fd)
 
@@ -67,7 +76,9 @@ def remove_stale_temps(roots: tuple[Path, ...], recursive: bool) -> int:
     """Delete temp files left by a crash mid-write; safe because only one bbsd writes here."""
     removed = 0
     for root in roots:
+        top = len(Path(root).parts)
         for folder, dirs, _files in os.walk(root):
             removed += atomic.remove_stale_temps(Path(folder))
-            dirs[:] = [d for d in dirs if recursive and not is_junk_dir(d)]
+            deep = len(Path(folder).parts) - top >= MAX_DEPTH  # as deep as `photos` walks, never deeper
+            dirs[:] = [d for d in dirs if recursive and not deep and not is_junk_dir(d)]
     return removed

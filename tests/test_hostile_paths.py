@@ -290,3 +290,23 @@ def test_bbsd_label_never_follows_a_link_it_is_handed(tmp_path, tiny_models):
     lines = [line for line in done.stdout.splitlines() if "evil.jpg" in line or "dir.jpg" in line]
     assert len(lines) == 2 and all("symlink" in line for line in lines), done.stdout
     assert "private.jpg" not in done.stdout and "q.jpg" not in done.stdout
+
+
+def test_a_folder_tree_deeper_than_the_stack_is_walked_to_a_depth_and_ends_nothing(tmp_path):
+    """1,200 nested folders (a recursive walk hit RecursionError, and the daemon ended at every start):
+    the walk stops at scan.MAX_DEPTH with one event, photos above it are found."""
+    from bbsd import scan
+
+    root = tmp_path / "w"
+    root.mkdir()
+    fd = os.open(root, os.O_RDONLY)
+    for _ in range(1200):  # made folder by folder: pathlib's mkdir(parents=True) recurses too
+        os.mkdir("d", dir_fd=fd)
+        below = os.open("d", os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = below
+    os.close(fd)
+    make_photo(root / "d" / "top.jpg")
+    found = list(scan.photos((root,), ("jpg",), recursive=True))
+    assert found == [root / "d" / "top.jpg"]
+    assert scan.remove_stale_temps((root,), recursive=True) == 0
