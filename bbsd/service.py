@@ -326,10 +326,13 @@ class Daemon:
         if st is None:
             return
         young = time.time() - st.st_mtime < self.settings.watch.incomplete_timeout_seconds
+        # Taken before the photo is looked at: a sidecar an editor finished saving meanwhile differs from
+        # it, so the next rescan looks again instead of passing the photo over for good.
+        before = _signature(path)
         outcome = self.pipeline.process(path, queue_wait_ms=wait_ms, allow_incomplete=young, order=order,
                                         cancelled=self.stop.is_set)
         no_sidecar = outcome.sidecar is None and outcome.status in (Status.KEPT, Status.IGNORED, Status.FAILED)
-        signature = _signature(path) if no_sidecar else None  # looked at outside the lock
+        signature = before if no_sidecar else None
         with self._lock:
             if outcome.status in self.counts:
                 self.counts[outcome.status] += 1
