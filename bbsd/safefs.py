@@ -190,8 +190,7 @@ def open_folder_beneath(roots: Iterable[Path | str], path: Path | str) -> int:
     try:
         for name in names[:-1]:
             try:
-                below = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                                dir_fd=fd)
+                below = _open_folder(name, fd)
             except OSError as e:
                 if e.errno in (errno.ELOOP, errno.ENOTDIR):
                     raise OutsideError(e.errno, f"{name!r} on the way is not a folder (a symlink?): bbsd "
@@ -203,6 +202,18 @@ def open_folder_beneath(roots: Iterable[Path | str], path: Path | str) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def _open_folder(name: str, parent: int) -> int:
+    """The folder `name` in `parent`, never through a link. A folder bbsd may pass through but not list
+    (mode 0711) is opened as a path only (`O_PATH`, Linux): enough to open and create files in it."""
+    flags = os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.open(name, os.O_RDONLY | os.O_NONBLOCK | flags, dir_fd=parent)
+    except PermissionError:
+        if not hasattr(os, "O_PATH"):
+            raise
+        return os.open(name, os.O_PATH | flags, dir_fd=parent)
 
 
 def beneath(roots: Iterable[Path | str], path: Path | str) -> bool:

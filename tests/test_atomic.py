@@ -4,6 +4,7 @@ import errno
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -94,3 +95,44 @@ def test_the_xmp_merge_neither_reads_nor_writes_through_a_linked_folder(tmp_path
     with pytest.raises(xmp.XmpNotRegularError):
         xmp.write(root / "day1" / "p.jpg.xmp", xmp.proposal_for(labels, "BBS", {}), roots=(root,))
     assert os.listdir(outside) == ["p.jpg.xmp"] and "secret" in (outside / "p.jpg.xmp").read_text()
+
+
+def test_a_folder_bbsd_may_pass_but_not_list_still_takes_sidecars():
+    """A photographer's folder of mode 0711 on the way (enter, not list): reads and writes through
+    descriptors still reach the photo's own folder (as the path-based code did)."""
+    import pwd
+    import sys
+    import tempfile
+    import traceback
+
+    from bbsd import safefs
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to act as another user")
+    base = Path(tempfile.mkdtemp(prefix="bbsd-0711-", dir="/tmp"))  # pytest's own tmp is 0700: nobody can't enter
+    try:
+        base.chmod(0o755)
+        root = base / "watch"
+        (root / "private" / "day1").mkdir(parents=True)
+        (root / "private" / "day1" / "p.jpg").write_bytes(b"jpeg")
+        nobody = pwd.getpwnam("nobody").pw_uid
+        for folder in (root, root / "private" / "day1"):
+            os.chown(folder, nobody, -1)
+        (root / "private").chmod(0o711)
+        pid = os.fork()
+        if pid == 0:  # the child acts as an unprivileged user, as the service does
+            code = 1
+            try:
+                os.setuid(nobody)
+                atomic.write_bytes(root / "private" / "day1" / "p.jpg.json", b"{}", roots=(root,))
+                os.close(safefs.open_beneath((root,), root / "private" / "day1" / "p.jpg"))
+                code = 0
+            except BaseException:
+                traceback.print_exc(file=sys.stderr)
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert (root / "private" / "day1" / "p.jpg.json").read_bytes() == b"{}"
+    finally:
+        shutil.rmtree(base)
