@@ -23,13 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bbsd.references import file_sha256
+from bbsd import formats
+from bbsd.fingerprint import file_sha256
 from bbsd.text import describe, first_unsafe, nfc
 
 SECTIONS = ("characters", "props")
 Fail = Callable[[str, str, str], Exception]  # config.Validator.fail: (key, problem, hint) -> ConfigError
 # What a reference photo may be: formats the contained decoders read, RAW aside (export a JPEG of it).
-REFERENCE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "tif", "tiff", "heic", "heif")
 REFERENCES_PER_ENTRY = 4  # each reference costs an image's tokens in the prompt (evaluated once, kept cached)
 REFERENCES_TOTAL = 16
 REFERENCE_CAPTION_MAX = 120
@@ -179,9 +179,9 @@ def _reference_file(value: Any, where: str, fail: Fail, base: Path) -> Path:
         raise fail(where, "must be a path to a photo", "a path relative to the config file's folder, "
                    "e.g. \"refs/baba-yaga-1.jpg\"")
     path = (base / Path(value).expanduser()).resolve()
-    if path.suffix.lower().lstrip(".") not in REFERENCE_EXTENSIONS:
+    if formats.extension(path) not in formats.REFERENCES:
         raise fail(where, f"{value!r} is not a photo file bbsd shows as a reference",
-                   f"use one of: {', '.join(REFERENCE_EXTENSIONS)} (export a JPEG of a RAW file)")
+                   f"use one of: {', '.join(formats.REFERENCES)} (export a JPEG of a RAW file)")
     if not path.exists():
         raise fail(where, f"{path} does not exist", "check the path; it is relative to the config file's folder")
     if not path.is_file():

@@ -18,20 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bbsd import catalog, engines, questions, references, safefs
+from bbsd import catalog, engines, formats, questions, references, safefs
 from bbsd.catalog import Catalog
 from bbsd.config_keys import REQUIRED, Key, Validator, section  # noqa: F401 - backends import them from here
 from bbsd.errors import ConfigError
-
-DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "tif", "tiff", "webp", "heic", "heif",
-                      "cr2", "cr3", "nef", "arw", "raf", "orf", "rw2", "dng", "pef", "srw")
-
 
 SCHEMA: dict[str, dict[str, Key]] = {
     "watch": {
         "folders": Key("paths", REQUIRED, "folders to watch for new photos (one or more)"),
         "recursive": Key("bool", True, "also watch sub-folders"),
-        "extensions": Key("strs", DEFAULT_EXTENSIONS, "file extensions taken as photos (case-insensitive)"),
+        "extensions": Key("strs", formats.DEFAULT_PHOTOS, "file extensions taken as photos (case-insensitive)"),
         "settle_seconds": Key("float", 2.0, "size and mtime must stay unchanged this long", 0.05, 600),
         "incomplete_timeout_seconds": Key(
             "float", 60.0, "a file that stays truncated or empty this long gets an error sidecar", 0.5, 86400

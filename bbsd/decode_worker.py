@@ -22,7 +22,7 @@ from typing import Any, BinaryIO
 
 import structlog
 
-from bbsd import child, ipc, safefs
+from bbsd import child, formats, ipc, safefs
 from bbsd.errors import IncompletePhotoError, PhotoError
 
 log = structlog.get_logger("bbsd.decoder")
@@ -149,7 +149,7 @@ def probe(path: Path, f: BinaryIO | None = None) -> dict[str, Any]:
     """What ordering and pairing need, from the header only: capture time, and a RAW's size."""
     from bbsd import imaging, raw
 
-    if imaging.is_raw(path):
+    if formats.is_raw(path):
         width, height = raw.dimensions(path, f)
         return {"capture_time": None, "width": width, "height": height}
     return {"capture_time": imaging.capture_time(path, f), "width": None, "height": None}

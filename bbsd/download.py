@@ -9,7 +9,6 @@ point it at a local server).
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
 import os
@@ -24,6 +23,7 @@ from urllib.parse import quote
 import structlog
 
 from bbsd.errors import ModelError
+from bbsd.fingerprint import file_sha256
 from bbsd.models import Entry
 
 log = structlog.get_logger("bbsd.download")
@@ -92,7 +92,7 @@ def pull(entry: Entry, models_dir: Path, progress: bool | None = None) -> list[P
 
 def _complete(path: Path, remote: RemoteFile, entry: Entry) -> bool:
     return path.is_file() and path.stat().st_size == remote.size and (
-        _expected_sha(remote, entry) is None or _sha256(path) == _expected_sha(remote, entry))
+        _expected_sha(remote, entry) is None or file_sha256(path) == _expected_sha(remote, entry))
 
 
 def _expected_sha(remote: RemoteFile, entry: Entry) -> str | None:
@@ -127,7 +127,7 @@ def fetch(entry: Entry, remote: RemoteFile, models_dir: Path, progress: bool) ->
                 raise ModelError(f"download of {remote.path} kept failing ({e})",
                                  "run `bbsd models pull` again: it resumes where it stopped") from None
     expected = _expected_sha(remote, entry)
-    actual = _sha256(part)
+    actual = file_sha256(part)
     if expected and actual != expected:
         part.unlink()
         raise ModelError(f"{remote.path} is corrupt: sha256 {actual[:12]}… is not {expected[:12]}…",
@@ -151,14 +151,6 @@ def _transfer(url: str, part: Path, size: int, progress: bool) -> None:
                 bar.advance(len(chunk))
         if size and part.stat().st_size < size:
             raise http.client.IncompleteRead(b"", size - part.stat().st_size)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(CHUNK):
-            h.update(block)
-    return h.hexdigest()
 
 
 class _Bar:

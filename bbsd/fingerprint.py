@@ -19,6 +19,8 @@ from pathlib import Path
 
 import structlog
 
+from bbsd import safefs
+
 log = structlog.get_logger("bbsd.fingerprint")
 CACHE = "model-digests.json"
 
@@ -38,7 +40,7 @@ def files(named: dict[str, Path | None], state: Path | None) -> tuple[tuple[str,
         known = cache.get(key)
         if not (isinstance(known, dict) and known.get("stamp") == stamp and isinstance(known.get("sha256"), str)):
             try:
-                known = {"stamp": stamp, "sha256": _sha256(path)}
+                known = {"stamp": stamp, "sha256": file_sha256(path)}
             except OSError:
                 continue
             cache[key], changed = known, True
@@ -49,8 +51,10 @@ def files(named: dict[str, Path | None], state: Path | None) -> tuple[tuple[str,
     return tuple(out)
 
 
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
+def file_sha256(path: Path) -> str:
+    """The file's content digest (read, never parsed). Only a regular file is opened (a link the
+    configuration names is followed): a FIFO or device named as a model or reference never blocks."""
+    with os.fdopen(safefs.open_regular(path, follow=True), "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 

@@ -20,11 +20,9 @@ from typing import BinaryIO
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from bbsd import formats
 from bbsd.errors import IncompletePhotoError, PhotoError
 
-RAW_EXTENSIONS = frozenset({"cr2", "cr3", "crw", "nef", "nrw", "arw", "srf", "sr2", "raf", "orf", "rw2", "dng",
-                            "pef", "srw", "x3f", "3fr", "iiq", "rwl", "erf", "mos", "mrw", "kdc"})
-HEIF_EXTENSIONS = frozenset({"heic", "heif", "hif"})
 HEADER_EXIF_FORMATS = frozenset({"JPEG", "MPO", "TIFF", "WEBP", "HEIF"})  # EXIF read without decoding pixels
 
 try:  # HEIC/HEIF from phones; pillow-heif registers itself as a Pillow plugin
@@ -34,10 +32,6 @@ try:  # HEIC/HEIF from phones; pillow-heif registers itself as a Pillow plugin
     HEIF_OK = True
 except ImportError:  # pragma: no cover - it is a declared dependency
     HEIF_OK = False
-
-
-def is_raw(path: Path) -> bool:
-    return path.suffix.lower().lstrip(".") in RAW_EXTENSIONS
 
 
 @dataclass(frozen=True)
@@ -71,13 +65,13 @@ def _decode(path: Path, max_side: int, max_pixels: int, fileobj: BinaryIO | None
     if size == 0:
         raise IncompletePhotoError("empty_file", "the file is empty (0 bytes)",
                                    "copy the photo again; it may have been cut off")
-    if is_raw(path):
+    if formats.is_raw(path):
         from bbsd import raw
 
         image, width, height = raw.decode(path, max_side, max_pixels, fileobj)
         image.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
         return Decoded(image=_to_rgb(image), width=width, height=height)
-    if path.suffix.lower().lstrip(".") in HEIF_EXTENSIONS and not HEIF_OK:
+    if formats.is_heif(path) and not HEIF_OK:
         raise PhotoError("unsupported_format", "HEIC/HEIF support is not installed", "pip install pillow-heif")
     try:
         with Image.open(fileobj if fileobj is not None else path) as img:

@@ -12,7 +12,7 @@ import os
 import stat
 from pathlib import Path
 
-SOURCES = (".jpg", ".jpeg", ".heic", ".heif", ".hif")
+from bbsd import formats
 
 
 def partner(raw: Path, window_s: float) -> Path | None:
@@ -24,8 +24,8 @@ def partner(raw: Path, window_s: float) -> Path | None:
         return None
     stem = raw.stem.casefold()
     candidates = [raw.parent / n for n in names
-                  if Path(n).stem.casefold() == stem and Path(n).suffix.lower() in SOURCES]
-    for cand in sorted(candidates, key=lambda p: SOURCES.index(p.suffix.lower())):
+                  if Path(n).stem.casefold() == stem and formats.extension(Path(n)) in formats.PAIR_SOURCES]
+    for cand in sorted(candidates, key=lambda p: formats.PAIR_SOURCES.index(formats.extension(p))):
         try:
             st = os.lstat(cand)  # a link or a FIFO named like the JPEG is no sibling (never opened)
             if stat.S_ISREG(st.st_mode) and abs(st.st_mtime - raw_mtime) <= window_s:

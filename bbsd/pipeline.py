@@ -25,7 +25,7 @@ from pathlib import Path
 
 import structlog
 
-from bbsd import atomic, confidence, editors, imaging, labels, metrics, pairs, safefs, sidecar
+from bbsd import atomic, confidence, editors, formats, labels, metrics, pairs, safefs, sidecar
 from bbsd import prompt as prompt_mod
 from bbsd.config import Settings
 from bbsd.decoder import Decoder, DecoderError
@@ -164,7 +164,7 @@ class Pipeline:
             log.debug("photo.skipped", path=str(path), reason="sidecar up to date")
             return Outcome(path, Status.SKIPPED, sidecar=sidecar.path_for(path))
         timing = {"queue_wait": queue_wait_ms}
-        if self._pair_seconds and imaging.is_raw(path):
+        if self._pair_seconds and formats.is_raw(path):
             paired = self._from_partner(path, sha, ident, timing, may_wait=allow_incomplete)
             if paired is not None:
                 return paired

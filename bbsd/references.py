@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Generic, TypeVar
 
-from bbsd import safefs
+from bbsd import fingerprint
 from bbsd.errors import PhotoError
 
 if TYPE_CHECKING:
@@ -77,13 +76,6 @@ def digest(items: tuple[Item, ...], strategy: str) -> str:
     return hashlib.sha256(json.dumps(data, ensure_ascii=False).encode()).hexdigest()
 
 
-def file_sha256(path: Path) -> str:
-    """The file's content digest (read, never parsed). Only a regular file is opened (a link the
-    configuration names is followed): a FIFO or device named as a reference never blocks the start."""
-    with os.fdopen(safefs.open_regular(path, follow=True), "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 class Images(Generic[Shown]):
     """Reference images decoded once and kept, by file and content digest, for the prompts that show them.
 
@@ -111,7 +103,7 @@ class Images(Generic[Shown]):
     def _read(self, item: Item, max_side: int) -> Shown:
         path = Path(item.file)
         try:
-            now = file_sha256(path)
+            now = fingerprint.file_sha256(path)
         except OSError as e:
             raise PhotoError("reference_unreadable", f"reference {item.where} ({path}) cannot be read ({e.strerror})",
                              "restore the file, or remove the reference and reload the configuration") from None

@@ -116,10 +116,9 @@ def ident(st: os.stat_result) -> Ident:
 def sha256_fd(fd: int) -> tuple[str, Ident]:
     """The content's sha256 and the file's identity; `ChangedError` when it changed while read."""
     before = ident(os.fstat(fd))
-    h = hashlib.sha256()
     os.lseek(fd, 0, os.SEEK_SET)
-    while chunk := os.read(fd, CHUNK):
-        h.update(chunk)
+    with open(fd, "rb", closefd=False) as f:
+        h = hashlib.file_digest(f, "sha256")
     after = ident(os.fstat(fd))
     if after != before:
         raise ChangedError(errno.EAGAIN, "the file changed while it was read")

@@ -121,14 +121,6 @@ def fit_name(name: str, suffix: str, name_max: int = NAME_MAX) -> str:
     return head + tail
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def render(record: Record, model: ModelInfo, prompt: Prompt) -> dict[str, Any]:
     """The sidecar of `record`, as strict JSON can hold it (`json_safe`)."""
     doc: dict[str, Any] = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -220,3 +221,8 @@ def engine(tiny_models, tmp_path_factory):
     labeler = open_in_process(settings)
     yield labeler, settings
     labeler.close()
+
+
+def sha256_of(path: Path) -> str:
+    """The file's sha256 computed here, independently of bbsd's own code."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

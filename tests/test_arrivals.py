@@ -22,7 +22,18 @@ import pytest
 from PIL import Image
 
 from bbsd import imaging, sidecar, watcher
-from tests.conftest import REPO, SLACK, BbsdRun, bbsd_cmd, events, jpeg_bytes, make_photo, wait_until, write_config
+from tests.conftest import (
+    REPO,
+    SLACK,
+    BbsdRun,
+    bbsd_cmd,
+    events,
+    jpeg_bytes,
+    make_photo,
+    sha256_of,
+    wait_until,
+    write_config,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -169,7 +180,7 @@ def test_raw_and_jpeg_of_one_shot_are_labelled_once(daemon, tmp_path):
     wait_until(lambda: sidecar.path_for(raw).exists() and sidecar.path_for(jpg).exists(), 60, "both sidecars")
     r, j = _doc(raw), _doc(jpg)
     assert r["labels"] == j["labels"] and r["pair"] == {"source": "IMG_0001.JPG", "sha256": j["photo"]["sha256"]}
-    assert r["photo"]["sha256"] == sidecar.file_sha256(raw) and r["photo"]["width"] == 256
+    assert r["photo"]["sha256"] == sha256_of(raw) and r["photo"]["width"] == 256
     assert j["tokens"]["output"] > 0 and r["tokens"]["output"] == 0  # one inference for the shot
     assert (inbox / "IMG_0001.DNG.xmp").exists() and (inbox / "IMG_0001.JPG.xmp").exists()
     assert run.stop() == 0
@@ -212,7 +223,7 @@ def test_replaced_while_queued_is_relabelled_and_deleted_while_queued_is_dropped
     tmp.rename(replaced)  # replaced atomically while it waits in the queue
     deleted.unlink()
     wait_until(lambda: sidecar.path_for(replaced).exists() and
-               _doc(replaced)["photo"]["sha256"] == sidecar.file_sha256(replaced), 60, "the replacement's label")
+               _doc(replaced)["photo"]["sha256"] == sha256_of(replaced), 60, "the replacement's label")
     assert not sidecar.path_for(deleted).exists()
     assert not [e for e in run.events("photo.failed") if e["path"] == str(deleted)]
     assert run.stop() == 0

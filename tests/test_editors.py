@@ -12,7 +12,7 @@ import structlog
 from bbsd import config, prompt, sidecar
 from bbsd.fake_engine import FakeLabeler
 from bbsd.pipeline import Pipeline, Status
-from tests.conftest import make_photo, write_config
+from tests.conftest import make_photo, sha256_of, write_config
 from tests.test_xmp import GOLDEN, HOSTILE, exiftool, needs_exiftool
 
 
@@ -108,7 +108,7 @@ def test_json_labels_a_person_edited_are_kept_with_the_proposal_beside(make, val
     after = validate_sidecar(photo)
     assert after["labels"] == human_labels
     assert after["proposal"]["caption"] == "bbsd's new idea"
-    assert after["photo"]["sha256"] == sidecar.file_sha256(photo)
+    assert after["photo"]["sha256"] == sha256_of(photo)
 
 
 def test_untouched_json_labels_are_replaced(make, validate_sidecar):

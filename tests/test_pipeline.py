@@ -11,7 +11,7 @@ from bbsd.errors import PhotoError
 from bbsd.fake_engine import FakeLabeler
 from bbsd.labeler import Inference
 from bbsd.pipeline import Pipeline, Status
-from tests.conftest import jpeg_bytes, make_photo, write_config
+from tests.conftest import jpeg_bytes, make_photo, sha256_of, write_config
 
 
 @pytest.fixture
@@ -32,7 +32,7 @@ def test_labeled_sidecar_is_schema_valid_and_complete(setup, validate_sidecar):
     out = make().process(photo, queue_wait_ms=12.5)
     assert out.status is Status.LABELED and out.sidecar == inbox / "IMG_0001.JPG.json"
     doc = validate_sidecar(photo)
-    assert doc["status"] == "labeled" and doc["photo"]["sha256"] == sidecar.file_sha256(photo)
+    assert doc["status"] == "labeled" and doc["photo"]["sha256"] == sha256_of(photo)
     assert (doc["photo"]["width"], doc["photo"]["height"]) == (300, 200)
     assert doc["labels"]["characters"] == ["Baba Yaga"] and doc["timing_ms"]["queue_wait"] == 12.5
     assert doc["memory_mb"]["rss"] > 0 and doc["memory_mb"]["vram"] is None

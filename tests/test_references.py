@@ -19,7 +19,7 @@ from bbsd import config, prompt, references, sidecar
 from bbsd.engines import open_in_process
 from bbsd.errors import ConfigError, PhotoError
 from bbsd.labeler import ModelInfo
-from tests.conftest import make_photo, run_bbsd, write_config
+from tests.conftest import make_photo, run_bbsd, sha256_of, write_config
 
 BY, K = "Baba Yaga", "Koschei"
 INFO = ModelInfo(backend="llama", file="t.gguf", mmproj="p.gguf")
@@ -125,7 +125,7 @@ def test_reference_files_resolve_against_the_config_folder_and_are_hashed_not_pa
     s = config.load(cfg, environ={})
     by, lantern = s.catalog.characters[0].references[0], s.catalog.props[0].references[0]
     assert by.file == (tmp_path / "refs" / "baba-yaga-1.jpg").resolve() and by.caption == "full figure, from the left"
-    assert by.sha256 == references.file_sha256(by.file)
+    assert by.sha256 == sha256_of(by.file)
     assert lantern.file.name == "garbage.jpg"  # the config took it: only the engine worker decodes references
     assert s.prompt.references == "gallery"  # the default: references, when listed, are shown
 

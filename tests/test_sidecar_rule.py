@@ -12,7 +12,7 @@ from bbsd import atomic, config, prompt, sidecar, xmp
 from bbsd.fake_engine import FakeLabeler
 from bbsd.labeler import ModelInfo
 from bbsd.pipeline import Pipeline, Status
-from tests.conftest import make_photo, write_config
+from tests.conftest import make_photo, sha256_of, write_config
 
 MODEL = ModelInfo("llama", "m.gguf", "p.gguf")
 
@@ -52,7 +52,7 @@ def test_every_caller_uses_the_one_rule(pipeline):
     photo = make_photo(inbox / "b.jpg")
     assert not p.is_current(photo)
     assert p.process(photo).status is Status.LABELED
-    assert p.is_current(photo) and p.is_current(photo, sha256=sidecar.file_sha256(photo))
+    assert p.is_current(photo) and p.is_current(photo, sha256=sha256_of(photo))
     assert p.process(photo).status is Status.SKIPPED
     p.apply(config.load(p_settings_with_catalog(inbox, p), environ={}))  # a new catalog: no longer current
     assert not p.is_current(photo)
