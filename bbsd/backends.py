@@ -12,47 +12,9 @@ from pathlib import Path
 
 import structlog
 
+from bbsd.llama_binding import LLAMA_CPP_COMMIT, LLAMA_CPP_PYTHON, ggml, import_llama
+
 log = structlog.get_logger("bbsd.backends")
-# The llama.cpp commit vendored by the pinned llama-cpp-python (its CHANGELOG for 0.3.36);
-# tests/test_models.py keeps this next to the pin in pyproject.toml.
-LLAMA_CPP_PYTHON = "0.3.36"
-LLAMA_CPP_COMMIT = "0c1e57098"
-
-
-def import_llama():
-    """`import llama_cpp` after `pin_cxx_runtime()`: the only way bbsd imports llama-cpp-python."""
-    pin_cxx_runtime()
-    import llama_cpp
-
-    return llama_cpp
-
-
-def pin_cxx_runtime() -> None:
-    """Put the process's libstdc++ in the global symbol scope before libllama loads (idempotent).
-
-    A CUDA build's libggml-cuda.so carries its own copies of libstdc++'s locale and regex
-    internals and exports them. llama-cpp-python opens its libraries RTLD_GLOBAL, so when
-    libstdc++ was already loaded privately (numpy's, Pillow's and PyYAML's extensions load it
-    RTLD_LOCAL), libllama's std::regex bound to libggml-cuda's copies and
-    `llama_model_load_from_file` crashed in the tokenizer (an H200 run: numpy imported first
-    crashed, llama_cpp first did not). Promoting the one libstdc++ to the global scope first makes
-    every library bind to it, whatever was imported before.
-    """
-    global _cxx_pinned
-    if _cxx_pinned:
-        return
-    import ctypes.util
-    import os
-
-    name = ctypes.util.find_library("stdc++") or "libstdc++.so.6"
-    try:
-        ctypes.CDLL(name, mode=os.RTLD_GLOBAL)
-    except OSError:
-        log.debug("backends.cxx_runtime_not_found", library=name)  # a static build: nothing to pin
-    _cxx_pinned = True
-
-
-_cxx_pinned = False
 _loaded = False
 
 
@@ -68,9 +30,7 @@ def _libggml():
     try:
         lib = ctypes.CDLL("libggml.so.0")
     except OSError:
-        from llama_cpp import _ggml
-
-        lib = _ggml.libggml
+        lib = ggml().libggml
     lib.ggml_backend_reg_count.restype = ctypes.c_size_t
     lib.ggml_backend_reg_get.restype = ctypes.c_void_p
     lib.ggml_backend_reg_get.argtypes = [ctypes.c_size_t]

@@ -86,7 +86,7 @@ def run(config: Path = CONFIG) -> None:
     """Watch the folders and label every new photo (foreground; stop with Ctrl-C or SIGTERM, reload with SIGHUP)."""
     import threading
 
-    from bbsd import checks, state
+    from bbsd import checks, instance, state
     from bbsd.monitor import Monitor
     from bbsd.sdnotify import ExtendingStartTimeout, Notifier
     from bbsd.service import Daemon
@@ -99,7 +99,7 @@ def run(config: Path = CONFIG) -> None:
     signal.signal(signal.SIGHUP, lambda *_: reload.set())
     settings = _setup(config)
     checks.folders(settings)
-    folder = state.folder_for(settings.service.state_dir, settings.source)
+    folder = instance.folder_for(settings.service.state_dir, settings.source)
     state.claim(folder, settings.source)
     notifier = Notifier()
     with ExtendingStartTimeout(notifier):
@@ -194,10 +194,10 @@ def status(config: Path = CONFIG, as_json: bool = typer.Option(False, "--json", 
     import json
 
     from bbsd import config as config_mod
-    from bbsd import state
+    from bbsd import instance, state
 
     settings = config_mod.load(config)
-    folder = state.folder_for(settings.service.state_dir, settings.source)
+    folder = instance.folder_for(settings.service.state_dir, settings.source)
     doc = state.read(folder)
     if doc and doc.get("config") not in (None, str(settings.source)):
         doc = None  # another config's daemon (a shared [service] state_dir): not this one

@@ -116,10 +116,10 @@ def info(settings):
 
 def digests(settings) -> tuple[tuple[str, int, str], ...]:
     """Size and sha256 of the model files (`fingerprint`), cached in the instance's state folder."""
-    from bbsd import fingerprint, state
+    from bbsd import fingerprint, instance
 
     s: LlamaSettings = settings.backend
-    folder = state.folder_for(settings.service.state_dir, settings.source)
+    folder = instance.folder_for(settings.service.state_dir, settings.source)
     return fingerprint.files({"file": s.path, "mmproj": s.mmproj, "lora": s.lora}, folder)
 
 

@@ -59,10 +59,9 @@ def _route(level: int, text: bytes) -> None:
 def install() -> None:
     """Point both llama.cpp's and libmtmd's loggers at `_on_log` (idempotent)."""
     global _callback
-    from bbsd.backends import import_llama
+    from bbsd.llama_binding import import_llama, mtmd
 
-    llama_cpp = import_llama()
-    from llama_cpp import mtmd_cpp
+    llama_cpp, mtmd_cpp = import_llama(), mtmd()
 
     if _callback is None:
         _callback = llama_cpp.llama_log_callback(_on_log)

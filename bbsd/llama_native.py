@@ -46,11 +46,9 @@ class Context:
 
     def __init__(self, model: Path, mmproj: Path, *, n_ctx: int, n_batch: int, threads: int, gpu_layers: int,
                  flash_attention: tuple[bool | None, bool | None] | bool, n_seq: int = 1) -> None:
-        from bbsd.backends import import_llama
+        from bbsd import llama_binding
 
-        ll = import_llama()
-        from llama_cpp import mtmd_cpp
-
+        ll, mtmd_cpp = llama_binding.import_llama(), llama_binding.mtmd()
         self._ll, self._m = ll, mtmd_cpp
         mparams = ll.llama_model_default_params()
         mparams.n_gpu_layers = gpu_layers

@@ -28,7 +28,7 @@ class GrammarError(PhotoError):
 
 def check_grammar(vocab, text: str) -> None:
     """Raise `GrammarError` unless llama.cpp's own parser accepts the GBNF `text`."""
-    from bbsd.backends import import_llama
+    from bbsd.llama_binding import import_llama
 
     ll = import_llama()
 

@@ -7,6 +7,7 @@ GPU in use it is None, never a guess.
 from __future__ import annotations
 
 import os
+import statistics
 from functools import lru_cache
 
 import psutil
@@ -65,3 +66,13 @@ def total_vram_mb() -> float | None:
         return nvml.nvmlDeviceGetMemoryInfo(nvml.nvmlDeviceGetHandleByIndex(0)).total / 2**20
     except Exception:  # no device, or a driver error
         return None
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """The q-quantile (0 < q < 1, in hundredths) by linear interpolation between the closest ranks,
+    rounded to 0.1: what the report, `bbsd status` and `bbsd eval` all print. None without values."""
+    if not values:
+        return None
+    if len(values) == 1:
+        return round(float(values[0]), 1)
+    return round(statistics.quantiles(values, n=100, method="inclusive")[round(q * 100) - 1], 1)

@@ -182,7 +182,7 @@ class Endpoint:
         return cls(self._host, self._port)
 
     def health(self) -> dict:
-        from bbsd.state import percentile
+        from bbsd.metrics import percentile
 
         return {"url": self.cfg.url, "model": self.cfg.model, "state": "up" if self.down_until is None else "down",
                 "in_flight": self.in_flight, "limit": self.cfg.in_flight, "done": self.done, "failed": self.failed,

@@ -20,7 +20,7 @@ import psutil
 
 from bbsd import scan, sidecar, svg
 from bbsd.errors import BbsdError
-from bbsd.state import percentile
+from bbsd.metrics import percentile
 
 
 @dataclass(frozen=True)

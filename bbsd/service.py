@@ -30,7 +30,7 @@ from pathlib import Path
 import structlog
 
 from bbsd import config as config_mod
-from bbsd import engines, safefs, scan, sidecar, state, watcher
+from bbsd import engines, instance, safefs, scan, sidecar, watcher
 from bbsd.config import Settings
 from bbsd.decoder import Decoder, DecoderError
 from bbsd.errors import AbandonedError, BbsdError, ExitCode
@@ -61,7 +61,7 @@ class Daemon:
         self.pipeline = pipeline
         self.stop = stop or threading.Event()
         self.reload = threading.Event()  # set by SIGHUP
-        self.monitor = monitor or Monitor(state.folder_for(settings.service.state_dir, settings.source),
+        self.monitor = monitor or Monitor(instance.folder_for(settings.service.state_dir, settings.source),
                                           pipeline.labeler.info.file, busy_limit_s=settings.worker.timeout_seconds,
                                           config=settings.source)
         self._folder_scans: list[tuple[float, Path]] = []  # new folders to look into again

@@ -10,47 +10,22 @@ HEARTBEAT_S; never fsynced: it is a convenience, and an idle daemon must not wea
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import re
 import time
 from collections import deque
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bbsd import atomic
+import psutil
+
+from bbsd import atomic, instance
 from bbsd.errors import ConfigError, SidecarWriteError
+from bbsd.metrics import percentile
 
-FILE = "status.json"
+FILE = instance.STATUS_FILE
 HEARTBEAT_S = 30.0
-
-
-def folder_for(configured: Path | None, config: Path) -> Path:
-    """`[service] state_dir` if set, else this config's own folder under the state base."""
-    if configured is not None:
-        return configured
-    name = instance_name(config)
-    return base_dir(name) / name
-
-
-def instance_name(config: Path) -> str:
-    """A readable, stable name per config file: `etc-bbsd-config-1a2b3c4d` for /etc/bbsd/config.toml."""
-    config = Path(config).resolve()
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", f"{config.parent.name}-{config.stem}").strip("-")[:40] or "bbsd"
-    return f"{slug}-{hashlib.sha256(str(config).encode()).hexdigest()[:8]}"
-
-
-def base_dir(instance: str) -> Path:
-    """systemd's $STATE_DIRECTORY, else /var/lib/bbsd if usable (or it holds this instance),
-    else ~/.local/state/bbsd."""
-    if os.environ.get("STATE_DIRECTORY"):
-        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
-    system = Path("/var/lib/bbsd")
-    if (system / instance / FILE).exists() or (system.is_dir() and os.access(system, os.W_OK)):
-        return system
-    return Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "bbsd"
 
 
 def claim(folder: Path, config: Path) -> None:
@@ -61,15 +36,6 @@ def claim(folder: Path, config: Path) -> None:
     if alive(doc.get("pid", 0)) and doc["pid"] != os.getpid():
         raise ConfigError(f"state folder {folder} is in use by the bbsd daemon of {doc['config']} (pid {doc['pid']})",
                           f"give each daemon its own [service] state_dir in {config}, or leave it unset")
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    k = (len(ordered) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return round(ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo), 1)
 
 
 class Status:
@@ -138,12 +104,5 @@ def read(folder: Path) -> dict[str, Any] | None:
 
 
 def alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by the bbsd user
-    return True
+    """A process of that id exists (one of another user's counts: the bbsd user's daemon)."""
+    return pid > 0 and psutil.pid_exists(pid)

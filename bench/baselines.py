@@ -50,7 +50,7 @@ class Handler:
 
     def __init__(self, models: tuple[Path, Path], p: Prompt, *, max_tokens: int, threads: int, gpu_layers: int,
                  n_ctx: int, flash: bool | None, exact_tokens: int = 0) -> None:
-        from bbsd.backends import import_llama
+        from bbsd.llama_binding import import_llama
 
         import_llama()  # the C++ runtime pinned first, as bbsd does
         from llama_cpp import Llama, LlamaGrammar

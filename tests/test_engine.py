@@ -147,7 +147,7 @@ def test_llama_cpp_is_imported_only_through_the_pinned_import():
     # A fresh process that imported numpy first (libstdc++ loaded privately): a libstdc++-only
     # symbol is not in the global scope until the pin, and is after it.
     code = ("import ctypes, numpy; g = ctypes.CDLL(None); s = '_ZNSt6locale7classicEv'; before = hasattr(g, s); "
-            "from bbsd import backends; backends.pin_cxx_runtime(); print(before, hasattr(g, s))")
+            "from bbsd import llama_binding; llama_binding.pin_cxx_runtime(); print(before, hasattr(g, s))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=root)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "True"]

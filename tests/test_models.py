@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from PIL import Image
 
-from bbsd import backends, config, labels, models, prompt, tiny_model
+from bbsd import backends, config, labels, llama_binding, models, prompt, tiny_model
 from tests.conftest import REPO, make_photo, run_bbsd, write_config
 
 FAMILIES_OF_THE_STUDY = ["InternVL2-8B", "InternVL2.5-1B", "InternVL2.5-2B", "InternVL2.5-4B", "InternVL2.5-8B",
@@ -38,7 +38,7 @@ def test_models_list_shows_every_family_of_the_study_with_its_status():
 
 def test_pinned_llama_cpp_python_matches_the_recorded_commit():
     pin = re.search(r'"llama-cpp-python==([\d.]+)"', (REPO / "pyproject.toml").read_text())[1]
-    assert pin == backends.LLAMA_CPP_PYTHON
+    assert pin == llama_binding.LLAMA_CPP_PYTHON
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from bbsd import tiny_model
-from bbsd.backends import import_llama
+from bbsd.llama_binding import import_llama
 from bbsd.llama_sampler import Sampler
 
 N_VOCAB = 40_000

@@ -1,15 +1,15 @@
 """A profile's results against the truth: accuracy, speed and memory as one JSON-ready dict.
 
 Invariant: only results for photos in the truth set count, each once; figures come from
-`scores` (accuracy) and `state.percentile` (latency), so the report and the daemon agree on them.
+`scores` (accuracy) and `metrics.percentile` (latency), so the report and the daemon agree on them.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from bbsd.metrics import percentile
 from bbsd.questions import Question
-from bbsd.state import percentile
 from bbsd.study import scores
 from bbsd.study.truth import Truth
 
