@@ -291,17 +291,24 @@ def _worker(config: Path = CONFIG, parent: int = typer.Option(..., "--parent"),
             warm: bool = typer.Option(False, "--warm-up"),
             profile: Path = typer.Option(None, "--profile")) -> None:
     """Internal: the engine worker process started by `bbsd run` and `bbsd eval` (not for people)."""
+    from bbsd import config as config_mod
     from bbsd import worker
 
-    raise typer.Exit(worker.main(config, parent, warm, profile))
+    def load(references: bool):  # only for a worker started without settings handed over (by hand)
+        if profile:
+            return config_mod.load_profile(config, profile, references=references)
+        return config_mod.load(config, references=references)
+
+    raise typer.Exit(worker.main(load, parent, warm))
 
 
 @app.command("_decoder", hidden=True)
 def _decoder(config: Path = CONFIG, parent: int = typer.Option(..., "--parent")) -> None:
     """Internal: the photo decoder process (not for people)."""
+    from bbsd import config as config_mod
     from bbsd import decode_worker
 
-    raise typer.Exit(decode_worker.main(config, parent))
+    raise typer.Exit(decode_worker.main(lambda: config_mod.load(config), parent))
 
 
 def _print_version(verbose: bool) -> None:

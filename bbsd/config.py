@@ -20,7 +20,8 @@ from typing import Any
 
 from bbsd import catalog, engines, formats, questions, references, safefs
 from bbsd.catalog import Catalog
-from bbsd.config_keys import REQUIRED, Key, Validator, section  # noqa: F401 - backends import them from here
+from bbsd.config_keys import REQUIRED, Key, Validator, section
+from bbsd.editors import XmpSettings
 from bbsd.errors import ConfigError
 
 SCHEMA: dict[str, dict[str, Key]] = {
@@ -139,19 +140,6 @@ class DecodeSettings:
 @dataclass(frozen=True)
 class ServiceSettings:
     state_dir: Path | None
-
-
-@dataclass(frozen=True)
-class XmpSettings:
-    naming: str
-    root: str
-    questions_branch: str | None
-    review_below: float
-    review_keyword: str
-
-    def answers_branch(self) -> str:
-        """Where answer keywords go: `questions_branch`, else the root."""
-        return self.questions_branch or self.root
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import resource
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -28,13 +29,15 @@ from bbsd.errors import IncompletePhotoError, PhotoError
 log = structlog.get_logger("bbsd.decoder")
 
 
-def main(config_path: Path, parent: int) -> int:
-    from bbsd import config, logs
+def main(load: Callable[[], Any], parent: int) -> int:
+    """The decoder process: `load` reads the configuration for a decoder started by hand (the daemon
+    hands over the settings it validated)."""
+    from bbsd import logs
 
     child.die_with_parent(parent)
     inp, out = child.message_pipes()
     # The configuration the daemon validated, never the file as it is now (it may be broken since)
-    settings = child.receive_settings(inp, lambda: config.load(config_path))
+    settings = child.receive_settings(inp, load)
     logs.configure(settings.log.level, settings.log.format)  # writes to its own copy of stderr
     structlog.contextvars.bind_contextvars(decoder_pid=os.getpid())
     _capture_chatter()

@@ -22,7 +22,7 @@ from PIL import Image
 
 from bbsd import child, safefs
 from bbsd.errors import AbandonedError, BbsdError, IncompletePhotoError, PhotoError
-from bbsd.imaging import Decoded
+from bbsd.pixels import Decoded
 
 log = structlog.get_logger("bbsd.decoder")
 START_TIMEOUT_S = 120.0  # a cold start on a loaded PC imports Pillow, LibRaw and libheif

@@ -8,13 +8,13 @@ only a disk that refuses writes keeps the photo pending.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import structlog
 
 from bbsd import __version__, xmp
-from bbsd.config import XmpSettings
 from bbsd.labeler import ModelInfo
 from bbsd.labels import Labels
 from bbsd.prompt import Prompt
@@ -22,6 +22,19 @@ from bbsd.questions import Question
 
 log = structlog.get_logger("bbsd.xmp")
 OUR_SUFFIXES = (".json", ".xmp")
+
+
+@dataclass(frozen=True)
+class XmpSettings:
+    naming: str
+    root: str
+    questions_branch: str | None
+    review_below: float
+    review_keyword: str
+
+    def answers_branch(self) -> str:
+        """Where answer keywords go: `questions_branch`, else the root."""
+        return self.questions_branch or self.root
 
 
 def same_stem_photos(photo: Path) -> list[Path]:

@@ -22,7 +22,8 @@ from bbsd.errors import ConfigError
 if TYPE_CHECKING:
     from PIL import Image
 
-    from bbsd.config import Key, Settings, Validator
+    from bbsd.config import Settings
+    from bbsd.config_keys import Key, Validator
     from bbsd.labeler import Inference, Labeler, ModelInfo
     from bbsd.prompt import Prompt
 

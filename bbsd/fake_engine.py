@@ -17,7 +17,7 @@ from typing import Any
 
 from PIL import Image
 
-from bbsd.config import Key, Validator, section
+from bbsd.config_keys import Key, Validator, section
 from bbsd.engines import Backend
 from bbsd.labeler import Inference, ModelInfo
 from bbsd.prompt import Prompt

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -22,6 +21,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from bbsd import formats
 from bbsd.errors import IncompletePhotoError, PhotoError
+from bbsd.pixels import Decoded, check_pixels
 
 HEADER_EXIF_FORMATS = frozenset({"JPEG", "MPO", "TIFF", "WEBP", "HEIF"})  # EXIF read without decoding pixels
 
@@ -33,12 +33,6 @@ try:  # HEIC/HEIF from phones; pillow-heif registers itself as a Pillow plugin
 except ImportError:  # pragma: no cover - it is a declared dependency
     HEIF_OK = False
 
-
-@dataclass(frozen=True)
-class Decoded:
-    image: Image.Image  # RGB, longest side <= max_side
-    width: int  # the photo's own size, after orientation
-    height: int
 
 
 DEFAULT_MAX_PIXELS = 180_000_000
@@ -92,15 +86,6 @@ def _decode(path: Path, max_side: int, max_pixels: int, fileobj: BinaryIO | None
                                    "copy the photo again; it may have been cut off") from None
     image.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
     return Decoded(image=image, width=width, height=height)
-
-
-def check_pixels(size: tuple[int, int], max_pixels: int, scaled: bool = False) -> None:
-    """Refuse a decode buffer over the limit before any pixel is allocated."""
-    if size[0] * size[1] > max_pixels:
-        what = "scaled for decoding it is still" if scaled else "it is"
-        raise PhotoError("too_large", f"the photo is too large to decode: {what} {size[0]} × {size[1]} pixels "
-                         f"({size[0] * size[1] / 1e6:.0f} MP, limit {max_pixels / 1e6:.0f} MP)",
-                         "export a smaller version, or raise [decode] max_megapixels")
 
 
 def capture_time(path: Path, fileobj: BinaryIO | None = None) -> float | None:

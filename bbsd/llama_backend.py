@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from bbsd.config import Key, Validator, section
+from bbsd.config_keys import Key, Validator, section
 from bbsd.engines import Backend, UnitNeeds
 
 TABLES = {
@@ -98,7 +98,7 @@ def _resolve_name(s: LlamaSettings, v: Validator) -> LlamaSettings:
 def open_labeler(settings):
     from bbsd import llama_engine
 
-    return llama_engine.open_labeler(settings)
+    return llama_engine.open_labeler(settings, digests(settings))  # hashed before loading: they name what is loaded
 
 
 def unit(settings) -> UnitNeeds:

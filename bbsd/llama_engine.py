@@ -23,7 +23,7 @@ from pathlib import Path
 import structlog
 from PIL import Image
 
-from bbsd import families, llama_backend, llama_log, references
+from bbsd import families, llama_log, references
 from bbsd import replies as replies_mod
 from bbsd.errors import ModelError, PhotoError
 from bbsd.jump import Cursor
@@ -307,11 +307,11 @@ def batch_size(context_size: int) -> int:
     return min(context_size, 2048)
 
 
-def open_labeler(settings) -> LlamaLabeler:
-    llama = settings.backend  # llama_backend.LlamaSettings
+def open_labeler(settings, files: tuple[tuple[str, int, str], ...]) -> LlamaLabeler:
+    """The model of `settings.backend` (a `LlamaSettings`) loaded; `files` are its files' digests."""
+    llama = settings.backend
     model = _check_file(llama.path, "text model")
     mmproj = _check_file(llama.mmproj, "mmproj")
-    files = llama_backend.digests(settings)  # before loading: they name what is then loaded
     log.info("engine.loading", model=str(model), mmproj=str(mmproj),
              sha256=next((h for role, _, h in files if role == "file"), None))
     t0 = time.perf_counter()

@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 import structlog
 
 from bbsd import references
-from bbsd.config import Key, Validator, section
+from bbsd.config_keys import Key, Validator, section
 from bbsd.engines import Backend, UnitNeeds
 from bbsd.errors import ModelError, PhotoError
 from bbsd.labeler import Inference, ModelInfo

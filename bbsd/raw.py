@@ -36,7 +36,7 @@ def source(path: Path, fileobj: BinaryIO | None) -> str | BinaryIO:
 def decode(path: Path, max_side: int, max_pixels: int, fileobj: BinaryIO | None = None) -> tuple[Image.Image, int, int]:
     import rawpy
 
-    from bbsd.imaging import check_pixels
+    from bbsd.pixels import check_pixels
 
     try:
         with rawpy.imread(source(path, fileobj)) as raw:
@@ -80,7 +80,7 @@ def _preview(raw, max_side: int, max_pixels: int) -> Image.Image | None:
     except (rawpy.LibRawNoThumbnailError, rawpy.LibRawUnsupportedThumbnailError):
         return None
     if thumb.format == rawpy.ThumbFormat.JPEG:
-        from bbsd.imaging import check_pixels
+        from bbsd.pixels import check_pixels
 
         image = Image.open(io.BytesIO(thumb.data))
         image.draft("RGB", (max_side, max_side))

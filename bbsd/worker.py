@@ -27,7 +27,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
+from typing import Any
 
 import structlog
 from PIL import Image
@@ -96,7 +96,9 @@ def check_fit(labeler, settings) -> None:
                     hint=f"a long reply may not fit: raise [engine] context_size to {needed + room}")
 
 
-def main(config_path: Path, parent: int, warm: bool = False, profile: Path | None = None) -> int:
+def main(load: Callable[[bool], Any], parent: int, warm: bool = False) -> int:
+    """The engine worker process: `load(references)` reads the configuration for a worker started by
+    hand (the daemon hands over the settings it validated)."""
     from bbsd import logs
     from bbsd.engines import open_in_process
 
@@ -104,7 +106,7 @@ def main(config_path: Path, parent: int, warm: bool = False, profile: Path | Non
     inp, out = child.message_pipes()
     # The configuration the daemon validated, never the file as it is now (it may be broken since)
     handed = child.receive_settings(inp, lambda: None)
-    settings, missing = (handed, None) if handed is not None else _settings(config_path, profile)
+    settings, missing = (handed, None) if handed is not None else _settings(load)
     logs.configure(settings.log.level, settings.log.format)
     structlog.contextvars.bind_contextvars(worker_pid=os.getpid())
     if missing is not None:
@@ -127,19 +129,11 @@ def main(config_path: Path, parent: int, warm: bool = False, profile: Path | Non
         labeler.close()
 
 
-def _settings(config_path: Path, profile: Path | None) -> tuple:
+def _settings(load: Callable[[bool], Any]) -> tuple:
     """The configuration read from the file, for a worker started without settings handed over (by hand,
     by a test); the daemon always hands over what it validated. A reference photo gone must not stop the
     worker (and with it the service): it starts without references in its own warm-up prompt, and
     the photos, whose prompt names them, wait for them (`references.unusable`)."""
-    from bbsd import config
-    from bbsd.errors import ConfigError
-
-    def load(references: bool):
-        if profile:
-            return config.load_profile(config_path, profile, references=references)
-        return config.load(config_path, references=references)
-
     try:
         return load(True), None
     except ConfigError as e:
