@@ -8,8 +8,8 @@ import os
 import tempfile
 import time
 
-from bbsd import engines
 from bbsd.config import Settings
+from bbsd.engine import registry as engines
 from bbsd.errors import FolderError, ModelError, PhotoError
 
 
@@ -48,7 +48,7 @@ def label_probe(labeler, prompt, settings: Settings) -> str:
     """
     from PIL import Image, ImageDraw
 
-    from bbsd import labels
+    from bbsd.engine import labels
 
     side = min(512, settings.engine.image_max_side)
     image = Image.new("RGB", (side, side * 3 // 4), (90, 60, 40))
@@ -75,7 +75,7 @@ def backend(settings: Settings) -> list[str]:
 def _output_cap(settings: Settings) -> list[str]:
     """A warning when `[engine] max_output_tokens` is below the longest reply the grammar allows for this
     catalog and these questions (at about a token a character): such a reply is closed at the cap."""
-    from bbsd import jump, prompt
+    from bbsd.engine import jump, prompt
 
     longest = jump.longest(prompt.reply_schema(settings.catalog, settings.questions))
     cap = settings.engine.max_output_tokens

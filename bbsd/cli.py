@@ -71,8 +71,8 @@ def _open(settings, lazy: bool = False, warm_up: bool = False):
     """The pipeline with the model loaded now (warmed up for `run`), or (lazy) at the first photo that needs it."""
     import structlog
 
-    from bbsd import prompt
-    from bbsd.engines import LazyLabeler, open_labeler
+    from bbsd.engine import prompt
+    from bbsd.engine.registry import LazyLabeler, open_labeler
     from bbsd.pipeline import Pipeline
 
     labeler = LazyLabeler(settings) if lazy else open_labeler(settings, warm_up=warm_up)
@@ -86,10 +86,11 @@ def run(config: Path = CONFIG) -> None:
     """Watch the folders and label every new photo (foreground; stop with Ctrl-C or SIGTERM, reload with SIGHUP)."""
     import threading
 
-    from bbsd import checks, instance, state
-    from bbsd.monitor import Monitor
-    from bbsd.sdnotify import ExtendingStartTimeout, Notifier
-    from bbsd.service import Daemon
+    from bbsd import checks, instance
+    from bbsd.service import state
+    from bbsd.service.daemon import Daemon
+    from bbsd.service.monitor import Monitor
+    from bbsd.service.sdnotify import ExtendingStartTimeout, Notifier
 
     stop, reload = threading.Event(), threading.Event()
     # Handlers only set flags, and are installed before the model loads, so a stop during a
@@ -143,7 +144,7 @@ def _expand(photos: list[Path], settings) -> list[Path]:
     """The photos named, and those under the folders named. Nothing is resolved through a link: a link
     named here is handed on as it is and refused as the daemon refuses one (a symlink among `W/*` must not
     lead `bbsd label` out of the folder), and folders are walked without following links."""
-    from bbsd import scan
+    from bbsd.arrive import scan
     from bbsd.errors import PhotoError
 
     out = []
@@ -194,7 +195,8 @@ def status(config: Path = CONFIG, as_json: bool = typer.Option(False, "--json", 
     import json
 
     from bbsd import config as config_mod
-    from bbsd import instance, state
+    from bbsd import instance
+    from bbsd.service import state
 
     settings = config_mod.load(config)
     folder = instance.folder_for(settings.service.state_dir, settings.source)
@@ -221,7 +223,7 @@ def report(
     from datetime import UTC, datetime
 
     from bbsd import config as config_mod
-    from bbsd import report as report_mod
+    from bbsd.study import performance as report_mod
 
     settings = config_mod.load(config)
     since_at = report_mod.parse_since(since, datetime.now(UTC))
@@ -243,7 +245,7 @@ def service_install(
 ) -> None:
     """Write bbsd.service (and a GPU drop-in when configured) for this config; print the systemctl commands."""
     from bbsd import config as config_mod
-    from bbsd import unit
+    from bbsd.service import unit
 
     settings = config_mod.load(config)
     item = unit.plan(settings, user)
@@ -259,7 +261,7 @@ def service_uninstall(
     unit_dir: Path = typer.Option(Path("/etc/systemd/system"), "--unit-dir", help="Where units go."),
 ) -> None:
     """Remove the unit and its drop-in; print the systemctl commands that stop it first."""
-    from bbsd import unit
+    from bbsd.service import unit
 
     typer.echo("first, as root:\n  sudo systemctl disable --now bbsd.service")
     for path in unit.uninstall(unit_dir):
@@ -292,7 +294,7 @@ def _worker(config: Path = CONFIG, parent: int = typer.Option(..., "--parent"),
             profile: Path = typer.Option(None, "--profile")) -> None:
     """Internal: the engine worker process started by `bbsd run` and `bbsd eval` (not for people)."""
     from bbsd import config as config_mod
-    from bbsd import worker
+    from bbsd.engine import worker
 
     def load(references: bool):  # only for a worker started without settings handed over (by hand)
         if profile:
@@ -306,7 +308,7 @@ def _worker(config: Path = CONFIG, parent: int = typer.Option(..., "--parent"),
 def _decoder(config: Path = CONFIG, parent: int = typer.Option(..., "--parent")) -> None:
     """Internal: the photo decoder process (not for people)."""
     from bbsd import config as config_mod
-    from bbsd import decode_worker
+    from bbsd.photo import worker as decode_worker
 
     raise typer.Exit(decode_worker.main(lambda: config_mod.load(config), parent))
 
@@ -314,7 +316,8 @@ def _decoder(config: Path = CONFIG, parent: int = typer.Option(..., "--parent"))
 def _print_version(verbose: bool) -> None:
     typer.echo(f"bbsd {__version__}")
     if verbose:
-        from bbsd import backends, logs
+        from bbsd import logs
+        from bbsd.engine.llama import compute as backends
 
         logs.configure("warning", "auto")  # keep llama.cpp's chatter out of the answer
         python = f"Python {sys.version.split()[0]}"

@@ -25,7 +25,7 @@ def _mb(v: float) -> str:
 @models_app.command("list")
 def list_models(folder: Path = DIR) -> None:
     """Every registry row: its route into bbsd, whether that route was proven here, and which files are here."""
-    from bbsd import models
+    from bbsd.models import registry as models
 
     typer.echo(f"{'name':24} {'family':13} {'params':>7}  {'status':12} {'route':14} {'proven':9} here")
     for e in models.load_registry(models.registry_path(folder)):
@@ -51,7 +51,7 @@ LEGEND = """status: runnable      llama.cpp runs it: `bbsd models pull NAME`, th
 @models_app.command("inspect")
 def inspect(files: list[Path] = typer.Argument(..., help="A text GGUF, optionally followed by its mmproj.")) -> None:
     """GGUF metadata (architecture, projector, context, quantisation, chat template) and the pairing verdict."""
-    from bbsd import models
+    from bbsd.models import registry as models
 
     infos = [models.inspect(f) for f in files]
     for i in infos:
@@ -71,7 +71,8 @@ def inspect(files: list[Path] = typer.Argument(..., help="A text GGUF, optionall
 @models_app.command("pull")
 def pull(name: str = typer.Argument(..., help="A registry name, e.g. SmolVLM-500M."), folder: Path = DIR) -> None:
     """Download a pair (resumable, sha256-verified, placed atomically). Honours $HF_ENDPOINT."""
-    from bbsd import download, models
+    from bbsd.models import download
+    from bbsd.models import registry as models
 
     entry = models.find(models.load_registry(models.registry_path(folder)), name)
     for path in download.pull(entry, folder):
@@ -87,8 +88,8 @@ def convert(checkpoint: Path = typer.Argument(..., help="A downloaded InternVL c
     """InternVL checkpoint -> text GGUF + mmproj GGUF (llama.cpp's converter, extended), verified and registered."""
     import sys
 
-    from bbsd import convert as conversion
     from bbsd.errors import ConvertError
+    from bbsd.models import convert as conversion
 
     if quant.upper() not in conversion.QUANTS:
         raise ConvertError(f"--quant {quant} is not offered", f"use one of {', '.join(conversion.QUANTS)}")
@@ -104,7 +105,8 @@ def fit(name: str = typer.Argument(None, help="One registry name; default: every
     """Estimated RAM/VRAM per model against this machine: green fits, yellow is tight, red does not."""
     import psutil
 
-    from bbsd import metrics, models
+    from bbsd import metrics
+    from bbsd.models import registry as models
 
     entries = models.load_registry(models.registry_path(folder))
     if name:

@@ -42,7 +42,8 @@ def eval_command(
 ) -> None:
     """Label a truth set with each profile and report accuracy, speed and memory (table, JSON, HTML)."""
     from bbsd import config as config_mod
-    from bbsd import logs, report
+    from bbsd import logs
+    from bbsd.study import performance as report
     from bbsd.study import report as eval_report
     from bbsd.study import runs, summary, truth
 

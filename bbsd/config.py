@@ -18,11 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bbsd import catalog, engines, formats, questions, references, safefs
-from bbsd.catalog import Catalog
+from bbsd import formats, safefs
 from bbsd.config_keys import REQUIRED, Key, Validator, section
-from bbsd.editors import XmpSettings
+from bbsd.engine import registry as engines
 from bbsd.errors import ConfigError
+from bbsd.show import catalog, questions, references
+from bbsd.show.catalog import Catalog
+from bbsd.sidecars.editors import XmpSettings
 
 SCHEMA: dict[str, dict[str, Key]] = {
     "watch": {

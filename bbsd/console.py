@@ -76,7 +76,7 @@ class Progress:
 
 
 def outcome_line(outcome) -> str:
-    from bbsd import sidecar
+    from bbsd.sidecars import record as sidecar
 
     doc = sidecar.read(outcome.path) or {}
     name = outcome.path.name

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from bbsd import sidecar, tiny_model
+from bbsd.models import tiny as tiny_model
+from bbsd.sidecars import record as sidecar
 
 BANNER = "DEMO: tiny random-weight model — labels are MEANINGLESS. See README 'Use a real model'."
 CONFIG = """# Written by `bbsd demo`. Uses a tiny random-weight model: labels are meaningless.
@@ -88,10 +89,12 @@ def prepare(folder: Path) -> Path:
 
 def main(folder: Path) -> None:
     from bbsd import config as config_mod
-    from bbsd import logs, prompt, xmp
-    from bbsd.engines import open_labeler
+    from bbsd import logs
+    from bbsd.engine import prompt
+    from bbsd.engine.registry import open_labeler
     from bbsd.pipeline import Pipeline
-    from bbsd.service import Daemon
+    from bbsd.service.daemon import Daemon
+    from bbsd.sidecars import xmp
 
     print(BANNER, flush=True)
     cfg = prepare(folder.resolve())

@@ -25,13 +25,17 @@ from pathlib import Path
 
 import structlog
 
-from bbsd import atomic, confidence, editors, formats, labels, metrics, pairs, safefs, sidecar
-from bbsd import prompt as prompt_mod
+from bbsd import atomic, formats, metrics, safefs
+from bbsd.arrive import pairs
 from bbsd.config import Settings
-from bbsd.decoder import Decoder, DecoderError
+from bbsd.engine import confidence, labels
+from bbsd.engine import prompt as prompt_mod
+from bbsd.engine.labeler import Inference, Labeler
+from bbsd.engine.prompt import Prompt
 from bbsd.errors import AbandonedError, IncompletePhotoError, ModelError, PhotoError, SidecarWriteError
-from bbsd.labeler import Inference, Labeler
-from bbsd.prompt import Prompt
+from bbsd.photo.decoder import Decoder, DecoderError
+from bbsd.sidecars import editors
+from bbsd.sidecars import record as sidecar
 
 log = structlog.get_logger("bbsd.pipeline")
 

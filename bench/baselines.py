@@ -25,7 +25,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from bbsd.prompt import Prompt
+from bbsd.engine.prompt import Prompt
 
 
 def data_uri(photo: Path) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bbsd import imaging
+from bbsd.photo import decode as imaging
 from bench.results import machine, update_section
 
 

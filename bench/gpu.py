@@ -15,9 +15,13 @@ from pathlib import Path
 
 from PIL import Image
 
-from bbsd import backends, config, metrics, prompt, sidecar, tiny_model
-from bbsd.engines import open_in_process
+from bbsd import config, metrics
+from bbsd.engine import prompt
+from bbsd.engine.llama import compute as backends
+from bbsd.engine.registry import open_in_process
+from bbsd.models import tiny as tiny_model
 from bbsd.pipeline import Pipeline
+from bbsd.sidecars import record as sidecar
 from bench.results import machine, update_section
 
 SETTINGS = (0, -1, "auto")

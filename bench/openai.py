@@ -16,8 +16,10 @@ from pathlib import Path
 
 from PIL import Image
 
-from bbsd import config, prompt, tiny_model
-from bbsd.openai_backend import OpenAILabeler
+from bbsd import config
+from bbsd.engine import prompt
+from bbsd.engine.openai.backend import OpenAILabeler
+from bbsd.models import tiny as tiny_model
 from bench.results import machine, update_section
 from tests.conftest import write_config
 from tests.test_openai import Server

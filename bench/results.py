@@ -6,7 +6,7 @@ import re
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bbsd.report import machine  # noqa: F401  (re-exported for the benchmarks)
+from bbsd.study.performance import machine  # noqa: F401  (re-exported for the benchmarks)
 
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 

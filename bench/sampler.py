@@ -22,14 +22,15 @@ import timeit
 from dataclasses import replace
 from pathlib import Path
 
-from bbsd import logs, tiny_model
+from bbsd import logs
+from bbsd.models import tiny as tiny_model
 from bench.results import machine, update_section
 from bench.speed import engine_loop, photos, write_config
 
 
 def per_photo(tmp: Path, n_photos: int) -> dict[str, tuple[float, int]]:
-    from bbsd import imaging
-    from bbsd.llama_sampler import Sampler
+    from bbsd.engine.llama.sampler import Sampler
+    from bbsd.photo import decode as imaging
 
     models = tiny_model.write_pair(tmp / "m", replace(tiny_model.TinySpec(), n_vocab=151_936))
     cfg = write_config(tmp / "c", models, 5, argparse.Namespace(max_tokens=1024, threads=0, gpu_layers=0,
@@ -49,7 +50,7 @@ def per_photo(tmp: Path, n_photos: int) -> dict[str, tuple[float, int]]:
 def per_call() -> list[tuple[float, float, float]]:
     import numpy as np
 
-    from bbsd.llama_sampler import Sampler
+    from bbsd.engine.llama.sampler import Sampler
 
     s = Sampler.__new__(Sampler)
     rows = []

@@ -33,8 +33,11 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from bbsd import config, logs, prompt, sidecar, tiny_model
-from bbsd.llama_engine import flash_attention
+from bbsd import config, logs
+from bbsd.engine import prompt
+from bbsd.engine.llama.engine import flash_attention
+from bbsd.models import tiny as tiny_model
+from bbsd.sidecars import record as sidecar
 from bench import baselines, steps
 from bench.results import machine, update_section
 
@@ -117,7 +120,7 @@ class Engine:
     (the photos decoded beforehand: `images`)."""
 
     def __init__(self, cfg: Path, images: dict[Path, Image.Image], prefix_cache: bool) -> None:
-        from bbsd.engines import open_in_process
+        from bbsd.engine.registry import open_in_process
 
         settings = config.load(cfg, environ={"BBSD_ENGINE_PREFIX_CACHE": str(prefix_cache).lower()})
         self._labeler, self._images = open_in_process(settings), images
@@ -270,7 +273,7 @@ def tools() -> tuple[Path, Path] | None:
 
 
 def run_shape(shape: str, args, tmp: Path, binaries: tuple[Path, Path] | None) -> list[str]:
-    from bbsd import imaging
+    from bbsd.photo import decode as imaging
 
     models = tiny_model.write_pair(tmp / f"models-{shape}", SHAPES[shape])
     size = _size(args.photo_size)

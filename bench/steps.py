@@ -15,7 +15,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from bbsd import config, prompt, replies
+from bbsd import config
+from bbsd.engine import prompt
+from bbsd.engine.llama import replies
 
 
 class _Clock:
@@ -44,7 +46,7 @@ class _Clock:
 def engine_burst(cfg: Path, images: list[Image.Image], parallel: int, environ: dict | None = None) -> dict:
     """Label `images` together (`infer_many`, up to `parallel` at a time) after one warm-up photo:
     photos/s, decode steps, and where the time went (`per_photo` and `per_step` ms by part)."""
-    from bbsd.engines import open_in_process
+    from bbsd.engine.registry import open_in_process
 
     settings = config.load(cfg, environ={"BBSD_ENGINE_PARALLEL": str(parallel), **(environ or {})})
     labeler, p = open_in_process(settings), prompt.build(settings.catalog)
@@ -93,7 +95,8 @@ def main() -> None:
     """The 2b (or another) shape's engine alone, at each parallel level and setting given."""
     import tempfile
 
-    from bbsd import imaging, tiny_model
+    from bbsd.models import tiny as tiny_model
+    from bbsd.photo import decode as imaging
     from bench.speed import SHAPES, photos, write_config
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

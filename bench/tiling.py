@@ -23,7 +23,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bbsd import config, families, logs, prompt, tiling
+from bbsd import config, logs
+from bbsd.engine import prompt
+from bbsd.engine.llama import families, tiling
 from bench.results import machine, update_section
 
 REPO = Path(__file__).resolve().parent.parent
@@ -98,7 +100,7 @@ def total(side: int, figures: list[dict]) -> str:
 
 
 def main() -> None:
-    from bbsd.engines import open_in_process
+    from bbsd.engine.registry import open_in_process
     from bench.speed import write_config
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

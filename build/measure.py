@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bbsd import tiny_model  # noqa: E402
+from bbsd.models import tiny as tiny_model  # noqa: E402
 from bench.results import machine, update_section  # noqa: E402
 
 CLEAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}

@@ -16,7 +16,8 @@ import jsonschema
 import pytest
 from PIL import Image, ImageDraw
 
-from bbsd import sidecar, tiny_model
+from bbsd.models import tiny as tiny_model
+from bbsd.sidecars import record as sidecar
 
 REPO = Path(__file__).resolve().parent.parent
 # Deadlines in these tests bound liveness: a passing test returns as soon as its condition holds
@@ -214,7 +215,7 @@ def pytest_terminal_summary(terminalreporter):
 def engine(tiny_models, tmp_path_factory):
     """The real llama.cpp engine on the tiny pair, in this process, opened once per test module."""
     from bbsd import config
-    from bbsd.engines import open_in_process
+    from bbsd.engine.registry import open_in_process
 
     folder = tmp_path_factory.mktemp("engine")
     settings = config.load(write_config(folder, [folder], tiny_models), environ={})

@@ -21,7 +21,9 @@ import psutil
 import pytest
 from PIL import Image
 
-from bbsd import imaging, sidecar, watcher
+from bbsd.arrive import watcher
+from bbsd.photo import decode as imaging
+from bbsd.sidecars import record as sidecar
 from tests.conftest import (
     REPO,
     SLACK,
@@ -114,7 +116,7 @@ def test_truncated_raw_is_incomplete(tmp_path):
 
 
 def test_raw_preview_orientation_helper():
-    from bbsd.raw import orient
+    from bbsd.photo.raw import orient
 
     img = Image.new("RGB", (40, 20))
     assert orient(img, 6).size == (20, 40) and orient(img, 5).size == (20, 40) and orient(img, 3).size == (40, 20)

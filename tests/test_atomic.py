@@ -83,8 +83,8 @@ def test_a_folder_swapped_for_a_link_cannot_lead_a_write_out(tmp_path):
 
 
 def test_the_xmp_merge_neither_reads_nor_writes_through_a_linked_folder(tmp_path):
-    from bbsd import xmp
-    from bbsd.labels import Labels
+    from bbsd.engine.labels import Labels
+    from bbsd.sidecars import xmp
 
     root, outside = tmp_path / "watch", tmp_path / "outside"
     root.mkdir()

@@ -5,10 +5,12 @@ The queue's order with several workers (newest first, never one photo in two han
 
 import threading
 
-from bbsd import config, prompt, sidecar
-from bbsd.fake_engine import FakeLabeler
+from bbsd import config
+from bbsd.engine import prompt
+from bbsd.engine.fake import FakeLabeler
 from bbsd.pipeline import Pipeline
-from bbsd.service import Daemon
+from bbsd.service.daemon import Daemon
+from bbsd.sidecars import record as sidecar
 from tests.conftest import make_photo, wait_until, write_config
 
 

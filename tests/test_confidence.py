@@ -5,8 +5,9 @@ import json
 import pytest
 from PIL import Image
 
-from bbsd import confidence, config, prompt
-from bbsd.confidence import Step
+from bbsd import config
+from bbsd.engine import confidence, prompt
+from bbsd.engine.confidence import Step
 from bbsd.pipeline import Pipeline, Status
 from tests.conftest import make_photo, write_config
 from tests.test_xmp import exiftool, needs_exiftool

@@ -91,7 +91,7 @@ def test_environment_overrides_win_and_are_validated(tmp_path):
 
 def test_a_reload_names_the_table_a_backend_key_was_edited_in(tmp_path):
     """SIGHUP's restart notice says [model] or [engine], not the name of the backend's settings object."""
-    from bbsd import engines
+    from bbsd.engine import registry as engines
 
     path = _cfg(tmp_path, MINIMAL)
     old = config.load(path, environ={})

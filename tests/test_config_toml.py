@@ -7,8 +7,9 @@ import re
 import tomllib
 from pathlib import Path
 
-from bbsd import config, engines
+from bbsd import config
 from bbsd.config_keys import REQUIRED, Key
+from bbsd.engine import registry as engines
 
 CONFIG = Path(__file__).resolve().parent.parent / "config.toml"
 

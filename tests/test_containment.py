@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bbsd import sidecar
+from bbsd.sidecars import record as sidecar
 from tests import hostile
 from tests.conftest import make_photo, wait_until, write_config
 

@@ -226,8 +226,9 @@ def test_the_engine_tiles_photos_as_internvl_does(converted, tmp_path):
     """Through the engine (`layout`: the chat tokenized by the real llama.cpp), every photo's image tokens
     are InternVL's dynamic_preprocess tile count (closest aspect ratio, thumbnail beyond one tile) times
     the tokens of a tile; without bbsd's fit llama.cpp gives a 3:2 photo 4x3 tiles + overview."""
-    from bbsd import config, prompt
-    from bbsd.engines import open_in_process
+    from bbsd import config
+    from bbsd.engine import prompt
+    from bbsd.engine.registry import open_in_process
 
     ck, text, mmproj, _ = converted
     v = ck.config["vision_config"]
@@ -249,8 +250,9 @@ def test_the_engine_tiles_photos_as_internvl_does(converted, tmp_path):
 def test_reference_photos_are_tiled_as_internvl_does_too(converted, tmp_path):
     """A reference photo in the gallery is fitted as the photo is (once, when decoded): a 3:2 reference costs
     InternVL's 3x2 tiles + thumbnail in the prompt prefix, not llama.cpp's 4x3 + overview."""
-    from bbsd import config, prompt
-    from bbsd.engines import open_in_process
+    from bbsd import config
+    from bbsd.engine import prompt
+    from bbsd.engine.registry import open_in_process
 
     ck, text, mmproj, _ = converted
     per_tile = tokens_per_tile(ck.config["vision_config"], ck.config["downsample_ratio"])
@@ -368,8 +370,9 @@ def test_the_start_measures_internvl_s_costliest_photo_not_a_square(converted, t
     """`worker.check_fit` refuses a context that holds a square photo but not InternVL's costliest shape
     (4:3: 12 tiles + thumbnail where a square gets 2x2 + thumbnail): otherwise the service starts and
     every 4:3 photo gets a context_overflow error sidecar."""
-    from bbsd import config, prompt, worker
-    from bbsd.engines import open_in_process
+    from bbsd import config
+    from bbsd.engine import prompt, worker
+    from bbsd.engine.registry import open_in_process
     from bbsd.errors import ConfigError
 
     _, text, mmproj, _ = converted

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bbsd import sidecar
+from bbsd.sidecars import record as sidecar
 from tests.conftest import REPO, bbsd_cmd, jpeg_bytes, make_photo, wait_until, write_config
 
 pytestmark = pytest.mark.slow

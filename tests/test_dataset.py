@@ -13,7 +13,8 @@ import jsonschema
 import pytest
 
 from bbsd import config as config_mod
-from bbsd import prompt, sidecar
+from bbsd.engine import prompt
+from bbsd.sidecars import record as sidecar
 from tests.conftest import make_photo, run_bbsd, write_config
 
 BY, K, L = "Baba Yaga", "Koschei", "lantern"

@@ -4,8 +4,8 @@ CI runs."""
 import re
 from pathlib import Path
 
-from bbsd import engines
 from bbsd.config import SCHEMA
+from bbsd.engine import registry as engines
 
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text()

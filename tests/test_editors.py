@@ -9,9 +9,11 @@ import subprocess
 import pytest
 import structlog
 
-from bbsd import config, prompt, sidecar
-from bbsd.fake_engine import FakeLabeler
+from bbsd import config
+from bbsd.engine import prompt
+from bbsd.engine.fake import FakeLabeler
 from bbsd.pipeline import Pipeline, Status
+from bbsd.sidecars import record as sidecar
 from tests.conftest import make_photo, sha256_of, write_config
 from tests.test_xmp import GOLDEN, HOSTILE, exiftool, needs_exiftool
 

@@ -3,9 +3,11 @@
 import pytest
 from PIL import Image
 
-from bbsd import config, labels, prompt, tiny_model
-from bbsd.engines import open_in_process as open_labeler  # the engine itself, not its worker
+from bbsd import config
+from bbsd.engine import labels, prompt
+from bbsd.engine.registry import open_in_process as open_labeler  # the engine itself, not its worker
 from bbsd.errors import ModelError
+from bbsd.models import tiny as tiny_model
 from tests.conftest import write_config
 
 
@@ -191,7 +193,7 @@ def test_greedy_takes_the_best_token_without_masking_the_vocabulary_and_replies_
     """The best token among the strongest logits that the grammar allows is the constrained greedy
     choice: the replies, token counts and confidences match the path that masks every token of the
     vocabulary (the test pair's few hundred tokens, and a real model's tens of thousands)."""
-    from bbsd.llama_sampler import Sampler
+    from bbsd.engine.llama.sampler import Sampler
 
     models = tiny_models if not n_vocab else tiny_model.write_pair(tmp_path / "big", tiny_model.TinySpec(
         n_vocab=n_vocab))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bbsd import sidecar
+from bbsd.sidecars import record as sidecar
 from tests.conftest import make_photo, run_bbsd, write_config
 
 BY, K, L = "Baba Yaga", "Koschei", "lantern"

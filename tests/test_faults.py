@@ -17,7 +17,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from bbsd import sidecar
+from bbsd.sidecars import record as sidecar
 from tests.conftest import SLACK, BbsdRun, events, jpeg_bytes, make_photo, wait_until, write_config
 
 pytestmark = pytest.mark.slow

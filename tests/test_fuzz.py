@@ -16,7 +16,7 @@ import time
 import psutil
 import pytest
 
-from bbsd import sidecar
+from bbsd.sidecars import record as sidecar
 from tests import fuzz
 from tests.conftest import make_photo, wait_until, write_config
 from tests.test_arrivals import make_dng

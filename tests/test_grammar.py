@@ -12,9 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bbsd import config, labels, prompt
+from bbsd import config
+from bbsd.engine import labels, prompt
+from bbsd.engine.llama.sampler import check_grammar
 from bbsd.errors import ConfigError, PhotoError
-from bbsd.llama_sampler import check_grammar
 
 MINIMAL = '[watch]\nfolders = ["in"]\n[model]\nbackend = "fake"\n'
 

@@ -18,9 +18,12 @@ from pathlib import Path
 import psutil
 import pytest
 
-from bbsd import config, prompt, sidecar, tiny_model
-from bbsd.labeler import ModelInfo
-from bbsd.prompt import build
+from bbsd import config
+from bbsd.engine import prompt
+from bbsd.engine.labeler import ModelInfo
+from bbsd.engine.prompt import build
+from bbsd.models import tiny as tiny_model
+from bbsd.sidecars import record as sidecar
 from tests.conftest import SLACK, make_photo, run_bbsd, wait_until, write_config
 
 pytestmark = pytest.mark.slow
@@ -287,10 +290,10 @@ def test_model_digests_are_hashed_once_per_file_version_and_a_same_size_copy_is_
 def test_a_decoder_that_cannot_start_at_all_ends_the_start_with_the_reinstall_line(tmp_path):
     """A broken installation (the decoder's executable gone) is said as such — not as a bug of the
     main loop — and ends the start, where a decoder that ran before is restarted with backoff."""
-    from bbsd.decoder import DecoderError
-    from bbsd.fake_engine import FakeLabeler
+    from bbsd.engine.fake import FakeLabeler
+    from bbsd.photo.decoder import DecoderError
     from bbsd.pipeline import Pipeline
-    from bbsd.service import Daemon
+    from bbsd.service.daemon import Daemon
 
     inbox = tmp_path / "in"
     inbox.mkdir()

@@ -14,7 +14,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from bbsd import decode_worker, safefs, sidecar
+from bbsd import safefs
+from bbsd.photo import worker as decode_worker
+from bbsd.sidecars import record as sidecar
 from tests.conftest import make_photo, wait_until, write_config
 
 pytestmark = pytest.mark.slow
@@ -295,7 +297,7 @@ def test_bbsd_label_never_follows_a_link_it_is_handed(tmp_path, tiny_models):
 def test_a_folder_tree_deeper_than_the_stack_is_walked_to_a_depth_and_ends_nothing(tmp_path):
     """1,200 nested folders (a recursive walk hit RecursionError, and the daemon ended at every start):
     the walk stops at scan.MAX_DEPTH with one event, photos above it are found."""
-    from bbsd import scan
+    from bbsd.arrive import scan
 
     root = tmp_path / "w"
     root.mkdir()

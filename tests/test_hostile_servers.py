@@ -19,10 +19,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from bbsd import config, prompt, sidecar
-from bbsd.engines import open_labeler
+from bbsd import config
+from bbsd.engine import prompt
+from bbsd.engine.openai.pool import REPLY_LIMIT_BYTES, SERVER_TEXT_CHARS
+from bbsd.engine.registry import open_labeler
 from bbsd.errors import AbandonedError, PhotoError
-from bbsd.openai_pool import REPLY_LIMIT_BYTES, SERVER_TEXT_CHARS
+from bbsd.sidecars import record as sidecar
 from tests.conftest import SLACK, BbsdRun, make_photo, wait_until, write_config
 
 GOOD = {"characters": ["Baba Yaga"], "props": [], "caption": "a witch", "scene": "stage", "visible_text": []}
@@ -288,7 +290,7 @@ def test_every_malformed_shape_in_turn_leaves_both_slots_free_for_the_next_photo
 
 def test_a_fault_of_bbsds_own_mid_request_gives_the_slot_back_and_blames_no_endpoint(hostile, backend,
                                                                                        monkeypatch):
-    from bbsd import openai_backend
+    from bbsd.engine.openai import backend as openai_backend
 
     s = hostile()
     labeler, ask = backend([s.url], in_flight=1)
@@ -455,7 +457,7 @@ def test_think_blocks_are_removed_in_one_pass_even_from_a_hostile_reply():
     purpose: linear is milliseconds, quadratic is minutes."""
     import time
 
-    from bbsd.openai_backend import _without_thinking
+    from bbsd.engine.openai.backend import _without_thinking
 
     assert _without_thinking('<think>hm</think>{"a": 1}') == '{"a": 1}'
     assert _without_thinking("a<think>x</think>b<think>y</think>c") == "abc"

@@ -16,11 +16,15 @@ import jsonschema
 import pytest
 import structlog
 
-from bbsd import atomic, config, editors, prompt, report, safefs, sidecar, xmp
-from bbsd.fake_engine import FakeLabeler
-from bbsd.labeler import ModelInfo
-from bbsd.labels import Labels
+from bbsd import atomic, config, safefs
+from bbsd.engine import prompt
+from bbsd.engine.fake import FakeLabeler
+from bbsd.engine.labeler import ModelInfo
+from bbsd.engine.labels import Labels
 from bbsd.pipeline import Pipeline, Status
+from bbsd.sidecars import editors, xmp
+from bbsd.sidecars import record as sidecar
+from bbsd.study import performance as report
 from tests.conftest import make_photo, wait_until, write_config
 from tests.test_xmp import GOLDEN, PROVENANCE, exiftool, needs_exiftool
 

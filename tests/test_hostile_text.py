@@ -16,7 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from bbsd import catalog, console, labels, questions, sidecar
+from bbsd import console
+from bbsd.engine import labels
+from bbsd.show import catalog, questions
+from bbsd.sidecars import record as sidecar
 from bbsd.text import printable
 from tests.conftest import REPO, bbsd_cmd, make_photo, run_bbsd, wait_until, write_config
 
@@ -158,7 +161,7 @@ def test_status_and_label_lines_show_control_characters_escaped():
 def test_the_status_file_holds_an_undecodable_name_and_any_endpoint_value(tmp_path):
     """A photo whose name is not UTF-8 in hand, an endpoint value JSON has no type for: the status
     file is still written, and `bbsd status` shows the name escaped."""
-    from bbsd import state
+    from bbsd.service import state
 
     status = state.Status(tmp_path, "m.gguf")
     status.endpoints = [{"url": "http://h", "state": "down", "last_error": ConnectionResetError(104, "reset")}]

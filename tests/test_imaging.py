@@ -3,8 +3,8 @@
 import pytest
 from PIL import Image, JpegImagePlugin
 
-from bbsd import imaging
 from bbsd.errors import IncompletePhotoError, PhotoError
+from bbsd.photo import decode as imaging
 from tests.conftest import jpeg_bytes, make_photo
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from bbsd import prompt
-from bbsd.catalog import Catalog, CatalogEntry
-from bbsd.jump import Cursor, Forced
+from bbsd.engine import prompt
+from bbsd.engine.jump import Cursor, Forced
+from bbsd.show.catalog import Catalog, CatalogEntry
 
 
 def _cursor(characters=("Baba Yaga", "Koschei"), props=("lantern",)) -> Cursor:
@@ -90,8 +90,8 @@ def test_a_growing_reply_gets_what_a_fresh_cursor_says_at_every_step():
 
 
 def test_closing_closes_the_open_string_list_and_object_and_names_the_fields_cut():
-    from bbsd import labels
-    from bbsd.jump import Closing
+    from bbsd.engine import labels
+    from bbsd.engine.jump import Closing
 
     c = _cursor(characters=("Baba Yaga", "Fox", "Fox Mother"))
     caption = '{"characters":["Baba Yaga"],"props":["lantern"],"caption":"a witch'
@@ -114,7 +114,7 @@ def test_closing_closes_the_open_string_list_and_object_and_names_the_fields_cut
 
 
 def test_a_closed_reply_is_labelled_with_what_it_has_and_says_what_was_cut():
-    from bbsd import labels
+    from bbsd.engine import labels
 
     catalog = Catalog((CatalogEntry("Baba Yaga", "d"),), (CatalogEntry("lantern", "d"),))
     reply = '{"characters":["Baba Yaga"],"props":[],"caption":"a wit","scene":"","visible_text":[],' \
@@ -128,8 +128,8 @@ def test_a_closed_reply_is_labelled_with_what_it_has_and_says_what_was_cut():
 
 
 def test_longest_is_the_length_of_the_longest_reply_the_schema_allows():
-    from bbsd.jump import longest
-    from bbsd.questions import Question
+    from bbsd.engine.jump import longest
+    from bbsd.show.questions import Question
 
     catalog = Catalog((CatalogEntry("Baba Yaga", "d"), CatalogEntry("Koschei", "d")), (CatalogEntry("lantern", "d"),))
     reply = {"characters": ["Baba Yaga"] * 2, "props": ["lantern"], "caption": "c" * prompt.CAPTION_MAX,
@@ -144,8 +144,8 @@ def test_longest_is_the_length_of_the_longest_reply_the_schema_allows():
 
 
 def test_closing_stops_at_each_answer_the_model_must_choose():
-    from bbsd.jump import Closing
-    from bbsd.questions import Question
+    from bbsd.engine.jump import Closing
+    from bbsd.show.questions import Question
 
     act = Question(key="act", text="act?", kind="choice", label="Act", choices=("Act 1", "Act 2"))
     mood = Question(key="mood", text="mood?", kind="text", label="Mood", max_length=30)

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from bbsd import prompt
-from bbsd.catalog import Catalog, CatalogEntry
-from bbsd.labels import InvalidReplyError, parse_reply
+from bbsd.engine import prompt
+from bbsd.engine.labels import InvalidReplyError, parse_reply
+from bbsd.show.catalog import Catalog, CatalogEntry
 
 CAT = Catalog(characters=(CatalogEntry("Baba Yaga"), CatalogEntry("Koschei")), props=(CatalogEntry("lantern"),))
 

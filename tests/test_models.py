@@ -12,7 +12,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from PIL import Image
 
-from bbsd import backends, config, labels, llama_binding, models, prompt, tiny_model
+from bbsd import config, llama_binding
+from bbsd.engine import labels, prompt
+from bbsd.engine.llama import compute as backends
+from bbsd.models import registry as models
+from bbsd.models import tiny as tiny_model
 from tests.conftest import REPO, make_photo, run_bbsd, write_config
 
 FAMILIES_OF_THE_STUDY = ["InternVL2-8B", "InternVL2.5-1B", "InternVL2.5-2B", "InternVL2.5-4B", "InternVL2.5-8B",
@@ -62,7 +66,7 @@ def test_inspect_prints_metadata_and_pairing_for_two_projector_families(tiny_mod
 
 
 def test_the_generic_path_labels_with_a_tiling_internvl_projector(internvl_pair, tmp_path):
-    from bbsd.engines import open_in_process
+    from bbsd.engine.registry import open_in_process
 
     settings = config.load(write_config(tmp_path, [tmp_path], internvl_pair), environ={})
     labeler = open_in_process(settings)

@@ -12,9 +12,14 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from bbsd import config, llama_backend, llama_engine, llama_native, prompt, tiny_model
-from bbsd.engines import open_in_process as open_labeler
+from bbsd import config
+from bbsd.engine import prompt
+from bbsd.engine.llama import backend as llama_backend
+from bbsd.engine.llama import engine as llama_engine
+from bbsd.engine.llama import native as llama_native
+from bbsd.engine.registry import open_in_process as open_labeler
 from bbsd.errors import PhotoError
+from bbsd.models import tiny as tiny_model
 from tests.conftest import write_config
 
 TEMPLATE = "<|im_start|>system\nLabel the puppets.<|im_end|>\n<|im_start|>user\n{marker}\nWho?<|im_end|>\n" \
@@ -42,7 +47,8 @@ def _photo(size: tuple[int, int], seed: int) -> Image.Image:
 
 
 def _native(models, n_batch: int = 2048, n_ctx: int = 4096, flash_attention: bool = True) -> llama_native.Context:
-    from bbsd import backends, llama_log
+    from bbsd.engine.llama import compute as backends
+    from bbsd.engine.llama import log as llama_log
 
     llama_log.install()
     backends.load()

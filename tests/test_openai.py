@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from bbsd import sidecar
 from bbsd.metrics import percentile
+from bbsd.sidecars import record as sidecar
 from tests.conftest import REPO, BbsdRun, make_photo, wait_until, write_config
 
 BUILD_S = 3600  # a cold build on 2 busy cores; cached afterwards

@@ -9,10 +9,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from bbsd import config, prompt, sidecar
-from bbsd.engines import open_labeler
+from bbsd import config
+from bbsd.engine import prompt
+from bbsd.engine.registry import open_labeler
 from bbsd.errors import ConfigError
 from bbsd.pipeline import Pipeline, Status
+from bbsd.sidecars import record as sidecar
 from tests.conftest import make_photo, wait_until, write_config
 
 GOOD = {"characters": ["Baba Yaga"], "props": [], "caption": "a witch", "scene": "stage", "visible_text": []}

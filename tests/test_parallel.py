@@ -12,11 +12,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from bbsd import config, prompt, sidecar
-from bbsd.engines import open_in_process
+from bbsd import config
+from bbsd.engine import prompt
+from bbsd.engine.labeler import Job
+from bbsd.engine.registry import open_in_process
+from bbsd.engine.supervisor import WorkerLabeler
 from bbsd.errors import PhotoError
-from bbsd.labeler import Job
-from bbsd.supervisor import WorkerLabeler
+from bbsd.sidecars import record as sidecar
 from tests.conftest import SLACK, events, make_photo, run_bbsd, wait_until, write_config
 
 
@@ -368,8 +370,8 @@ def test_a_request_the_worker_cannot_read_ends_the_worker_and_the_daemon_sees_it
     import dataclasses
     import time
 
-    from bbsd import ipc
-    from bbsd.supervisor import _Worker, worker_argv
+    from bbsd.contain import ipc
+    from bbsd.engine.supervisor import _Worker, worker_argv
 
     settings = config.load(write_config(tmp_path, [tmp_path], tiny_models))
     worker = _Worker(worker_argv(str(settings.source)), 60 * SLACK)

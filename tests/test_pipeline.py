@@ -6,11 +6,13 @@ import os
 import pytest
 import structlog.testing
 
-from bbsd import config, prompt, sidecar
+from bbsd import config
+from bbsd.engine import prompt
+from bbsd.engine.fake import FakeLabeler
+from bbsd.engine.labeler import Inference
 from bbsd.errors import PhotoError
-from bbsd.fake_engine import FakeLabeler
-from bbsd.labeler import Inference
 from bbsd.pipeline import Pipeline, Status
+from bbsd.sidecars import record as sidecar
 from tests.conftest import jpeg_bytes, make_photo, sha256_of, write_config
 
 
@@ -148,7 +150,7 @@ def test_the_sidecar_names_the_model_that_answered_not_one_loaded_since(setup):
     replaced, `[model] path` edited): the sidecar and the XMP name the model of the reply."""
     import dataclasses
 
-    from bbsd.labeler import ModelInfo
+    from bbsd.engine.labeler import ModelInfo
 
     inbox, make = setup
     pipeline = make()

@@ -12,13 +12,16 @@ import threading
 import pytest
 from PIL import Image, ImageDraw
 
-from bbsd import config, console, labels, prompt, sidecar, xmp
-from bbsd.engines import open_in_process as open_labeler  # the engine itself, not its worker
+from bbsd import config, console
+from bbsd.engine import labels, prompt
+from bbsd.engine.fake import FakeLabeler
+from bbsd.engine.jump import Cursor
+from bbsd.engine.registry import open_in_process as open_labeler  # the engine itself, not its worker
 from bbsd.errors import ConfigError
-from bbsd.fake_engine import FakeLabeler
-from bbsd.jump import Cursor
 from bbsd.pipeline import Outcome, Pipeline, Status
-from bbsd.service import Daemon
+from bbsd.service.daemon import Daemon
+from bbsd.sidecars import record as sidecar
+from bbsd.sidecars import xmp
 from tests.conftest import make_photo, wait_until, write_config
 from tests.test_grammar import grammar_accepts, vocab_model  # noqa: F401 - vocab_model is a fixture
 from tests.test_xmp import exiftool, needs_exiftool

@@ -15,10 +15,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from bbsd import config, prompt, references, sidecar
-from bbsd.engines import open_in_process
+from bbsd import config
+from bbsd.engine import prompt
+from bbsd.engine.labeler import ModelInfo
+from bbsd.engine.registry import open_in_process
 from bbsd.errors import ConfigError, PhotoError
-from bbsd.labeler import ModelInfo
+from bbsd.show import references
+from bbsd.sidecars import record as sidecar
 from tests.conftest import make_photo, run_bbsd, sha256_of, write_config
 
 BY, K = "Baba Yaga", "Koschei"
@@ -253,7 +256,7 @@ def test_a_gallery_that_does_not_fit_the_context_is_refused_clearly_and_bbsd_che
 
 
 def test_an_openai_server_gets_the_references_as_images_before_the_photo(tmp_path, monkeypatch):
-    from bbsd.engines import open_labeler
+    from bbsd.engine.registry import open_labeler
     from bbsd.pipeline import Pipeline, Status
     from tests.test_openai_protocol import SECRET, FakeServer
 
@@ -286,9 +289,9 @@ def test_an_openai_server_gets_the_references_as_images_before_the_photo(tmp_pat
 def test_sighup_turning_the_gallery_on_relabels_with_the_references_named_in_the_sidecar(tmp_path):
     import threading
 
-    from bbsd.fake_engine import FakeLabeler
+    from bbsd.engine.fake import FakeLabeler
     from bbsd.pipeline import Pipeline
-    from bbsd.service import Daemon
+    from bbsd.service.daemon import Daemon
     from tests.conftest import wait_until
 
     inbox = tmp_path / "in"

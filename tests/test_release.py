@@ -16,7 +16,8 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from bbsd import sidecar, tiny_model
+from bbsd.models import tiny as tiny_model
+from bbsd.sidecars import record as sidecar
 from tests.conftest import REPO, events, make_photo, wait_until
 
 ARTEFACT = os.environ.get("BBSD_ARTEFACT")

@@ -7,9 +7,9 @@ import llama_cpp
 import numpy as np
 import pytest
 
-from bbsd import tiny_model
+from bbsd.engine.llama.sampler import Sampler
 from bbsd.llama_binding import import_llama
-from bbsd.llama_sampler import Sampler
+from bbsd.models import tiny as tiny_model
 
 N_VOCAB = 40_000
 

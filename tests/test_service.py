@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from bbsd import config, sidecar, unit
-from bbsd.sdnotify import Notifier
+from bbsd import config
+from bbsd.service import unit
+from bbsd.service.sdnotify import Notifier
+from bbsd.sidecars import record as sidecar
 from tests.conftest import REPO, make_photo, run_bbsd, wait_until, write_config
 
 needs_systemd_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None,

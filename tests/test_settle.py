@@ -3,7 +3,7 @@
 import os
 from pathlib import Path
 
-from bbsd.settle import SettleTracker
+from bbsd.arrive.settle import SettleTracker
 
 
 class FakeFiles:

@@ -8,10 +8,13 @@ import time
 
 import pytest
 
-from bbsd import atomic, config, prompt, sidecar, xmp
-from bbsd.fake_engine import FakeLabeler
-from bbsd.labeler import ModelInfo
+from bbsd import atomic, config
+from bbsd.engine import prompt
+from bbsd.engine.fake import FakeLabeler
+from bbsd.engine.labeler import ModelInfo
 from bbsd.pipeline import Pipeline, Status
+from bbsd.sidecars import record as sidecar
+from bbsd.sidecars import xmp
 from tests.conftest import make_photo, sha256_of, write_config
 
 MODEL = ModelInfo("llama", "m.gguf", "p.gguf")

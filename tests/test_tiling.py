@@ -11,7 +11,7 @@ import gguf
 import pytest
 from PIL import Image
 
-from bbsd import families, tiling
+from bbsd.engine.llama import families, tiling
 
 # --- InternVL's code, verbatim (only the names' prefix added) ---------------------------------------------------
 

@@ -9,9 +9,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from bbsd import config, labels, llama_native, prompt, sidecar, tiny_model
-from bbsd.engines import open_in_process
-from bbsd.tiny_model import TinySpec
+from bbsd import config
+from bbsd.engine import labels, prompt
+from bbsd.engine.llama import native as llama_native
+from bbsd.engine.registry import open_in_process
+from bbsd.models import tiny as tiny_model
+from bbsd.models.tiny import TinySpec
+from bbsd.sidecars import record as sidecar
 from tests.conftest import make_photo, run_bbsd, write_config
 
 # `spaces=False`: like a real model, these never write the optional whitespace of JSON, so a reply
@@ -222,7 +226,7 @@ def test_the_converted_internlm2_vocabulary_appends_the_keys_too(tmp_path):
 
 def test_bbsd_check_warns_when_the_output_cap_is_below_the_longest_reply(pairs, tmp_path):
     """The catalog and questions fix the longest reply the grammar allows; a cap below it cuts some replies."""
-    from bbsd import jump
+    from bbsd.engine import jump
 
     cfg = write_config(tmp_path, [tmp_path], pairs["bpe"], extra=QUESTIONS)
     settings = config.load(cfg, environ={})

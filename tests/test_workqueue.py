@@ -1,7 +1,7 @@
 import threading
 from pathlib import Path
 
-from bbsd.workqueue import PhotoQueue
+from bbsd.arrive.workqueue import PhotoQueue
 
 
 def test_newest_first_and_deduplicated():

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bbsd import xmp
-from bbsd.labels import Labels
-from bbsd.merge import ListState, merge_list, merge_text
+from bbsd.engine.labels import Labels
+from bbsd.sidecars import xmp
+from bbsd.sidecars.merge import ListState, merge_list, merge_text
 
 GOLDEN = Path(__file__).parent / "golden"
 PROVENANCE = {"model": "m.gguf", "mmproj": "p.gguf", "backend": "llama", "promptVersion": "bbsd.prompt/2",

@@ -19,8 +19,9 @@ from typing import Any
 
 import structlog
 
-from bbsd import atomic, prompt
+from bbsd import atomic
 from bbsd.config import Settings
+from bbsd.engine import prompt
 from bbsd.errors import BbsdError
 from bbsd.study import truth as truth_mod
 from bbsd.study.truth import Truth

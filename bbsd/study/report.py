@@ -11,7 +11,8 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from bbsd import atomic, svg
+from bbsd import atomic
+from bbsd.study import svg
 
 COLUMNS = ("profile", "photos", "failed", "micro F1", "macro F1 ch", "macro F1 pr", "exact", "halluc.",
            "p50 ms", "p95 ms", "photos/min", "peak RSS MB", "load ms", "eval tok 1st", "eval tok rest")

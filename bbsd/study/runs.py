@@ -19,9 +19,11 @@ from typing import Any
 import structlog
 
 from bbsd import config as config_mod
-from bbsd import metrics, prompt, sidecar
+from bbsd import metrics
 from bbsd.config import Settings
+from bbsd.engine import prompt
 from bbsd.errors import BbsdError, ConfigError, PhotoError
+from bbsd.sidecars import record as sidecar
 from bbsd.study.truth import Truth
 
 log = structlog.get_logger("bbsd.eval")
@@ -88,7 +90,7 @@ class ResultsMismatchError(BbsdError):
 
 def fingerprint(settings: Settings) -> dict[str, Any]:
     """What decides a profile's answers: model files, prompt, engine and backend settings."""
-    from bbsd.engines import model_info
+    from bbsd.engine.registry import model_info
 
     made_with = sidecar.identity(model_info(settings), prompt.for_settings(settings))
     return {**made_with, "engine": repr(settings.engine), "backend": repr(settings.backend)}
@@ -126,7 +128,7 @@ def _append(path: Path, record: dict[str, Any]) -> None:
 
 def run(profile: Profile, truths: list[Truth], results: Results, advance: Callable[[str], None]) -> None:
     """Label every photo of `truths` that `results` does not hold yet with this profile's model."""
-    from bbsd.engines import open_labeler
+    from bbsd.engine.registry import open_labeler
     from bbsd.pipeline import Pipeline
 
     done = results.photos()

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from bbsd.metrics import percentile
-from bbsd.questions import Question
+from bbsd.show.questions import Question
 from bbsd.study import scores
 from bbsd.study.truth import Truth
 

@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bbsd import atomic, scan, sidecar
+from bbsd import atomic
+from bbsd.arrive import scan
 from bbsd.config import Settings
 from bbsd.errors import BbsdError
+from bbsd.sidecars import record as sidecar
 from bbsd.text import nfc
 
 FIELDS = ("file", "characters", "props", "caption", "scene", "answers")

@@ -1,0 +1,108 @@
+"""`fake` backend: deterministic replies without a model, for fast pipeline tests.
+
+Never chosen implicitly: it must be named in the configuration, and the daemon logs
+`engine.fake` at start so nobody mistakes its labels for real ones. Its [fake] table lets
+tests ask for several photos in flight (`concurrency`) and a per-photo delay.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from bbsd.config_keys import Key, Validator, section
+from bbsd.engine.labeler import Inference, ModelInfo
+from bbsd.engine.prompt import Prompt
+from bbsd.engine.registry import Backend
+
+TABLES = {"fake": {
+    "concurrency": Key("int", 1, "photos in flight at once (tests of the daemon's worker threads)", 1, 64),
+    "delay_ms": Key("int", 0, "time each reply takes", 0, 600_000),
+    "replies": Key("path", None, "JSON file mapping a photo's file name to the reply object to give for it "
+                   "(`bbsd eval` tests with answers known in advance)"),
+}}
+
+
+@dataclass(frozen=True)
+class FakeSettings:
+    concurrency: int
+    delay_ms: int
+    replies: Path | None
+
+
+class FakeLabeler:
+    """Replies with the first catalog names and a caption naming the image size.
+
+    `replies` scripts raw reply texts in order (then falls back to the default),
+    which lets tests feed invalid replies through the real validation path. `by_name` scripts a
+    reply per photo file name (as the pipeline names the image), whatever order photos come in.
+    """
+
+    gpu = False
+
+    def __init__(self, replies: Iterable[str] = (), delay_s: float = 0.0, concurrency: int = 1,
+                 by_name: Mapping[str, Any] | None = None) -> None:
+        self.info = ModelInfo(backend="fake", file="fake", mmproj=None)
+        self.concurrency = concurrency
+        self._replies = list(replies)
+        self._delay_s = delay_s
+        self._by_name = dict(by_name or {})
+        self._lock = threading.Lock()
+        self.calls = 0
+
+    def infer(self, image: Image.Image, prompt: Prompt, *, attempt: int,
+              cancelled: Callable[[], bool], alone: bool = False) -> Inference:
+        with self._lock:
+            self.calls += 1
+            scripted = self._replies.pop(0) if self._replies else None
+        time.sleep(self._delay_s)
+        named = self._by_name.get(image.info.get("bbsd_name", ""))
+        if scripted is None and named is not None:
+            scripted = named if isinstance(named, str) else json.dumps(named)
+        text = scripted if scripted is not None else self._default(image, prompt)
+        return Inference(text=text, prompt_tokens=0, output_tokens=len(text), encode_ms=0.0, generate_ms=0.0)
+
+    @staticmethod
+    def _default(image: Image.Image, prompt: Prompt) -> str:
+        props = prompt.schema["properties"]
+        first = [p.get("items", {}).get("enum", [])[:1] for p in (props["characters"], props["props"])]
+        reply = {
+            "characters": first[0], "props": first[1],
+            "caption": f"fake label of a {image.width}x{image.height} image",
+            "scene": "test", "visible_text": [],
+        }
+        if "answers" in props:  # the first answer each question's schema admits
+            reply["answers"] = {k: _first_answer(a) for k, a in props["answers"]["properties"].items()}
+        return json.dumps(reply)
+
+    def health(self) -> list[dict[str, Any]]:
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+def _first_answer(schema: dict[str, Any]) -> str | int:
+    if "enum" in schema:
+        return schema["enum"][0]
+    return schema["minimum"] if schema.get("type") == "integer" else "fake"
+
+
+def configure(raw: dict[str, Any], v: Validator, env: Mapping[str, str], engine) -> FakeSettings:
+    return FakeSettings(**section(raw.get("fake", {}), "fake", TABLES["fake"], v, env))
+
+
+def open_labeler(settings) -> FakeLabeler:
+    s: FakeSettings = settings.backend
+    by_name = json.loads(s.replies.read_text(encoding="utf-8")) if s.replies else None
+    return FakeLabeler(delay_s=s.delay_ms / 1000, concurrency=s.concurrency, by_name=by_name)
+
+
+BACKEND = Backend(name="fake", tables=TABLES, configure=configure, open=open_labeler, isolate=True)

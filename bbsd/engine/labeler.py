@@ -1,0 +1,115 @@
+"""The `Labeler` protocol and its value types: all the daemon knows about a model.
+
+Invariant: this module imports nothing of bbsd but the prompt's type, so every backend, the
+supervisor and the pipeline can depend on it without a cycle. The registry that finds
+backends by name is `bbsd.engines`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from bbsd.engine.prompt import Prompt
+
+
+@dataclass(frozen=True)
+class Inference:
+    """One raw reply and what it cost; validation happens in the pipeline, not the backend."""
+
+    text: str
+    prompt_tokens: int
+    output_tokens: int
+    encode_ms: float  # image encoding and prompt evaluation
+    generate_ms: float  # sampling the reply
+    rss_mb: float | None = None  # the engine process's memory, when it is not this process
+    vram_mb: float | None = None
+    evaluated_tokens: int | None = None  # prompt tokens evaluated for this photo (the rest was cached)
+    sampled_tokens: int | None = None  # output tokens sampled one by one (the rest the schema fixed)
+    # Who answered, for the sidecar and the log (a remote backend: endpoint, model, client
+    # latency, the server's own timings). Never a secret.
+    served: dict[str, Any] | None = None
+    # The sampled tokens of the names with their probabilities (`confidence.Step`), where the
+    # backend can see them; the pipeline turns them into each name's confidence.
+    steps: tuple = ()
+    # What answered when it is not the labeller's `info` of the moment: an engine worker's model,
+    # as it said at its start (a worker restarted since with another model must not name this reply).
+    model: ModelInfo | None = None
+
+
+@dataclass(frozen=True)
+class Job:
+    """One photo for an engine that labels several at once (`serve`): `tag` is the caller's own
+    name for it, handed back with its result."""
+
+    image: Image.Image
+    prompt: Prompt
+    attempt: int
+    tag: Any = None
+    alone: bool = False  # a retry after an engine crash: nothing is labelled beside it
+
+    def same_prefix(self, other: Job) -> bool:
+        """Whether both prompts share the cached prefix (the catalog did not change in between)."""
+        a, b = self.prompt, other.prompt
+        return (a.system, a.user, a.grammar, a.references) == (b.system, b.user, b.grammar, b.references)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a sidecar records about the model that made it (part of "is this sidecar current"). An
+    isolated engine's worker reports it in its hello: it names what that process loaded."""
+
+    backend: str
+    file: str
+    mmproj: str | None
+    lora: str | None = None  # a LoRA adapter on the text model ([model] lora): it changes the labels too
+    # What tells two models with one file name apart: (role, size in bytes, sha256 of the whole file)
+    # for each file loaded, role "file", "mmproj" or "lora" (`fingerprint`); empty without local files.
+    files: tuple[tuple[str, int, str], ...] = ()
+    # The engine settings a photo's error may come from (context_size, max_output_tokens,
+    # image_max_side), as (name, value): an error sidecar is stale once one of them changed.
+    limits: tuple[tuple[str, int], ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"backend": self.backend, "file": self.file, "mmproj": self.mmproj, "lora": self.lora,
+                "files": [list(f) for f in self.files], "limits": [list(v) for v in self.limits]}
+
+    def digest(self) -> str | None:
+        """The text model file's sha256, where bbsd hashed it (a local model)."""
+        return next((h for role, _, h in self.files if role == "file"), None)
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> ModelInfo:
+        return cls(doc["backend"], doc["file"], doc["mmproj"], doc.get("lora"),
+                   tuple((str(r), int(n), str(h)) for r, n, h in doc.get("files", ())),
+                   tuple((str(k), int(v)) for k, v in doc.get("limits", ())))
+
+
+class Labeler(Protocol):
+    info: ModelInfo
+    # How many photos the daemon may hand over at once (one worker thread, each with its own
+    # decoder, per unit); an in-process model says 1.
+    concurrency: int
+    gpu: bool  # whether memory figures should include VRAM
+
+    def infer(
+        self, image: Image.Image, prompt: Prompt, *, attempt: int, cancelled: Callable[[], bool],
+        alone: bool = False,
+    ) -> Inference:
+        """Return the model's raw reply for one RGB image; `attempt` > 0 asks for a varied retry;
+        `alone` asks that no other photo be labelled beside this one (it may be the one that crashed
+        the engine), and matters only to a labeler that labels several photos together.
+
+        Safe to call from `concurrency` threads at once.
+        """
+        ...
+
+    def health(self) -> list[dict[str, Any]]:
+        """Per-endpoint health for the status file (empty for a local model)."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,278 @@
+"""The engine worker: a child process that owns the model and labels the photos the daemon hands
+over, each request one photo with the daemon's id for it. Requests are read by a thread of their
+own, so a photo handed over while replies are generating joins them at the next decode step (where
+the engine batches: `replies.serve`); each result goes back, with that id, as soon as it is known.
+
+Invariants: the worker works from the settings the daemon validated and handed over at its start
+(`child`), never from the configuration file as it is now; its hello names what it loaded (`info`,
+file digests included) and it refuses to start when the prompt leaves a photo no room in the
+context (`check_fit`); it never touches photos or sidecars — it gets pixels and a prompt, and
+returns the raw reply with its own memory figures; the only image files it reads are the
+catalog's reference photos the prompt names (decoded here, in this contained process, never in
+the daemon); it dies with its parent (PR_SET_PDEATHSIG), so a killed daemon leaves no orphan
+holding gigabytes; its stdout is the message pipe only (anything native code prints goes to
+stderr instead).
+
+Test hooks (`BBSD_TEST_HOOKS=1` plus `BBSD_TEST_ABORT_ON` (with `BBSD_TEST_ABORT_BESIDE`, on a first try
+only once that many other photos are in the worker), `BBSD_TEST_HANG_ON`, `BBSD_TEST_SLOW_MS`,
+`BBSD_TEST_LEAK_MB`, each applied as a photo is admitted, and `BBSD_TEST_STEP_MS` per decode step)
+exist for the fault-injection tests only and do nothing unless `BBSD_TEST_HOOKS=1` is set; never
+set it in production.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from PIL import Image
+
+from bbsd import metrics
+from bbsd.contain import child, ipc
+from bbsd.engine.labeler import Job
+from bbsd.engine.prompt import Prompt
+from bbsd.errors import BbsdError, ConfigError, PhotoError
+
+log = structlog.get_logger("bbsd.worker")
+_leak: list[bytearray] = []
+
+
+_FIT_HINT = "raise [engine] context_size, or shorten the catalog (fewer entries, shorter descriptions)"
+
+
+def warm_up(labeler, settings) -> None:
+    """Label a generated image once before the first photo, so the first photo of a show is not
+    the slow one: the prompt prefix gets cached and lazily allocated buffers exist. Memory is
+    measured after this, so the recycling baseline includes them."""
+    from bbsd.engine import prompt
+
+    t0 = time.perf_counter()
+    try:
+        image = Image.new("RGB", (64, 48), (128, 128, 128))
+        r = labeler.infer(image, prompt.for_settings(settings), attempt=0, cancelled=lambda: False)
+    except PhotoError as e:  # the service still starts; the first photo will say what is wrong
+        if e.code == "context_overflow":  # ... unless no photo can fit: then none would ever be labelled
+            raise ConfigError(f"the prompt does not fit the context ({e.message})", _FIT_HINT) from None
+        log.warning("engine.warm_up_failed", code=e.code, message=e.message, hint=e.hint)
+        return
+    log.info("engine.warmed_up", ms=round((time.perf_counter() - t0) * 1000), prompt_tokens=r.prompt_tokens,
+             evaluated_tokens=r.evaluated_tokens)
+
+
+def check_fit(labeler, settings) -> None:
+    """Refuse, at start, a prompt that leaves a photo no room in the context: every photo would get an
+    error sidecar while the service looked healthy. Measured with the real prompt (catalog, questions,
+    reference gallery) and the costliest photo at `image_max_side`: a square (the most pixels), or for a
+    family that tiles by shape its worst shape (InternVL: 4:3, 12 tiles + thumbnail; `families.Fit`).
+    A backend that cannot measure (no `layout`, no context size) is not checked."""
+    from bbsd.engine import prompt
+
+    layout, context = getattr(labeler, "layout", None), getattr(settings.backend, "context_size", None)
+    if layout is None or context is None:
+        return
+    side = settings.engine.image_max_side
+    fit = getattr(labeler, "fit", None)
+    shape = fit.costliest(side) if hasattr(fit, "costliest") else (side, side)
+    try:
+        parts = layout(prompt.for_settings(settings), Image.new("RGB", shape, (128, 128, 128)))
+    except PhotoError as e:  # a reference photo unreadable: its photos wait for it (references.Images)
+        log.warning("engine.fit_unmeasured", code=e.code, message=e.message)
+        return
+    needed, room = sum(parts.values()), settings.engine.max_output_tokens
+    if needed > context:
+        entries = len(settings.catalog.characters) + len(settings.catalog.props)
+        refs = settings.catalog.reference_count() if settings.prompt.references != "off" else 0
+        shown, fewer = (f" and its {refs} reference photos", ", fewer reference photos") if refs else ("", "")
+        raise ConfigError(f"the prompt with a photo needs {needed} tokens ({parts['prefix']} before the photo: the "
+                          f"instructions and the catalog of {entries} entries{shown}), [engine] context_size is "
+                          f"{context}", f"raise [engine] context_size to at least {needed + room}, or shorten the "
+                          f"catalog (fewer entries, shorter descriptions{fewer})")
+    if context - needed < room:
+        log.warning("engine.context_tight", prompt_tokens=needed, context_size=context, max_output_tokens=room,
+                    hint=f"a long reply may not fit: raise [engine] context_size to {needed + room}")
+
+
+def main(load: Callable[[bool], Any], parent: int, warm: bool = False) -> int:
+    """The engine worker process: `load(references)` reads the configuration for a worker started by
+    hand (the daemon hands over the settings it validated)."""
+    from bbsd import logs
+    from bbsd.engine.registry import open_in_process
+
+    child.die_with_parent(parent)
+    inp, out = child.message_pipes()
+    # The configuration the daemon validated, never the file as it is now (it may be broken since)
+    handed = child.receive_settings(inp, lambda: None)
+    settings, missing = (handed, None) if handed is not None else _settings(load)
+    logs.configure(settings.log.level, settings.log.format)
+    structlog.contextvars.bind_contextvars(worker_pid=os.getpid())
+    if missing is not None:
+        log.warning("worker.references_unreadable", message=missing.message, hint=missing.hint)
+    try:
+        labeler = open_in_process(settings)
+        check_fit(labeler, settings)
+        if warm:
+            warm_up(labeler, settings)
+    except BbsdError as e:
+        ipc.send(out, {"type": "fatal", "message": e.message, "hint": e.hint, "kind": type(e).__name__})
+        return 2
+    gpu = labeler.gpu
+    # `info` names what this process loaded (file digests included): the daemon's sidecars say it
+    ipc.send(out, {"type": "ready", "pid": os.getpid(), "rss_mb": metrics.rss_mb(), "vram_mb": metrics.vram_mb(gpu),
+                   "info": labeler.info.to_json(), "gpu": gpu, "parallel": getattr(labeler, "parallel", 1)})
+    try:
+        return _serve(labeler, inp, out, gpu)
+    finally:
+        labeler.close()
+
+
+def _settings(load: Callable[[bool], Any]) -> tuple:
+    """The configuration read from the file, for a worker started without settings handed over (by hand,
+    by a test); the daemon always hands over what it validated. A reference photo gone must not stop the
+    worker (and with it the service): it starts without references in its own warm-up prompt, and
+    the photos, whose prompt names them, wait for them (`references.unusable`)."""
+    try:
+        return load(True), None
+    except ConfigError as e:
+        if ".references" not in e.message:
+            raise
+        return load(False), e
+
+
+class _Closed(Exception):
+    """The daemon said `exit`, or closed the pipe: the worker ends (whatever is in flight is abandoned)."""
+
+
+class _Inbox:
+    """The requests, read from the daemon's pipe by a thread of their own: a photo handed over while
+    the engine is busy waits here for the next decode step, never in the pipe (the daemon's write
+    would block on it)."""
+
+    def __init__(self, fd: int) -> None:
+        self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self.waiting: list[Job] = []  # taken from the queue, not yet admitted (another prompt, a retry)
+        self.running = 0  # admitted, result not sent yet
+        threading.Thread(target=self._read, args=(fd,), name="inbox", daemon=True).start()
+
+    def _read(self, fd: int) -> None:
+        try:
+            while True:
+                request, pixels = ipc.receive(fd)
+                if request["type"] == "exit":
+                    break
+                self._queue.put(_job(request, pixels))
+        except (EOFError, OSError):
+            pass
+        except Exception as e:  # noqa: BLE001 - a request it cannot read: the worker ends (the daemon sees a
+            # crash and retries its photos) rather than leave the daemon writing into a pipe nobody reads
+            log.error("worker.bad_request", error=repr(e))
+        finally:
+            self._queue.put(None)
+
+    def take(self, block: bool) -> None:
+        """Move what arrived into `waiting` (`block`: wait for one at least); `_Closed` at the end."""
+        try:
+            job = self._queue.get(block)
+            while True:
+                if job is None:
+                    raise _Closed
+                self.waiting.append(job)
+                job = self._queue.get_nowait()
+        except queue.Empty:
+            return
+
+    def admit(self, accepts: Callable[[Job], bool]) -> Job | None:
+        """The first waiting job the engine accepts now (the daemon sent them newest first)."""
+        self.take(block=False)
+        job = next((j for j in self.waiting if accepts(j)), None)
+        if job is not None:
+            self.waiting.remove(job)
+            _test_hooks(job.image.info["bbsd_name"], job.alone, self)
+            log.debug("worker.admitted", photo=job.image.info["bbsd_name"], id=job.tag, beside=self.running)
+            self.running += 1
+        return job
+
+
+def _job(request: dict, pixels: bytes) -> Job:
+    photo = request["photo"]
+    image = Image.frombytes("RGB", (photo["width"], photo["height"]), pixels)
+    image.info["bbsd_name"] = photo["name"]  # as in the parent: backends may name the photo in logs
+    return Job(image, Prompt.from_json(request["prompt"]), photo["attempt"], request["id"],
+               photo.get("alone", False))
+
+
+def _serve(labeler, inp: int, out: int, gpu: bool) -> int:
+    inbox = _Inbox(inp)
+
+    def finish(job: Job, result) -> None:
+        inbox.running -= 1
+        log.debug("worker.finished", photo=job.image.info["bbsd_name"], id=job.tag, beside=inbox.running)
+        memory = {"rss_mb": metrics.rss_mb(), "vram_mb": metrics.vram_mb(gpu)}
+        ipc.send(out, {"type": "result", "id": job.tag, "result": _result(result), **memory})
+
+    serve = getattr(labeler, "serve", None) or (lambda admit, done, cancelled: _one_by_one(labeler, admit, done))
+    try:
+        while True:
+            inbox.take(block=not inbox.waiting)
+            serve(inbox.admit, finish, _step_hook)  # the worker is never cancelled: the daemon kills it
+    except _Closed:
+        return 0
+
+
+def _one_by_one(labeler, admit: Callable, finish: Callable) -> None:
+    """A backend without `serve`: the waiting photos one at a time, in the order they came."""
+    while (job := admit(lambda _: True)) is not None:
+        try:
+            result = labeler.infer(job.image, job.prompt, attempt=job.attempt, cancelled=lambda: False)
+        except PhotoError as e:
+            result = e
+        finish(job, result)
+
+
+def _result(r) -> dict:
+    if isinstance(r, PhotoError):
+        return {"type": "photo_error", "code": r.code, "message": r.message, "hint": r.hint}
+    return {"type": "result", "text": r.text, "prompt_tokens": r.prompt_tokens, "output_tokens": r.output_tokens,
+            "evaluated_tokens": r.evaluated_tokens, "sampled_tokens": r.sampled_tokens,
+            "encode_ms": r.encode_ms, "generate_ms": r.generate_ms, "steps": [step.to_json() for step in r.steps]}
+
+
+def _step_hook() -> bool:
+    """Asked before every decode step; with `BBSD_TEST_STEP_MS`, a step takes that much longer (tests
+    of the batch's timeline: a photo must still be generating when the next one joins it), and each
+    step is logged, the clock those tests count in."""
+    if os.environ.get("BBSD_TEST_HOOKS") == "1" and os.environ.get("BBSD_TEST_STEP_MS"):
+        time.sleep(int(os.environ["BBSD_TEST_STEP_MS"]) / 1000)
+        log.debug("worker.step")
+    return False
+
+
+def _test_hooks(name: str, alone: bool, inbox: _Inbox) -> None:
+    env = os.environ
+    if env.get("BBSD_TEST_HOOKS") != "1":
+        return
+    if env.get("BBSD_TEST_ABORT_ON") and env["BBSD_TEST_ABORT_ON"] in name:
+        if not alone and env.get("BBSD_TEST_ABORT_BESIDE"):
+            _wait_for_company(inbox, int(env["BBSD_TEST_ABORT_BESIDE"]))
+        os.abort()  # what a GGML_ASSERT does to the process
+    if env.get("BBSD_TEST_HANG_ON") and env["BBSD_TEST_HANG_ON"] in name:
+        time.sleep(3600)
+    if env.get("BBSD_TEST_SLOW_MS"):
+        time.sleep(int(env["BBSD_TEST_SLOW_MS"]) / 1000)
+    if env.get("BBSD_TEST_LEAK_MB"):
+        block = bytearray(int(env["BBSD_TEST_LEAK_MB"]) * 2**20)
+        block[:: 4096] = b"x" * len(block[:: 4096])  # touch every page so it counts in RSS
+        _leak.append(block)
+
+
+def _wait_for_company(inbox: _Inbox, others: int, timeout_s: float = 60) -> None:
+    """Until the worker holds `others` more photos (running or handed over): a crash test of a batch
+    must not depend on how fast the daemon decodes the neighbours."""
+    deadline = time.monotonic() + timeout_s
+    while inbox.running + len(inbox.waiting) < others and time.monotonic() < deadline:
+        inbox.take(block=False)
+        time.sleep(0.01)

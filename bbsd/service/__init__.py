@@ -1,0 +1,3 @@
+"""Running backstage: the daemon, its status file, systemd notifications, the unit, and the journal of photos in
+hand.
+"""

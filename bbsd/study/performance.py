@@ -1,0 +1,177 @@
+"""`bbsd report`: how fast and how heavy the model is on this machine, from the sidecars themselves.
+
+Invariant: every figure comes from per-photo records (the JSON sidecars, which carry
+timing, memory, model and time), so the report works for any past run without the
+daemon or a log file; the HTML is one self-contained file with inline SVG plots.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from html import escape
+from pathlib import Path
+
+import psutil
+
+from bbsd.arrive import scan
+from bbsd.errors import BbsdError
+from bbsd.metrics import percentile
+from bbsd.sidecars import record as sidecar
+from bbsd.study import svg
+
+
+@dataclass(frozen=True)
+class Record:
+    when: datetime
+    status: str
+    total_ms: float
+    rss_mb: float | None
+    vram_mb: float | None
+    model: str
+    endpoint: str | None = None  # the inference server that answered (remote backends)
+    server_ms: float | None = None  # its client-side latency
+
+
+def parse_since(text: str | None, now: datetime) -> datetime | None:
+    """'90m', '2h', '3d', or an ISO date/time (UTC when no zone is given)."""
+    if not text:
+        return None
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhd])", text.strip())
+    if m:
+        unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[m[2]]
+        return now - timedelta(**{unit: float(m[1])})
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise BbsdError(f"--since {text!r} is not a duration or a date",
+                        "use e.g. 2h, 30m, 1d or 2026-11-24T18:00") from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def collect(folders: tuple[Path, ...], extensions: tuple[str, ...], since: datetime | None) -> list[Record]:
+    records = []
+    for photo in scan.photos(folders, extensions, recursive=True):
+        doc = sidecar.read(photo)  # `<photo>.json`, or `<photo>.bbsd.json` beside another tool's JSON
+        if not doc or doc.get("schema") != sidecar.SCHEMA_ID:
+            continue
+        try:
+            record = _record(doc)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            continue  # a sidecar a person damaged, or a figure not measured (null): not a record to plot
+        if not since or record.when >= since:
+            records.append(record)
+    return sorted(records, key=lambda r: r.when)
+
+
+def _record(doc: dict) -> Record:
+    when = datetime.fromisoformat(doc["created_at"].replace("Z", "+00:00"))
+    mem = doc.get("memory_mb") or {}
+    served = doc.get("served") if isinstance(doc.get("served"), dict) else {}
+    return Record(when, doc["status"], float(doc["timing_ms"]["total"]), mem.get("rss"), mem.get("vram"),
+                  doc.get("model", {}).get("file", "?"), served.get("endpoint"), served.get("latency_ms"))
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    ram = psutil.virtual_memory().total / 2**30
+    system = f"{platform.system()} {platform.release()}"
+    return f"{platform.node()}: {cpu}, {os.cpu_count()} CPUs, {ram:.0f} GiB RAM, {system}"
+
+
+def summarise(records: list[Record]) -> dict[str, object]:
+    lat = [r.total_ms for r in records]
+    rss = [r.rss_mb for r in records if r.rss_mb is not None]
+    vram = [r.vram_mb for r in records if r.vram_mb is not None]
+    span_min = (records[-1].when - records[0].when).total_seconds() / 60 if len(records) > 1 else 0
+    return {
+        "photos": len(records),
+        "labelled": sum(r.status == "labeled" for r in records),
+        "failed": sum(r.status == "error" for r in records),
+        "p50_ms": percentile(lat, 0.5), "p95_ms": percentile(lat, 0.95), "max_ms": max(lat) if lat else None,
+        "per_minute": round(len(records) / span_min, 1) if span_min else None,
+        "peak_rss_mb": max(rss) if rss else None, "peak_vram_mb": max(vram) if vram else None,
+        "models": sorted({r.model for r in records}),
+        **({"endpoints": per_endpoint(records)} if any(r.endpoint for r in records) else {}),
+        "first": records[0].when.isoformat(timespec="seconds") if records else None,
+        "last": records[-1].when.isoformat(timespec="seconds") if records else None,
+        "machine": machine(),
+    }
+
+
+def text_summary(s: dict[str, object]) -> str:
+    def ms(key):
+        return f"{s[key]:.0f} ms" if s[key] is not None else "-"
+
+    return "\n".join([
+        f"photos: {s['photos']} ({s['labelled']} labelled, {s['failed']} failed), {s['first']} .. {s['last']}",
+        f"latency: p50 {ms('p50_ms')}, p95 {ms('p95_ms')}, max {ms('max_ms')}",
+        f"throughput: {s['per_minute'] if s['per_minute'] is not None else '-'} photos/min",
+        f"peak memory: RSS {s['peak_rss_mb'] or '-'} MB, VRAM {s['peak_vram_mb'] or '-'} MB",
+        f"model: {', '.join(s['models']) or '-'}",
+        *[f"endpoint {url}: {e['photos']} photos, p50 {e['p50_ms']} ms, p95 {e['p95_ms']} ms"
+          for url, e in s.get("endpoints", {}).items()],
+        f"machine: {s['machine']}",
+    ])
+
+
+def per_endpoint(records: list[Record]) -> dict[str, dict[str, object]]:
+    """Photos and client-side latency per inference-server endpoint."""
+    out: dict[str, dict[str, object]] = {}
+    for url in sorted({r.endpoint for r in records if r.endpoint}):
+        lat = [r.server_ms for r in records if r.endpoint == url and r.server_ms is not None]
+        out[url] = {"photos": sum(r.endpoint == url for r in records), "p50_ms": percentile(lat, 0.5),
+                    "p95_ms": percentile(lat, 0.95)}
+    return out
+
+
+def _per_minute(records: list[Record]) -> list[int]:
+    if not records:
+        return []
+    start = records[0].when.replace(second=0, microsecond=0)
+    counts = [0] * (int((records[-1].when - start).total_seconds() // 60) + 1)
+    for r in records:
+        counts[int((r.when - start).total_seconds() // 60)] += 1
+    return counts
+
+
+def html(records: list[Record], s: dict[str, object]) -> str:
+    t0 = records[0].when if records else datetime.now(UTC)
+    xs = [(r.when - t0).total_seconds() + i * 1e-3 for i, r in enumerate(records)]  # keep order within a second
+    span = (s["first"] or "", s["last"] or "")
+    plots = [
+        svg.scatter(list(zip(xs, [r.total_ms for r in records], strict=True)), "Latency per photo", span, "ms"),
+        svg.histogram([r.total_ms for r in records], "Latency histogram", "ms"),
+        svg.scatter([(x, r.rss_mb) for x, r in zip(xs, records, strict=True) if r.rss_mb is not None],
+                    "Engine memory (RSS) per photo", span, "MB"),
+        svg.bars(_per_minute(records), "Photos per minute", span, "photos"),
+    ]
+    rows = "".join(f"<tr><th>{escape(k)}</th><td>{escape(str(v if not isinstance(v, list) else ', '.join(v)))}"
+                   f"</td></tr>" for k, v in s.items() if k != "endpoints")
+    ends = "".join(f"<tr><td>{escape(url)}</td><td>{e['photos']}</td><td>{e['p50_ms']}</td><td>{e['p95_ms']}</td>"
+                   "</tr>" for url, e in s.get("endpoints", {}).items())
+    if ends:
+        rows += ("</table><h2>Endpoints</h2><table id='endpoints'><tr><th>endpoint</th><th>photos</th>"
+                 f"<th>p50 ms</th><th>p95 ms</th></tr>{ends}")
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>bbsd report</title>"
+        "<style>body{font-family:sans-serif;margin:2em;max-width:760px}th{text-align:left;padding-right:1em}"
+        "svg{display:block;margin:1.5em 0;border:1px solid #ddd}</style></head><body>"
+        f"<h1>bbsd report</h1><table id='summary'>{rows}</table>{''.join(plots)}"
+        f"<script type='application/json' id='data'>{json.dumps(s)}</script></body></html>"
+    )
+
+
+def write(out: Path, records: list[Record]) -> dict[str, object]:
+    s = summarise(records)
+    out.write_text(html(records, s), encoding="utf-8")
+    return s
