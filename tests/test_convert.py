@@ -367,11 +367,11 @@ def test_a_quantised_conversion_of_an_unlisted_checkpoint_is_appended_to_the_reg
 
 
 def test_the_start_measures_internvl_s_costliest_photo_not_a_square(converted, tmp_path):
-    """`worker.check_fit` refuses a context that holds a square photo but not InternVL's costliest shape
+    """`startup.check_fit` refuses a context that holds a square photo but not InternVL's costliest shape
     (4:3: 12 tiles + thumbnail where a square gets 2x2 + thumbnail): otherwise the service starts and
     every 4:3 photo gets a context_overflow error sidecar."""
     from bbsd import config
-    from bbsd.engine import prompt, worker
+    from bbsd.engine import prompt, startup
     from bbsd.engine.registry import open_in_process
     from bbsd.errors import ConfigError
 
@@ -395,6 +395,6 @@ def test_the_start_measures_internvl_s_costliest_photo_not_a_square(converted, t
     labeler = open_in_process(tight)
     try:
         with pytest.raises(ConfigError, match="context_size"):
-            worker.check_fit(labeler, tight)
+            startup.check_fit(labeler, tight)
     finally:
         labeler.close()

@@ -110,8 +110,8 @@ def open_labeler(settings: Settings, warm_up: bool = False) -> Labeler:
 
         return WorkerLabeler(settings, warm_up=warm_up)
     labeler = open_in_process(settings)
-    from bbsd.engine.worker import check_fit
-    from bbsd.engine.worker import warm_up as warm
+    from bbsd.engine.startup import check_fit
+    from bbsd.engine.startup import warm_up as warm
 
     try:
         check_fit(labeler, settings)  # as the worker does: a catalog that cannot fit fails the start
