@@ -398,3 +398,57 @@ def test_the_start_measures_internvl_s_costliest_photo_not_a_square(converted, t
             startup.check_fit(labeler, tight)
     finally:
         labeler.close()
+
+
+# --- why gguf-py stays vendored --------------------------------------------------------------------------------
+
+
+# Prints, as JSON, each `gguf.X.Y` the vendored converter and bbsd's subclasses use, and each add_* method
+# they call on `self.gguf_writer`, that the `gguf` this interpreter imports lacks.
+MISSING_GGUF = """
+import ast, json, pathlib, sys
+import gguf
+root = pathlib.Path(sys.argv[1])
+wanted = set()
+for f in [*(root / "llamacpp" / "conversion").glob("*.py"), root / "internvl.py"]:
+    for node in ast.walk(ast.parse(f.read_text())):
+        if not isinstance(node, ast.Attribute):
+            continue
+        if isinstance(node.value, ast.Attribute) and node.value.attr == "gguf_writer" and node.attr.startswith("add_"):
+            wanted.add("GGUFWriter." + node.attr)
+        parts, base = [], node
+        while isinstance(base, ast.Attribute):
+            parts, base = [base.attr, *parts], base.value
+        if isinstance(base, ast.Name) and base.id == "gguf":
+            wanted.add(".".join(parts))
+def has(chain):
+    obj = gguf
+    for p in chain.split("."):
+        if not hasattr(obj, p):
+            return False
+        obj = getattr(obj, p)
+    return True
+print(json.dumps(sorted(c for c in wanted if not has(c))))
+"""
+
+
+def test_gguf_py_stays_vendored_while_pypi_gguf_lacks_what_the_converter_uses():
+    """llama.cpp's converter (bumped with llama-cpp-python) runs on its own gguf-py, which is ahead of the
+    newest `gguf` on PyPI although both call themselves 0.19.0: with PyPI's, `conversion` fails to import
+    (MODEL_ARCH.DFLASH) and every tensor's write needs `gguf.LazyChunkedTensor`. When a bump of the gguf pin
+    makes this fail, PyPI has caught up: delete bbsd/models/convert/llamacpp/gguf-py and runner.py's sys.path line."""
+    import subprocess
+    import sys
+
+    convert = REPO / "bbsd" / "models" / "convert"
+
+    def lacking(pythonpath: str) -> list[str]:
+        env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": pythonpath}
+        r = subprocess.run([sys.executable, "-c", MISSING_GGUF, str(convert)], capture_output=True, text=True,
+                           env=env, timeout=120)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+    assert lacking(str(convert / "llamacpp" / "gguf-py")) == []  # the vendored copy has all the converter uses
+    pypi = lacking("")
+    assert pypi, "the pinned PyPI gguf now has all the converter uses: drop the vendored gguf-py"
