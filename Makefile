@@ -37,6 +37,7 @@ tools:
 
 lint: setup
 	$(VENV)/bin/ruff check bbsd tests bench
+	$(VENV)/bin/lint-imports --no-cache
 
 test: lint tools
 	$(VENV)/bin/python -m pytest
