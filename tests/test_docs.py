@@ -1,5 +1,5 @@
-"""The docs stay true: every configuration key is in the reference, and the README's Quick start is what
-CI runs."""
+"""The docs stay true: every configuration key is in the reference, the README's Quick start is what
+CI runs, and every link in the README and docs/ leads to a file and heading that exist."""
 
 import re
 from pathlib import Path
@@ -11,6 +11,7 @@ REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text()
 CONFIGURATION = (REPO / "docs" / "stage" / "configuration.md").read_text()
 CI = (REPO / ".ci" / "run").read_text()
+PAGES = [REPO / "README.md", REPO / "CHANGELOG.md", *sorted((REPO / "docs").rglob("*.md"))]
 TEST_DOUBLES = ("fake",)  # a backend for the tests, not for a show: not in the reference
 
 
@@ -26,3 +27,45 @@ def test_ci_runs_the_readme_test_command():
     commands = [line.split("#")[0].strip() for line in quick.strip().splitlines()]
     assert commands == ["make demo", "make test"]
     assert "\nmake test\n" in CI and "\nmake release\n" in CI
+
+
+def anchors(page: Path) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+    headings = re.findall(r"^#+ (.+)$", text, flags=re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
+def broken_links(page: Path) -> list[str]:
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"[a-z]+:", target):
+            continue  # https:, mailto:
+        path, _, anchor = target.partition("#")
+        dest = (page.parent / path).resolve() if path else page
+        if not dest.exists() or (anchor and dest.suffix == ".md" and anchor not in anchors(dest)):
+            broken.append(target)
+    return broken
+
+
+def test_every_link_in_the_docs_resolves():
+    assert {str(p.relative_to(REPO)): broken_links(p) for p in PAGES if broken_links(p)} == {}
+
+
+def test_the_link_check_sees_a_broken_link(tmp_path):
+    page = tmp_path / "page.md"
+    (tmp_path / "there.md").write_text("# A heading\n")
+    page.write_text("[ok](there.md#a-heading) [gone](missing.md) [no](there.md#no-such) [web](https://x.org)\n")
+    assert broken_links(page) == ["missing.md", "there.md#no-such"]
+
+
+def test_every_source_path_named_in_the_docs_exists():
+    """A module moved or renamed leaves no page pointing at its old place (`bbsd/engine/jump.py`)."""
+    named = {m for p in PAGES for m in re.findall(r"`(bbsd/[\w/.-]*\w)`", p.read_text())}
+    assert named and sorted(m for m in named if not (REPO / m).exists()) == []
+
+
+def test_the_readme_is_a_front_door():
+    """What it is, who it is for, the two commands, the flow, links: the manual lives in docs/."""
+    assert len(README.splitlines()) <= 150
