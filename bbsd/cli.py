@@ -327,6 +327,7 @@ def _print_version(verbose: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from bbsd import plugins
     from bbsd.errors import BbsdError
     from bbsd.text import printable
 
@@ -335,6 +336,7 @@ def main(argv: list[str] | None = None) -> None:
         _print_version("--verbose" in args or "-v" in args)
         sys.exit(0)
     try:
+        plugins.load()  # before any command: the daemon's children start here too, and load the same
         code = app(args=args, prog_name="bbsd", standalone_mode=False)
     except typer.Exit as e:
         code = e.exit_code

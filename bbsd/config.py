@@ -43,8 +43,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
                             "0 = label each file", 0, 3600),
     },
     "engine": {
-        "backend": Key("choice", engines.DEFAULT, "labelling backend: llama (in-process llama.cpp); fake is for "
-                       "tests only", choices=tuple(engines.BACKENDS)),
+        "backend": Key("choice", engines.DEFAULT, "labelling backend: llama (in-process llama.cpp) or openai "
+                       "(inference servers); a plugin may add one", choices=engines.SHIPPED),
         "image_max_side": Key("int", 768, "longest image side in pixels sent to the model", 32, 8192),
         "max_output_tokens": Key("int", 768, "upper bound on the reply length in tokens", 32, 8192),
         "temperature": Key("float", 0.0, "sampling temperature; 0 = deterministic", 0.0, 2.0),
@@ -218,7 +218,7 @@ def from_raw(raw: dict[str, Any], path: Path, environ: Mapping[str, str] | None 
     env = os.environ if environ is None else environ
     v = Validator(path)
     _legacy_backend_key(raw, v)
-    engine = EngineSettings(**section(_table(raw, "engine", v), "engine", SCHEMA["engine"], v, env))
+    engine = EngineSettings(**section(_table(raw, "engine", v), "engine", _engine_keys(), v, env))
     backend = engines.get(engine.backend)
     _reject_unknown(raw, v, backend)
     _planned_strategy(raw, v, env)
@@ -246,6 +246,13 @@ def _planned_strategy(raw: dict[str, Any], v: Validator, env: Mapping[str, str])
     if isinstance(value, str) and value in references.PLANNED:
         raise v.fail("prompt.references", f"{value!r} ({references.PLANNED[value]}) is planned, not built yet",
                      f"use one of: {', '.join(references.STRATEGIES)} (docs/eval.md: where it would plug in)")
+
+
+def _engine_keys() -> dict[str, Key]:
+    """[engine]'s keys, `backend` any backend registered now: a plugin registers its own at the start of
+    the process, after SCHEMA was made (whose choices, bbsd's own backends, are what the reference lists)."""
+    keys = SCHEMA["engine"]
+    return {**keys, "backend": dataclasses.replace(keys["backend"], choices=tuple(engines.BACKENDS))}
 
 
 def _table(raw: dict[str, Any], name: str, v: Validator) -> dict[str, Any]:

@@ -16,8 +16,10 @@ import jsonschema
 import pytest
 from PIL import Image, ImageDraw
 
+from bbsd import plugins
 from bbsd.models import tiny as tiny_model
 from bbsd.sidecars import record as sidecar
+from tests import fakes
 
 REPO = Path(__file__).resolve().parent.parent
 # Deadlines in these tests bound liveness: a passing test returns as soon as its condition holds
@@ -38,6 +40,14 @@ description = "skeletal puppet king"
 name = "lantern"
 description = "brass hand lantern"
 """
+
+
+def pytest_configure(config):
+    """The suite's test doubles are plugins (docs/developer/plugins.md), not in the package: this process
+    and every bbsd process a test starts (which finds `tests` on PYTHONPATH) load the fake backend."""
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    os.environ[plugins.ENV] = fakes.ENGINE
+    plugins.load()
 
 
 @pytest.fixture(scope="session")

@@ -7,11 +7,11 @@ import threading
 
 from bbsd import config
 from bbsd.engine import prompt
-from bbsd.engine.fake import FakeLabeler
 from bbsd.pipeline import Pipeline
 from bbsd.service.daemon import Daemon
 from bbsd.sidecars import record as sidecar
 from tests.conftest import make_photo, wait_until, write_config
+from tests.fakes.engine import FakeLabeler
 
 
 class FakeCountingLabeler(FakeLabeler):

@@ -11,10 +11,10 @@ import structlog
 
 from bbsd import config
 from bbsd.engine import prompt
-from bbsd.engine.fake import FakeLabeler
 from bbsd.pipeline import Pipeline, Status
 from bbsd.sidecars import record as sidecar
 from tests.conftest import make_photo, sha256_of, write_config
+from tests.fakes.engine import FakeLabeler
 from tests.test_xmp import GOLDEN, HOSTILE, exiftool, needs_exiftool
 
 

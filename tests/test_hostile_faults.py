@@ -290,10 +290,10 @@ def test_model_digests_are_hashed_once_per_file_version_and_a_same_size_copy_is_
 def test_a_decoder_that_cannot_start_at_all_ends_the_start_with_the_reinstall_line(tmp_path):
     """A broken installation (the decoder's executable gone) is said as such — not as a bug of the
     main loop — and ends the start, where a decoder that ran before is restarted with backoff."""
-    from bbsd.engine.fake import FakeLabeler
     from bbsd.photo.decoder import DecoderError
     from bbsd.pipeline import Pipeline
     from bbsd.service.daemon import Daemon
+    from tests.fakes.engine import FakeLabeler
 
     inbox = tmp_path / "in"
     inbox.mkdir()

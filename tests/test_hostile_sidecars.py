@@ -18,7 +18,6 @@ import structlog
 
 from bbsd import atomic, config, safefs
 from bbsd.engine import prompt
-from bbsd.engine.fake import FakeLabeler
 from bbsd.engine.labeler import ModelInfo
 from bbsd.engine.labels import Labels
 from bbsd.pipeline import Pipeline, Status
@@ -26,6 +25,7 @@ from bbsd.sidecars import editors, xmp
 from bbsd.sidecars import record as sidecar
 from bbsd.study import performance as report
 from tests.conftest import make_photo, wait_until, write_config
+from tests.fakes.engine import FakeLabeler
 from tests.test_xmp import GOLDEN, PROVENANCE, exiftool, needs_exiftool
 
 needs_exiv2 = pytest.mark.skipif(shutil.which("exiv2") is None, reason="exiv2 missing: `make test` installs it")

@@ -8,12 +8,12 @@ import structlog.testing
 
 from bbsd import config
 from bbsd.engine import prompt
-from bbsd.engine.fake import FakeLabeler
 from bbsd.engine.labeler import Inference
 from bbsd.errors import PhotoError
 from bbsd.pipeline import Pipeline, Status
 from bbsd.sidecars import record as sidecar
 from tests.conftest import jpeg_bytes, make_photo, sha256_of, write_config
+from tests.fakes.engine import FakeLabeler
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ from PIL import Image, ImageDraw
 
 from bbsd import config, console
 from bbsd.engine import labels, prompt
-from bbsd.engine.fake import FakeLabeler
 from bbsd.engine.jump import Cursor
 from bbsd.engine.registry import open_in_process as open_labeler  # the engine itself, not its worker
 from bbsd.errors import ConfigError
@@ -23,6 +22,7 @@ from bbsd.service.daemon import Daemon
 from bbsd.sidecars import record as sidecar
 from bbsd.sidecars import xmp
 from tests.conftest import make_photo, wait_until, write_config
+from tests.fakes.engine import FakeLabeler
 from tests.test_grammar import grammar_accepts, vocab_model  # noqa: F401 - vocab_model is a fixture
 from tests.test_xmp import exiftool, needs_exiftool
 

@@ -289,10 +289,10 @@ def test_an_openai_server_gets_the_references_as_images_before_the_photo(tmp_pat
 def test_sighup_turning_the_gallery_on_relabels_with_the_references_named_in_the_sidecar(tmp_path):
     import threading
 
-    from bbsd.engine.fake import FakeLabeler
     from bbsd.pipeline import Pipeline
     from bbsd.service.daemon import Daemon
     from tests.conftest import wait_until
+    from tests.fakes.engine import FakeLabeler
 
     inbox = tmp_path / "in"
     photo = make_photo(inbox / "IMG_0001.JPG")

@@ -10,12 +10,12 @@ import pytest
 
 from bbsd import atomic, config
 from bbsd.engine import prompt
-from bbsd.engine.fake import FakeLabeler
 from bbsd.engine.labeler import ModelInfo
 from bbsd.pipeline import Pipeline, Status
 from bbsd.sidecars import record as sidecar
 from bbsd.sidecars import xmp
 from tests.conftest import make_photo, sha256_of, write_config
+from tests.fakes.engine import FakeLabeler
 
 MODEL = ModelInfo("llama", "m.gguf", "p.gguf")
 

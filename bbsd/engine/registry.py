@@ -4,8 +4,8 @@ Invariant: nothing outside a backend's own module knows its settings. A backend 
 module exposing `BACKEND`, a `Backend` that owns its configuration tables and their
 validation, its `bbsd check` lines, the systemd unit's needs and how to open a `Labeler`.
 Modules are imported lazily (only the configured one, when needed), so the CLI never loads
-llama.cpp for a command that does not use it. Adding a backend is its module plus one line
-in `BACKENDS`.
+llama.cpp for a command that does not use it. Adding a backend to bbsd is its module plus one line
+in `BACKENDS`; a plugin adds one with `register` (docs/developer/plugins.md).
 """
 
 from __future__ import annotations
@@ -27,11 +27,13 @@ if TYPE_CHECKING:
     from bbsd.engine.labeler import Inference, Labeler, ModelInfo
     from bbsd.engine.prompt import Prompt
 
-BACKENDS: dict[str, str] = {
+# Each backend by name: the module that exposes its `BACKEND` (imported when first needed), or a
+# `Backend` a plugin registered. Plugins add to it (`register`); bbsd's own are `SHIPPED`.
+BACKENDS: dict[str, str | Backend] = {
     "llama": "bbsd.engine.llama.backend",
-    "fake": "bbsd.engine.fake",
     "openai": "bbsd.engine.openai.backend",
 }
+SHIPPED = tuple(BACKENDS)  # what the configuration reference lists
 DEFAULT = "llama"
 
 
@@ -68,10 +70,25 @@ class Backend:
 
 
 def get(name: str) -> Backend:
-    module = BACKENDS.get(name)
-    if module is None:
+    entry = BACKENDS.get(name)
+    if entry is None:
         raise ConfigError(f"unknown backend {name!r}", f"use one of: {', '.join(BACKENDS)}")
-    return importlib.import_module(module).BACKEND
+    return importlib.import_module(entry).BACKEND if isinstance(entry, str) else entry
+
+
+def register(name: str, backend: str | Backend) -> None:
+    """Make a backend known by `name` (a plugin calls this when bbsd imports it): the name of a module
+    that exposes `BACKEND`, imported when the backend is first needed, or the `Backend` itself.
+
+    Registering the same again is harmless; a name already taken by another backend is refused, so a
+    plugin can never replace one of bbsd's own.
+    """
+    if isinstance(backend, Backend) and backend.name != name:
+        raise ValueError(f"a backend registered as {name!r} must be named so, not {backend.name!r}")
+    taken = BACKENDS.get(name)
+    if taken is not None and taken != backend:
+        raise ValueError(f"the backend name {name!r} is taken (by {taken if isinstance(taken, str) else 'a plugin'})")
+    BACKENDS[name] = backend
 
 
 def owner_of(section: str, key: str | None = None) -> str | None:

@@ -1,8 +1,10 @@
-"""`fake` backend: deterministic replies without a model, for fast pipeline tests.
+"""The `fake` backend, a test double: deterministic replies without a model, for fast pipeline tests.
 
-Never chosen implicitly: it must be named in the configuration, and the daemon logs
-`engine.fake` at start so nobody mistakes its labels for real ones. Its [fake] table lets
-tests ask for several photos in flight (`concurrency`) and a per-photo delay.
+A plugin (docs/developer/plugins.md): the suite loads it into every bbsd process it starts, and into
+its own, with BBSD_PLUGINS=tests.fakes.engine (tests/conftest.py); it is not in the shipped package.
+Never chosen implicitly: it must be named in the configuration, and the daemon logs `engine.fake` at
+start so nobody mistakes its labels for real ones. Its [fake] table lets tests ask for several photos
+in flight (`concurrency`) and a per-photo delay.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ from typing import Any
 from PIL import Image
 
 from bbsd.config_keys import Key, Validator, section
+from bbsd.engine import registry
 from bbsd.engine.labeler import Inference, ModelInfo
 from bbsd.engine.prompt import Prompt
-from bbsd.engine.registry import Backend
 
 TABLES = {"fake": {
     "concurrency": Key("int", 1, "photos in flight at once (tests of the daemon's worker threads)", 1, 64),
@@ -105,4 +107,5 @@ def open_labeler(settings) -> FakeLabeler:
     return FakeLabeler(delay_s=s.delay_ms / 1000, concurrency=s.concurrency, by_name=by_name)
 
 
-BACKEND = Backend(name="fake", tables=TABLES, configure=configure, open=open_labeler, isolate=True)
+BACKEND = registry.Backend(name="fake", tables=TABLES, configure=configure, open=open_labeler, isolate=True)
+registry.register(BACKEND.name, BACKEND)
