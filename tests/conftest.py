@@ -44,7 +44,8 @@ description = "brass hand lantern"
 
 def pytest_configure(config):
     """The suite's test doubles are plugins (docs/developer/plugins.md), not in the package: this process
-    and every bbsd process a test starts (which finds `tests` on PYTHONPATH) load the fake backend."""
+    and every bbsd process a test starts (which finds `tests` on PYTHONPATH) load the fake backend; a
+    test that injects faults adds tests.fakes.faults to the process it starts (`fakes.FAULTS`)."""
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     os.environ[plugins.ENV] = fakes.ENGINE
     plugins.load()

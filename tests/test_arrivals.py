@@ -36,6 +36,7 @@ from tests.conftest import (
     wait_until,
     write_config,
 )
+from tests.fakes import FAULTS
 
 pytestmark = pytest.mark.slow
 
@@ -214,7 +215,7 @@ def test_extensions_outside_the_allow_list_are_ignored_not_errors(daemon):
 
 
 def test_replaced_while_queued_is_relabelled_and_deleted_while_queued_is_dropped(daemon):
-    inbox, run = daemon(env={"BBSD_TEST_HOOKS": "1", "BBSD_TEST_SLOW_MS": "700"})
+    inbox, run = daemon(env={**FAULTS, "BBSD_TEST_SLOW_MS": "700"})
     photos = [make_photo(inbox / f"q{i}.jpg", color=(i * 60, 9, 9)) for i in range(4)]
     wait_until(lambda: run.events("photo.labeled"), 30, "the first photo")
     pending = [p for p in photos if not sidecar.path_for(p).exists()]

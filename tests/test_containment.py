@@ -3,7 +3,7 @@
 End to end through `bbsd run` (real watcher, real subprocesses, the real engine): hostile and
 damaged files each end in one record while the good photos dropped with them are labelled;
 a photo in hand at two deaths of the daemon itself is quarantined; a failing main loop
-exits promptly. The decoder's test hooks (BBSD_TEST_HOOKS=1 …) are inert unless set.
+exits promptly. Faults are injected by the suite's plugin (tests/fakes/faults.py), loaded only where a test asks.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import pytest
 from bbsd.sidecars import record as sidecar
 from tests import hostile
 from tests.conftest import make_photo, wait_until, write_config
+from tests.fakes import FAULTS
 
 pytestmark = pytest.mark.slow
 PANORAMA = (16000, 15625)  # 250 MP: over Pillow's 179 MP hard limit
@@ -46,7 +47,7 @@ def test_hostile_files_each_end_in_one_record_and_the_daemon_labels_on(tmp_path,
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     cfg = write_config(tmp_path, [inbox], tiny_models, extra="[decode]\ntimeout_seconds = 3\n")
-    run = bbsd_run(cfg, "run", env={"BBSD_TEST_HOOKS": "1", "BBSD_TEST_DECODE_ABORT_ON": "abort",
+    run = bbsd_run(cfg, "run", env={**FAULTS, "BBSD_TEST_DECODE_ABORT_ON": "abort",
                                     "BBSD_TEST_DECODE_HANG_ON": "hang"})
     run.wait_for("daemon.ready")
     bad = {
@@ -100,7 +101,7 @@ def test_photo_in_hand_at_two_daemon_deaths_is_quarantined(tmp_path, tiny_models
     inbox.mkdir()
     cfg = write_config(tmp_path, [inbox], tiny_models, extra="[worker]\ntimeout_seconds = 600\n")
     state = tmp_path / "state"
-    hooks = {"BBSD_TEST_HOOKS": "1", "BBSD_TEST_HANG_ON": "poison"}  # the engine hangs on it: it stays in hand
+    hooks = {**FAULTS, "BBSD_TEST_HANG_ON": "poison"}  # the engine hangs on it: it stays in hand
     good = [make_photo(inbox / f"good_{i}.jpg", color=(30 * i, 9, 90)) for i in range(2)]
     poison = make_photo(inbox / "poison.jpg", color=(3, 3, 3))
     for start in (1, 2):
@@ -129,7 +130,7 @@ def test_a_failing_main_loop_exits_promptly_and_abandons_the_photo_in_hand(tmp_p
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     cfg = write_config(tmp_path, [inbox], tiny_models)
-    run = bbsd_run(cfg, "run", env={"BBSD_TEST_HOOKS": "1", "BBSD_TEST_LOOP_FAIL_ON": "boom",
+    run = bbsd_run(cfg, "run", env={**FAULTS, "BBSD_TEST_LOOP_FAIL_ON": "boom",
                                     "BBSD_TEST_SLOW_MS": "60000"})
     run.wait_for("daemon.ready")
     slow = make_photo(inbox / "slow.jpg")

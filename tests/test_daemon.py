@@ -14,6 +14,7 @@ import pytest
 
 from bbsd.sidecars import record as sidecar
 from tests.conftest import REPO, bbsd_cmd, jpeg_bytes, make_photo, wait_until, write_config
+from tests.fakes import FAULTS
 
 pytestmark = pytest.mark.slow
 CATALOG_NAMES = {"Baba Yaga", "Koschei", "lantern"}
@@ -114,7 +115,7 @@ def test_sigterm_mid_photo_leaves_no_partial_sidecar(tmp_path, tiny_models, daem
     inbox.mkdir()
     cfg = write_config(tmp_path, [inbox], tiny_models)
     # Every photo takes 1.5 s in the engine, so the SIGTERM below surely lands while one is in hand.
-    d = daemon_factory(cfg, env={"BBSD_TEST_HOOKS": "1", "BBSD_TEST_SLOW_MS": "1500"})
+    d = daemon_factory(cfg, env={**FAULTS, "BBSD_TEST_SLOW_MS": "1500"})
     d.wait_for("daemon.ready")
     for i in range(4):
         make_photo(inbox / f"burst_{i}.jpg", color=(i * 50, 90, 90))
@@ -231,7 +232,7 @@ def test_check_fails_when_the_model_cannot_label(tmp_path, tiny_models):
 
     inbox = tmp_path / "in"
     inbox.mkdir()
-    env = {"BBSD_TEST_HOOKS": "1", "BBSD_TEST_ABORT_ON": "bbsd-check-probe"}
+    env = {**FAULTS, "BBSD_TEST_ABORT_ON": "bbsd-check-probe"}
     r = run_bbsd("check", "--config", str(write_config(tmp_path, [inbox], tiny_models)), env=env)
     assert r.returncode == 2, r.stdout
     assert "bbsd: error: the model could not label a test image (engine_crash:" in r.stderr
@@ -312,7 +313,7 @@ def test_run_by_hand_shows_the_startup_backlog_as_a_progress_bar(tmp_path, tiny_
     photos = [make_photo(inbox / f"old_{i}.jpg", color=(i * 40, 80, 80)) for i in range(5)]
     cfg = write_config(tmp_path, [inbox], tiny_models)
     cfg.write_text(cfg.read_text().replace('format = "json"', 'format = "auto"'))
-    env = {**{k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}, "BBSD_TEST_HOOKS": "1",
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}, **FAULTS,
            "BBSD_TEST_SLOW_MS": "300", "COLUMNS": "120"}
     pid, fd = pty.fork()
     if pid == 0:

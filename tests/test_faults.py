@@ -1,7 +1,7 @@
 """Fault injection with the real engine: worker aborts, hangs, kills, memory growth, full disks, kill -9.
 
-The worker's test hooks (BBSD_TEST_HOOKS=1 …) make it abort, hang, slow down or leak on
-purpose; they are inert unless that variable is set.
+The suite's fault plugin (tests/fakes/faults.py, loaded by `FAULTS`) makes the worker abort, hang,
+slow down or leak on purpose; bbsd itself holds no hook.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import pytest
 
 from bbsd.sidecars import record as sidecar
 from tests.conftest import SLACK, BbsdRun, events, jpeg_bytes, make_photo, wait_until, write_config
+from tests.fakes import FAULTS
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +27,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def runs(bbsd_run):
     def start(config: Path, name: str, **hooks: str) -> BbsdRun:
-        return bbsd_run(config, name, env={"BBSD_TEST_HOOKS": "1", **hooks})
+        return bbsd_run(config, name, env={**FAULTS, **hooks})
 
     return start
 

@@ -18,6 +18,7 @@ from bbsd import safefs
 from bbsd.photo import worker as decode_worker
 from bbsd.sidecars import record as sidecar
 from tests.conftest import make_photo, wait_until, write_config
+from tests.fakes import FAULTS
 
 pytestmark = pytest.mark.slow
 
@@ -174,7 +175,7 @@ def test_a_watch_root_replaced_by_a_link_while_running_is_never_followed(start, 
 
 def test_a_link_swapped_in_between_the_hash_and_the_decode_is_never_decoded(start, tmp_path):
     private = make_photo(tmp_path / "elsewhere" / "private.jpg", size=(333, 222), color=(1, 1, 1))
-    d, inbox = start(env={"BBSD_TEST_HOOKS": "1", "BBSD_TEST_DECODE_DELAY_ON": "swap",
+    d, inbox = start(env={**FAULTS, "BBSD_TEST_DECODE_DELAY_ON": "swap",
                           "BBSD_TEST_DECODE_DELAY_MS": "1500"})
     photo = make_photo(inbox / "swap.jpg")
     wait_until(lambda: d.events("test.decode_delayed"), 60, "the decode of the hashed photo")
@@ -194,7 +195,7 @@ def test_a_link_swapped_in_between_the_hash_and_the_decode_is_never_decoded(star
 
 def test_a_photo_deleted_mid_label_gets_no_sidecar(start, tmp_path):
     # 2.5 s in the engine per photo: the deletion surely lands while the photo is in hand
-    d, inbox = start(env={"BBSD_TEST_HOOKS": "1", "BBSD_TEST_SLOW_MS": "2500"})
+    d, inbox = start(env={**FAULTS, "BBSD_TEST_SLOW_MS": "2500"})
     doomed = make_photo(inbox / "doomed.jpg")
     journal = tmp_path / "state"
 

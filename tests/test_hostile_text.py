@@ -22,6 +22,7 @@ from bbsd.show import catalog, questions
 from bbsd.sidecars import record as sidecar
 from bbsd.text import printable
 from tests.conftest import REPO, bbsd_cmd, make_photo, run_bbsd, wait_until, write_config
+from tests.fakes import FAULTS
 
 NFC_ECLAIR = unicodedata.normalize("NFC", "éclair")
 NFD_ECLAIR = unicodedata.normalize("NFD", "éclair")
@@ -295,7 +296,7 @@ def test_escape_sequences_in_file_names_reach_the_console_and_status_escaped(tmp
     inbox = tmp_path / "in"
     red = make_photo(inbox / "\x1b[31mred.jpg")  # alone in the backlog: no progress bar redraws
     cfg = write_config(tmp_path, [inbox], tiny_models)
-    pid, fd = _start_on_a_pty(cfg, {"BBSD_TEST_HOOKS": "1", "BBSD_TEST_HANG_ON": "hang"})
+    pid, fd = _start_on_a_pty(cfg, {**FAULTS, "BBSD_TEST_HANG_ON": "hang"})
     out = bytearray()
     try:
         _read_until(fd, out, lambda: sidecar.path_for(red).exists() and b"photo.labeled" in out, 120, "red.jpg")

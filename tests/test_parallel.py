@@ -20,6 +20,7 @@ from bbsd.engine.supervisor import WorkerLabeler
 from bbsd.errors import PhotoError
 from bbsd.sidecars import record as sidecar
 from tests.conftest import SLACK, events, make_photo, run_bbsd, wait_until, write_config
+from tests.fakes import FAULTS
 
 
 def _photo(i: int) -> Image.Image:
@@ -168,7 +169,7 @@ def fd2_log(tmp_path):
 def _in_worker(tmp_path, tiny_models, monkeypatch, fd2_log, extra: str = "", **env: str):
     """A `WorkerLabeler` at parallel 4 with the test hooks, each decode step slowed so that a photo is
     still generating when the next one arrives; and the worker's debug events by name (from `fd2_log`)."""
-    env = {"BBSD_ENGINE_PARALLEL": "4", "BBSD_LOG_LEVEL": "debug", "BBSD_TEST_HOOKS": "1",
+    env = {"BBSD_ENGINE_PARALLEL": "4", "BBSD_LOG_LEVEL": "debug", **FAULTS,
            "BBSD_TEST_STEP_MS": str(round(25 * SLACK)), **env}
     for key, value in env.items():
         monkeypatch.setenv(key, value)  # the worker reads its configuration and hooks from the environment
@@ -341,7 +342,7 @@ def test_a_poison_photo_in_a_batch_is_quarantined_alone_and_its_neighbours_label
         os.utime(p, (1_700_000_000 + i, 1_700_000_000 + i))
     # The worker aborts on the poison photo's first try only once 3 others are in it too: which
     # neighbours are there depends on how fast the daemon decodes them, that there are some must not.
-    run = bbsd_run(cfg, "run", env={"BBSD_ENGINE_PARALLEL": "8", "BBSD_TEST_HOOKS": "1",
+    run = bbsd_run(cfg, "run", env={"BBSD_ENGINE_PARALLEL": "8", **FAULTS,
                                     "BBSD_TEST_ABORT_ON": "poison", "BBSD_TEST_ABORT_BESIDE": "3"})
     everything = [*photos, poison]
     wait_until(lambda: all(sidecar.path_for(p).exists() for p in everything), 120, "all sidecars")

@@ -13,11 +13,9 @@ the daemon); it dies with its parent (PR_SET_PDEATHSIG), so a killed daemon leav
 holding gigabytes; its stdout is the message pipe only (anything native code prints goes to
 stderr instead).
 
-Test hooks (`BBSD_TEST_HOOKS=1` plus `BBSD_TEST_ABORT_ON` (with `BBSD_TEST_ABORT_BESIDE`, on a first try
-only once that many other photos are in the worker), `BBSD_TEST_HANG_ON`, `BBSD_TEST_SLOW_MS`,
-`BBSD_TEST_LEAK_MB`, each applied as a photo is admitted, and `BBSD_TEST_STEP_MS` per decode step)
-exist for the fault-injection tests only and do nothing unless `BBSD_TEST_HOOKS=1` is set; never
-set it in production.
+The suite injects faults at two seams, from a plugin of its own (tests/fakes/faults.py): `_Inbox.admit`,
+which takes each photo into the engine, and `_never_cancelled`, which the engine asks before each
+decode step.
 """
 
 from __future__ import annotations
@@ -25,7 +23,6 @@ from __future__ import annotations
 import os
 import queue
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -40,7 +37,6 @@ from bbsd.engine.prompt import Prompt
 from bbsd.errors import BbsdError, ConfigError, PhotoError
 
 log = structlog.get_logger("bbsd.worker")
-_leak: list[bytearray] = []
 
 
 def main(load: Callable[[bool], Any], parent: int, warm: bool = False) -> int:
@@ -137,7 +133,6 @@ class _Inbox:
         job = next((j for j in self.waiting if accepts(j)), None)
         if job is not None:
             self.waiting.remove(job)
-            _test_hooks(job.image.info["bbsd_name"], job.alone, self)
             log.debug("worker.admitted", photo=job.image.info["bbsd_name"], id=job.tag, beside=self.running)
             self.running += 1
         return job
@@ -164,7 +159,7 @@ def _serve(labeler, inp: int, out: int, gpu: bool) -> int:
     try:
         while True:
             inbox.take(block=not inbox.waiting)
-            serve(inbox.admit, finish, _step_hook)  # the worker is never cancelled: the daemon kills it
+            serve(inbox.admit, finish, _never_cancelled)
     except _Closed:
         return 0
 
@@ -187,38 +182,6 @@ def _result(r) -> dict:
             "encode_ms": r.encode_ms, "generate_ms": r.generate_ms, "steps": [step.to_json() for step in r.steps]}
 
 
-def _step_hook() -> bool:
-    """Asked before every decode step; with `BBSD_TEST_STEP_MS`, a step takes that much longer (tests
-    of the batch's timeline: a photo must still be generating when the next one joins it), and each
-    step is logged, the clock those tests count in."""
-    if os.environ.get("BBSD_TEST_HOOKS") == "1" and os.environ.get("BBSD_TEST_STEP_MS"):
-        time.sleep(int(os.environ["BBSD_TEST_STEP_MS"]) / 1000)
-        log.debug("worker.step")
+def _never_cancelled() -> bool:
+    """Asked by the engine before each decode step: the worker is never cancelled (the daemon kills it)."""
     return False
-
-
-def _test_hooks(name: str, alone: bool, inbox: _Inbox) -> None:
-    env = os.environ
-    if env.get("BBSD_TEST_HOOKS") != "1":
-        return
-    if env.get("BBSD_TEST_ABORT_ON") and env["BBSD_TEST_ABORT_ON"] in name:
-        if not alone and env.get("BBSD_TEST_ABORT_BESIDE"):
-            _wait_for_company(inbox, int(env["BBSD_TEST_ABORT_BESIDE"]))
-        os.abort()  # what a GGML_ASSERT does to the process
-    if env.get("BBSD_TEST_HANG_ON") and env["BBSD_TEST_HANG_ON"] in name:
-        time.sleep(3600)
-    if env.get("BBSD_TEST_SLOW_MS"):
-        time.sleep(int(env["BBSD_TEST_SLOW_MS"]) / 1000)
-    if env.get("BBSD_TEST_LEAK_MB"):
-        block = bytearray(int(env["BBSD_TEST_LEAK_MB"]) * 2**20)
-        block[:: 4096] = b"x" * len(block[:: 4096])  # touch every page so it counts in RSS
-        _leak.append(block)
-
-
-def _wait_for_company(inbox: _Inbox, others: int, timeout_s: float = 60) -> None:
-    """Until the worker holds `others` more photos (running or handed over): a crash test of a batch
-    must not depend on how fast the daemon decodes the neighbours."""
-    deadline = time.monotonic() + timeout_s
-    while inbox.running + len(inbox.waiting) < others and time.monotonic() < deadline:
-        inbox.take(block=False)
-        time.sleep(0.01)

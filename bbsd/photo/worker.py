@@ -7,16 +7,13 @@ and a restart of this small process, never the daemon; the address space is capp
 (`[decode] memory_mb`) so a runaway allocation fails here instead of waking the OOM killer;
 every request gets exactly one reply unless the process dies.
 
-Test hooks (`BBSD_TEST_HOOKS=1` plus `BBSD_TEST_DECODE_ABORT_ON`, `BBSD_TEST_DECODE_HANG_ON` or
-`BBSD_TEST_DECODE_DELAY_ON` (with `BBSD_TEST_DECODE_DELAY_MS`, before a decode opens the file), a
-substring of the file name) exist for the fault-injection tests only; never set them in production.
+The suite injects faults at one seam, `answer`, from a plugin of its own (tests/fakes/faults.py).
 """
 
 from __future__ import annotations
 
 import os
 import resource
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -99,7 +96,6 @@ def answer(request: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
     """One request's reply; no exception escapes (a photo's failure is a reply, not a crash)."""
     path = Path(request["path"])
     _current["path"] = str(path)
-    _test_hooks(path, request["type"])
     try:
         with _open(path, request) as f:
             if request["type"] == "probe":
@@ -162,16 +158,3 @@ def probe(path: Path, f: BinaryIO | None = None) -> dict[str, Any]:
 
 def _error(code: str, message: str, hint: str, incomplete: bool = False) -> dict[str, Any]:
     return {"type": "photo_error", "code": code, "message": message, "hint": hint, "incomplete": incomplete}
-
-
-def _test_hooks(path: Path, kind: str) -> None:
-    env, name = os.environ, path.name
-    if env.get("BBSD_TEST_HOOKS") != "1":
-        return
-    if kind == "decode" and env.get("BBSD_TEST_DECODE_DELAY_ON") and env["BBSD_TEST_DECODE_DELAY_ON"] in name:
-        log.info("test.decode_delayed", path=str(path))  # the file was hashed: the tests swap it now
-        time.sleep(int(env.get("BBSD_TEST_DECODE_DELAY_MS", "1000")) / 1000)
-    if env.get("BBSD_TEST_DECODE_ABORT_ON") and env["BBSD_TEST_DECODE_ABORT_ON"] in name:
-        os.abort()  # what a crash in libjpeg, libtiff or LibRaw does to the process
-    if env.get("BBSD_TEST_DECODE_HANG_ON") and env["BBSD_TEST_DECODE_HANG_ON"] in name:
-        time.sleep(3600)

@@ -160,8 +160,6 @@ class Daemon:
             self._drain_feedback(time.monotonic())
             self._due_folder_scans(time.monotonic())
             settled = self._tracker.poll(time.monotonic())
-            for path in settled:
-                _test_hook(path)
             # At once, by mtime: a burst's newest photo is the first one taken. Then by capture time,
             # probe by probe: a slow probe (a share, a hostile file) holds no other photo back.
             found = [(path, st) for path in settled if (st := stat_or_none(path))]
@@ -372,10 +370,3 @@ def _signature(photo: Path) -> tuple:
         st = stat_or_none(p)
         out.append(None if st is None else (st.st_mode, st.st_ino, st.st_size, st.st_mtime_ns))
     return tuple(out)
-
-
-def _test_hook(path: Path) -> None:
-    """Fault injection for the tests only (inert unless BBSD_TEST_HOOKS=1): a main-loop failure."""
-    on = os.environ.get("BBSD_TEST_LOOP_FAIL_ON") if os.environ.get("BBSD_TEST_HOOKS") == "1" else None
-    if on and on in path.name:
-        raise RuntimeError(f"test hook: main loop fails on {path.name}")
