@@ -21,18 +21,15 @@ from bbsd.engine import prompt
 from bbsd.engine.openai.backend import OpenAILabeler
 from bbsd.models import tiny as tiny_model
 from bench.results import machine, update_section
-from tests.conftest import write_config
-from tests.test_openai import Server
+from tests.fakes.servers import LlamaServer
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def run(binary: Path, models, folder: Path, n: int, photos: int) -> float:
-    server = Server(binary, models, folder / f"server-{n}.log", slots=n)
+    server = LlamaServer(binary, models, folder / f"server-{n}.log", slots=n)
     try:
-        cfg = write_config(folder, [folder], backend="openai", extra=(
-            f'[openai]\n[[openai.endpoints]]\nurl = "{server.url}"\nmodel = "tiny"\nin_flight = {n}\n'))
-        settings = config.load(cfg, environ={})
+        settings = config.load(_config(folder, server.url, n), environ={})
         labeler = OpenAILabeler(settings.backend)
         p = prompt.build(settings.catalog)
         images = [Image.new("RGB", (256, 192), (i * 5 % 255, 80, 120)) for i in range(photos)]
@@ -55,6 +52,17 @@ def run(binary: Path, models, folder: Path, n: int, photos: int) -> float:
         return photos / (time.perf_counter() - t0)
     finally:
         server.stop()
+
+
+def _config(folder: Path, url: str, n: int) -> Path:
+    """One endpoint with `n` requests in flight, a catalog of two (the labels do not matter)."""
+    cfg = folder / f"openai-{n}.toml"
+    cfg.write_text(f'[watch]\nfolders = ["{folder}"]\n[engine]\nbackend = "openai"\nimage_max_side = 256\n'
+                   f'[openai]\n[[openai.endpoints]]\nurl = "{url}"\nmodel = "tiny"\nin_flight = {n}\n'
+                   f'[service]\nstate_dir = "{folder / "state"}"\n'
+                   '[[characters]]\nname = "Baba Yaga"\ndescription = "old witch puppet"\n'
+                   '[[props]]\nname = "lantern"\ndescription = "brass hand lantern"\n')
+    return cfg
 
 
 def main() -> None:

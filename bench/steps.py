@@ -18,6 +18,7 @@ from PIL import Image
 from bbsd import config
 from bbsd.engine import prompt
 from bbsd.engine.llama import replies
+from bench.fixtures import SHAPES, gpu, photos, write_config
 
 
 class _Clock:
@@ -97,7 +98,6 @@ def main() -> None:
 
     from bbsd.models import tiny as tiny_model
     from bbsd.photo import decode as imaging
-    from bench.speed import SHAPES, photos, write_config
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", default="tiny")
@@ -126,9 +126,8 @@ def main() -> None:
                 print(lines[-1], flush=True)
     if args.section:
         from bench.results import machine, update_section
-        from bench.speed import _gpu
 
-        update_section(args.section, f"Machine: {machine()}; GPU: {_gpu()}; {args.photos} distinct 2600×1976 "
+        update_section(args.section, f"Machine: {machine()}; GPU: {gpu()}; {args.photos} distinct 2600×1976 "
                        f"photos decoded to 768 px, catalog of 5, gpu_layers {args.gpu_layers}.\n\n"
                        "| shape | where the time goes | | | | | | | |\n|---|---|---|---|---|---|---|---|---|\n"
                        + "\n".join(lines),

@@ -7,18 +7,16 @@ between them and labelled exactly once; one server killed mid-burst costs nothin
 
 import collections
 import json
-import signal
-import socket
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from bbsd.metrics import percentile
 from bbsd.sidecars import record as sidecar
-from tests.conftest import REPO, BbsdRun, make_photo, wait_until, write_config
+from tests.conftest import REPO, SLACK, BbsdRun, make_photo, write_config
+from tests.fakes.servers import LlamaServer
 
 BUILD_S = 3600  # a cold build on 2 busy cores; cached afterwards
 
@@ -30,49 +28,10 @@ def llama_server() -> Path:
     return Path(r.stdout.strip().splitlines()[-1])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """One llama-server on 127.0.0.1 with parallel slots; `kill` and `start` again on the same port."""
-
-    def __init__(self, binary: Path, models: tuple[Path, Path], log: Path, slots: int = 2) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._argv = [str(binary), "-m", str(models[0]), "--mmproj", str(models[1]), "--host", "127.0.0.1",
-                      "--port", str(self.port), "-np", str(slots), "-c", str(2048 * slots), "-t", "1"]
-        self._log = log
-        self.proc: subprocess.Popen | None = None
-        self.start()
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(self._argv, stdout=self._log.open("ab"), stderr=subprocess.STDOUT)
-        wait_until(self.healthy, 120, f"llama-server on {self.port} healthy", interval=0.2)
-
-    def healthy(self) -> bool:
-        assert self.proc.poll() is None, self._log.read_text()[-2000:]
-        try:
-            with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
-                return json.loads(r.read()).get("status") == "ok"
-        except OSError:
-            return False
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-
-
 @pytest.fixture
 def two_servers(llama_server, tiny_models, tmp_path):
-    servers = [Server(llama_server, tiny_models, tmp_path / f"server{i}.log") for i in range(2)]
+    servers = [LlamaServer(llama_server, tiny_models, tmp_path / f"server{i}.log", start_timeout_s=120 * SLACK)
+               for i in range(2)]
     yield servers
     for s in servers:
         s.stop()

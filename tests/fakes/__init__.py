@@ -3,7 +3,7 @@
 
 `engine`: the `fake` backend (FakeLabeler), which every process the suite starts loads; `faults`: fault
 injection at the seams of the daemon, the engine worker and the decoder, loaded by the tests that
-inject faults (`FAULTS`).
+inject faults (`FAULTS`); `servers`: llama-server on loopback for the openai backend's tests and bench.
 """
 
 ENGINE = "tests.fakes.engine"
