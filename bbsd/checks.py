@@ -49,14 +49,14 @@ def label_probe(labeler, prompt, settings: Settings) -> str:
     from PIL import Image, ImageDraw
 
     from bbsd.engine import labels
+    from bbsd.engine.labeler import PhotoRef
 
     side = min(512, settings.engine.image_max_side)
     image = Image.new("RGB", (side, side * 3 // 4), (90, 60, 40))
     ImageDraw.Draw(image).ellipse((side // 4, side // 8, side * 3 // 4, side * 5 // 8), fill=(220, 200, 170))
-    image.info["bbsd_name"] = "bbsd-check-probe"
     t0 = time.perf_counter()
     try:
-        reply = labeler.infer(image, prompt, attempt=0, cancelled=lambda: False)
+        reply = labeler.infer(image, prompt, attempt=0, cancelled=lambda: False, photo=PhotoRef("bbsd-check-probe"))
         parsed = labels.parse_reply(reply.text, settings.catalog, settings.questions)
     except PhotoError as e:
         raise ModelError(f"the model could not label a test image ({e.code}: {e.message})", e.hint) from None

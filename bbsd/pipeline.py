@@ -4,7 +4,8 @@ Invariants: the photo file is only read, never written; a sidecar appears whole 
 all; every photo ends in exactly one `photo.labeled`, `photo.failed`, `photo.skipped`,
 `photo.incomplete` or `sidecar.write_failed` event, and no exception raised while handling
 it escapes (it becomes an `internal_error` record); the photo's bytes are hashed here but
-parsed only in the decoder process (`Decoder`). The same code serves the daemon and `bbsd label`.
+parsed only in the decoder process (`Decoder`), hashed once an attempt (its sha256 goes in its
+`PhotoRef`, with its name and order, to the engine). The same code serves the daemon and `bbsd label`.
 
 Paths (`roots`, set by the daemon): the photo is hashed from a descriptor reached from its watch
 folder without following any link (`safefs.open_beneath`), and decoded only if the decoder finds
@@ -30,7 +31,7 @@ from bbsd.arrive import pairs
 from bbsd.config import Settings
 from bbsd.engine import confidence, labels
 from bbsd.engine import prompt as prompt_mod
-from bbsd.engine.labeler import Inference, Labeler
+from bbsd.engine.labeler import EngineCode, Inference, Labeler, PhotoRef
 from bbsd.engine.prompt import Prompt
 from bbsd.errors import AbandonedError, IncompletePhotoError, ModelError, PhotoError, SidecarWriteError
 from bbsd.photo.decoder import Decoder, DecoderError
@@ -160,10 +161,11 @@ class Pipeline:
     def _process(self, path: Path, queue_wait_ms: float, allow_incomplete: bool, force: bool,
                  order: float | None, cancelled: Callable[[], bool]) -> Outcome:
         t0 = time.perf_counter()
-        opened = self._open_photo(path)
+        opened = self._open_photo(path, order)
         if isinstance(opened, Outcome):
             return opened
-        sha, ident, doc = opened
+        photo, ident, doc = opened
+        sha = photo.sha256
         if not force and sidecar.is_current(doc, self.labeler.info, self.prompt, sha256=sha):
             log.debug("photo.skipped", path=str(path), reason="sidecar up to date")
             return Outcome(path, Status.SKIPPED, sidecar=sidecar.path_for(path))
@@ -174,11 +176,8 @@ class Pipeline:
                 return paired
         try:
             decoded = self.decoder.decode(path, self._max_side, cancelled, expect=ident)
-            decoded.image.info["bbsd_name"] = path.name  # lets a worker name the photo in its log
-            # the engine's batches take the newest photos first (by the queue's order, else its mtime)
-            decoded.image.info["bbsd_order"] = ident[3] / 1e9 if order is None else order
             timing["decode"] = (time.perf_counter() - t0) * 1000
-            labels_, inference = self._label(decoded.image, cancelled)
+            labels_, inference = self._label(decoded.image, photo, cancelled)
         except IncompletePhotoError as e:
             if e.code == "changed" and (why := safefs.moved_away(self.roots, path, ident)) is not None:
                 log.info("photo.gone", path=str(path), reason=why, labelled=False)
@@ -200,8 +199,9 @@ class Pipeline:
         )
         return self._write(record, "photo.labeled", Status.LABELED, ident)
 
-    def _open_photo(self, path: Path) -> tuple[str, safefs.Ident, dict | None] | Outcome:
-        """The photo's sha256 and identity and its sidecar, or the outcome that ends it here."""
+    def _open_photo(self, path: Path, order: float | None) -> tuple[PhotoRef, safefs.Ident, dict | None] | Outcome:
+        """Who the photo is (hashed here, once) and its file's identity and sidecar, or the outcome that
+        ends it here. Its `order` (for the engine's batches: newest first) is the queue's, else its mtime."""
         if (reason := safefs.refusal(path)) is not None:
             log.warning("photo.ignored", path=str(path), reason=reason)
             return Outcome(path, Status.IGNORED, "ignored", message=reason)
@@ -225,7 +225,7 @@ class Pipeline:
             doc = sidecar.read_strict(path)
         except (OSError, ValueError) as e:
             return _kept_unreadable(path, e)
-        return sha, ident, doc
+        return PhotoRef(path.name, ident[3] / 1e9 if order is None else order, sha), ident, doc
 
     def _failed(self, path: Path, sha: str, e: PhotoError, timing: dict, started: float,
                 ident: safefs.Ident) -> Outcome:
@@ -241,8 +241,7 @@ class Pipeline:
         user's photos. Raises `PhotoError` (including `InvalidReplyError`) like `process` records.
         """
         decoded = self.decoder.decode(path, self._max_side, cancelled)
-        decoded.image.info["bbsd_name"] = path.name
-        return self._label(decoded.image, cancelled)
+        return self._label(decoded.image, PhotoRef(path.name), cancelled)
 
     def _from_partner(self, raw: Path, sha: str, ident: safefs.Ident, timing: dict,
                       may_wait: bool) -> Outcome | None:
@@ -270,7 +269,7 @@ class Pipeline:
             return None  # the sibling failed (or we cannot wait): label the RAW itself
         return Outcome(raw, Status.WAITING, "pair")
 
-    def _label(self, image, cancelled) -> tuple[labels.Labels, Inference]:
+    def _label(self, image, photo: PhotoRef, cancelled) -> tuple[labels.Labels, Inference]:
         """Infer and validate. An engine crash is retried once alone (the photo may be the one that
         crashed the engine, or only shared its batch), sampled as before: a neighbour gets the labels
         it would have got anyway, and only a crash alone is the photo's own. An invalid reply
@@ -279,9 +278,10 @@ class Pipeline:
         attempt, alone = 0, False
         while True:
             try:
-                inference = self.labeler.infer(image, self.prompt, attempt=attempt, alone=alone, cancelled=cancelled)
+                inference = self.labeler.infer(image, self.prompt, attempt=attempt, alone=alone, cancelled=cancelled,
+                                               photo=photo)
             except PhotoError as e:
-                if e.code != "engine_crash" or alone:
+                if e.code != EngineCode.CRASH or alone:
                     raise
                 log.warning("photo.retry", reason=e.code, message=e.message)
                 alone = True

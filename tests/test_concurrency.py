@@ -7,6 +7,7 @@ import threading
 
 from bbsd import config
 from bbsd.engine import prompt
+from bbsd.engine.labeler import UNNAMED
 from bbsd.pipeline import Pipeline
 from bbsd.service.daemon import Daemon
 from bbsd.sidecars import record as sidecar
@@ -23,13 +24,13 @@ class FakeCountingLabeler(FakeLabeler):
         self.seen: list[str] = []
         self._count = threading.Lock()
 
-    def infer(self, image, prompt, *, attempt, cancelled, alone=False):
+    def infer(self, image, prompt, *, attempt, cancelled, alone=False, photo=UNNAMED):
         with self._count:
             self.now += 1
             self.peak = max(self.peak, self.now)
-            self.seen.append(image.info.get("bbsd_name", ""))
+            self.seen.append(photo.name)
         try:
-            return super().infer(image, prompt, attempt=attempt, cancelled=cancelled)
+            return super().infer(image, prompt, attempt=attempt, cancelled=cancelled, photo=photo)
         finally:
             with self._count:
                 self.now -= 1

@@ -14,7 +14,7 @@ from PIL import Image
 
 from bbsd import config
 from bbsd.engine import prompt
-from bbsd.engine.labeler import Job
+from bbsd.engine.labeler import Job, PhotoRef
 from bbsd.engine.registry import open_in_process
 from bbsd.engine.supervisor import WorkerLabeler
 from bbsd.errors import PhotoError
@@ -186,10 +186,9 @@ def _in_worker(tmp_path, tiny_models, monkeypatch, fd2_log, extra: str = "", **e
     return WorkerLabeler(settings), prompt.build(settings.catalog), logged
 
 
-def _named(i: int) -> Image.Image:
-    image = _photo(i)
-    image.info.update(bbsd_name=f"p{i}", bbsd_order=float(i))
-    return image
+def _named(i: int) -> PhotoRef:
+    """Photo i's identity as the pipeline hands it over: its name (the test hooks match it), its order."""
+    return PhotoRef(f"p{i}", float(i))
 
 
 def test_the_worker_takes_each_photo_into_the_running_batch_and_returns_each_when_its_reply_is_done(
@@ -201,7 +200,7 @@ def test_the_worker_takes_each_photo_into_the_running_batch_and_returns_each_whe
     returned: list[str] = []
 
     def hand_over(i: int) -> None:
-        result = labeler.infer(_named(i), p, attempt=0, cancelled=lambda: False)
+        result = labeler.infer(_photo(i), p, attempt=0, cancelled=lambda: False, photo=_named(i))
         assert result.text.startswith("{")
         returned.append(f"p{i}")
 
@@ -231,7 +230,7 @@ def test_a_photo_handed_to_an_idle_worker_leads_only_newer_photos_join_it_then_t
     labeler, p, logged = _in_worker(tmp_path, tiny_models, monkeypatch, fd2_log)
 
     def hand_over(i: int) -> None:
-        assert labeler.infer(_named(i), p, attempt=0, cancelled=lambda: False).text.startswith("{")
+        assert labeler.infer(_photo(i), p, attempt=0, cancelled=lambda: False, photo=_named(i)).text.startswith("{")
 
     threads = {i: threading.Thread(target=hand_over, args=(i,)) for i in (3, 1, 2, 4)}
     try:
@@ -264,7 +263,7 @@ def test_photos_that_join_after_the_lead_is_done_do_not_hold_an_older_one_back(
     labeler, p, logged = _in_worker(tmp_path, tiny_models, monkeypatch, fd2_log, BBSD_ENGINE_PARALLEL="2")
 
     def hand_over(i: int) -> None:
-        assert labeler.infer(_named(i), p, attempt=0, cancelled=lambda: False).text.startswith("{")
+        assert labeler.infer(_photo(i), p, attempt=0, cancelled=lambda: False, photo=_named(i)).text.startswith("{")
 
     threads = {i: threading.Thread(target=hand_over, args=(i,)) for i in (10, 11, 1, 12)}
     try:
@@ -306,7 +305,8 @@ def test_a_worker_that_hangs_mid_batch_is_replaced_and_only_the_photo_that_hangs
 
     def hand_over(i: int, retry: bool = False) -> None:
         try:
-            outcomes[i, retry] = labeler.infer(_named(i), p, attempt=0, alone=retry, cancelled=lambda: False)
+            outcomes[i, retry] = labeler.infer(_photo(i), p, attempt=0, alone=retry, cancelled=lambda: False,
+                                               photo=_named(i))
         except PhotoError as e:
             outcomes[i, retry] = e.code
 

@@ -8,7 +8,7 @@ import structlog.testing
 
 from bbsd import config
 from bbsd.engine import prompt
-from bbsd.engine.labeler import Inference
+from bbsd.engine.labeler import UNNAMED, Inference
 from bbsd.errors import PhotoError
 from bbsd.pipeline import Pipeline, Status
 from bbsd.sidecars import record as sidecar
@@ -76,7 +76,7 @@ class _Scripted(FakeLabeler):
         super().__init__()
         self.steps, self.asked = list(steps), []
 
-    def infer(self, image, prompt, *, attempt, cancelled, alone=False):
+    def infer(self, image, prompt, *, attempt, cancelled, alone=False, photo=UNNAMED):
         self.asked.append((attempt, alone))
         step = self.steps.pop(0)
         if step == "crash":

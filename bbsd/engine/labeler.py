@@ -1,20 +1,58 @@
 """The `Labeler` protocol and its value types: all the daemon knows about a model.
 
 Invariant: this module imports nothing of bbsd but the prompt's type, so every backend, the
-supervisor and the pipeline can depend on it without a cycle. The registry that finds
-backends by name is `bbsd.engines`.
+supervisor and the pipeline can depend on it without a cycle. A photo's identity travels as a
+`PhotoRef` beside its pixels, never in them. The registry that finds backends by name is
+`bbsd.engine.registry`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from PIL import Image
 
     from bbsd.engine.prompt import Prompt
+
+
+@dataclass(frozen=True)
+class PhotoRef:
+    """Who a photo is, for an engine: the one value that carries its identity from the pipeline
+    through a worker process and back, beside its pixels (never in the image's metadata).
+
+    `name`: its file name, for logs (and a scripted fake's replies); `order`: how new it is (the
+    queue's order: capture time, else mtime), so an engine's batches take the newest first;
+    `sha256`: its content's digest, hashed once by the pipeline before it was decoded (None where
+    nothing was hashed: `bbsd eval`, a probe). Never its path: an engine knows nothing of folders.
+    """
+
+    name: str = ""
+    order: float = 0.0
+    sha256: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "order": self.order, "sha256": self.sha256}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> PhotoRef:
+        """From a worker's request header (`order` and `sha256` may be missing: an older daemon, a test)."""
+        return cls(str(doc.get("name", "")), float(doc.get("order", 0.0)), doc.get("sha256"))
+
+
+UNNAMED = PhotoRef()  # a photo nobody named (warm-up images, benchmarks, tests)
+
+
+class EngineCode(StrEnum):
+    """The error codes a labeler raises `PhotoError` with that bbsd acts on (the pipeline retries a
+    crash alone); a `str`, so a sidecar and a log say them as before."""
+
+    CRASH = "engine_crash"  # the engine process died with the photo in it
+    TIMEOUT = "engine_timeout"  # it gave no answer in time, the photo alone in it
+    ERROR = "engine_error"  # it answered with something it could not make into a reply
 
 
 @dataclass(frozen=True)
@@ -51,6 +89,7 @@ class Job:
     attempt: int
     tag: Any = None
     alone: bool = False  # a retry after an engine crash: nothing is labelled beside it
+    photo: PhotoRef = UNNAMED
 
     def same_prefix(self, other: Job) -> bool:
         """Whether both prompts share the cached prefix (the catalog did not change in between)."""
@@ -98,11 +137,12 @@ class Labeler(Protocol):
 
     def infer(
         self, image: Image.Image, prompt: Prompt, *, attempt: int, cancelled: Callable[[], bool],
-        alone: bool = False,
+        alone: bool = False, photo: PhotoRef = UNNAMED,
     ) -> Inference:
         """Return the model's raw reply for one RGB image; `attempt` > 0 asks for a varied retry;
         `alone` asks that no other photo be labelled beside this one (it may be the one that crashed
-        the engine), and matters only to a labeler that labels several photos together.
+        the engine), and matters only to a labeler that labels several photos together; `photo` says
+        which photo the pixels are (its name for logs, its order for batches).
 
         Safe to call from `concurrency` threads at once.
         """

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bbsd.engine.labeler import UNNAMED, PhotoRef
 from bbsd.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -189,10 +190,10 @@ class LazyLabeler:
         return self._inner.health() if self._inner is not None else []
 
     def infer(self, image: Image.Image, prompt: Prompt, *, attempt: int, cancelled: Callable[[], bool],
-              alone: bool = False) -> Inference:
+              alone: bool = False, photo: PhotoRef = UNNAMED) -> Inference:
         if self._inner is None:
             self._inner = open_labeler(self._settings)
-        return self._inner.infer(image, prompt, attempt=attempt, cancelled=cancelled, alone=alone)
+        return self._inner.infer(image, prompt, attempt=attempt, cancelled=cancelled, alone=alone, photo=photo)
 
     def close(self) -> None:
         if self._inner is not None:

@@ -19,6 +19,7 @@ import select
 import threading
 import time
 from collections.abc import Callable
+from enum import StrEnum
 from pathlib import Path
 
 import structlog
@@ -26,7 +27,7 @@ from PIL import Image
 
 from bbsd.contain import child, ipc
 from bbsd.engine.confidence import Step
-from bbsd.engine.labeler import Inference, ModelInfo
+from bbsd.engine.labeler import UNNAMED, EngineCode, Inference, ModelInfo, PhotoRef
 from bbsd.engine.prompt import Prompt
 from bbsd.errors import AbandonedError, ModelError, PhotoError
 
@@ -35,13 +36,13 @@ log = structlog.get_logger("bbsd.supervisor")
 
 class EngineCrashError(PhotoError):
     def __init__(self, detail: str) -> None:
-        super().__init__("engine_crash", f"the engine worker died while labelling this photo ({detail})",
+        super().__init__(EngineCode.CRASH, f"the engine worker died while labelling this photo ({detail})",
                          "bbsd restarted it; a photo that kills it twice is not retried until it changes")
 
 
 class EngineTimeoutError(PhotoError):
     def __init__(self, seconds: float) -> None:
-        super().__init__("engine_timeout", f"the engine gave no answer within {seconds:g} s",
+        super().__init__(EngineCode.TIMEOUT, f"the engine gave no answer within {seconds:g} s",
                          "the worker was restarted; raise [worker] timeout_seconds for very slow machines")
 
 
@@ -81,12 +82,17 @@ class _Worker(child.Child):
                  sha256=self.info.digest())
 
 
+class _Lost(StrEnum):
+    """How the photos in a worker were lost: it died, hung past a deadline, or the daemon stops."""
+    CRASH, TIMEOUT, SHUTDOWN = "crash", "timeout", "shutdown"
+
+
 class _Ticket:
     """One photo handed to the worker labeler, until its result (or error) is known."""
 
-    def __init__(self, image: Image.Image, prompt: Prompt, attempt: int, alone: bool) -> None:
+    def __init__(self, image: Image.Image, prompt: Prompt, attempt: int, alone: bool, photo: PhotoRef) -> None:
         self.image, self.prompt, self.attempt, self.alone = image, prompt, attempt, alone
-        self.order = float(image.info.get("bbsd_order", 0.0))  # the queue's order (capture time, mtime): newest first
+        self.photo = photo  # who it is: its name for the logs, its order (newest first) for the batches
         self.outcome: Inference | BaseException | None = None
         self.id = 0  # the worker's name for it, once sent
         self.timeout_s = 0.0
@@ -94,7 +100,7 @@ class _Ticket:
 
     def request(self) -> dict:
         return {"type": "infer", "id": self.id, "prompt": dataclasses.asdict(self.prompt),
-                "photo": {"name": self.image.info.get("bbsd_name", ""),  # for logs and the test hooks
+                "photo": {**self.photo.to_json(),  # its name for the worker's logs and the test hooks
                           "width": self.image.width, "height": self.image.height, "attempt": self.attempt,
                           "alone": self.alone}}
 
@@ -161,8 +167,8 @@ class WorkerLabeler:
         return self._worker
 
     def infer(self, image: Image.Image, prompt: Prompt, *, attempt: int,
-              cancelled: Callable[[], bool], alone: bool = False) -> Inference:
-        ticket = _Ticket(image, prompt, attempt, alone)
+              cancelled: Callable[[], bool], alone: bool = False, photo: PhotoRef = UNNAMED) -> Inference:
+        ticket = _Ticket(image, prompt, attempt, alone, photo)
         with self._cond:
             self._pending.append(ticket)
             self._wake()
@@ -192,7 +198,7 @@ class WorkerLabeler:
         """One turn (lock held; released while on the pipes): send what may go, else read what came."""
         if cancelled():  # nothing more goes to the worker; what is in it is abandoned with it
             if self._in_flight:
-                self._lose("shutdown")
+                self._lose(_Lost.SHUTDOWN)
             else:
                 self._cond.wait(child.POLL_S)
             return
@@ -230,12 +236,12 @@ class WorkerLabeler:
         """The newest photos waiting, as many as the worker has room for. Into an idle worker (at
         `parallel` > 1) only the newest goes, the lead; while its group is in the worker only a photo
         newer than each photo there joins (the newest may be decoded a moment after an older one)."""
-        newest = sorted(self._pending, key=lambda t: -t.order)
+        newest = sorted(self._pending, key=lambda t: -t.photo.order)
         if leads:
             return newest[:1]
         if self._group:
-            top = max(t.order for t in self._in_flight.values())
-            newest = [t for t in newest if t.order > top]
+            top = max(t.photo.order for t in self._in_flight.values())
+            newest = [t for t in newest if t.photo.order > top]
         return newest[:self.parallel - len(self._in_flight)]
 
     def _emptied(self) -> None:
@@ -275,7 +281,7 @@ class WorkerLabeler:
         died, hangs past a photo's deadline or is abandoned at shutdown costs each photo in it."""
         worker = self._worker
         if worker is None:  # lost while these photos were being sent
-            self._lose("crash")
+            self._lose(_Lost.CRASH)
             return
         deadline = min(t.deadline for t in self._in_flight.values())
         fd = worker.proc.stdout.fileno()
@@ -290,13 +296,13 @@ class WorkerLabeler:
             if fd in ready:
                 message, _ = ipc.receive(fd, deadline)
         except TimeoutError:
-            lost = "timeout"
+            lost = _Lost.TIMEOUT
         except (EOFError, OSError):
-            lost = "crash"
+            lost = _Lost.CRASH
         finally:
             self._cond.acquire()
         if message is None and lost is None:
-            lost = "shutdown" if cancelled() else "timeout" if time.monotonic() >= deadline else None
+            lost = _Lost.SHUTDOWN if cancelled() else _Lost.TIMEOUT if time.monotonic() >= deadline else None
         if lost:
             self._lose(lost)
         elif message is not None:
@@ -313,7 +319,7 @@ class WorkerLabeler:
         try:
             ticket.outcome = _inference(message["result"], message, worker.info)
         except (KeyError, TypeError, ValueError) as e:  # a worker of another version: the photo, not the thread
-            ticket.outcome = PhotoError("engine_error", f"the engine worker sent a result bbsd cannot read ({e!r})",
+            ticket.outcome = PhotoError(EngineCode.ERROR, f"the engine worker sent a result bbsd cannot read ({e!r})",
                                         "restart bbsd so that daemon and worker are the same version")
         worker.photos += 1
         worker.rss_mb = message["rss_mb"]
@@ -322,7 +328,7 @@ class WorkerLabeler:
             if self._recycle_reason():
                 self._recycle(worker)
 
-    def _lose(self, reason: str) -> None:
+    def _lose(self, reason: _Lost) -> None:
         """Kill the worker; each photo in it gets the error of how it was lost. A hang with several
         photos in the worker cannot say which one hung: each gets a crash (the pipeline retries it
         alone), so only the photo that hangs alone gets `engine_timeout`, as only the photo that kills
@@ -330,24 +336,24 @@ class WorkerLabeler:
         detail = self._discard(reason)
         n = len(self._in_flight)
         for t in self._in_flight.values():
-            if reason == "shutdown":
+            if reason is _Lost.SHUTDOWN:
                 t.outcome = _abandoned()
-            elif reason == "timeout" and n == 1:
+            elif reason is _Lost.TIMEOUT and n == 1:
                 t.outcome = EngineTimeoutError(t.timeout_s)
-            elif reason == "timeout":
+            elif reason is _Lost.TIMEOUT:
                 t.outcome = EngineCrashError(f"hung with {n} photos in it, killed after {t.timeout_s:g} s")
             else:
                 t.outcome = EngineCrashError(detail)
         self._in_flight.clear()
         self._emptied()
 
-    def _discard(self, reason: str) -> str:
+    def _discard(self, reason: _Lost) -> str:
         """Kill the current worker (the next request starts a new one); return how it ended."""
         worker, self._worker = self._worker, None
         if worker is None:
-            return reason
+            return reason.value
         detail = worker.kill()
-        log.warning("worker.lost", pid=worker.proc.pid, reason=reason, how=detail, photos=worker.photos)
+        log.warning("worker.lost", pid=worker.proc.pid, reason=reason.value, how=detail, photos=worker.photos)
         return detail
 
     def _recycle_reason(self) -> str | None:

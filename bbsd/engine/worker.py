@@ -32,7 +32,7 @@ from PIL import Image
 from bbsd import metrics
 from bbsd.contain import child, ipc
 from bbsd.engine import startup
-from bbsd.engine.labeler import Job
+from bbsd.engine.labeler import Job, PhotoRef
 from bbsd.engine.prompt import Prompt
 from bbsd.errors import BbsdError, ConfigError, PhotoError
 
@@ -133,7 +133,7 @@ class _Inbox:
         job = next((j for j in self.waiting if accepts(j)), None)
         if job is not None:
             self.waiting.remove(job)
-            log.debug("worker.admitted", photo=job.image.info["bbsd_name"], id=job.tag, beside=self.running)
+            log.debug("worker.admitted", photo=job.photo.name, id=job.tag, beside=self.running)
             self.running += 1
         return job
 
@@ -141,9 +141,8 @@ class _Inbox:
 def _job(request: dict, pixels: bytes) -> Job:
     photo = request["photo"]
     image = Image.frombytes("RGB", (photo["width"], photo["height"]), pixels)
-    image.info["bbsd_name"] = photo["name"]  # as in the parent: backends may name the photo in logs
     return Job(image, Prompt.from_json(request["prompt"]), photo["attempt"], request["id"],
-               photo.get("alone", False))
+               photo.get("alone", False), PhotoRef.from_json(photo))  # who it is, as the daemon said
 
 
 def _serve(labeler, inp: int, out: int, gpu: bool) -> int:
@@ -151,7 +150,7 @@ def _serve(labeler, inp: int, out: int, gpu: bool) -> int:
 
     def finish(job: Job, result) -> None:
         inbox.running -= 1
-        log.debug("worker.finished", photo=job.image.info["bbsd_name"], id=job.tag, beside=inbox.running)
+        log.debug("worker.finished", photo=job.photo.name, id=job.tag, beside=inbox.running)
         memory = {"rss_mb": metrics.rss_mb(), "vram_mb": metrics.vram_mb(gpu)}
         ipc.send(out, {"type": "result", "id": job.tag, "result": _result(result), **memory})
 
@@ -168,7 +167,8 @@ def _one_by_one(labeler, admit: Callable, finish: Callable) -> None:
     """A backend without `serve`: the waiting photos one at a time, in the order they came."""
     while (job := admit(lambda _: True)) is not None:
         try:
-            result = labeler.infer(job.image, job.prompt, attempt=job.attempt, cancelled=lambda: False)
+            result = labeler.infer(job.image, job.prompt, attempt=job.attempt, cancelled=lambda: False,
+                                   photo=job.photo)
         except PhotoError as e:
             result = e
         finish(job, result)

@@ -21,7 +21,7 @@ from PIL import Image
 
 from bbsd.config_keys import Key, Validator, section
 from bbsd.engine import registry
-from bbsd.engine.labeler import Inference, ModelInfo
+from bbsd.engine.labeler import UNNAMED, Inference, ModelInfo, PhotoRef
 from bbsd.engine.prompt import Prompt
 
 TABLES = {"fake": {
@@ -44,7 +44,7 @@ class FakeLabeler:
 
     `replies` scripts raw reply texts in order (then falls back to the default),
     which lets tests feed invalid replies through the real validation path. `by_name` scripts a
-    reply per photo file name (as the pipeline names the image), whatever order photos come in.
+    reply per photo file name (as the pipeline names the photo: `PhotoRef.name`), whatever order photos come in.
     """
 
     gpu = False
@@ -60,12 +60,12 @@ class FakeLabeler:
         self.calls = 0
 
     def infer(self, image: Image.Image, prompt: Prompt, *, attempt: int,
-              cancelled: Callable[[], bool], alone: bool = False) -> Inference:
+              cancelled: Callable[[], bool], alone: bool = False, photo: PhotoRef = UNNAMED) -> Inference:
         with self._lock:
             self.calls += 1
             scripted = self._replies.pop(0) if self._replies else None
         time.sleep(self._delay_s)
-        named = self._by_name.get(image.info.get("bbsd_name", ""))
+        named = self._by_name.get(photo.name)
         if scripted is None and named is not None:
             scripted = named if isinstance(named, str) else json.dumps(named)
         text = scripted if scripted is not None else self._default(image, prompt)

@@ -24,7 +24,7 @@ import structlog
 from PIL import Image
 
 from bbsd.engine.jump import Cursor
-from bbsd.engine.labeler import Inference, Job, ModelInfo
+from bbsd.engine.labeler import UNNAMED, Inference, Job, ModelInfo, PhotoRef
 from bbsd.engine.llama import families
 from bbsd.engine.llama import log as llama_log
 from bbsd.engine.llama import replies as replies_mod
@@ -137,8 +137,8 @@ class LlamaLabeler:
         """The reply grammar bbsd wrote for this catalog; `llama_sampler.Sampler` has llama.cpp check it."""
         return prompt.grammar
 
-    def infer(self, image: Image.Image, prompt: Prompt, *, attempt: int,
-              cancelled: Callable[[], bool], alone: bool = False) -> Inference:  # one photo a call: alone
+    def infer(self, image: Image.Image, prompt: Prompt, *, attempt: int, cancelled: Callable[[], bool],
+              alone: bool = False, photo: PhotoRef = UNNAMED) -> Inference:  # one photo a call: alone
         (result,) = self.infer_many([(image, prompt, attempt)], cancelled)
         if isinstance(result, PhotoError):
             raise result

@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 import structlog
 
 from bbsd.config_keys import Key, Validator, section
-from bbsd.engine.labeler import Inference, ModelInfo
+from bbsd.engine.labeler import UNNAMED, Inference, ModelInfo, PhotoRef
 from bbsd.engine.openai.pool import Endpoint, EndpointConfig, InvalidReplyError, Pool, RejectedError, TransientError
 from bbsd.engine.registry import Backend, UnitNeeds
 from bbsd.errors import ModelError, PhotoError
@@ -150,8 +150,10 @@ class OpenAILabeler:
     def health(self) -> list[dict[str, Any]]:
         return [e.health() for e in self.pool.endpoints]
 
-    def infer(self, image, prompt, *, attempt: int, cancelled: Callable[[], bool], alone: bool = False) -> Inference:
-        # `alone` asks nothing of us: each request is a photo of its own, and a server's crash is the server's
+    def infer(self, image, prompt, *, attempt: int, cancelled: Callable[[], bool], alone: bool = False,
+              photo: PhotoRef = UNNAMED) -> Inference:
+        # `alone` asks nothing of us: each request is a photo of its own, and a server's crash is the server's;
+        # `photo` neither: the server is told nothing of the photo but its pixels
         data_uri = _jpeg(image, self._s.jpeg_quality)
         shown = self._gallery.uris(prompt.references) if prompt.references and self._gallery else []
         conns = self._local.__dict__.setdefault("conns", {})
