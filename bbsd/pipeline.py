@@ -1,4 +1,4 @@
-"""One photo, start to finish: fingerprint → decode → label → validate → render → atomic write → log.
+"""One photo, start to finish: fingerprint → (a RAW) pair → decode → label → validate → render → atomic write → log.
 
 Invariants: the photo file is only read, never written; a sidecar appears whole or not at
 all; every photo ends in exactly one `photo.labeled`, `photo.failed`, `photo.skipped`,
@@ -27,7 +27,6 @@ from pathlib import Path
 import structlog
 
 from bbsd import atomic, formats, metrics, safefs
-from bbsd.arrive import pairs
 from bbsd.config import Settings
 from bbsd.engine import confidence, labels
 from bbsd.engine import prompt as prompt_mod
@@ -35,7 +34,7 @@ from bbsd.engine.labeler import EngineCode, Inference, Labeler, PhotoRef
 from bbsd.engine.prompt import Prompt
 from bbsd.errors import AbandonedError, IncompletePhotoError, ModelError, PhotoError, SidecarWriteError
 from bbsd.photo.decoder import Decoder, DecoderError
-from bbsd.sidecars import editors
+from bbsd.sidecars import editors, pairing
 from bbsd.sidecars import record as sidecar
 
 log = structlog.get_logger("bbsd.pipeline")
@@ -171,7 +170,7 @@ class Pipeline:
             return Outcome(path, Status.SKIPPED, sidecar=sidecar.path_for(path))
         timing = {"queue_wait": queue_wait_ms}
         if self._pair_seconds and formats.is_raw(path):
-            paired = self._from_partner(path, sha, ident, timing, may_wait=allow_incomplete)
+            paired = self._paired(path, sha, ident, timing, may_wait=allow_incomplete)
             if paired is not None:
                 return paired
         try:
@@ -243,31 +242,20 @@ class Pipeline:
         decoded = self.decoder.decode(path, self._max_side, cancelled)
         return self._label(decoded.image, PhotoRef(path.name), cancelled)
 
-    def _from_partner(self, raw: Path, sha: str, ident: safefs.Ident, timing: dict,
-                      may_wait: bool) -> Outcome | None:
-        """A RAW file takes its JPEG sibling's labels; None means: label it from its own pixels."""
-        mate = pairs.partner(raw, self._pair_seconds)
-        if mate is None:
-            young = time.time() - ident[3] / 1e9 < self._pair_seconds
-            return Outcome(raw, Status.WAITING, "pair") if may_wait and young else None
-        doc = sidecar.read(mate)
-        try:
-            mate_sha, _ = self.fingerprint(mate)
-        except OSError:  # gone, or no longer a regular file: the RAW stands alone
+    def _paired(self, raw: Path, sha: str, ident: safefs.Ident, timing: dict, may_wait: bool) -> Outcome | None:
+        """A RAW's pair step (`pairing`): its JPEG sibling's labels copied, a wait for them, or None
+        (label it from its own pixels)."""
+        found = pairing.consult(raw, ident[3] / 1e9, time.time(), self._pair_seconds, may_wait=may_wait,
+                                model=self.labeler.info, prompt=self.prompt,
+                                sha256_of=lambda mate: self.fingerprint(mate)[0])
+        if found is pairing.Decision.WAIT:
+            return Outcome(raw, Status.WAITING, "pair")
+        if found is pairing.Decision.OWN:
             return None
-        current = self.is_current(mate, doc, sha256=mate_sha)
-        if current and doc["status"] == "labeled":
-            probe = self.decoder.probe(raw)
-            width, height = (probe.width, probe.height) if probe else (None, None)
-            record = sidecar.Record(
-                photo=raw, sha256=sha, width=width, height=height, labels=labels.Labels.from_json(doc["labels"]),
-                timing_ms={"decode": 0.0, "inference": 0.0, "total": 0.0, **timing},
-                tokens={"prompt": 0, "output": 0}, memory_mb=self._memory(),
-                pair={"source": mate.name, "sha256": doc["photo"]["sha256"]})
-            return self._write(record, "photo.labeled", Status.LABELED, ident)
-        if current or not may_wait:
-            return None  # the sibling failed (or we cannot wait): label the RAW itself
-        return Outcome(raw, Status.WAITING, "pair")
+        probe = self.decoder.probe(raw)
+        size = (probe.width, probe.height) if probe else (None, None)
+        return self._write(pairing.record_for(raw, sha, found, size, timing, self._memory()),
+                           "photo.labeled", Status.LABELED, ident)
 
     def _label(self, image, photo: PhotoRef, cancelled) -> tuple[labels.Labels, Inference]:
         """Infer and validate. An engine crash is retried once alone (the photo may be the one that
