@@ -27,6 +27,7 @@ from pathlib import Path
 import structlog
 
 from bbsd import atomic, formats, metrics, safefs
+from bbsd.arrive.retry import Status
 from bbsd.config import Settings
 from bbsd.engine import confidence, labels
 from bbsd.engine import prompt as prompt_mod
@@ -40,21 +41,20 @@ from bbsd.sidecars import record as sidecar
 log = structlog.get_logger("bbsd.pipeline")
 
 
-# A reference photo that changed or cannot be read stops every photo, through no fault of theirs:
-# they stay pending (retried with backoff) instead of getting error sidecars that keep them unlabelled.
-REFERENCE_CODES = ("reference_changed", "reference_unreadable")
+class Code(StrEnum):
+    """The codes of an outcome's `detail` (an error sidecar's `code`) that bbsd gives or acts on."""
 
-
-class Status(StrEnum):
-    LABELED = "labeled"
-    FAILED = "error"  # an error sidecar was written
-    SKIPPED = "skipped"  # the sidecar was already up to date
-    INCOMPLETE = "incomplete"  # may still be arriving: look again later
-    PENDING = "pending"  # the sidecar could not be written, or a reference photo cannot be shown: retry later
-    KEPT = "kept"  # the existing sidecar is a person's (edited or unreadable): left as it is
-    WAITING = "waiting"  # a RAW file waits for its JPEG sibling's labels
-    IGNORED = "ignored"  # not a regular file (symlink, FIFO, device): never opened
-    GONE = "gone"  # the file vanished
+    CHANGED = "changed"  # not the file that was hashed (rewritten, replaced): incomplete, never an error
+    PAIR = "pair"  # a RAW waits for its JPEG sibling's labels
+    IGNORED = "ignored"
+    UNREADABLE = "unreadable"
+    WRITE_FAILED = "write_failed"
+    INTERNAL_ERROR = "internal_error"  # a bug of bbsd's, on this photo
+    DAEMON_CRASH = "daemon_crash"  # the daemon died twice with this photo in hand
+    # A reference photo that changed or cannot be read stops every photo, through no fault of theirs:
+    # they stay pending (retried with backoff) instead of getting error sidecars that keep them unlabelled.
+    REFERENCE_CHANGED = "reference_changed"
+    REFERENCE_UNREADABLE = "reference_unreadable"
 
 
 @dataclass(frozen=True)
@@ -140,7 +140,7 @@ class Pipeline:
         except (AbandonedError, ModelError, DecoderError):
             raise
         except Exception as e:  # a bug must cost this photo, never the service
-            return self.quarantine(path, "internal_error", f"bbsd failed on this photo ({_where(e)})",
+            return self.quarantine(path, Code.INTERNAL_ERROR, f"bbsd failed on this photo ({_where(e)})",
                                    "this is a bug: report it with this sidecar; the photo is not retried "
                                    "until it changes")
 
@@ -178,11 +178,11 @@ class Pipeline:
             timing["decode"] = (time.perf_counter() - t0) * 1000
             labels_, inference = self._label(decoded.image, photo, cancelled)
         except IncompletePhotoError as e:
-            if e.code == "changed" and (why := safefs.moved_away(self.roots, path, ident)) is not None:
+            if e.code == Code.CHANGED and (why := safefs.moved_away(self.roots, path, ident)) is not None:
                 log.info("photo.gone", path=str(path), reason=why, labelled=False)
                 return Outcome(path, Status.GONE, why)
             # "changed": not the file that was hashed (rewritten, or a link swapped in): never an error of its own
-            if allow_incomplete or e.code == "changed":
+            if allow_incomplete or e.code == Code.CHANGED:
                 log.info("photo.incomplete", path=str(path), code=e.code, message=e.message)
                 return Outcome(path, Status.INCOMPLETE, e.code)
             return self._fail(path, sha, e, timing, ident=ident)
@@ -203,7 +203,7 @@ class Pipeline:
         ends it here. Its `order` (for the engine's batches: newest first) is the queue's, else its mtime."""
         if (reason := safefs.refusal(path)) is not None:
             log.warning("photo.ignored", path=str(path), reason=reason)
-            return Outcome(path, Status.IGNORED, "ignored", message=reason)
+            return Outcome(path, Status.IGNORED, Code.IGNORED, message=reason)
         try:
             sha, ident = self.fingerprint(path)
         except FileNotFoundError:
@@ -211,12 +211,12 @@ class Pipeline:
             return Outcome(path, Status.GONE)
         except safefs.NotRegularError as e:  # a link on the way, or swapped in since the lstat above
             log.warning("photo.ignored", path=str(path), reason=e.strerror)
-            return Outcome(path, Status.IGNORED, "ignored", message=e.strerror)
+            return Outcome(path, Status.IGNORED, Code.IGNORED, message=e.strerror)
         except safefs.ChangedError:
             log.info("photo.incomplete", path=str(path), code="changed", message="the file changed while hashed")
-            return Outcome(path, Status.INCOMPLETE, "changed")
+            return Outcome(path, Status.INCOMPLETE, Code.CHANGED)
         except OSError as e:
-            return self._fail(path, None, PhotoError("unreadable", f"cannot read the file ({e.strerror})",
+            return self._fail(path, None, PhotoError(Code.UNREADABLE, f"cannot read the file ({e.strerror})",
                                                      "check its permissions"), {})
         if (kind := safefs.lstat_kind(sidecar.path_for(path))) is not None:  # never opened, so never blocks
             return _kept_unreadable(path, f"a {kind} where the sidecar should be")
@@ -228,7 +228,7 @@ class Pipeline:
 
     def _failed(self, path: Path, sha: str, e: PhotoError, timing: dict, started: float,
                 ident: safefs.Ident) -> Outcome:
-        if e.code in REFERENCE_CODES:  # the configuration's fault, not the photo's: it waits, unmarked
+        if e.code in (Code.REFERENCE_CHANGED, Code.REFERENCE_UNREADABLE):  # not the photo's fault: it waits
             log.warning("references.unusable", path=str(path), code=e.code, message=e.message, hint=e.hint)
             return Outcome(path, Status.PENDING, e.code, message=f"{e.message} — {e.hint}")
         return self._fail(path, sha, e, timing, started=started, ident=ident)
@@ -249,7 +249,7 @@ class Pipeline:
                                 model=self.labeler.info, prompt=self.prompt,
                                 sha256_of=lambda mate: self.fingerprint(mate)[0])
         if found is pairing.Decision.WAIT:
-            return Outcome(raw, Status.WAITING, "pair")
+            return Outcome(raw, Status.WAITING, Code.PAIR)
         if found is pairing.Decision.OWN:
             return None
         probe = self.decoder.probe(raw)
@@ -338,7 +338,7 @@ class Pipeline:
         except SidecarWriteError as e:
             log.error("sidecar.write_failed", path=str(record.photo), sidecar=str(target),
                       message=e.message, hint=e.hint)
-            return Outcome(record.photo, Status.PENDING, "write_failed", message=f"{e.message} — {e.hint}")
+            return Outcome(record.photo, Status.PENDING, Code.WRITE_FAILED, message=f"{e.message} — {e.hint}")
         fields = _event_fields(record)
         if status is Status.LABELED:
             log.info(event, **fields)

@@ -32,13 +32,14 @@ import structlog
 from bbsd import config as config_mod
 from bbsd import instance, safefs
 from bbsd.arrive import scan, watcher
+from bbsd.arrive.retry import Retries
 from bbsd.arrive.settle import SettleTracker, stat_or_none
 from bbsd.arrive.workqueue import PhotoQueue
 from bbsd.config import Settings
 from bbsd.engine import registry as engines
 from bbsd.errors import AbandonedError, BbsdError, ExitCode
 from bbsd.photo.decoder import Decoder, DecoderError
-from bbsd.pipeline import Pipeline, Status
+from bbsd.pipeline import Code, Pipeline, Status
 from bbsd.service.journal import DEATHS_TO_QUARANTINE, Journal
 from bbsd.service.monitor import Monitor
 from bbsd.sidecars import record as sidecar
@@ -46,8 +47,6 @@ from bbsd.sidecars import record as sidecar
 log = structlog.get_logger("bbsd.service")
 
 FOLDER_CHECK_S = 2.0
-WRITE_RETRY_MIN_S = 2.0
-WRITE_RETRY_MAX_S = 300.0
 JOIN_S = 10.0  # at a failure, how long the worker threads get to let go of their photos
 
 
@@ -75,7 +74,7 @@ class Daemon:
         self._feedback: queue.Queue[tuple[Path, float]] = queue.Queue()  # (path, retry at) from the worker
         self._tracker = SettleTracker(settings.watch.settle_seconds)
         self._work = PhotoQueue()
-        self._write_failures: dict[Path, int] = {}
+        self._retries = Retries(settings.watch.settle_seconds, settings.watch.incomplete_timeout_seconds)
         self.counts = {"labeled": 0, "error": 0, "skipped": 0}
         self.fatal: BbsdError | None = None
         self._prober = Decoder(settings, role="probe")  # the main loop's own decoder process, for capture times
@@ -140,7 +139,7 @@ class Daemon:
             if deaths < DEATHS_TO_QUARANTINE:
                 continue
             outcome = self.pipeline.quarantine(
-                photo, "daemon_crash", f"the bbsd daemon itself died {deaths} times in a row while labelling "
+                photo, Code.DAEMON_CRASH, f"the bbsd daemon itself died {deaths} times in a row while labelling "
                 "this photo", "the photo is not retried until it changes; report it with the log")
             self.journal.end(photo)
             log.warning("photo.quarantined", path=str(photo), deaths=deaths, status=outcome.status.value)
@@ -314,7 +313,7 @@ class Daemon:
                 self.fatal = e
                 self.stop.set()
             except Exception as e:  # the per-file boundary: the photo gets a record, the thread goes on
-                self.pipeline.quarantine(job.path, "internal_error", f"bbsd failed on this photo ({e!r:.200})",
+                self.pipeline.quarantine(job.path, Code.INTERNAL_ERROR, f"bbsd failed on this photo ({e!r:.200})",
                                          "this is a bug: report it with the log")
                 self.journal.end(job.path)
             finally:
@@ -343,24 +342,18 @@ class Daemon:
                 self._no_sidecar.pop(path, None)
         if outcome.status in (Status.LABELED, Status.FAILED):
             self.monitor.photo_done(outcome.status is Status.LABELED, outcome.total_ms, outcome.memory)
-        if self._progress and outcome.status not in (Status.INCOMPLETE, Status.WAITING, Status.PENDING):
-            self._progress.advance()
-        if outcome.status is Status.WAITING:  # a RAW waiting for its JPEG sibling's labels
-            self._feedback.put((path, time.monotonic() + max(1.0, self.settings.watch.settle_seconds)))
-        elif outcome.status is Status.INCOMPLETE:
-            remaining = self.settings.watch.incomplete_timeout_seconds - (time.time() - st.st_mtime)
-            delay = min(max(1.0, self.settings.watch.settle_seconds), max(0.05, remaining + 0.05))
-            self._feedback.put((path, time.monotonic() + delay))
-        elif outcome.status is Status.PENDING:
-            if outcome.detail == "reference_changed":  # re-read the configuration: the new picture is hashed
-                self.reload.set()
-            n = self._write_failures.get(path, 0)
-            self._write_failures[path] = n + 1
-            delay = min(WRITE_RETRY_MAX_S, WRITE_RETRY_MIN_S * 2**n)
+        if outcome.status is Status.PENDING and outcome.detail == Code.REFERENCE_CHANGED:
+            # re-read the configuration: the new picture is hashed
+            self.reload.set()
+        # when it comes back (the retry policy: a RAW waiting for its JPEG, a file still arriving, a backoff)
+        delay = self._retries.after(path, outcome.status, now=time.time(), mtime=st.st_mtime)
+        if delay is None:
+            if self._progress:
+                self._progress.advance()
+            return
+        if outcome.status is Status.PENDING:
             log.info("photo.retry_scheduled", path=str(path), in_s=delay)
-            self._feedback.put((path, time.monotonic() + delay))
-        else:
-            self._write_failures.pop(path, None)
+        self._feedback.put((path, time.monotonic() + delay))
 
 
 def _signature(photo: Path) -> tuple:
