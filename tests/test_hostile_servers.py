@@ -9,6 +9,7 @@ labels the next photo, and holds neither a dripping request past its deadline no
 
 from __future__ import annotations
 
+import gzip
 import json
 import select
 import socket
@@ -90,6 +91,9 @@ FIXED = {
     "error_200_refused": _http(200, json.dumps({"error": {"message": "context too long", "code": 400}}).encode()),
     "escape_500": _http(500, (ESC + "overloaded " * 20_000).encode(), reason="Internal" + ESC),
     "bad_status": b"HTTP/1.1 2OO " + ESC.encode() + b"\r\n\r\n",
+    "redirect": b"HTTP/1.1 307 Temporary Redirect\r\nLocation: /v1/chat/completions\r\nContent-Length: 0\r\n"
+                b"Connection: close\r\n\r\n",
+    "gzipped": _http(200, gzip.compress(_reply())).replace(b"\r\n\r\n", b"\r\nContent-Encoding: gzip\r\n\r\n", 1),
 }
 
 
@@ -338,6 +342,19 @@ def test_a_servers_error_body_reaches_messages_and_status_escaped_and_capped(hos
         last = labeler.health()[0]["last_error"]
         assert _printable(err.message) and _printable(last), (err.message, last)
         assert len(last) <= SERVER_TEXT_CHARS and "\\x1b" in last
+
+
+def test_a_redirect_is_not_followed_and_a_compressed_reply_not_inflated(hostile, backend):
+    # bbsd asked for neither: a redirect followed would send the photo again, and a small gzip can
+    # inflate to gigabytes past the cap. Each is the endpoint's reply that bbsd cannot read.
+    s = hostile(["redirect", "gzipped"])
+    labeler, ask = backend([s.url])
+    assert _error(ask).code == "server_reply_invalid"
+    assert _error(ask).code == "server_reply_invalid"
+    assert ask().text == json.dumps(GOOD)
+    wait_until(lambda: len(s.held) >= 3, 5, "the server saw three requests end")
+    assert [step for step, _ in s.held] == ["redirect", "gzipped", "ok"]
+    assert labeler.health()[0]["in_flight"] == 0
 
 
 @pytest.mark.parametrize("step", ["drip_head", "drip_body"])

@@ -4,6 +4,7 @@ server answers malformed JSON, 500s and slow replies. Real llama-server instance
 
 import json
 import socket
+import struct
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -25,14 +26,19 @@ class _Handler(BaseHTTPRequestHandler):
     def setup(self):
         super().setup()
         self.outer = self.server.outer
+        self.outer.connected += 1
         self.protocol_version = "HTTP/1.0" if self.outer.connections == "close" else "HTTP/1.1"
 
     def handle(self):
-        if self.outer.connections != "close-idle":
+        if self.outer.connections not in ("close-idle", "reset-idle"):
             return super().handle()
         self.handle_one_request()
         self.wfile.flush()
-        self.connection.shutdown(socket.SHUT_RDWR)  # the FIN goes out now, not when the thread ends
+        if self.outer.connections == "reset-idle":  # closed with a reset: a write on it fails at once
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.rfile.close(), self.wfile.close(), self.connection.close()
+        else:
+            self.connection.shutdown(socket.SHUT_RDWR)  # the FIN goes out now, not when the thread ends
         self.outer.closed += 1
 
     def log_message(self, *args):
@@ -74,12 +80,14 @@ class FakeServer:
     or 'drop' (the request is read, then the connection closed without a reply: a server that died on
     it). `connections`: "close" (HTTP/1.0, one request each), "keep" (HTTP/1.1 keep-alive) or
     "close-idle" (HTTP/1.1 without "Connection: close", yet each socket is closed after its reply, as
-    a server does to an idle kept-alive connection: its timeout, or a restart)."""
+    a server does to an idle kept-alive connection: its timeout, or a restart) or "reset-idle" (the
+    same, closed with a TCP reset)."""
 
     def __init__(self, script: list[str], connections: str = "close") -> None:
         self.script, self.seen, self.auth = list(script), [], []
         self.connections = connections
-        self.closed = 0  # connections closed after a reply ("close-idle")
+        self.closed = 0  # connections closed after a reply ("close-idle", "reset-idle")
+        self.connected = 0  # connections accepted
         self.release = threading.Event()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self.httpd.outer = self
@@ -224,6 +232,43 @@ def test_a_request_the_server_dropped_after_reading_it_is_not_sent_again_on_that
         pipeline.close()
     assert first.status is Status.LABELED and second.status is Status.FAILED
     assert len(s.seen) == 2 and h["failed"] == 1 and "RemoteDisconnected" in h["last_error"]
+
+
+def test_requests_to_a_keep_alive_server_share_one_connection(tmp_path, servers, monkeypatch):
+    monkeypatch.setenv("BBSD_T_KEY", SECRET)
+    s = servers([], connections="keep")
+    inbox, settings = _settings(tmp_path, [s.url])
+    pipeline = Pipeline(open_labeler(settings), settings, prompt.build(settings.catalog))
+    try:
+        outcomes = [pipeline.process(make_photo(inbox / f"p{i}.jpg", color=(i, 0, 0))) for i in range(3)]
+    finally:
+        pipeline.close()
+    assert [o.status for o in outcomes] == [Status.LABELED] * 3
+    assert len(s.seen) == 3 and s.connected == 1
+
+
+def test_a_request_whose_write_failed_on_a_kept_connection_goes_again_once_and_is_no_failure(
+        tmp_path, servers, monkeypatch):
+    # The server closed the kept connection just after the check before the request (a race the
+    # check cannot see, made certain here by skipping it): writing the request fails, so the server
+    # cannot have it, and it goes again on a new connection without counting against the endpoint.
+    import urllib3.connectionpool
+
+    monkeypatch.setenv("BBSD_T_KEY", SECRET)
+    monkeypatch.setattr(urllib3.connectionpool, "is_connection_dropped", lambda conn: False)
+    s = servers([], connections="reset-idle")
+    inbox, settings = _settings(tmp_path, [s.url], down_after_failures=1, retries=0)
+    pipeline = Pipeline(open_labeler(settings), settings, prompt.build(settings.catalog))
+    outcomes = []
+    try:
+        for i in range(3):
+            outcomes.append(pipeline.process(make_photo(inbox / f"p{i}.jpg", color=(i, 0, 0))))
+            wait_until(lambda i=i: s.closed > i, 10, "the server reset the connection")
+        (h,) = pipeline.labeler.health()
+    finally:
+        pipeline.close()
+    assert [o.status for o in outcomes] == [Status.LABELED] * 3
+    assert h["failed"] == 0 and h["done"] == 3 and len(s.seen) == 3 and s.connected == 3
 
 
 def test_config_refuses_credentials_in_urls_and_missing_key_variables(tmp_path):
