@@ -145,7 +145,6 @@ class OpenAILabeler:
         self.pool = Pool([Endpoint(c, _key(c)) for c in s.endpoints], s.down_after_failures, s.probe_seconds)
         self.concurrency = sum(c.in_flight for c in s.endpoints)
         self.info = _info(s)
-        self._local = threading.local()  # this worker thread's keep-alive connections
 
     def health(self) -> list[dict[str, Any]]:
         return [e.health() for e in self.pool.endpoints]
@@ -156,15 +155,13 @@ class OpenAILabeler:
         # `photo` neither: the server is told nothing of the photo but its pixels
         data_uri = _jpeg(image, self._s.jpeg_quality)
         shown = self._gallery.uris(prompt.references) if prompt.references and self._gallery else []
-        conns = self._local.__dict__.setdefault("conns", {})
         last: Endpoint | None = None
         failure: TransientError | None = None
         for tries in range(self._s.retries + 1):
             with self.pool.slot(cancelled, avoid=last) as held:  # given back however this try ends
                 e, t0 = held.endpoint, time.perf_counter()
                 try:
-                    doc = e.post(*_request(e.cfg, prompt, data_uri, self._s, attempt, shown), self._s.timeout_seconds,
-                                 conns)
+                    doc = e.post(*_request(e.cfg, prompt, data_uri, self._s, attempt, shown), self._s.timeout_seconds)
                     text, timings, usage = _reply(e.cfg, doc)
                 except RejectedError as err:
                     held.ok, held.error = False, str(err)
@@ -181,11 +178,9 @@ class OpenAILabeler:
         raise _exhausted(failure, last, self._s.retries + 1)
 
     def close(self) -> None:
-        self.pool.close()
+        self.pool.close()  # and the endpoints' kept connections
         if self._gallery is not None:
             self._gallery.close()
-        for conn in self._local.__dict__.get("conns", {}).values():
-            conn.close()
 
 
 class Gallery:
@@ -378,6 +373,8 @@ def check(settings) -> list[str]:
             up += 1
         except (TransientError, RejectedError) as err:
             lines.append(f"endpoint {c.url} ({c.model}): NOT reachable now ({err})")
+        finally:
+            e.close()
     if not up:
         raise ModelError("no inference server endpoint answers", "start the servers or fix [[openai.endpoints]] url")
     return lines

@@ -4,8 +4,11 @@ Invariants: an endpoint never has more than its `in_flight` requests open; a req
 the up endpoint with the lowest share of its limit in use; an endpoint that fails
 `down_after_failures` times in a row is marked down and not used until a probe (GET
 <root>/models, or /api/tags for Ollama) answers, at most every `probe_seconds`; API keys are
-sent as a header only, never logged or returned. HTTP is the standard library's
-http.client: one keep-alive connection per worker thread and endpoint, no extra dependency.
+sent as a header only, never logged or returned. HTTP is urllib3's connection pool, one per
+endpoint, keeping up to `in_flight` connections alive; a kept connection the server closed while
+idle (its FIN reads as EOF) is replaced before the request. urllib3 never retries or redirects
+on its own: bbsd's backoff and failover decide, and a request goes out again only when writing
+it on a kept connection failed (the server cannot have it whole).
 
 What a server sends is bounded before it is believed: one exchange, from connecting to the
 reply's last byte, ends by its deadline however slowly the bytes come (`_Watchdog`); a reply is
@@ -22,7 +25,6 @@ import http.client
 import itertools
 import json
 import math
-import select
 import socket
 import threading
 import time
@@ -32,6 +34,8 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import structlog
+import urllib3
+from urllib3.connection import HTTPConnection, HTTPSConnection
 
 from bbsd.errors import AbandonedError
 from bbsd.text import printable
@@ -109,9 +113,11 @@ class Endpoint:
     def __init__(self, cfg: EndpointConfig, key: str | None) -> None:
         self.cfg = cfg
         self._key = key  # the Authorization header only
-        parts = urlsplit(cfg.url)
-        self._https = parts.scheme == "https"
-        self._host, self._port, self._base = parts.hostname, parts.port, parts.path.rstrip("/")
+        self._base = urlsplit(cfg.url).path.rstrip("/")
+        # retries=False: urllib3 neither retries nor follows a redirect by itself. A POST it sent
+        # again would cost the server twice, behind bbsd's own backoff: a retry storm.
+        self._http = urllib3.connection_from_url(cfg.url, maxsize=cfg.in_flight, block=False, retries=False)
+        self._http.ConnectionCls = _HTTPS if self._http.scheme == "https" else _HTTP
         self.in_flight = self.done = self.failed = self.failures_in_a_row = 0
         self.down_until: float | None = None  # None = up
         self.last_error = ""
@@ -124,62 +130,63 @@ class Endpoint:
     def share(self) -> float:
         return self.in_flight / self.cfg.in_flight
 
-    def post(self, path: str, body: dict, timeout: float, conns: dict) -> dict:
-        return self._exchange("POST", path, json.dumps(body).encode(), timeout, conns)
+    def post(self, path: str, body: dict, timeout: float) -> dict:
+        return self._exchange("POST", path, json.dumps(body).encode(), timeout)
 
     def get(self, path: str, timeout: float) -> dict:
-        return self._exchange("GET", path, None, timeout, {})
+        return self._exchange("GET", path, None, timeout)
 
-    def _exchange(self, method: str, path: str, data: bytes | None, timeout: float, conns: dict) -> dict:
+    def close(self) -> None:
+        """Close the kept connections (one in use is closed when its request ends)."""
+        self._http.close()
+
+    def _exchange(self, method: str, path: str, data: bytes | None, timeout: float) -> dict:
         deadline = time.monotonic() + timeout  # the whole exchange, not each read: a server may drip
-        conn = _alive(conns.pop(self.cfg.url, None)) or self._connect()
         try:
-            conn, status, raw = self._send(conn, method, path, data, deadline, timeout)
+            status, raw = self._send(method, path, data, deadline, timeout, resend=False)
         except _NotSent:
-            # Our kept connection looked alive but was closed under us while we wrote the request:
-            # the server cannot have seen it whole, so it goes again on a new connection, and this
-            # is no failure of the endpoint (it must not count towards marking it down).
-            conn, status, raw = self._send(self._connect(), method, path, data, deadline, timeout)
-        conns[self.cfg.url] = conn  # keep-alive for this thread's next request
+            # A kept connection passed urllib3's check but was closed under us while we wrote the
+            # request: the server cannot have seen it whole, so it goes again, once, and this is no
+            # failure of the endpoint (it must not count towards marking it down).
+            status, raw = self._send(method, path, data, deadline, timeout, resend=True)
         if status >= 500 or status in (408, 429):
             raise TransientError(f"HTTP {status}: {raw[:160].decode(errors='replace')}")
         if status >= 400:
             raise RejectedError(f"HTTP {status}: {raw[:300].decode(errors='replace')}")
         return parse(raw)
 
-    def _send(self, conn: http.client.HTTPConnection, method: str, path: str, data: bytes | None,
-              deadline: float, timeout: float) -> tuple[http.client.HTTPConnection, int, bytes]:
-        """One request and its whole reply by `deadline`. _NotSent where a reused connection failed while
-        the request was being written (never once it was sent: the server may be working on it, or
-        have crashed on it, and sending it again would cost it twice)."""
-        reused = conn.sock is not None
+    def _send(self, method: str, path: str, data: bytes | None, deadline: float, timeout: float,
+              resend: bool) -> tuple[int, bytes]:
+        """One request and its whole reply by `deadline`. _NotSent where writing it on a kept connection
+        failed (never once it was sent: the server may be working on it, or have crashed on it, and
+        sending it again would cost it twice)."""
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self._key:
             headers["Authorization"] = f"Bearer {self._key}"
-        watch, sent, failed, resp = _WATCHDOG.arm(conn, deadline), False, None, None
+        watch, failed, resp = _WATCHDOG.arm(deadline), None, None
         try:
-            _connect_by(conn, deadline)
-            conn.request(method, self.path(path), body=data, headers=headers)
-            sent = True
-            resp = conn.getresponse()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("no time left")
+            # decode_content=False: bbsd asks for no compression, and a gzip bomb would outgrow the cap
+            resp = self._http.urlopen(method, self.path(path), body=data, headers=headers,
+                                      timeout=urllib3.Timeout(total=left, read=left), preload_content=False,
+                                      decode_content=False)
             raw = _read(resp)
-        except (OSError, http.client.HTTPException, InvalidReplyError) as e:
+        except (OSError, http.client.HTTPException, urllib3.exceptions.HTTPError, InvalidReplyError) as e:
             failed = e
-        finally:  # closed only once disarmed: a shutdown racing the close could hit a new socket on the same fd
+        finally:
             fired = _WATCHDOG.disarm(watch)
-        if failed is None and not fired:
-            return conn, resp.status, raw
         if resp is not None:
-            resp.close()  # its file holds the socket open past conn.close(), and a server would go on sending
-        conn.close()  # what is left of the reply is never read: the connection is spent
-        if reused and not sent and isinstance(failed, OSError) and not isinstance(failed, TimeoutError) and not fired:
+            if failed is not None or fired:
+                resp.close()  # and its connection: the rest is never read, and a server would go on sending
+            resp.release_conn()  # back to the pool: kept alive, or its place freed
+        if failed is None and not fired:
+            return resp.status, raw
+        if watch.unsent and not fired and not resend:
             raise _NotSent
         # `fired` with no error: the socket was shut down under a reply that ended just then, not one to trust
         raise _failure(failed, fired, timeout)
-
-    def _connect(self) -> http.client.HTTPConnection:
-        cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-        return cls(self._host, self._port)
 
     def health(self) -> dict:
         from bbsd.metrics import percentile
@@ -189,50 +196,77 @@ class Endpoint:
                 "p50_ms": percentile(list(self.latencies), 0.5), "last_error": self.last_error}
 
 
-def _connect_by(conn: http.client.HTTPConnection, deadline: float) -> None:
-    """Connect if not yet connected, each socket operation bounded by what is left of the deadline."""
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise TimeoutError("no time left")
-    conn.timeout = left
-    if conn.sock is None:
-        conn.connect()
-    conn.sock.settimeout(left)  # a socket is given the timeout only when it connects
-
-
-def _read(resp: http.client.HTTPResponse) -> bytes:
+def _read(resp: urllib3.BaseHTTPResponse) -> bytes:
     """The whole body, in chunks, refused past REPLY_LIMIT_BYTES before it is held in memory."""
-    if resp.length is not None and resp.length > REPLY_LIMIT_BYTES:
-        raise InvalidReplyError(f"the reply would be {resp.length:,} bytes, more than the "
+    if resp.length_remaining is not None and resp.length_remaining > REPLY_LIMIT_BYTES:
+        raise InvalidReplyError(f"the reply would be {resp.length_remaining:,} bytes, more than the "
                                 f"{REPLY_LIMIT_BYTES // 2**20} MiB a reply may be")
     parts, size = [], 0
-    while chunk := resp.read1(_CHUNK):
+    while chunk := resp.read(_CHUNK):  # a body cut short raises IncompleteRead (its Content-Length)
         size += len(chunk)
         if size > REPLY_LIMIT_BYTES:
             raise InvalidReplyError(f"the reply is larger than the {REPLY_LIMIT_BYTES // 2**20} MiB a reply may be")
         parts.append(chunk)
-    if resp.length:  # read1 ends quietly at EOF, where read() would raise IncompleteRead
-        raise http.client.IncompleteRead(b"", resp.length)
-    resp.close()  # the connection may carry the next request
     return b"".join(parts)
 
 
 def _failure(e: BaseException | None, fired: bool, timeout: float) -> TransientError:
-    if fired or e is None or isinstance(e, TimeoutError):
+    # Named as the socket or http.client named it, under urllib3's wrappers: ProtocolError('Connection
+    # aborted.', RemoteDisconnected(...)), NewConnectionError from a ConnectionRefusedError.
+    while isinstance(e, urllib3.exceptions.HTTPError) and (
+            inner := e.__cause__ or next((a for a in e.args if isinstance(a, BaseException)), None)):
+        e = inner
+    if fired or e is None or isinstance(e, (TimeoutError, urllib3.exceptions.TimeoutError)):
         return TransientError(f"no whole reply within {timeout:g} s")
     if isinstance(e, InvalidReplyError):
         return e
     return TransientError(f"{type(e).__name__}: {e}")
 
 
+_CURRENT = threading.local()  # `watch`: the exchange this thread runs, which its connections join
+
+
 class _Watch:
-    """One exchange's deadline: `fired` once it passed, `done` once the exchange ended."""
+    """One exchange's deadline: the connection it runs on, `fired` once the deadline passed, `done` once
+    the exchange ended, `unsent` when writing its request on a kept connection failed."""
 
-    __slots__ = ("conn", "done", "fired")
+    __slots__ = ("conn", "done", "fired", "unsent")
 
-    def __init__(self, conn: http.client.HTTPConnection) -> None:
-        self.conn = conn
-        self.done = self.fired = False
+    def __init__(self) -> None:
+        self.conn: HTTPConnection | None = None
+        self.done = self.fired = self.unsent = False
+
+
+class _Watched:
+    """A urllib3 connection that joins the deadline watch of the exchange on its thread, and tells it
+    when writing a request on a kept connection failed: urllib3 swallows a broken pipe there and
+    reads on, so it would look like a request the server took and dropped, never sent again."""
+
+    _fresh = False  # connected for the request about to go out, not kept from an earlier one
+
+    def connect(self) -> None:
+        _CURRENT.watch.conn = self  # a TLS handshake dripped byte by byte is cut off too
+        super().connect()
+        self._fresh = True
+
+    def request(self, *args: object, **kwargs: object) -> None:
+        watch = _CURRENT.watch
+        watch.conn, kept = self, self.sock is not None and not self._fresh
+        try:
+            super().request(*args, **kwargs)  # connects first where not yet connected (plain HTTP)
+        except OSError as e:
+            watch.unsent = kept and not isinstance(e, TimeoutError)
+            raise
+        finally:
+            self._fresh = False
+
+    def close(self) -> None:
+        with _WATCHDOG.lock:  # never while the deadline shuts its socket down: the fd could be a new socket's
+            super().close()
+
+
+_HTTP = type("_HTTP", (_Watched, HTTPConnection), {})
+_HTTPS = type("_HTTPS", (_Watched, HTTPSConnection), {})
 
 
 class _Watchdog:
@@ -241,13 +275,14 @@ class _Watchdog:
     thread blocked on it at once (its read sees the end of the stream). One thread for all exchanges."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
+        self.lock = self._cond = threading.Condition()
         self._heap: list[tuple[float, int, _Watch]] = []
         self._ids = itertools.count()
         self._thread: threading.Thread | None = None
 
-    def arm(self, conn: http.client.HTTPConnection, deadline: float) -> _Watch:
-        watch = _Watch(conn)
+    def arm(self, deadline: float) -> _Watch:
+        """A watch for the exchange this thread starts; the connections it uses join it."""
+        watch = _CURRENT.watch = _Watch()
         with self._cond:
             heapq.heappush(self._heap, (deadline, next(self._ids), watch))
             if self._thread is None:
@@ -276,29 +311,14 @@ class _Watchdog:
                     continue
                 watch = heapq.heappop(self._heap)[2]
                 watch.fired = True
-                sock = watch.conn.sock  # None while still connecting: connect's own timeout ends it
+                # None while still connecting (connect's own timeout ends it), and once closed
+                sock = watch.conn.sock if watch.conn is not None else None
                 if sock is not None:
                     with contextlib.suppress(OSError):  # the base class's: an SSL socket's would unwrap
                         socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 _WATCHDOG = _Watchdog()
-
-
-def _alive(conn: http.client.HTTPConnection | None) -> http.client.HTTPConnection | None:
-    """A kept-alive connection still fit for the next request, else None (closed). A server closes
-    idle ones (llama-server after 5 s, its cpp-httplib default) and drops all of them when it
-    restarts; its end of the socket then reads as ready (EOF) before we have asked anything, which
-    is what urllib3 checks too. Sending on such a connection would fail after the request went out,
-    when it can no longer be told from a server that failed on the request."""
-    if conn is None:
-        return None
-    if conn.sock is not None:
-        with contextlib.suppress(OSError, ValueError):
-            if not select.select([conn.sock], [], [], 0)[0]:
-                return conn
-    conn.close()
-    return None
 
 
 @dataclass
@@ -330,7 +350,10 @@ class Pool:
             self._probe_due()
 
     def close(self) -> None:
+        """Stop probing and close the endpoints' kept connections."""
         self._closed.set()
+        for e in self.endpoints:
+            e.close()
 
     def acquire(self, cancelled: Callable[[], bool], avoid: Endpoint | None = None) -> Endpoint:
         """Wait for a free slot on an up endpoint (probing down ones when due); raise AbandonedError on stop."""
