@@ -11,7 +11,7 @@ on its own: bbsd's backoff and failover decide, and a request goes out again onl
 it on a kept connection failed (the server cannot have it whole).
 
 What a server sends is bounded before it is believed: one exchange, from connecting to the
-reply's last byte, ends by its deadline however slowly the bytes come (`_Watchdog`); a reply is
+reply's last byte, ends by its deadline however slowly the bytes come (`_Watch`); a reply is
 read in chunks and refused past `REPLY_LIMIT_BYTES`; its JSON must be one object, and numbers
 that are not finite (NaN, Infinity, 1e999) are read as null; what a server wrote that reaches a
 message, a log or `bbsd status` is shown with its control characters escaped and capped.
@@ -20,9 +20,7 @@ message, a log or `bbsd status` is shown with its control characters escaped and
 from __future__ import annotations
 
 import contextlib
-import heapq
 import http.client
-import itertools
 import json
 import math
 import socket
@@ -163,9 +161,9 @@ class Endpoint:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self._key:
             headers["Authorization"] = f"Bearer {self._key}"
-        watch, failed, resp = _WATCHDOG.arm(deadline), None, None
+        left = deadline - time.monotonic()
+        watch, failed, resp = _Watch(left), None, None
         try:
-            left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError("no time left")
             # decode_content=False: bbsd asks for no compression, and a gzip bomb would outgrow the cap
@@ -176,7 +174,7 @@ class Endpoint:
         except (OSError, http.client.HTTPException, urllib3.exceptions.HTTPError, InvalidReplyError) as e:
             failed = e
         finally:
-            fired = _WATCHDOG.disarm(watch)
+            fired = watch.disarm()
         if resp is not None:
             if failed is not None or fired:
                 resp.close()  # and its connection: the rest is never read, and a server would go on sending
@@ -224,17 +222,39 @@ def _failure(e: BaseException | None, fired: bool, timeout: float) -> TransientE
 
 
 _CURRENT = threading.local()  # `watch`: the exchange this thread runs, which its connections join
+_LOCK = threading.Lock()  # a deadline shuts a socket down, and a connection closes, only under it
 
 
 class _Watch:
-    """One exchange's deadline: the connection it runs on, `fired` once the deadline passed, `done` once
-    the exchange ended, `unsent` when writing its request on a kept connection failed."""
+    """One exchange's deadline. A socket timeout bounds each read, and a server that sends a byte every
+    second never lets one run out; at the deadline a timer shuts the exchange's socket down, which wakes
+    the thread blocked on it at once (its read sees the end of the stream). `unsent`: writing the
+    request on a kept connection failed."""
 
-    __slots__ = ("conn", "done", "fired", "unsent")
-
-    def __init__(self) -> None:
-        self.conn: HTTPConnection | None = None
+    def __init__(self, left: float) -> None:
+        self.conn: HTTPConnection | None = None  # the connection the exchange runs on (_Watched)
         self.done = self.fired = self.unsent = False
+        _CURRENT.watch = self
+        self._timer = threading.Timer(left, self._fire)
+        self._timer.name, self._timer.daemon = "bbsd-deadline", True
+        self._timer.start()
+
+    def disarm(self) -> bool:
+        """Whether the deadline fired; after this it never will (the connection may be kept)."""
+        self._timer.cancel()
+        with _LOCK:
+            self.done = True
+            return self.fired
+
+    def _fire(self) -> None:
+        with _LOCK:
+            if self.done:
+                return
+            self.fired = True
+            sock = self.conn.sock if self.conn is not None else None  # None while connecting: its timeout ends it
+            if sock is not None:
+                with contextlib.suppress(OSError):  # the base class's: an SSL socket's would unwrap
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 class _Watched:
@@ -261,64 +281,12 @@ class _Watched:
             self._fresh = False
 
     def close(self) -> None:
-        with _WATCHDOG.lock:  # never while the deadline shuts its socket down: the fd could be a new socket's
+        with _LOCK:  # never while a deadline shuts its socket down: the fd could be a new socket's by then
             super().close()
 
 
 _HTTP = type("_HTTP", (_Watched, HTTPConnection), {})
 _HTTPS = type("_HTTPS", (_Watched, HTTPSConnection), {})
-
-
-class _Watchdog:
-    """Shuts down the socket of an exchange whose deadline passed. A socket timeout bounds each read,
-    and a server that sends a byte every second never lets one run out; a socket shut down wakes the
-    thread blocked on it at once (its read sees the end of the stream). One thread for all exchanges."""
-
-    def __init__(self) -> None:
-        self.lock = self._cond = threading.Condition()
-        self._heap: list[tuple[float, int, _Watch]] = []
-        self._ids = itertools.count()
-        self._thread: threading.Thread | None = None
-
-    def arm(self, deadline: float) -> _Watch:
-        """A watch for the exchange this thread starts; the connections it uses join it."""
-        watch = _CURRENT.watch = _Watch()
-        with self._cond:
-            heapq.heappush(self._heap, (deadline, next(self._ids), watch))
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="bbsd-deadline", daemon=True)
-                self._thread.start()
-            self._cond.notify()
-        return watch
-
-    def disarm(self, watch: _Watch) -> bool:
-        """Whether the deadline fired; after this it never will (the connection may be kept)."""
-        with self._cond:
-            watch.done = True
-            return watch.fired
-
-    def _run(self) -> None:
-        with self._cond:
-            while True:
-                while self._heap and self._heap[0][2].done:
-                    heapq.heappop(self._heap)
-                if not self._heap:
-                    self._cond.wait()
-                    continue
-                left = self._heap[0][0] - time.monotonic()
-                if left > 0:
-                    self._cond.wait(left)
-                    continue
-                watch = heapq.heappop(self._heap)[2]
-                watch.fired = True
-                # None while still connecting (connect's own timeout ends it), and once closed
-                sock = watch.conn.sock if watch.conn is not None else None
-                if sock is not None:
-                    with contextlib.suppress(OSError):  # the base class's: an SSL socket's would unwrap
-                        socket.socket.shutdown(sock, socket.SHUT_RDWR)
-
-
-_WATCHDOG = _Watchdog()
 
 
 @dataclass
