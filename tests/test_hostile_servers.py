@@ -9,6 +9,7 @@ labels the next photo, and holds neither a dripping request past its deadline no
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import select
@@ -183,6 +184,20 @@ class HostileServer:
         block = b" " * 2**20
         for _ in range(size // len(block)):
             conn.sendall(block)
+
+
+class HandshakeDripServer(HostileServer):
+    """Answers a TLS client hello with a record header, then drips its body a byte every DRIP_S: a
+    handshake that never ends and never lets a read time out."""
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(300)
+            t0 = time.monotonic()
+            with contextlib.suppress(OSError):
+                conn.recv(65536)  # the client hello: read, so that what is left to read is the client's close
+                self._drip(conn, b"\x16\x03\x03\x40\x00" + b"\x00" * 16_384, at_once=5)
+            self.held.append(("handshake_drip", time.monotonic() - t0))
 
 
 @pytest.fixture
@@ -369,6 +384,24 @@ def test_a_server_dripping_a_byte_every_1_5_s_is_cut_off_at_the_request_deadline
     wait_until(lambda: s.held, 5, "the server saw the client close")
     assert s.held[0][1] < 2 + 0.5 * SLACK, s.held  # the server saw the connection closed then, not later
     assert labeler.health()[0]["in_flight"] == 0
+
+
+def test_an_https_server_dripping_its_handshake_is_cut_off_at_the_request_deadline(backend):
+    # The deadline's shutdown cannot reach a socket in its TLS handshake (wrapping it detaches the
+    # plain one): the connect timeout, what is left of the deadline, bounds the handshake as a whole.
+    s = HandshakeDripServer()
+    try:
+        labeler, ask = backend([s.url.replace("http:", "https:")], timeout_seconds=2)
+        t0 = time.monotonic()
+        err = _error(ask)
+        took = time.monotonic() - t0
+        assert err.code == "server_error" and "no whole reply within 2 s" in err.message
+        assert took < 2 + 0.5 * SLACK, took
+        wait_until(lambda: s.held, 5, "the server saw the client close")
+        assert s.held[0][1] < 2 + 0.5 * SLACK, s.held
+        assert labeler.health()[0]["in_flight"] == 0
+    finally:
+        s.close()
 
 
 @pytest.mark.parametrize("step", ["huge_length", "huge_stream"])

@@ -3,8 +3,11 @@ server answers malformed JSON, 500s and slow replies. Real llama-server instance
 """
 
 import json
+import shutil
 import socket
+import ssl
 import struct
+import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -83,7 +86,7 @@ class FakeServer:
     a server does to an idle kept-alive connection: its timeout, or a restart) or "reset-idle" (the
     same, closed with a TCP reset)."""
 
-    def __init__(self, script: list[str], connections: str = "close") -> None:
+    def __init__(self, script: list[str], connections: str = "close", tls: ssl.SSLContext | None = None) -> None:
         self.script, self.seen, self.auth = list(script), [], []
         self.connections = connections
         self.closed = 0  # connections closed after a reply ("close-idle", "reset-idle")
@@ -92,6 +95,9 @@ class FakeServer:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self.httpd.outer = self
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        if tls is not None:  # HTTPS, with the context's certificate
+            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
+            self.url = self.url.replace("http:", "https:")
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
     def close(self):
@@ -269,6 +275,30 @@ def test_a_request_whose_write_failed_on_a_kept_connection_goes_again_once_and_i
         pipeline.close()
     assert [o.status for o in outcomes] == [Status.LABELED] * 3
     assert h["failed"] == 0 and h["done"] == 3 and len(s.seen) == 3 and s.connected == 3
+
+
+def test_an_https_endpoint_is_used_when_its_certificate_is_trusted_and_refused_when_not(tmp_path, servers,
+                                                                                       monkeypatch):
+    # TLS with the system's trust (SSL_CERT_FILE stands in for it here): the certificate must chain to
+    # a trusted one and name the host; a server whose certificate does not is never sent the photo.
+    openssl = shutil.which("openssl") or pytest.skip("no openssl to make a certificate with")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", key, "-out", cert], check=True,
+                   capture_output=True)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    monkeypatch.setenv("BBSD_T_KEY", SECRET)
+    s = servers([], connections="keep", tls=tls)
+    inbox, settings = _settings(tmp_path, [s.url], retries=0)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    photo, trusted, _ = _label(tmp_path, settings, inbox)
+    monkeypatch.delenv("SSL_CERT_FILE")
+    other, untrusted, _ = _label(tmp_path, settings, inbox, name="q.jpg")  # a new labeler: a new handshake
+    assert s.url.startswith("https://") and trusted.status is Status.LABELED
+    assert sidecar.read(photo)["served"]["endpoint"] == s.url and s.auth == [f"Bearer {SECRET}"]
+    assert untrusted.status is Status.FAILED and len(s.seen) == 1
+    assert "CERTIFICATE_VERIFY_FAILED" in sidecar.read(other)["error"]["message"]
 
 
 def test_config_refuses_credentials_in_urls_and_missing_key_variables(tmp_path):
