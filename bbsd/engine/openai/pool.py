@@ -264,8 +264,7 @@ class _Watched:
 
     _fresh = False  # connected for the request about to go out, not kept from an earlier one
 
-    def connect(self) -> None:
-        _CURRENT.watch.conn = self  # a TLS handshake dripped byte by byte is cut off too
+    def connect(self) -> None:  # the timeout, what is left of the deadline, bounds a TLS handshake as a whole
         super().connect()
         self._fresh = True
 
