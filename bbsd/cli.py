@@ -72,12 +72,13 @@ def _open(settings, lazy: bool = False, warm_up: bool = False):
     import structlog
 
     from bbsd.engine import prompt
-    from bbsd.engine.registry import LazyLabeler, open_labeler
+    from bbsd.engine.registry import SHIPPED, LazyLabeler, open_labeler
     from bbsd.pipeline import Pipeline
 
     labeler = LazyLabeler(settings) if lazy else open_labeler(settings, warm_up=warm_up)
-    if labeler.info.backend == "fake":
-        structlog.get_logger("bbsd").warning("engine.fake", note="fake backend: labels are not from a model")
+    if labeler.info.backend not in SHIPPED:  # a plugin's (the suite's fake): say whose labels these are
+        structlog.get_logger("bbsd").warning("engine.plugin_backend", backend=labeler.info.backend,
+                                             note="labels come from a plugin's backend, not one bbsd ships")
     return Pipeline(labeler, settings, prompt.for_settings(settings))
 
 

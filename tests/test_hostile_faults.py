@@ -274,8 +274,8 @@ def test_model_digests_are_hashed_once_per_file_version_and_a_same_size_copy_is_
     model = tmp_path / "m.gguf"
     model.write_bytes(b"a" * 4096)
     hashed: list[Path] = []
-    real = fingerprint._sha256
-    monkeypatch.setattr(fingerprint, "_sha256", lambda p: hashed.append(p) or real(p))
+    real = fingerprint.file_sha256
+    monkeypatch.setattr(fingerprint, "file_sha256", lambda p: hashed.append(p) or real(p))
     state = tmp_path / "state"
     first = fingerprint.files({"file": model, "lora": None}, state)
     assert first == (("file", 4096, _sha256(model)),) and fingerprint.files({"file": model}, state) == first

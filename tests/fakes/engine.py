@@ -2,7 +2,7 @@
 
 A plugin (docs/developer/plugins.md): the suite loads it into every bbsd process it starts, and into
 its own, with BBSD_PLUGINS=tests.fakes.engine (tests/conftest.py); it is not in the shipped package.
-Never chosen implicitly: it must be named in the configuration, and the daemon logs `engine.fake` at
+Never chosen implicitly: it must be named in the configuration, and the daemon logs `engine.plugin_backend` at
 start so nobody mistakes its labels for real ones. Its [fake] table lets tests ask for several photos
 in flight (`concurrency`) and a per-photo delay.
 """
