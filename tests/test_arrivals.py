@@ -366,12 +366,13 @@ def _world_readable_bbsd(dest: Path) -> tuple[list[str], dict[str, str]]:
     The unprivileged user must read what it runs, and the checkout, the venv or the Python may
     live under a folder only their owner can enter (a clone in /root or in `mktemp -d`, a pyenv
     Python). The interpreter runs with -S (no site, no editable-install hook) and PYTHONPATH on
-    the linked copies.
+    the linked copies, the suite's own plugins (tests/fakes) among them.
     """
     import site
 
     tools = ("llama_cpp", "pip", "setuptools", "hypothesis", "_pytest", "pytest", "ruff")
     _link_tree(REPO / "bbsd", dest / "src" / "bbsd")
+    _link_tree(REPO / "tests", dest / "src" / "tests", "golden")  # the suite's plugins (BBSD_PLUGINS) load from it
     _link_tree(Path(site.getsitepackages()[0]), dest / "site", *tools)
     python, env = Path(os.path.realpath(sys.executable)), {"PYTHONPATH": f"{dest / 'src'}:{dest / 'site'}"}
     if not _reachable_by_all(python) or not _reachable_by_all(Path(os.__file__)):
