@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
+from bbsd.errors import PhotoError
+
 if TYPE_CHECKING:
     from PIL import Image
 
@@ -153,3 +155,15 @@ class Labeler(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class EngineCrashError(PhotoError):
+    def __init__(self, detail: str) -> None:
+        super().__init__(EngineCode.CRASH, f"the engine worker died while labelling this photo ({detail})",
+                         "bbsd restarted it; a photo that kills it twice is not retried until it changes")
+
+
+class EngineTimeoutError(PhotoError):
+    def __init__(self, seconds: float) -> None:
+        super().__init__(EngineCode.TIMEOUT, f"the engine gave no answer within {seconds:g} s",
+                         "the worker was restarted; raise [worker] timeout_seconds for very slow machines")

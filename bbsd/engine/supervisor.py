@@ -26,24 +26,13 @@ import structlog
 from PIL import Image
 
 from bbsd.contain import child, ipc
+from bbsd.engine import labeler
 from bbsd.engine.confidence import Step
 from bbsd.engine.labeler import UNNAMED, EngineCode, Inference, ModelInfo, PhotoRef
 from bbsd.engine.prompt import Prompt
 from bbsd.errors import AbandonedError, ModelError, PhotoError
 
 log = structlog.get_logger("bbsd.supervisor")
-
-
-class EngineCrashError(PhotoError):
-    def __init__(self, detail: str) -> None:
-        super().__init__(EngineCode.CRASH, f"the engine worker died while labelling this photo ({detail})",
-                         "bbsd restarted it; a photo that kills it twice is not retried until it changes")
-
-
-class EngineTimeoutError(PhotoError):
-    def __init__(self, seconds: float) -> None:
-        super().__init__(EngineCode.TIMEOUT, f"the engine gave no answer within {seconds:g} s",
-                         "the worker was restarted; raise [worker] timeout_seconds for very slow machines")
 
 
 def worker_argv(config_path: str, warm_up: bool = False, profile: Path | None = None) -> list[str]:
@@ -339,11 +328,11 @@ class WorkerLabeler:
             if reason is _Lost.SHUTDOWN:
                 t.outcome = _abandoned()
             elif reason is _Lost.TIMEOUT and n == 1:
-                t.outcome = EngineTimeoutError(t.timeout_s)
+                t.outcome = labeler.EngineTimeoutError(t.timeout_s)
             elif reason is _Lost.TIMEOUT:
-                t.outcome = EngineCrashError(f"hung with {n} photos in it, killed after {t.timeout_s:g} s")
+                t.outcome = labeler.EngineCrashError(f"hung with {n} photos in it, killed after {t.timeout_s:g} s")
             else:
-                t.outcome = EngineCrashError(detail)
+                t.outcome = labeler.EngineCrashError(detail)
         self._in_flight.clear()
         self._emptied()
 

@@ -48,11 +48,6 @@ def _ms(fault: str, default: str = "") -> float:
 
 # --- the engine worker ------------------------------------------------------------------------------
 
-def _photo_name(job) -> str:
-    photo = getattr(job, "photo", None)  # the identity beside the pixels; before it, in the image's info
-    return photo.name if photo is not None else job.image.info.get("bbsd_name", "")
-
-
 def _admitted(name: str, alone: bool, inbox) -> None:
     if _on("ABORT_ON", name):
         if not alone and os.environ.get("BBSD_TEST_ABORT_BESIDE"):
@@ -82,7 +77,7 @@ def _engine_worker(module: ModuleType) -> None:
     def admit_with_faults(inbox, accepts):
         job = admit(inbox, accepts)
         if job is not None:
-            _admitted(_photo_name(job), job.alone, inbox)
+            _admitted(job.photo.name, job.alone, inbox)
         return job
 
     def slow_step() -> bool:
