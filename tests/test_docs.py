@@ -7,7 +7,7 @@ from pathlib import Path
 from bbsd.config import SCHEMA
 from bbsd.engine import registry as engines
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())  # at any depth
 README = (REPO / "README.md").read_text()
 CONFIGURATION = (REPO / "docs" / "stage" / "configuration.md").read_text()
 CI = (REPO / ".ci" / "run").read_text()

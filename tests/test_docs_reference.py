@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from cogapp import Cog
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())  # at any depth
 PAGES = ["docs/stage/configuration.md", "docs/developer/architecture.md"]
 
 
