@@ -45,7 +45,7 @@ test: lint tools
 # The long fuzz run: 300 mutated files for each of five seeds into a running daemon (make test runs 200 of one).
 # BBSD_FUZZ_CORPUS=/path/to/camera/files adds your own photos as seeds.
 fuzz: setup
-	BBSD_FUZZ_FILES=300 BBSD_FUZZ_SEED=1,2,3,4,5 $(VENV)/bin/python -m pytest tests/test_fuzz.py -v
+	BBSD_FUZZ_FILES=300 BBSD_FUZZ_SEED=1,2,3,4,5 $(VENV)/bin/python -m pytest tests/e2e/test_fuzz.py -v
 
 # qemu-user runs the artefact on an emulated CPU without AVX (Nehalem) in the release test.
 release-tools:
@@ -58,7 +58,7 @@ release-tools:
 # no Python on the PATH, an emulated pre-AVX CPU). Size and cold start go to docs/benchmarks.md.
 release: setup release-tools
 	build/build.sh
-	BBSD_ARTEFACT=$$(ls build/out/bbsd-*-linux-x86_64.tar.gz) $(VENV)/bin/python -m pytest tests/test_release.py -v
+	BBSD_ARTEFACT=$$(ls build/out/bbsd-*-linux-x86_64.tar.gz) $(VENV)/bin/python -m pytest tests/e2e/test_release.py -v
 
 # Benchmarks rewrite their tables in docs/benchmarks.md (not part of `make test`).
 bench: setup  # bench.gpu needs a GPU and a CUDA build: run it by hand there

@@ -16,7 +16,7 @@ import structlog
 
 log = structlog.get_logger("bbsd.llama")
 # The llama.cpp commit vendored by the pinned llama-cpp-python (its CHANGELOG for 0.3.36);
-# tests/test_models.py keeps this next to the pin in pyproject.toml.
+# tests/models/test_models.py keeps this next to the pin in pyproject.toml.
 LLAMA_CPP_PYTHON = "0.3.36"
 LLAMA_CPP_COMMIT = "0c1e57098"
 

@@ -23,7 +23,7 @@ from bbsd.models import tiny as tiny_model
 from bench.results import machine, update_section
 from tests.fakes.servers import LlamaServer
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def run(binary: Path, models, folder: Path, n: int, photos: int) -> float:

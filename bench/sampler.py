@@ -4,7 +4,7 @@ Two figures, each against its baseline in the same run:
   1. per photo, the tiny model's body with Qwen2's 151,936-token vocabulary: the grammar masking
      the whole vocabulary at every sampled token (llama.cpp's sampler chain, the baseline) against
      bbsd's `Sampler.greedy_pick` (the unconstrained best token, else the best allowed one among the
-     strongest logits); both give the same replies (tests/test_engine.py);
+     strongest logits); both give the same replies (tests/engine/test_engine.py);
   2. per call, picking those strongest logits: a partial sort of the whole vocabulary (baseline)
      against bbsd's `_band`, at three spreads of the logits (a random model's logits can lie close
      together; a band "within 30 of the best" then held the whole vocabulary and cost 1.5 ms a call,

@@ -42,7 +42,7 @@ from bench import baselines, steps
 from bench.fixtures import PHOTO_SIZE, SHAPES, gpu, photos, write_config
 from bench.results import machine, update_section
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 class Engine:
     """The bare engine in this process: what bbsd's worker does per photo, without the daemon
     (the photos decoded beforehand: `images`)."""

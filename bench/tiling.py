@@ -28,7 +28,7 @@ from bbsd.engine import prompt
 from bbsd.engine.llama import families, tiling
 from bench.results import machine, update_section
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TILE = 448
 SHAPES = [(3, 2), (2, 3), (4, 3), (16, 9), (1, 1), (4, 1)]
 

@@ -11,7 +11,7 @@
 # Only these two targets are built (Release, no libcurl, no web UI download), so a cold CI run pays a
 # few minutes once; the cache is keyed by the pinned version and the CMake options. GGML_NATIVE is on,
 # as in the pip build of llama-cpp-python on the same machine, so a benchmark compares like with like.
-# Used by the remote-backend tests (tests/test_openai.py) and benchmarks (bench/openai.py, bbsd bench).
+# Used by the remote-backend tests (tests/engine/test_openai.py) and benchmarks (bench/openai.py, bbsd bench).
 # Progress goes to stderr; stdout is the path alone.
 set -euo pipefail
 

@@ -1,5 +1,5 @@
 """llama-server on loopback running the tiny test model, for the `openai` backend's end-to-end tests
-(tests/test_openai.py) and its benchmark (bench/openai.py): one server with parallel slots that can
+(tests/engine/test_openai.py) and its benchmark (bench/openai.py): one server with parallel slots that can
 be killed and started again on the same port. Shared here so the benchmark imports no test module.
 """
 

@@ -15,7 +15,7 @@ from bbsd.pipeline import Pipeline, Status
 from bbsd.sidecars import record as sidecar
 from tests.conftest import make_photo, sha256_of, write_config
 from tests.fakes.engine import FakeLabeler
-from tests.test_xmp import GOLDEN, HOSTILE, exiftool, needs_exiftool
+from tests.sidecars.test_xmp import GOLDEN, HOSTILE, exiftool, needs_exiftool
 
 
 def reply(chars, caption="on stage"):

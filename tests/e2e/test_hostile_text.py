@@ -250,7 +250,7 @@ def _stop(pid: int, fd: int, out: bytearray) -> None:
 def test_model_output_reaches_the_xmp_clean_and_the_console_escaped(tmp_path):
     """A running daemon whose model writes U+FFFF and escape sequences: the editor's darktable XMP
     stays well-formed, the JSON holds the cleaned text, and the console shows the raw reply escaped."""
-    from tests.test_xmp import GOLDEN
+    from tests.sidecars.test_xmp import GOLDEN
 
     inbox = tmp_path / "in"
     inbox.mkdir()

@@ -22,9 +22,9 @@ from bbsd.service.daemon import Daemon
 from bbsd.sidecars import record as sidecar
 from bbsd.sidecars import xmp
 from tests.conftest import make_photo, wait_until, write_config
+from tests.engine.test_grammar import grammar_accepts, vocab_model  # noqa: F401 - vocab_model is a fixture
 from tests.fakes.engine import FakeLabeler
-from tests.test_grammar import grammar_accepts, vocab_model  # noqa: F401 - vocab_model is a fixture
-from tests.test_xmp import exiftool, needs_exiftool
+from tests.sidecars.test_xmp import exiftool, needs_exiftool
 
 QUESTIONS = """
 [[questions]]

@@ -26,7 +26,7 @@ from bbsd.sidecars import record as sidecar
 from bbsd.study import performance as report
 from tests.conftest import make_photo, wait_until, write_config
 from tests.fakes.engine import FakeLabeler
-from tests.test_xmp import GOLDEN, PROVENANCE, exiftool, needs_exiftool
+from tests.sidecars.test_xmp import GOLDEN, PROVENANCE, exiftool, needs_exiftool
 
 needs_exiv2 = pytest.mark.skipif(shutil.which("exiv2") is None, reason="exiv2 missing: `make test` installs it")
 TAKEOUT = {"title": "IMG_0001.JPG", "description": "grandma's birthday",

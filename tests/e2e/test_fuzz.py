@@ -19,7 +19,7 @@ import pytest
 from bbsd.sidecars import record as sidecar
 from tests import fuzz
 from tests.conftest import make_photo, wait_until, write_config
-from tests.test_arrivals import make_dng
+from tests.e2e.test_arrivals import make_dng
 
 pytestmark = pytest.mark.slow
 FILES = int(os.environ.get("BBSD_FUZZ_FILES", "200"))

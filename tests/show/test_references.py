@@ -22,7 +22,7 @@ from bbsd.engine.registry import open_in_process
 from bbsd.errors import ConfigError, PhotoError
 from bbsd.show import references
 from bbsd.sidecars import record as sidecar
-from tests.conftest import make_photo, run_bbsd, sha256_of, write_config
+from tests.conftest import REPO, make_photo, run_bbsd, sha256_of, write_config
 
 BY, K = "Baba Yaga", "Koschei"
 INFO = ModelInfo(backend="llama", file="t.gguf", mmproj="p.gguf")
@@ -137,7 +137,7 @@ def test_reference_files_resolve_against_the_config_folder_and_are_hashed_not_pa
 
 
 def test_a_catalog_without_references_keeps_its_digest_and_its_prompt(tmp_path):
-    shipped = config.load(Path(__file__).parent.parent / "config.toml", environ={})
+    shipped = config.load(REPO / "config.toml", environ={})
     assert shipped.catalog.digest() == "bf40b3c564b0136588a4f73b8e0e12255bc2d823612d13b1bbc238a35bb741d7"  # as before
     p = prompt.for_settings(shipped)
     assert p.references == () and p.references_digest == ""
@@ -258,7 +258,7 @@ def test_a_gallery_that_does_not_fit_the_context_is_refused_clearly_and_bbsd_che
 def test_an_openai_server_gets_the_references_as_images_before_the_photo(tmp_path, monkeypatch):
     from bbsd.engine.registry import open_labeler
     from bbsd.pipeline import Pipeline, Status
-    from tests.test_openai_protocol import SECRET, FakeServer
+    from tests.engine.test_openai_protocol import SECRET, FakeServer
 
     monkeypatch.setenv("BBSD_T_KEY", SECRET)
     server = FakeServer([])

@@ -208,7 +208,7 @@ def test_at_the_cap_the_model_still_chooses_every_answer(tmp_path, validate_side
 def test_the_converted_internlm2_vocabulary_appends_the_keys_too(tmp_path):
     """The InternVL2-8B-shaped checkpoint (InternLM2: SentencePiece with byte fallback), converted by
     llama.cpp's own converter: through `bbsd label`, the keys and punctuation are appended there too."""
-    from tests.test_convert import _convert
+    from tests.models.test_convert import _convert
 
     _, text, mmproj, _ = _convert(tmp_path, "InternVL2-8B")
     ctx = _context((text, mmproj))

@@ -8,7 +8,7 @@ from bbsd.engine import labels, prompt
 from bbsd.engine.registry import open_in_process as open_labeler  # the engine itself, not its worker
 from bbsd.errors import ModelError
 from bbsd.models import tiny as tiny_model
-from tests.conftest import write_config
+from tests.conftest import REPO, write_config
 
 
 def test_real_engine_returns_a_valid_reply_of_catalog_names(engine):
@@ -134,9 +134,8 @@ def test_the_pinned_import_makes_the_cxx_runtime_global():
     that the pin really makes the runtime global."""
     import subprocess
     import sys
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parent.parent
+    root = REPO
     # A fresh process that imported numpy first (libstdc++ loaded privately): a libstdc++-only
     # symbol is not in the global scope until the pin, and is after it.
     code = ("import ctypes, numpy; g = ctypes.CDLL(None); s = '_ZNSt6locale7classicEv'; before = hasattr(g, s); "

@@ -10,7 +10,7 @@ from bbsd.engine import confidence, prompt
 from bbsd.engine.confidence import Step
 from bbsd.pipeline import Pipeline, Status
 from tests.conftest import make_photo, write_config
-from tests.test_xmp import exiftool, needs_exiftool
+from tests.sidecars.test_xmp import exiftool, needs_exiftool
 
 NAMES = {"characters": ["Baba Yaga", "Koschei", "Fox"], "props": ["lantern", "samovar"]}
 #        0         1         2         3         4         5         6         7

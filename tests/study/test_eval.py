@@ -174,7 +174,7 @@ def test_the_tiny_real_model_with_and_without_references_reports_latency_memory_
                                                                                            summary):
     """Labels of random weights mean nothing; the plumbing is real: two model loads, two profiles, one of them
     showing the catalog's reference photos, which the first photo pays for and the others find cached."""
-    from tests.test_references import with_references
+    from tests.show.test_references import with_references
 
     (tmp_path / "inbox").mkdir()
     config = write_config(tmp_path, [tmp_path / "inbox"], tiny_models)

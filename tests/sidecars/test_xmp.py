@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 from bbsd.engine.labels import Labels
 from bbsd.sidecars import xmp
 from bbsd.sidecars.merge import ListState, merge_list, merge_text
+from tests.conftest import REPO
 
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = REPO / "tests" / "golden"
 PROVENANCE = {"model": "m.gguf", "mmproj": "p.gguf", "backend": "llama", "promptVersion": "bbsd.prompt/2",
               "photoSha256": "ab" * 32, "labeledAt": "2026-11-24T07:00:00Z", "version": "0.1.0"}
 BBSD_OWNED = {"XMP-dc:Subject", "XMP-lr:HierarchicalSubject", "XMP-digiKam:TagsList", "XMP-dc:Description",

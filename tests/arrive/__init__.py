@@ -1,0 +1,1 @@
+"""What comes in and when: settling, the queue, the retry policy."""

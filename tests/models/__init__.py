@@ -1,0 +1,1 @@
+"""The model registry, downloads, fit and conversion."""

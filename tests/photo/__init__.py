@@ -1,0 +1,1 @@
+"""Decoding photos."""

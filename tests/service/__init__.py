@@ -1,0 +1,1 @@
+"""Running backstage: the service, the unit, status, several photos in flight."""

@@ -1,0 +1,1 @@
+"""The show's questions and reference photos."""

@@ -1,0 +1,1 @@
+"""The JSON and XMP sidecars, read back by independent tools."""

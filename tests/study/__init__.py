@@ -1,0 +1,1 @@
+"""The model study: truth, eval, dataset export."""
