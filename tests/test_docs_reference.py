@@ -1,6 +1,6 @@
 """The reference pages rendered from the code by cog blocks are current: a configuration key added,
-removed or re-described, or a layer or import contract changed, fails here until the page is rendered
-again (the command is in the failure)."""
+removed or re-described, a command's option changed, or a layer or import contract changed, fails
+here until the page is rendered again (the command is in the failure)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from cogapp import Cog
 
 REPO = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())  # at any depth
-PAGES = ["docs/stage/configuration.md", "docs/developer/architecture.md"]
+PAGES = ["docs/stage/configuration.md", "docs/stage/commands.md", "docs/developer/architecture.md"]
 
 
 def cog_check(page: Path) -> int:
