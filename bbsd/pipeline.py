@@ -218,8 +218,6 @@ class Pipeline:
         except OSError as e:
             return self._fail(path, None, PhotoError(Code.UNREADABLE, f"cannot read the file ({e.strerror})",
                                                      "check its permissions"), {})
-        if (kind := safefs.lstat_kind(sidecar.path_for(path))) is not None:  # never opened, so never blocks
-            return _kept_unreadable(path, f"a {kind} where the sidecar should be")
         try:  # before any work: an unreadable sidecar is never overwritten, so labelling would be wasted
             doc = sidecar.read_strict(path)
         except (OSError, ValueError) as e:

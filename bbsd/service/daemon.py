@@ -246,8 +246,9 @@ class Daemon:
             recorded = self._no_sidecar.get(photo)
         if recorded is not None and recorded == _signature(photo):
             return  # ended without a sidecar and nothing changed since: its one record stands
-        # A sidecar that is not a regular file (FIFO, link, device, folder) is never read here: the pipeline records it
-        if safefs.lstat_kind(sidecar.path_for(photo)) is not None or not self.pipeline.is_current(photo):
+        # A sidecar that is not a regular file (FIFO, link, device, folder) is never opened (`sidecar.read_strict`):
+        # it is not current, and the pipeline records it
+        if not self.pipeline.is_current(photo):
             self._tracker.touch(photo, time.monotonic())
 
     def _due_folder_scans(self, now: float) -> None:

@@ -218,9 +218,13 @@ def read(photo: Path) -> dict[str, Any] | None:
 def read_strict(photo: Path) -> dict[str, Any] | None:
     """None when there is no sidecar; raises ValueError when one exists but is not a JSON object,
     `safefs.NotRegularError` (an OSError) for a symlink, FIFO, device or folder — never followed,
-    never opened so that it blocks — and `safefs.TooLargeError` (an OSError) past READ_LIMIT."""
+    never opened (a device's open may act, a FIFO's may block) — and `safefs.TooLargeError` (an
+    OSError) past READ_LIMIT."""
+    target = path_for(photo)
+    if (kind := safefs.lstat_kind(target)) is not None:
+        raise safefs.NotRegularError(f"a {kind} where the sidecar should be")
     try:
-        doc = json.loads(safefs.read_regular(path_for(photo), READ_LIMIT).decode("utf-8"))
+        doc = json.loads(safefs.read_regular(target, READ_LIMIT).decode("utf-8"))
     except FileNotFoundError:
         return None
     except RecursionError:  # hostile nesting: refused like any other unreadable sidecar
