@@ -9,7 +9,7 @@ import tempfile
 import time
 
 from bbsd.config import Settings
-from bbsd.engine import registry as engines
+from bbsd.engine import registry
 from bbsd.errors import FolderError, ModelError, PhotoError
 
 
@@ -69,7 +69,7 @@ def label_probe(labeler, prompt, settings: Settings) -> str:
 def backend(settings: Settings) -> list[str]:
     """What the configured backend checks before its model is opened (raises its own `BbsdError`), and
     whether `max_output_tokens` holds the longest reply."""
-    return engines.get(settings.engine.backend).check(settings) + _output_cap(settings)
+    return registry.get(settings.engine.backend).check(settings) + _output_cap(settings)
 
 
 def _output_cap(settings: Settings) -> list[str]:

@@ -224,13 +224,13 @@ def report(
     from datetime import UTC, datetime
 
     from bbsd import config as config_mod
-    from bbsd.study import performance as report_mod
+    from bbsd.study import performance
 
     settings = config_mod.load(config)
-    since_at = report_mod.parse_since(since, datetime.now(UTC))
-    records = report_mod.collect(settings.watch.folders, settings.watch.extensions, since_at)
-    summary = report_mod.write(out, records)
-    typer.echo(report_mod.text_summary(summary))
+    since_at = performance.parse_since(since, datetime.now(UTC))
+    records = performance.collect(settings.watch.folders, settings.watch.extensions, since_at)
+    summary = performance.write(out, records)
+    typer.echo(performance.text_summary(summary))
     typer.echo(f"report: {out.resolve()}")
 
 
@@ -318,12 +318,12 @@ def _print_version(verbose: bool) -> None:
     typer.echo(f"bbsd {__version__}")
     if verbose:
         from bbsd import logs
-        from bbsd.engine.llama import compute as backends
+        from bbsd.engine.llama import compute
 
         logs.configure("warning", "auto")  # keep llama.cpp's chatter out of the answer
         python = f"Python {sys.version.split()[0]}"
         typer.echo(f"runtime: {'PyInstaller bundle, ' + python if getattr(sys, 'frozen', False) else python}")
-        for key, value in backends.describe().items():
+        for key, value in compute.describe().items():
             typer.echo(f"{key}: {', '.join(value) if isinstance(value, list) else value}")
 
 

@@ -43,9 +43,8 @@ def eval_command(
     """Label a truth set with each profile and report accuracy, speed and memory (table, JSON, HTML)."""
     from bbsd import config as config_mod
     from bbsd import logs
-    from bbsd.study import performance as report
+    from bbsd.study import performance, runs, summary, truth
     from bbsd.study import report as eval_report
-    from bbsd.study import runs, summary, truth
 
     settings = config_mod.load(config)
     logs.configure(settings.log.level, settings.log.format)
@@ -58,7 +57,7 @@ def eval_command(
             runs.run(p, truths, results, advance)
             summaries.append(summary.summarise(p.name, truths, results.photos(), results.loads(),
                                                settings.questions))
-    json_path, html_path = eval_report.write(out, summaries, report.machine())
+    json_path, html_path = eval_report.write(out, summaries, performance.machine())
     typer.echo(eval_report.table(summaries))
     typer.echo(f"eval: {json_path.resolve()} and {html_path.resolve()}")
 

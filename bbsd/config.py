@@ -20,7 +20,7 @@ from typing import Any
 
 from bbsd import formats, safefs
 from bbsd.config_keys import REQUIRED, Key, Validator, section
-from bbsd.engine import registry as engines
+from bbsd.engine import registry
 from bbsd.errors import ConfigError
 from bbsd.show import catalog, questions, references
 from bbsd.show.catalog import Catalog
@@ -43,8 +43,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
                             "0 = label each file", 0, 3600),
     },
     "engine": {
-        "backend": Key("choice", engines.DEFAULT, "labelling backend: llama (in-process llama.cpp) or openai "
-                       "(inference servers); a plugin may add one", choices=engines.SHIPPED),
+        "backend": Key("choice", registry.DEFAULT, "labelling backend: llama (in-process llama.cpp) or openai "
+                       "(inference servers); a plugin may add one", choices=registry.SHIPPED),
         "image_max_side": Key("int", 768, "longest image side in pixels sent to the model", 32, 8192),
         "max_output_tokens": Key("int", 768, "upper bound on the reply length in tokens", 32, 8192),
         "temperature": Key("float", 0.0, "sampling temperature; 0 = deterministic", 0.0, 2.0),
@@ -219,7 +219,7 @@ def from_raw(raw: dict[str, Any], path: Path, environ: Mapping[str, str] | None 
     v = Validator(path)
     _legacy_backend_key(raw, v)
     engine = EngineSettings(**section(_table(raw, "engine", v), "engine", _engine_keys(), v, env))
-    backend = engines.get(engine.backend)
+    backend = registry.get(engine.backend)
     _reject_unknown(raw, v, backend)
     _planned_strategy(raw, v, env)
     values = {s: section(raw.get(s, {}), s, SCHEMA[s], v, env) for s in SCHEMA if s != "engine"}
@@ -252,7 +252,7 @@ def _engine_keys() -> dict[str, Key]:
     """[engine]'s keys, `backend` any backend registered now: a plugin registers its own at the start of
     the process, after SCHEMA was made (whose choices, bbsd's own backends, are what the reference lists)."""
     keys = SCHEMA["engine"]
-    return {**keys, "backend": dataclasses.replace(keys["backend"], choices=tuple(engines.BACKENDS))}
+    return {**keys, "backend": dataclasses.replace(keys["backend"], choices=tuple(registry.BACKENDS))}
 
 
 def _table(raw: dict[str, Any], name: str, v: Validator) -> dict[str, Any]:
@@ -300,7 +300,7 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read ({e.strerror})", "check the file's permissions") from None
 
 
-def _reject_unknown(raw: dict[str, Any], v: Validator, backend: engines.Backend) -> None:
+def _reject_unknown(raw: dict[str, Any], v: Validator, backend: registry.Backend) -> None:
     known = {s: set(keys) for s, keys in SCHEMA.items()}
     for s, keys in backend.tables.items():
         known.setdefault(s, set()).update(keys)
@@ -316,9 +316,9 @@ def _reject_unknown(raw: dict[str, Any], v: Validator, backend: engines.Backend)
                 raise v.fail(f"{name}.{key}", *_foreign(name, key, backend, known[name]))
 
 
-def _foreign(section: str, key: str | None, backend: engines.Backend, known: set[str]) -> tuple[str, str]:
+def _foreign(section: str, key: str | None, backend: registry.Backend, known: set[str]) -> tuple[str, str]:
     """The complaint about an unknown section or key: another backend's, or a typo."""
-    owner = engines.owner_of(section, key)
+    owner = registry.owner_of(section, key)
     if owner and owner != backend.name:
         return (f"belongs to the {owner} backend, and this configuration uses {backend.name}",
                 f"remove it, or set `backend = \"{owner}\"` under [engine]")

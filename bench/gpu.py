@@ -17,7 +17,7 @@ from PIL import Image
 
 from bbsd import config, metrics
 from bbsd.engine import prompt
-from bbsd.engine.llama import compute as backends
+from bbsd.engine.llama import compute
 from bbsd.engine.registry import open_in_process
 from bbsd.models import tiny as tiny_model
 from bbsd.pipeline import Pipeline
@@ -55,7 +55,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp())
     text, mmproj = tiny_model.write_pair(tmp / "models")
     rows = {str(layers): run(layers, text, mmproj, tmp) for layers in SETTINGS}
-    auto = backends.gpu_layers("auto", text, mmproj, 4096)
+    auto = compute.gpu_layers("auto", text, mmproj, 4096)
     gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
                          capture_output=True, text=True).stdout.strip()
     base = rows["0"]["p50"]
@@ -66,7 +66,7 @@ def main() -> None:
         vram = f"{r['vram']:.0f} MB" if r["vram"] is not None else "null (no GPU in use)"
         lines.append(f"| {label} | {r['p50']:.0f} ms | {r['inf']:.0f} ms | {r['p50'] / base:.2f} | "
                      f"{r['rss']:.0f} MB | {vram} |")
-    lines += ["", f"GPU: {gpu}; free VRAM {metrics.free_vram_mb():.0f} MB; backends {', '.join(backends.names())}. "
+    lines += ["", f"GPU: {gpu}; free VRAM {metrics.free_vram_mb():.0f} MB; backends {', '.join(compute.names())}. "
               f"Host: {machine()}. Tiny random-weight model, 30 photos of 1600×1200 per setting, in-process, "
               "p50 after 5 warm-up photos. A 0.4 MB model measures launch overhead, not a real model's speed."]
     update_section("gpu", "\n".join(lines))

@@ -91,13 +91,13 @@ def test_environment_overrides_win_and_are_validated(tmp_path):
 
 def test_a_reload_names_the_table_a_backend_key_was_edited_in(tmp_path):
     """SIGHUP's restart notice says [model] or [engine], not the name of the backend's settings object."""
-    from bbsd.engine import registry as engines
+    from bbsd.engine import registry
 
     path = _cfg(tmp_path, MINIMAL)
     old = config.load(path, environ={})
-    assert engines.changed_tables(old, config.load(path, environ={"BBSD_ENGINE_THREADS": "3"})) == ["engine"]
-    assert engines.changed_tables(old, config.load(path, environ={"BBSD_MODEL_PATH": "x.gguf"})) == ["model"]
-    assert engines.changed_tables(old, config.load(path, environ={})) == []
+    assert registry.changed_tables(old, config.load(path, environ={"BBSD_ENGINE_THREADS": "3"})) == ["engine"]
+    assert registry.changed_tables(old, config.load(path, environ={"BBSD_MODEL_PATH": "x.gguf"})) == ["model"]
+    assert registry.changed_tables(old, config.load(path, environ={})) == []
 
 
 def test_broken_toml_and_missing_file(tmp_path):

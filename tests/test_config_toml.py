@@ -9,15 +9,15 @@ from pathlib import Path
 
 from bbsd import config
 from bbsd.config_keys import REQUIRED, Key
-from bbsd.engine import registry as engines
+from bbsd.engine import registry
 
 CONFIG = Path(__file__).resolve().parent.parent / "config.toml"
 
 
 def _keys() -> dict[str, dict[str, Key]]:
     tables = {s: dict(keys) for s, keys in config.SCHEMA.items()}
-    for name in engines.BACKENDS:
-        for s, keys in engines.get(name).tables.items():
+    for name in registry.BACKENDS:
+        for s, keys in registry.get(name).tables.items():
             tables.setdefault(s, {}).update(keys)
     return tables
 

@@ -5,7 +5,7 @@ import re
 from pathlib import Path
 
 from bbsd.config import SCHEMA
-from bbsd.engine import registry as engines
+from bbsd.engine import registry
 
 REPO = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())  # at any depth
 README = (REPO / "README.md").read_text()
@@ -16,7 +16,7 @@ PAGES = [REPO / "README.md", REPO / "CHANGELOG.md", *sorted((REPO / "docs").rglo
 
 def test_every_config_key_is_documented():
     documented = set(re.findall(r"^\| `(\w+\.\w+)` \|", CONFIGURATION, flags=re.M))
-    backends = [engines.get(name).tables for name in engines.SHIPPED]  # a plugin's (the tests' fake) aside
+    backends = [registry.get(name).tables for name in registry.SHIPPED]  # a plugin's (the tests' fake) aside
     tables = [SCHEMA, *backends]  # the core's and each backend's
     assert documented == {f"{s}.{k}" for t in tables for s, keys in t.items() for k in keys}
 

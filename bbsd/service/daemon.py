@@ -36,7 +36,7 @@ from bbsd.arrive.retry import Retries
 from bbsd.arrive.settle import SettleTracker, stat_or_none
 from bbsd.arrive.workqueue import PhotoQueue
 from bbsd.config import Settings
-from bbsd.engine import registry as engines
+from bbsd.engine import registry
 from bbsd.errors import AbandonedError, BbsdError, ExitCode
 from bbsd.photo.decoder import Decoder, DecoderError
 from bbsd.pipeline import Code, Pipeline, Status
@@ -186,7 +186,7 @@ class Daemon:
             return
         restart = [n for n in ("watch", "engine", "worker", "service", "log")
                    if getattr(new, n) != getattr(self.settings, n)]
-        restart += [t for t in engines.changed_tables(self.settings, new) if t not in restart]
+        restart += [t for t in registry.changed_tables(self.settings, new) if t not in restart]
         applied = [n for n in ("catalog", "questions", "prompt", "xmp") if getattr(new, n) != getattr(self.settings, n)]
         self.settings = dataclasses.replace(self.settings, catalog=new.catalog, questions=new.questions,
                                             prompt=new.prompt, xmp=new.xmp)

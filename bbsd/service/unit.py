@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from bbsd.engine import registry as engines
+from bbsd.engine import registry
 from bbsd.engine.registry import UnitNeeds
 
 TEMPLATE = """\
@@ -151,7 +151,7 @@ def bbsd_executable() -> str:
 def plan(settings, user: str, executable: str | None = None) -> Install:
     """The unit (and drop-in) for this configuration, and the commands a tech runs next."""
     exe = executable or bbsd_executable()
-    needs = engines.get(settings.engine.backend).unit(settings)
+    needs = registry.get(settings.engine.backend).unit(settings)
     needed = [Path(exe), settings.source, *settings.watch.folders, *needs.read_paths]
     in_home = any(str(p).startswith(("/home/", "/root/", "/run/user/")) for p in needed)
     unit = render(f"{shlex.quote(exe)} run --config {shlex.quote(str(settings.source))}", user, user,

@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from bbsd import safefs
-from bbsd.photo import worker as decode_worker
+from bbsd.photo import worker
 from bbsd.sidecars import record as sidecar
 from tests.conftest import make_photo, wait_until, write_config
 from tests.fakes import FAULTS
@@ -260,15 +260,15 @@ def test_the_decoder_decodes_only_the_file_that_was_hashed(tmp_path):
     _, ident = safefs.sha256_fd(fd)
     os.close(fd)
     request = {"type": "decode", "path": str(photo), "max_side": 64, "max_pixels": 10**8, "expect": list(ident)}
-    assert decode_worker.answer(request)[0]["type"] == "decoded"
+    assert worker.answer(request)[0]["type"] == "decoded"
     private = make_photo(tmp_path / "private.jpg", color=(1, 2, 3))
     photo.unlink()
     photo.symlink_to(private)  # swapped in between the hash and the decode
-    reply = decode_worker.answer(request)[0]
+    reply = worker.answer(request)[0]
     assert reply["type"] == "photo_error" and reply["code"] == "not_regular"
     photo.unlink()
     make_photo(photo, color=(4, 5, 6))  # a new copy under the same name
-    reply = decode_worker.answer(request)[0]
+    reply = worker.answer(request)[0]
     assert reply["code"] == "changed" and reply["incomplete"]
 
 

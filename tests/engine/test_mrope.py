@@ -47,11 +47,11 @@ def _photo(size: tuple[int, int], seed: int) -> Image.Image:
 
 
 def _native(models, n_batch: int = 2048, n_ctx: int = 4096, flash_attention: bool = True) -> llama_native.Context:
-    from bbsd.engine.llama import compute as backends
+    from bbsd.engine.llama import compute
     from bbsd.engine.llama import log as llama_log
 
     llama_log.install()
-    backends.load()
+    compute.load()
     return llama_native.Context(*models, n_ctx=n_ctx, n_batch=n_batch, threads=2, gpu_layers=0,
                                 flash_attention=flash_attention)
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 from bbsd import config, llama_binding
 from bbsd.engine import labels, prompt
-from bbsd.engine.llama import compute as backends
+from bbsd.engine.llama import compute
 from bbsd.models import registry as models
 from bbsd.models import tiny as tiny_model
 from tests.conftest import REPO, make_photo, run_bbsd, write_config
@@ -228,8 +228,8 @@ def test_fit_estimates_every_row_and_the_tiny_fixture_within_25_percent(hub, tmp
 
 
 def test_gpu_layers_auto_is_zero_without_a_gpu(tiny_models, tmp_path):
-    assert backends.gpu_layers("auto", *tiny_models, 4096) == 0
-    assert backends.gpu_layers(7, *tiny_models, 4096) == 7
+    assert compute.gpu_layers("auto", *tiny_models, 4096) == 0
+    assert compute.gpu_layers(7, *tiny_models, 4096) == 7
     cfg = write_config(tmp_path, [tmp_path], tiny_models)
     s = config.load(cfg, environ={"BBSD_ENGINE_GPU_LAYERS": "auto"})
     assert s.backend.gpu_layers == "auto"

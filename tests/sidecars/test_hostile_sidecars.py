@@ -23,7 +23,7 @@ from bbsd.engine.labels import Labels
 from bbsd.pipeline import Pipeline, Status
 from bbsd.sidecars import editors, xmp
 from bbsd.sidecars import record as sidecar
-from bbsd.study import performance as report
+from bbsd.study import performance
 from tests.conftest import make_photo, wait_until, write_config
 from tests.fakes.engine import FakeLabeler
 from tests.sidecars.test_xmp import GOLDEN, PROVENANCE, exiftool, needs_exiftool
@@ -97,7 +97,8 @@ def test_report_and_truth_export_find_a_sidecar_under_bbsds_own_name(make, tmp_p
     build([reply()]).process(photo)
     damaged = make_photo(inbox / "IMG_0002.JPG")
     sidecar.path_for(damaged).write_text(json.dumps({"schema": sidecar.SCHEMA_ID, "status": "labeled"}))
-    assert [r.status for r in report.collect((inbox,), ("jpg",), None)] == ["labeled"]  # the damaged one passed over
+    # the damaged one is passed over
+    assert [r.status for r in performance.collect((inbox,), ("jpg",), None)] == ["labeled"]
     own = inbox / "IMG_0001.JPG.bbsd.json"
     doc = json.loads(own.read_text())
     own.write_text(json.dumps({**doc, "reviewed": True}))
