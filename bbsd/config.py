@@ -24,7 +24,6 @@ from bbsd.engine import registry
 from bbsd.errors import ConfigError
 from bbsd.show import catalog, questions, references
 from bbsd.show.catalog import Catalog
-from bbsd.sidecars.editors import XmpSettings
 
 SCHEMA: dict[str, dict[str, Key]] = {
     "watch": {
@@ -92,6 +91,19 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
 }
 ARRAY_SECTIONS = (*catalog.SECTIONS, "questions")  # [[characters]], [[props]], [[questions]]
+
+
+@dataclass(frozen=True)
+class XmpSettings:
+    naming: str
+    root: str
+    questions_branch: str | None
+    review_below: float
+    review_keyword: str
+
+    def answers_branch(self) -> str:
+        """Where answer keywords go: `questions_branch`, else the root."""
+        return self.questions_branch or self.root
 
 
 @dataclass(frozen=True)

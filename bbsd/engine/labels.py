@@ -1,9 +1,10 @@
 """Labels and the validation of a model's reply into them.
 
 Invariant: a `Labels` value only holds catalog names, without duplicates, strings within
-the prompt's bounds, and one answer per configured question of its declared type (yes/no,
-a listed answer, an integer in range, capped text). Grammars can be bypassed (a backend
-without one, a truncated reply), so every reply is parsed and checked here, whatever produced it.
+the reply's bounds (below; the prompt states them to the model), and one answer per configured
+question of its declared type (yes/no, a listed answer, an integer in range, capped text).
+Grammars can be bypassed (a backend without one, a truncated reply), so every reply is parsed and
+checked here, whatever produced it.
 
 Text the model writes (caption, scene, visible text, text answers, names) is cleaned of what
 XML 1.0 or a photo tool cannot hold (`text.UNSAFE`: controls, lone surrogates, U+FFFE, U+FFFF
@@ -20,11 +21,16 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from bbsd.engine import prompt as prompt_mod
 from bbsd.errors import PhotoError
 from bbsd.show.catalog import Catalog
 from bbsd.show.questions import Question
 from bbsd.text import nfc, strip_unsafe
+
+# The reply's bounds: the prompt asks for them, the grammar enforces them, validation here caps them.
+CAPTION_MAX = 200
+SCENE_MAX = 80
+TEXT_ITEMS_MAX = 5
+TEXT_ITEM_MAX = 60
 
 
 @dataclass(frozen=True)
@@ -75,8 +81,8 @@ def parse_reply(text: str, catalog: Catalog, questions: tuple[Question, ...] = (
     return Labels(
         characters=_names(data, "characters", catalog.character_names()),
         props=_names(data, "props", catalog.prop_names()),
-        caption=_text(data, "caption", prompt_mod.CAPTION_MAX),
-        scene=_text(data, "scene", prompt_mod.SCENE_MAX),
+        caption=_text(data, "caption", CAPTION_MAX),
+        scene=_text(data, "scene", SCENE_MAX),
         visible_text=_texts(data, "visible_text"),
         answers=_answers(data, questions),
         cut=_cut(data),
@@ -148,5 +154,5 @@ def _texts(data: dict[str, Any], key: str) -> tuple[str, ...]:
     value = data.get(key)
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise InvalidReplyError(f"'{key}' is missing or not a list of strings")
-    cleaned = (_clean(v, prompt_mod.TEXT_ITEM_MAX) for v in value)
-    return tuple(dict.fromkeys(v for v in cleaned if v))[: prompt_mod.TEXT_ITEMS_MAX]
+    cleaned = (_clean(v, TEXT_ITEM_MAX) for v in value)
+    return tuple(dict.fromkeys(v for v in cleaned if v))[: TEXT_ITEMS_MAX]

@@ -16,16 +16,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from bbsd.engine import grammar
+from bbsd.engine.labels import CAPTION_MAX, SCENE_MAX, TEXT_ITEM_MAX, TEXT_ITEMS_MAX
 from bbsd.show import questions as questions_mod
 from bbsd.show import references as references_mod
 from bbsd.show.catalog import Catalog
 from bbsd.show.questions import Question
 
 PROMPT_VERSION = "bbsd.prompt/2"  # 2: an empty catalog list admits only []
-CAPTION_MAX = 200
-SCENE_MAX = 80
-TEXT_ITEMS_MAX = 5
-TEXT_ITEM_MAX = 60
 
 
 @dataclass(frozen=True)

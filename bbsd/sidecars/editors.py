@@ -8,9 +8,9 @@ only a disk that refuses writes keeps the photo pending.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -21,21 +21,11 @@ from bbsd.engine.prompt import Prompt
 from bbsd.show.questions import Question
 from bbsd.sidecars import xmp
 
+if TYPE_CHECKING:
+    from bbsd.config import XmpSettings  # the [xmp] table, validated by config
+
 log = structlog.get_logger("bbsd.xmp")
 OUR_SUFFIXES = (".json", ".xmp")
-
-
-@dataclass(frozen=True)
-class XmpSettings:
-    naming: str
-    root: str
-    questions_branch: str | None
-    review_below: float
-    review_keyword: str
-
-    def answers_branch(self) -> str:
-        """Where answer keywords go: `questions_branch`, else the root."""
-        return self.questions_branch or self.root
 
 
 def same_stem_photos(photo: Path) -> list[Path]:

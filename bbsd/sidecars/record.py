@@ -27,6 +27,7 @@ from bbsd import __version__, safefs
 from bbsd.engine.labeler import ModelInfo
 from bbsd.engine.labels import Labels
 from bbsd.engine.prompt import Prompt
+from bbsd.sidecars.naming import fit_name
 
 SCHEMA_ID = "bbsd.sidecar/1"
 SUFFIX = ".json"
@@ -57,8 +58,6 @@ class Record:
     model: ModelInfo | None = None  # what labelled it, when the engine said (an engine worker's model)
 
 
-NAME_MAX = 255  # bytes in a file name on ext4, XFS, Btrfs, NTFS and exFAT
-FALLBACK_MARK = "~bbsd-"
 
 
 def path_for(photo: Path) -> Path:
@@ -103,22 +102,6 @@ def _not_ours(plain: Path) -> bool:
     except (OSError, ValueError, RecursionError):
         return False  # unreadable or not JSON: whose it is cannot be told, so reading it reports it
     return not (isinstance(doc, dict) and str(doc.get("schema", "")).startswith("bbsd.sidecar/"))
-
-
-def fit_name(name: str, suffix: str, name_max: int = NAME_MAX) -> str:
-    """`name + suffix`, or when that is too long for a file name, a documented fallback.
-
-    The fallback keeps as much of the photo's name as fits, then `~bbsd-` and 12 hex digits
-    of the name's sha256 (two long names that share a prefix never share a sidecar), then
-    the suffix: `<start of name>~bbsd-1a2b3c4d5e6f.json`. The sidecar names the photo inside.
-    """
-    full = name + suffix
-    if len(full.encode("utf-8", "surrogateescape")) <= name_max:
-        return full
-    tail = f"{FALLBACK_MARK}{hashlib.sha256(name.encode('utf-8', 'surrogateescape')).hexdigest()[:12]}{suffix}"
-    room = name_max - len(tail.encode())
-    head = name.encode("utf-8", "surrogateescape")[:room].decode("utf-8", "ignore")
-    return head + tail
 
 
 def render(record: Record, model: ModelInfo, prompt: Prompt) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from defusedxml import DefusedXmlException
 from bbsd import __version__, atomic, safefs
 from bbsd.show.questions import Question
 from bbsd.sidecars.merge import ListState, merge_list, merge_text
+from bbsd.sidecars.naming import fit_name  # a name too long for the suffix: the JSON sidecar's fallback
 
 NS = {
     "x": "adobe:ns:meta/",
@@ -279,7 +280,6 @@ def _write_bbsd(doc: Document, proposal: Proposal, books: dict, written_caption:
 
 
 def path_for(photo: Path, naming: str) -> Path:
-    from bbsd.sidecars.record import fit_name  # a name too long for the suffix gets the JSON sidecar's fallback
 
     return photo.with_name(fit_name(photo.name if naming == "ext" else photo.stem, ".xmp"))
 

@@ -12,8 +12,8 @@ from bbsd import atomic, config
 from bbsd.engine import prompt
 from bbsd.engine.labeler import ModelInfo
 from bbsd.pipeline import Pipeline, Status
+from bbsd.sidecars import naming, xmp
 from bbsd.sidecars import record as sidecar
-from bbsd.sidecars import xmp
 from tests.conftest import make_photo, sha256_of, write_config
 from tests.fakes.engine import FakeLabeler
 
@@ -69,14 +69,14 @@ def p_settings_with_catalog(inbox, p):
 
 
 def test_fit_name_keeps_short_names_and_shortens_long_ones():
-    assert sidecar.fit_name("IMG_0001.JPG", ".json") == "IMG_0001.JPG.json"
+    assert naming.fit_name("IMG_0001.JPG", ".json") == "IMG_0001.JPG.json"
     long = "x" * 248 + ".JPG"  # 252 bytes: legal on ext4, but no room for ".json"
-    fitted = sidecar.fit_name(long, ".json")
-    assert len(fitted.encode()) <= 255 and fitted.endswith(".json") and sidecar.FALLBACK_MARK in fitted
-    assert fitted != sidecar.fit_name("x" * 248 + ".jpg", ".json")  # same prefix, different photo
+    fitted = naming.fit_name(long, ".json")
+    assert len(fitted.encode()) <= 255 and fitted.endswith(".json") and naming.FALLBACK_MARK in fitted
+    assert fitted != naming.fit_name("x" * 248 + ".jpg", ".json")  # same prefix, different photo
     accents = "é" * 125 + ".jpg"  # 254 bytes in UTF-8: cut on a character boundary
-    assert len(sidecar.fit_name(accents, ".json").encode()) <= 255
-    assert sidecar.fit_name(accents, ".json").encode().decode() == sidecar.fit_name(accents, ".json")
+    assert len(naming.fit_name(accents, ".json").encode()) <= 255
+    assert naming.fit_name(accents, ".json").encode().decode() == naming.fit_name(accents, ".json")
 
 
 def test_a_photo_with_a_252_byte_name_is_labelled_with_fallback_sidecars(pipeline):
