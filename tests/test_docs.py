@@ -60,8 +60,9 @@ def test_the_link_check_sees_a_broken_link(tmp_path):
 
 
 def test_every_source_path_named_in_the_docs_exists():
-    """A module moved or renamed leaves no page pointing at its old place (`bbsd/engine/jump.py`)."""
-    named = {m for p in PAGES for m in re.findall(r"`(bbsd/[\w/.-]*\w)`", p.read_text())}
+    """A module or test moved or renamed leaves no page pointing at its old place (`bbsd/engine/jump.py`,
+    `tests/e2e/test_faults.py`); a pattern (`tests/*/test_hostile_*.py`) is not a path."""
+    named = {m for p in PAGES for m in re.findall(r"`((?:bbsd|tests)/[\w/.-]*\w/?)`", p.read_text())}
     assert named and sorted(m for m in named if not (REPO / m).exists()) == []
 
 
