@@ -56,6 +56,14 @@ def test_version_verbose_names_llama_cpp_and_its_cpu_variants(bundle):
     assert "cpu_variant_loaded: " in r.stdout
 
 
+def test_convert_says_the_artefact_cannot_and_where_to_convert(bundle):
+    """The artefact leaves torch out: `models convert` says so and where to convert, not `pip install`."""
+    root, exe, _, _ = bundle
+    r = run(exe, "models", "convert", str(root / "InternVL2-8B"), home=root)
+    assert r.returncode != 0 and "venue artefact cannot convert" in r.stderr, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr
+
+
 def test_check_and_label_with_a_clean_environment(bundle):
     root, exe, cfg, inbox = bundle
     r = run(exe, "check", "--config", str(cfg), home=root)

@@ -40,8 +40,8 @@ class Converted:
 def convert(path: Path, out: Path, quant: str, progress: bool) -> Converted:
     """Convert, quantise, verify the pairing, place both files in `out` and register them."""
     started = time.monotonic()
+    _check_extra()  # first: where conversion cannot run at all, what the folder holds does not matter
     ck = checkpoint.read(path)
-    _check_extra()
     checkpoint.check_space(out, checkpoint.needed_bytes(ck, QUANTS[quant][1]))
     work = Path(tempfile.mkdtemp(prefix=".convert-", dir=out))
     try:
@@ -61,6 +61,10 @@ def convert(path: Path, out: Path, quant: str, progress: bool) -> Converted:
 
 def _check_extra() -> None:
     missing = [m for m in NEEDS if importlib.util.find_spec(m.split(".")[0]) is None]
+    if missing and getattr(sys, "frozen", False):  # the venue artefact leaves torch out on purpose (GBs)
+        raise ConvertError("the venue artefact cannot convert checkpoints (it does not bundle torch)",
+                           "convert on a PC with Python (pip install 'bbsd[convert]'), then copy the GGUF pair "
+                           "and gguf_models/models.toml here")
     if missing:
         raise ConvertError(f"conversion needs {', '.join(missing)}, which the default install leaves out",
                            "pip install 'bbsd[convert]'")
