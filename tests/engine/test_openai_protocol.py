@@ -202,22 +202,29 @@ def test_unconstrained_text_gets_the_same_validation_and_retry_as_the_local_engi
     assert s.seen[1]["temperature"] == 0.7  # the varied retry
 
 
-def test_a_kept_alive_connection_the_server_closed_while_idle_is_no_failure(tmp_path, servers, monkeypatch):
-    # llama-server closes an idle connection after 5 s and forgets all of them when it restarts; the
-    # next request on it must go out on a new connection, not count against the endpoint and its photo.
-    monkeypatch.setenv("BBSD_T_KEY", SECRET)
-    s = servers([], connections="close-idle")
+def _three_photos(tmp_path, s, closing: str) -> tuple[list, dict]:
+    """Three photos labelled one after the other through one endpoint that closes each connection after
+    its reply (`closing` says how): their statuses and the endpoint's health."""
     inbox, settings = _settings(tmp_path, [s.url], down_after_failures=1, retries=0)
     pipeline = Pipeline(open_labeler(settings), settings, prompt.build(settings.catalog))
     outcomes = []
     try:
         for i in range(3):
             outcomes.append(pipeline.process(make_photo(inbox / f"p{i}.jpg", color=(i, 0, 0))))
-            wait_until(lambda i=i: s.closed > i, 10, "the server closed the connection")
+            wait_until(lambda i=i: s.closed > i, 10, closing)
         (h,) = pipeline.labeler.health()
     finally:
         pipeline.close()
-    assert [o.status for o in outcomes] == [Status.LABELED] * 3
+    return [o.status for o in outcomes], h
+
+
+def test_a_kept_alive_connection_the_server_closed_while_idle_is_no_failure(tmp_path, servers, monkeypatch):
+    # llama-server closes an idle connection after 5 s and forgets all of them when it restarts; the
+    # next request on it must go out on a new connection, not count against the endpoint and its photo.
+    monkeypatch.setenv("BBSD_T_KEY", SECRET)
+    s = servers([], connections="close-idle")
+    statuses, h = _three_photos(tmp_path, s, "the server closed the connection")
+    assert statuses == [Status.LABELED] * 3
     assert h["failed"] == 0 and h["done"] == 3 and h["state"] == "up" and len(s.seen) == 3
 
 
@@ -263,17 +270,8 @@ def test_a_request_whose_write_failed_on_a_kept_connection_goes_again_once_and_i
     monkeypatch.setenv("BBSD_T_KEY", SECRET)
     monkeypatch.setattr(urllib3.connectionpool, "is_connection_dropped", lambda conn: False)
     s = servers([], connections="reset-idle")
-    inbox, settings = _settings(tmp_path, [s.url], down_after_failures=1, retries=0)
-    pipeline = Pipeline(open_labeler(settings), settings, prompt.build(settings.catalog))
-    outcomes = []
-    try:
-        for i in range(3):
-            outcomes.append(pipeline.process(make_photo(inbox / f"p{i}.jpg", color=(i, 0, 0))))
-            wait_until(lambda i=i: s.closed > i, 10, "the server reset the connection")
-        (h,) = pipeline.labeler.health()
-    finally:
-        pipeline.close()
-    assert [o.status for o in outcomes] == [Status.LABELED] * 3
+    statuses, h = _three_photos(tmp_path, s, "the server reset the connection")
+    assert statuses == [Status.LABELED] * 3
     assert h["failed"] == 0 and h["done"] == 3 and len(s.seen) == 3 and s.connected == 3
 
 
