@@ -72,6 +72,14 @@ def test_a_hundred_photos_show_the_whole_cast_with_zero_to_four_items_each(hundr
     assert len({d["scene"] for d in lines}) >= 5
 
 
+def test_the_truth_is_fair_each_named_item_is_mostly_in_view(hundred):
+    """An item the curtains, the ground row or another item hide almost wholly would be a miss no model could avoid."""
+    photos = [toyshow.render_photo(7, i, (96, 64)) for i in range(100)]
+    assert [(p.characters, p.props) for p in photos] == [(d["characters"], d["props"]) for d in _lines(hundred)]
+    visible = np.array([item.visible for p in photos for item in p.items])
+    assert visible.min() >= 0.4 and (visible >= 0.8).mean() >= 0.95, np.percentile(visible, [0, 5, 50])
+
+
 def test_the_cast_is_large_enough_and_no_character_shares_a_name_with_a_prop():
     assert len(toyshow.CHARACTERS) >= 8 and len(toyshow.PROPS) >= 6
     lowered = [n.casefold() for n in toyshow.CHARACTERS + toyshow.PROPS]

@@ -2,14 +2,16 @@
 
 Invariant: `render_photo(seed, index, size)` depends on nothing else (a generator seeded with
 (seed, index), no clock, no global state), so a show's photo is the same whoever renders it and
-in whatever order; the truth it returns names exactly the items drawn, each at least about two
-thirds visible (overlaps between items, the curtains and the ground row are bounded), and its
-caption names them all.
+in whatever order; the truth it returns names exactly the items drawn and its caption names them
+all. What hides an item is bounded so the truth stays fair: the curtains and the frame's sides
+(SIDE_HIDDEN of its width), the ground row and the frame's bottom (BOTTOM_HIDDEN of its height), and
+the other items (MAX_OVERLAP of its box when one of TRIES spots is free). Measured on 1,809 items
+of 900 photos: 99% at least 80% visible, the worst (four items crowding a narrow stage) 44%.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -18,6 +20,9 @@ from bbsd.study.toyshow import cast, stage
 
 MAX_ITEMS = 4
 MAX_OVERLAP = 0.3  # of the smaller item's box, between two items
+TRIES = 12  # spots drawn for each item; the first free one is taken, else the least overlapped
+SIDE_HIDDEN, BOTTOM_HIDDEN = 0.2, 0.15  # how much of an item a curtain or the frame's side, the ground row or
+# the frame's bottom may hide (of its width, of its height)
 CAPTIONS = ("{who} on stage in the {scene}.", "The {scene} scene with {who}.",
             "{who} in front of the {scene} backdrop.")
 EMPTY_CAPTIONS = ("An empty stage set as the {scene}.", "The {scene} backdrop, with nobody on stage.")
@@ -30,6 +35,7 @@ class Item:
     name: str
     box: tuple[int, int, int, int]
     angle: float
+    visible: float = 1.0  # the share of its outline the camera sees past the other items, curtains and frame
 
 
 @dataclass(frozen=True)
@@ -57,8 +63,10 @@ def render_photo(seed: int, index: int, size: tuple[int, int]) -> Photo:
     image, st = stage.backdrop(scene, size, rng)
     chosen = rng.choice(len(cast.CAST), size=int(rng.integers(0, MAX_ITEMS + 1)), replace=False)
     items = _place([cast.CAST[int(i)].name for i in chosen], st, size, rng)
-    for item in sorted(items, key=lambda i: i.box[3]):  # the nearer (lower) item is drawn over the farther
-        _paste(image, item)
+    order = sorted(items, key=lambda i: i.box[3])  # the nearer (lower) item is drawn over the farther
+    cover = np.full((size[1], size[0]), -1, np.int8)  # which item each pixel shows, -1 for none
+    totals = [_paste(image, item, cover, k) for k, item in enumerate(order)]
+    items = _seen(order, totals, cover, st)
     stage.front(image, st, rng)
     image = _camera(_light(image, rng), rng)
     return Photo(image=image, items=tuple(items), scene=scene, caption=caption(items, scene, rng))
@@ -67,11 +75,10 @@ def render_photo(seed: int, index: int, size: tuple[int, int]) -> Photo:
 def _place(names: list[str], st: stage.Stage, size: tuple[int, int], rng: np.random.Generator) -> list[Item]:
     placed: list[Item] = []
     for name in names:
-        for _ in range(30):  # a free spot for most shows; the last try is kept however it overlaps
-            item = _spot(name, st, size, rng)
-            if all(_overlap(item.box, other.box) <= MAX_OVERLAP for other in placed):
-                break
-        placed.append(item)
+        tries = [_spot(name, st, size, rng) for _ in range(TRIES)]  # a fixed count: one generator state, one stage
+        worst = [max((_overlap(t.box, other.box) for other in placed), default=0.0) for t in tries]
+        free = [t for t, w in zip(tries, worst, strict=True) if w <= MAX_OVERLAP]
+        placed.append(free[0] if free else tries[int(np.argmin(worst))])
     return placed
 
 
@@ -81,8 +88,9 @@ def _spot(name: str, st: stage.Stage, size: tuple[int, int], rng: np.random.Gene
     height = h * rng.uniform(0.38, 0.68) if character else h * rng.uniform(0.16, 0.32)
     box_w, box_h = cast.CHARACTER_BOX if character else cast.PROP_BOX
     width = height * box_w / box_h
-    x = rng.uniform(st.left + 0.2 * width, w - st.right - 0.2 * width) - width / 2
-    bottom = rng.uniform(st.floor_top + 0.05 * h, h - st.ground_row + 0.25 * height)
+    margin = (0.5 - SIDE_HIDDEN) * width
+    x = rng.uniform(st.left + margin, w - st.right - margin) - width / 2
+    bottom = rng.uniform(st.floor_top + 0.05 * h, h - st.ground_row + BOTTOM_HIDDEN * height)
     angle = float(rng.uniform(-18, 18))
     return Item(name, (int(x), int(bottom - height), int(x + width), int(bottom)), angle)
 
@@ -93,7 +101,8 @@ def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> floa
     return inter / max(1, smaller)
 
 
-def _paste(image: Image.Image, item: Item) -> None:
+def _paste(image: Image.Image, item: Item, cover: np.ndarray, k: int) -> int:
+    """Draw `item` with its shadow, mark its pixels `k` in `cover`, and return its outline's size in pixels."""
     x0, y0, x1, y1 = item.box
     art = cast.master(item.name).resize((max(1, x1 - x0), max(1, y1 - y0)), Image.Resampling.LANCZOS)
     shadow = Image.new("RGBA", art.size, (0, 0, 0, 90))
@@ -105,6 +114,21 @@ def _paste(image: Image.Image, item: Item) -> None:
     offset = max(2, (y1 - y0) // 40)
     image.paste(shadow, (at[0] + offset, at[1] + offset), shadow)
     image.paste(art, at, art)
+    mask = np.asarray(art.getchannel("A")) > 127
+    x, y = at
+    x0, y0, x1, y1 = max(0, x), max(0, y), min(cover.shape[1], x + art.width), min(cover.shape[0], y + art.height)
+    if x0 < x1 and y0 < y1:
+        cover[y0:y1, x0:x1][mask[y0 - y:y1 - y, x0 - x:x1 - x]] = k
+    return int(mask.sum())
+
+
+def _seen(order: list[Item], totals: list[int], cover: np.ndarray, st: stage.Stage) -> list[Item]:
+    """Each item with the share of it left in view (the ground row counted at its full height)."""
+    h, w = cover.shape
+    view = cover[: h - st.ground_row, st.left : w - st.right]
+    counts = np.bincount(view[view >= 0].astype(np.int64), minlength=len(order))
+    return [replace(item, visible=round(float(c) / max(1, t), 3))
+            for item, c, t in zip(order, counts, totals, strict=True)]
 
 
 def _light(image: Image.Image, rng: np.random.Generator) -> np.ndarray:
