@@ -144,36 +144,46 @@ class ToyVLM(nn.Module):
 
     def gguf_tensors(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """(text, mmproj) tensors under llama.cpp's names, as numpy float32 (for bbsd.models.twin)."""
-        return _text_tensors(self.text), _vision_tensors(self.vision)
+        text = {name: _np(t) for name, t in _text_named(self.text)}
+        return text, {name: _np(t) for name, t in _vision_named(self.vision)}
+
+
+def from_gguf_tensors(spec: TinySpec, text: dict[str, np.ndarray], mmproj: dict[str, np.ndarray]) -> ToyVLM:
+    """The twin holding these tensors (`bbsd.models.twin.load`'s): the inverse of `gguf_tensors`."""
+    model = ToyVLM(spec, len(text["token_embd.weight"]))
+    with torch.no_grad():
+        for tensors, named in ((text, _text_named(model.text)), (mmproj, _vision_named(model.vision))):
+            for name, param in named:
+                param.copy_(torch.from_numpy(np.asarray(tensors[name], np.float32)))
+    return model
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().to(torch.float32).cpu().numpy().copy()
 
 
-def _text_tensors(m: LlamaText) -> dict[str, np.ndarray]:
-    out = {"token_embd.weight": _np(m.embed.weight), "output_norm.weight": _np(m.norm.weight),
-           "output.weight": _np(m.output.weight)}
+def _text_named(m: LlamaText) -> list[tuple[str, torch.Tensor]]:
+    """Every parameter of the text model with its llama.cpp name: one table for export and import."""
+    out = [("token_embd.weight", m.embed.weight), ("output_norm.weight", m.norm.weight),
+           ("output.weight", m.output.weight)]
     names = {"attn_norm": "attn_norm", "q": "attn_q", "k": "attn_k", "v": "attn_v", "o": "attn_output",
              "ffn_norm": "ffn_norm", "gate": "ffn_gate", "up": "ffn_up", "down": "ffn_down"}
     for i, block in enumerate(m.blocks):
-        for attr, name in names.items():
-            out[f"blk.{i}.{name}.weight"] = _np(getattr(block, attr).weight)
+        out += [(f"blk.{i}.{name}.weight", getattr(block, attr).weight) for attr, name in names.items()]
     return out
 
 
-def _vision_tensors(m: VisionTower) -> dict[str, np.ndarray]:
-    out = {"v.patch_embd.weight": _np(m.patch.weight), "v.class_embd": _np(m.cls),
-           "v.position_embd.weight": _np(m.pos), "v.pre_ln.weight": _np(m.pre_ln.weight),
-           "v.pre_ln.bias": _np(m.pre_ln.bias)}
+def _vision_named(m: VisionTower) -> list[tuple[str, torch.Tensor]]:
+    """Every parameter of the vision tower and projector with its llama.cpp name."""
+    out = [("v.patch_embd.weight", m.patch.weight), ("v.class_embd", m.cls), ("v.position_embd.weight", m.pos),
+           ("v.pre_ln.weight", m.pre_ln.weight), ("v.pre_ln.bias", m.pre_ln.bias)]
     names = {"q": "attn_q", "k": "attn_k", "v": "attn_v", "out": "attn_out", "ln1": "ln1", "ln2": "ln2",
              "up": "ffn_up", "down": "ffn_down"}
     for i, block in enumerate(m.blocks):
         for attr, name in names.items():
-            out[f"v.blk.{i}.{name}.weight"] = _np(getattr(block, attr).weight)
-            out[f"v.blk.{i}.{name}.bias"] = _np(getattr(block, attr).bias)
+            out += [(f"v.blk.{i}.{name}.{kind}", getattr(getattr(block, attr), kind)) for kind in ("weight", "bias")]
     for attr, name in (("mm0", "mm.0"), ("mm2", "mm.2")):
-        out[f"{name}.weight"], out[f"{name}.bias"] = _np(getattr(m, attr).weight), _np(getattr(m, attr).bias)
+        out += [(f"{name}.{kind}", getattr(getattr(m, attr), kind)) for kind in ("weight", "bias")]
     return out
 
 

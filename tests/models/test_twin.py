@@ -180,3 +180,109 @@ def test_the_check_catches_a_twin_that_computes_a_textbook_clip(pair, textbook):
             x = block(x)
         wrong = v.mm2(torch.nn.functional.gelu(v.mm0(x[:, 1:]), approximate="tanh"))[0].numpy()
     assert np.abs(got - wrong).max() > 10 * TOLERANCE * wrong.std()
+
+
+def test_every_twin_parameter_has_one_llama_cpp_name_and_comes_back_from_it():
+    pytest.importorskip("torch")
+    import torch
+
+    from train.twin import from_gguf_tensors, seeded
+
+    model = seeded(SPEC, len(gguf_pair.vocabulary(SPEC)), seed=5)
+    text, mmproj = model.gguf_tensors()
+    assert len(text) + len(mmproj) == len(list(model.parameters()))
+    back = from_gguf_tensors(SPEC, text, mmproj)
+    for (name, p), q in zip(model.named_parameters(), back.parameters(), strict=True):
+        assert torch.equal(p, q), name
+
+
+# --- the training script --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """train/toyvlm.py for a few steps on a few toy-show photos: (npz, losses)."""
+    pytest.importorskip("torch")
+    from train import toyvlm
+
+    npz = tmp_path_factory.mktemp("trained") / "toy.npz"
+    return npz, toyvlm.train(npz, steps=4, photos=2, seed=0, lr=3e-3)
+
+
+def test_training_lowers_the_reply_loss_and_saves_weights_that_fit_the_spec(trained):
+    from train import toyvlm
+
+    npz, losses = trained
+    assert len(losses) == 4 and losses[-1] < losses[0]
+    spec, text, mmproj = toy.load(npz)
+    assert spec == toyvlm.SPEC and npz.stat().st_size < 5_000_000
+
+
+def test_the_training_prompt_is_bbsd_s_prompt_and_chat_for_the_toy_cast(trained, tmp_path):
+    """The catalog, system text, instruction and chat the script trains on are the ones bbsd's engine gives
+    this model for a configuration whose catalog is the toy show's: the same tokens around the image."""
+    from bbsd import config
+    from bbsd.engine import prompt
+    from bbsd.engine.llama.native import Context
+    from bbsd.engine.registry import open_in_process
+    from bbsd.study import toyshow
+    from tests.conftest import CATALOG, write_config
+    from train import toyvlm
+
+    folder = tmp_path / "gguf"
+    text, mmproj = toy.write_pair_from(trained[0], folder)
+    cfg = write_config(tmp_path, [tmp_path], (text, mmproj))
+    cfg.write_text(cfg.read_text().replace(CATALOG, toyshow.catalog_toml()))
+    settings = config.load(cfg, environ={})
+    asked = prompt.for_settings(settings)
+    assert asked == toyvlm.toy_prompt()
+    photo = toyshow.render_photo(0, 0, toyvlm.PHOTO_SIZE)
+    labeler = open_in_process(settings)
+    try:
+        engine_counts = labeler.layout(asked, photo.image)
+    finally:
+        labeler.close()
+    ctx = Context(text, mmproj, n_ctx=4096, n_batch=512, threads=2, gpu_layers=0, flash_attention=False)
+    try:
+        with ctx.tokenize(toyvlm.chat_text(asked, ctx.marker), [("photo", photo.image)]) as chunks:
+            counts = [c.n_tokens for c in chunks.items]
+    finally:
+        ctx.close()
+    assert counts == [engine_counts["prefix"], engine_counts["image"], engine_counts["suffix"]]
+
+
+def test_the_trained_model_labels_a_toy_photo_through_bbsd_and_agrees_with_its_twin(trained, tmp_path):
+    """Trained weights → GGUF pair → bbsd's labeler: a reply the grammar admits; and llama.cpp's logits on
+    the training prompt are the twin's."""
+    import torch
+
+    from bbsd import config
+    from bbsd.engine import labels
+    from bbsd.engine.llama.native import Context
+    from bbsd.engine.registry import open_in_process
+    from bbsd.study import toyshow
+    from tests.conftest import CATALOG, write_config
+    from train import toyvlm
+    from train.twin import from_gguf_tensors
+
+    spec, text_t, mmproj_t = toy.load(trained[0])
+    text, mmproj = toy.write_pair(tmp_path / "gguf", spec, text_t, mmproj_t)
+    cfg = write_config(tmp_path, [tmp_path], (text, mmproj))
+    cfg.write_text(cfg.read_text().replace(CATALOG, toyshow.catalog_toml()))
+    settings = config.load(cfg, environ={})
+    photo = toyshow.render_photo(0, 1, toyvlm.PHOTO_SIZE)
+    labeler = open_in_process(settings)
+    try:
+        reply = labeler.infer(photo.image, toyvlm.toy_prompt(), attempt=0, cancelled=lambda: False)
+    finally:
+        labeler.close()
+    labels.parse_reply(reply.text, settings.catalog)
+    model = from_gguf_tensors(spec, text_t, mmproj_t).eval()
+    ctx = Context(text, mmproj, n_ctx=4096, n_batch=512, threads=2, gpu_layers=0, flash_attention=False)
+    try:
+        got, pieces = _llama_logits(ctx, spec, toyvlm.chat_text(toyvlm.toy_prompt(), "<image>"), photo.image)
+    finally:
+        ctx.close()
+    with torch.no_grad():
+        want = model(pieces)[-1].numpy()
+    assert np.abs(got - want).max() < LOGIT_TOLERANCE * want.std() and got.argmax() == want.argmax()

@@ -1,0 +1,160 @@
+"""Train the toy VLM on the toy show, with bbsd's own prompt and reply format; write its weights as a .npz.
+
+    PYTHONPATH=. .venv/bin/python -m train.toyvlm OUT.npz --steps 20 --photos 8
+
+Invariants: seeded (the same arguments give the same weights on the same torch build); the model sees what
+bbsd gives llama.cpp — the chat rendered by the GGUF's template as bbsd's engine renders it for the LLaVA
+family (system turn; the image, then the instruction), tokenized by llama.cpp itself, and the photo as
+libmtmd prepares it (`bbsd.models.twin.pixels`); the loss is on the reply's tokens only (the compact JSON
+the reply grammar admits, then `<|im_end|>`). CPU, 2 threads. A skeleton: it runs end to end, it does not
+yet chase accuracy. Needs torch (the `convert` extra).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+import torch
+from torch.nn import functional as F
+
+from bbsd import logs
+from bbsd.engine import prompt as prompt_mod
+from bbsd.errors import ConfigError
+from bbsd.models import gguf_pair
+from bbsd.models import twin as toy
+from bbsd.models.gguf_pair import TinySpec
+from bbsd.show import catalog as catalog_mod
+from bbsd.study import toyshow
+from train.twin import ToyVLM, seeded
+
+# 8x8-pixel patches on 64 px (64 image tokens); llama.cpp runs v_layer - 1 = 2 ViT blocks (bbsd/models/twin.py)
+SPEC = TinySpec(n_embd=96, n_head=4, n_layer=2, n_ff=256, v_embd=64, v_head=4, v_layer=3, v_ff=128,
+                image_size=64, patch_size=8)
+PHOTO_SIZE = (192, 128)  # rendered; letterboxed to 64 px as libmtmd does
+log = structlog.get_logger("bbsd.train")
+
+
+def toy_prompt() -> prompt_mod.Prompt:
+    """bbsd's prompt for the toy show's cast (the catalog `toyshow.catalog_toml` writes)."""
+    def fail(key: str, problem: str, hint: str) -> Exception:
+        return ConfigError(f"toy show catalog: {key} {problem}", hint)
+
+    return prompt_mod.build(catalog_mod.parse(tomllib.loads(toyshow.catalog_toml()), fail))
+
+
+def chat_text(p: prompt_mod.Prompt, marker: str) -> str:
+    """The chat as bbsd's llama engine renders it for the `mlp` family (engine._render): a system turn, then
+    the user's image marker and instruction, then the assistant's turn opened."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    template = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(
+        gguf_pair.CHAT_TEMPLATE)
+    parts = [{"type": "text", "text": marker + "\n"}, {"type": "text", "text": p.user}]
+    messages = [{"role": "system", "content": p.system}, {"role": "user", "content": parts}]
+    return template.render(messages=messages, add_generation_prompt=True)
+
+
+def reply_text(photo: toyshow.Photo) -> str:
+    """The reply the grammar admits for this photo's truth: compact JSON in the schema's key order."""
+    reply = {"characters": photo.characters, "props": photo.props, "caption": photo.caption[:200],
+             "scene": photo.scene[:80], "visible_text": []}
+    return json.dumps(reply, ensure_ascii=False, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class Example:
+    pieces: list[torch.Tensor]  # token ids (long) and the image's pixels (float), in order
+    reply: torch.Tensor  # the reply's token ids, `<|im_end|>` last
+
+
+class Tokenizer:
+    """llama.cpp's own tokenizer for the spec's vocabulary, through bbsd's llama Context on a pair of
+    this spec (its weights do not matter: only the vocabulary and libmtmd's chunking are used)."""
+
+    def __init__(self, spec: TinySpec, folder: Path) -> None:
+        from bbsd.engine.llama import log as llama_log
+        from bbsd.engine.llama.native import Context
+
+        llama_log.install()  # llama.cpp's and libmtmd's lines go to bbsd's structured log, not stdout
+        self.spec = spec
+        text, mmproj = toy.write_pair(folder, spec, *seeded(spec, len(gguf_pair.vocabulary(spec)), 0).gguf_tensors())
+        self._ctx = Context(text, mmproj, n_ctx=4096, n_batch=512, threads=2, gpu_layers=0, flash_attention=False)
+        self.marker = self._ctx.marker
+        self.eos = gguf_pair.vocabulary(spec).index("<|im_end|>")
+
+    def example(self, chat: str, photo: toyshow.Photo) -> Example:
+        with self._ctx.tokenize(chat, [("photo", photo.image)]) as chunks:
+            pieces = [torch.tensor(c.tokens) if c.is_text else torch.from_numpy(toy.pixels(photo.image, self.spec))
+                      for c in chunks.items]
+        reply = self._ctx.tokens(reply_text(photo))
+        if reply is None:
+            raise ValueError(f"the reply of {photo.caption!r} has no exact tokens")
+        return Example(pieces, torch.tensor([*reply, self.eos]))
+
+    def close(self) -> None:
+        self._ctx.close()
+
+
+def reply_loss(model: ToyVLM, ex: Example) -> torch.Tensor:
+    """Cross-entropy of the reply's tokens given the prompt and the reply so far (teacher forcing); the
+    prompt's own tokens carry no loss."""
+    logits = model([*ex.pieces, ex.reply[:-1]])
+    n = len(ex.reply)
+    return F.cross_entropy(logits[-n:], ex.reply)
+
+
+def train(out: Path, steps: int, photos: int, seed: int, lr: float) -> list[float]:
+    """Train on `photos` photos of the toy show `seed` for `steps` steps (one photo a step, in turn);
+    write the weights to `out` (.npz, bbsd.models.twin). Returns the losses."""
+    torch.manual_seed(seed)
+    torch.set_num_threads(2)
+    chat_prompt = toy_prompt()
+    with tempfile.TemporaryDirectory() as tmp:
+        tok = Tokenizer(SPEC, Path(tmp))
+        try:
+            chat = chat_text(chat_prompt, tok.marker)
+            examples = [tok.example(chat, toyshow.render_photo(seed, i, PHOTO_SIZE)) for i in range(photos)]
+        finally:
+            tok.close()
+    log.info("train.examples", photos=photos, tokens=[sum(len(p) if not p.is_floating_point() else 64
+                                                          for p in e.pieces) + len(e.reply) for e in examples])
+    model = seeded(SPEC, len(gguf_pair.vocabulary(SPEC)), seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    losses = []
+    for step in range(steps):
+        start = time.monotonic()
+        loss = reply_loss(model, examples[step % len(examples)])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        log.info("train.step", step=step, loss=round(losses[-1], 4), seconds=round(time.monotonic() - start, 2))
+    toy.save(out, SPEC, *model.gguf_tensors())
+    log.info("train.saved", path=str(out), steps=steps, loss=round(losses[-1], 4) if losses else None)
+    return losses
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m train.toyvlm", description=__doc__.split("\n")[0])
+    parser.add_argument("out", type=Path, help="where to write the weights (.npz)")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--photos", type=int, default=8, help="training photos (toy show seed --seed)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    args = parser.parse_args(argv)
+    logs.configure("info", "console")
+    train(args.out, args.steps, args.photos, args.seed, args.lr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
