@@ -4,8 +4,8 @@
 
 Invariants: seeded (the same arguments give the same weights on the same torch build); the model sees what
 bbsd gives llama.cpp — the chat rendered by the GGUF's template as bbsd's engine renders it for the LLaVA
-family (system turn; the image, then the instruction), tokenized by llama.cpp itself, and the photo as
-libmtmd prepares it (`bbsd.models.twin.pixels`); the loss is on the reply's tokens only (the compact JSON
+family (system turn; the image, then the instruction), tokenized by llama.cpp itself, and the photo as bbsd's
+decoder and libmtmd prepare it (`bbsd.models.twin.pixels`); the loss is on the reply's tokens only (the compact JSON
 the reply grammar admits, then `<|im_end|>`). CPU, 2 threads. A skeleton: it runs end to end, it does not
 yet chase accuracy. Needs torch (the `convert` extra).
 """
@@ -24,14 +24,17 @@ from pathlib import Path
 
 import structlog
 import torch
+from PIL import Image
 from torch.nn import functional as F
 
 from bbsd import logs
 from bbsd.engine import prompt as prompt_mod
+from bbsd.engine.labels import CAPTION_MAX, SCENE_MAX
 from bbsd.errors import ConfigError
 from bbsd.models import gguf_pair
 from bbsd.models import twin as toy
 from bbsd.models.gguf_pair import TinySpec
+from bbsd.photo import decode
 from bbsd.show import catalog as catalog_mod
 from bbsd.study import toyshow
 from train.twin import ToyVLM, seeded
@@ -40,6 +43,7 @@ from train.twin import ToyVLM, seeded
 SPEC = TinySpec(n_embd=96, n_head=4, n_layer=2, n_ff=256, v_embd=64, v_head=4, v_layer=3, v_ff=128,
                 image_size=64, patch_size=8)
 PHOTO_SIZE = (192, 128)  # rendered; letterboxed to 64 px as libmtmd does
+MAX_SIDE = 768  # [engine] image_max_side's default: bbsd's decoder hands the model at most this
 log = structlog.get_logger("bbsd.train")
 
 
@@ -63,11 +67,20 @@ def chat_text(p: prompt_mod.Prompt, marker: str) -> str:
     return template.render(messages=messages, add_generation_prompt=True)
 
 
-def reply_text(photo: toyshow.Photo) -> str:
-    """The reply the grammar admits for this photo's truth: compact JSON in the schema's key order."""
-    reply = {"characters": photo.characters, "props": photo.props, "caption": photo.caption[:200],
-             "scene": photo.scene[:80], "visible_text": []}
+def reply_text(truth: dict) -> str:
+    """The reply the grammar admits for a photo's truth (a line of the toy show's manifest): compact JSON
+    in the schema's key order."""
+    reply = {"characters": truth["characters"], "props": truth["props"], "caption": truth["caption"][:CAPTION_MAX],
+             "scene": truth["scene"][:SCENE_MAX], "visible_text": []}
     return json.dumps(reply, ensure_ascii=False, separators=(",", ":"))
+
+
+def show_photos(folder: Path, seed: int, n: int, max_side: int = MAX_SIDE) -> list[tuple[Image.Image, dict]]:
+    """Toy show `seed` rendered to camera-like JPEGs (EXIF orientations 1/3/6/8) and decoded by bbsd's own
+    decoder, as the pipeline hands photos to the model: (image, truth) each."""
+    manifest = toyshow.render_show(folder, seed, n, PHOTO_SIZE, orientations=(1, 3, 6, 8))
+    truths = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines()]
+    return [(decode.decode(folder / t["file"], max_side).image, t) for t in truths]
 
 
 @dataclass(frozen=True)
@@ -91,13 +104,13 @@ class Tokenizer:
         self.marker = self._ctx.marker
         self.eos = gguf_pair.vocabulary(spec).index("<|im_end|>")
 
-    def example(self, chat: str, photo: toyshow.Photo) -> Example:
-        with self._ctx.tokenize(chat, [("photo", photo.image)]) as chunks:
-            pieces = [torch.tensor(c.tokens) if c.is_text else torch.from_numpy(toy.pixels(photo.image, self.spec))
+    def example(self, chat: str, image: Image.Image, truth: dict) -> Example:
+        with self._ctx.tokenize(chat, [("photo", image)]) as chunks:
+            pieces = [torch.tensor(c.tokens) if c.is_text else torch.from_numpy(toy.pixels(image, self.spec))
                       for c in chunks.items]
-        reply = self._ctx.tokens(reply_text(photo))
+        reply = self._ctx.tokens(reply_text(truth))
         if reply is None:
-            raise ValueError(f"the reply of {photo.caption!r} has no exact tokens")
+            raise ValueError(f"the reply for {truth['file']} has no exact tokens")
         return Example(pieces, torch.tensor([*reply, self.eos]))
 
     def close(self) -> None:
@@ -113,16 +126,17 @@ def reply_loss(model: ToyVLM, ex: Example) -> torch.Tensor:
 
 
 def train(out: Path, steps: int, photos: int, seed: int, lr: float) -> list[float]:
-    """Train on `photos` photos of the toy show `seed` for `steps` steps (one photo a step, in turn);
+    """Train on `photos` photos of the toy show `seed` (`show_photos`) for `steps` steps (one photo a step, in turn);
     write the weights to `out` (.npz, bbsd.models.twin). Returns the losses."""
     torch.manual_seed(seed)
     torch.set_num_threads(2)
     chat_prompt = toy_prompt()
     with tempfile.TemporaryDirectory() as tmp:
-        tok = Tokenizer(SPEC, Path(tmp))
+        tok = Tokenizer(SPEC, Path(tmp) / "pair")
         try:
             chat = chat_text(chat_prompt, tok.marker)
-            examples = [tok.example(chat, toyshow.render_photo(seed, i, PHOTO_SIZE)) for i in range(photos)]
+            shown = show_photos(Path(tmp) / "show", seed, photos)
+            examples = [tok.example(chat, image, truth) for image, truth in shown]
         finally:
             tok.close()
     log.info("train.examples", photos=photos, tokens=[sum(len(p) if not p.is_floating_point() else 64

@@ -218,6 +218,16 @@ def test_training_lowers_the_reply_loss_and_saves_weights_that_fit_the_spec(trai
     assert spec == toyvlm.SPEC and npz.stat().st_size < 5_000_000
 
 
+def test_training_is_seeded_the_same_arguments_give_the_same_weights(trained, tmp_path):
+    from train import toyvlm
+
+    again = toyvlm.train(tmp_path / "again.npz", steps=4, photos=2, seed=0, lr=3e-3)
+    assert again == trained[1]
+    first, second = toy.load(trained[0]), toy.load(tmp_path / "again.npz")
+    for a, b in zip(first[1:], second[1:], strict=True):
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
 def test_the_training_prompt_is_bbsd_s_prompt_and_chat_for_the_toy_cast(trained, tmp_path):
     """The catalog, system text, instruction and chat the script trains on are the ones bbsd's engine gives
     this model for a configuration whose catalog is the toy show's: the same tokens around the image."""
