@@ -117,17 +117,21 @@ class Tokenizer:
         self._ctx.close()
 
 
-def reply_loss(model: ToyVLM, ex: Example) -> torch.Tensor:
-    """Cross-entropy of the reply's tokens given the prompt and the reply so far (teacher forcing); the
-    prompt's own tokens carry no loss."""
-    logits = model([*ex.pieces, ex.reply[:-1]])
-    n = len(ex.reply)
-    return F.cross_entropy(logits[-n:], ex.reply)
+def reply_loss(model: ToyVLM, batch: Sequence[Example]) -> torch.Tensor:
+    """Mean cross-entropy of the replies' tokens given the prompt and the reply so far (teacher forcing); the
+    prompts' own tokens carry no loss. The sequences are padded at the end: attention is causal, so no real
+    token sees the padding, and each example's logits are those it has alone."""
+    seqs = [model.embed([*ex.pieces, ex.reply[:-1]]) for ex in batch]
+    longest = max(len(s) for s in seqs)
+    logits = model.text(torch.stack([F.pad(s, (0, 0, 0, longest - len(s))) for s in seqs]))
+    rows = torch.cat([logits[i, len(s) - len(ex.reply):len(s)]  # the rows that predict the reply's tokens
+                      for i, (s, ex) in enumerate(zip(seqs, batch, strict=True))])
+    return F.cross_entropy(rows, torch.cat([ex.reply for ex in batch]))
 
 
-def train(out: Path, steps: int, photos: int, seed: int, lr: float) -> list[float]:
-    """Train on `photos` photos of the toy show `seed` (`show_photos`) for `steps` steps (one photo a step, in turn);
-    write the weights to `out` (.npz, bbsd.models.twin). Returns the losses."""
+def train(out: Path, steps: int, photos: int, seed: int, lr: float, batch: int = 8) -> list[float]:
+    """Train on `photos` photos of the toy show `seed` (`show_photos`) for `steps` steps of `batch` photos (in
+    turn); write the weights to `out` (.npz, bbsd.models.twin). Returns the losses."""
     torch.manual_seed(seed)
     torch.set_num_threads(2)
     chat_prompt = toy_prompt()
@@ -146,7 +150,7 @@ def train(out: Path, steps: int, photos: int, seed: int, lr: float) -> list[floa
     losses = []
     for step in range(steps):
         start = time.monotonic()
-        loss = reply_loss(model, examples[step % len(examples)])
+        loss = reply_loss(model, [examples[(step * batch + j) % len(examples)] for j in range(batch)])
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -164,9 +168,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--photos", type=int, default=8, help="training photos (toy show seed --seed)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--batch", type=int, default=8, help="photos a step")
     args = parser.parse_args(argv)
     logs.configure("info", "console")
-    train(args.out, args.steps, args.photos, args.seed, args.lr)
+    train(args.out, args.steps, args.photos, args.seed, args.lr, args.batch)
     return 0
 
 

@@ -209,7 +209,7 @@ def trained(tmp_path_factory):
     from train import toyvlm
 
     npz = tmp_path_factory.mktemp("trained") / "toy.npz"
-    return npz, toyvlm.train(npz, steps=4, photos=2, seed=0, lr=3e-3)
+    return npz, toyvlm.train(npz, steps=4, photos=3, seed=0, lr=3e-3, batch=2)
 
 
 def test_training_lowers_the_reply_loss_and_saves_weights_that_fit_the_spec(trained):
@@ -224,11 +224,33 @@ def test_training_lowers_the_reply_loss_and_saves_weights_that_fit_the_spec(trai
 def test_training_is_seeded_the_same_arguments_give_the_same_weights(trained, tmp_path):
     from train import toyvlm
 
-    again = toyvlm.train(tmp_path / "again.npz", steps=4, photos=2, seed=0, lr=3e-3)
+    again = toyvlm.train(tmp_path / "again.npz", steps=4, photos=3, seed=0, lr=3e-3, batch=2)
     assert again == trained[1]
     first, second = toy.load(trained[0]), toy.load(tmp_path / "again.npz")
     for a, b in zip(first[1:], second[1:], strict=True):
         assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_a_batch_s_loss_is_its_examples_own_reply_losses(tmp_path):
+    """Examples of different lengths in one batch: the padding changes no example's loss."""
+    pytest.importorskip("torch")
+    import torch
+
+    from train import toyvlm
+    from train.twin import seeded
+
+    tok = toyvlm.Tokenizer(toyvlm.SPEC, tmp_path / "pair")
+    try:
+        chat = toyvlm.chat_text(toyvlm.toy_prompt(), tok.marker)
+        examples = [tok.example(chat, image, truth) for image, truth in toyvlm.show_photos(tmp_path / "show", 0, 3)]
+    finally:
+        tok.close()
+    assert len({sum(map(len, e.pieces)) + len(e.reply) for e in examples}) > 1  # lengths differ
+    model = seeded(toyvlm.SPEC, len(gguf_pair.vocabulary(toyvlm.SPEC)), 0)
+    with torch.no_grad():
+        together = toyvlm.reply_loss(model, examples)
+        alone = [toyvlm.reply_loss(model, [e]) * len(e.reply) for e in examples]
+    assert torch.allclose(together, sum(alone) / sum(len(e.reply) for e in examples), atol=1e-5)
 
 
 def test_the_training_prompt_is_bbsd_s_prompt_and_chat_for_the_toy_cast(trained, tmp_path):
