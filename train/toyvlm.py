@@ -13,6 +13,7 @@ yet chase accuracy. Needs torch (the `convert` extra).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
@@ -129,14 +130,15 @@ def reply_loss(model: ToyVLM, batch: Sequence[Example]) -> torch.Tensor:
     return F.cross_entropy(rows, torch.cat([ex.reply for ex in batch]))
 
 
-def train(out: Path, steps: int, photos: int, seed: int, lr: float, batch: int = 8) -> list[float]:
+def train(out: Path, steps: int, photos: int, seed: int, lr: float, batch: int = 8,
+          spec: TinySpec = SPEC) -> list[float]:
     """Train on `photos` photos of the toy show `seed` (`show_photos`) for `steps` steps of `batch` photos (in
     turn); write the weights to `out` (.npz, bbsd.models.twin). Returns the losses."""
     torch.manual_seed(seed)
     torch.set_num_threads(2)
     chat_prompt = toy_prompt()
     with tempfile.TemporaryDirectory() as tmp:
-        tok = Tokenizer(SPEC, Path(tmp) / "pair")
+        tok = Tokenizer(spec, Path(tmp) / "pair")
         try:
             chat = chat_text(chat_prompt, tok.marker)
             shown = show_photos(Path(tmp) / "show", seed, photos)
@@ -145,7 +147,7 @@ def train(out: Path, steps: int, photos: int, seed: int, lr: float, batch: int =
             tok.close()
     log.info("train.examples", photos=photos, tokens=[sum(len(p) if not p.is_floating_point() else 64
                                                           for p in e.pieces) + len(e.reply) for e in examples])
-    model = seeded(SPEC, len(gguf_pair.vocabulary(SPEC)), seed)
+    model = seeded(spec, len(gguf_pair.vocabulary(spec)), seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     losses = []
     for step in range(steps):
@@ -156,7 +158,7 @@ def train(out: Path, steps: int, photos: int, seed: int, lr: float, batch: int =
         opt.step()
         losses.append(loss.item())
         log.info("train.step", step=step, loss=round(losses[-1], 4), seconds=round(time.monotonic() - start, 2))
-    toy.save(out, SPEC, *model.gguf_tensors())
+    toy.save(out, spec, *model.gguf_tensors())
     log.info("train.saved", path=str(out), steps=steps, loss=round(losses[-1], 4) if losses else None)
     return losses
 
@@ -169,9 +171,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--batch", type=int, default=8, help="photos a step")
+    parser.add_argument("--tokenizer", choices=["bpe", "spm"], default="bpe",
+                        help="the vocabulary: byte-level BPE or SentencePiece-style (bbsd.models.gguf_pair)")
     args = parser.parse_args(argv)
     logs.configure("info", "console")
-    train(args.out, args.steps, args.photos, args.seed, args.lr, args.batch)
+    train(args.out, args.steps, args.photos, args.seed, args.lr, args.batch,
+          dataclasses.replace(SPEC, tokenizer=args.tokenizer))
     return 0
 
 

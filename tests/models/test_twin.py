@@ -321,3 +321,31 @@ def test_the_trained_model_labels_a_toy_photo_through_bbsd_and_agrees_with_its_t
     with torch.no_grad():
         want = model(pieces)[-1].numpy()
     assert np.abs(got - want).max() < LOGIT_TOLERANCE * want.std() and got.argmax() == want.argmax()
+
+
+def test_the_sentencepiece_vocabulary_trains_too_and_runs_in_llama_cpp_as_in_its_twin(tmp_path):
+    pytest.importorskip("torch")
+    import dataclasses
+
+    import torch
+
+    from bbsd.engine.llama.native import Context
+    from bbsd.study import toyshow
+    from train import toyvlm
+    from train.twin import from_gguf_tensors
+
+    spec = dataclasses.replace(toyvlm.SPEC, tokenizer="spm")
+    losses = toyvlm.train(tmp_path / "spm.npz", steps=3, photos=2, seed=0, lr=3e-3, batch=2, spec=spec)
+    assert losses[-1] < losses[0]
+    spec, text_t, mmproj_t = toy.load(tmp_path / "spm.npz")
+    assert spec.tokenizer == "spm"
+    text, mmproj = toy.write_pair(tmp_path / "gguf", spec, text_t, mmproj_t)
+    ctx = Context(text, mmproj, n_ctx=4096, n_batch=512, threads=2, gpu_layers=0, flash_attention=False)
+    try:
+        photo = toyshow.render_photo(0, 0, toyvlm.PHOTO_SIZE)
+        got, pieces = _llama_logits(ctx, spec, toyvlm.chat_text(toyvlm.toy_prompt(), "<image>"), photo.image)
+    finally:
+        ctx.close()
+    with torch.no_grad():
+        want = from_gguf_tensors(spec, text_t, mmproj_t).eval()(pieces)[-1].numpy()
+    assert np.abs(got - want).max() < LOGIT_TOLERANCE * want.std() and got.argmax() == want.argmax()
