@@ -36,7 +36,7 @@ tools:
 	  else echo "$$cmd missing: sudo apt-get install $$pkg"; exit 1; fi; done
 
 lint: setup
-	$(VENV)/bin/ruff check bbsd tests bench
+	$(VENV)/bin/ruff check bbsd tests bench train
 	$(VENV)/bin/lint-imports --no-cache
 
 test: lint tools
