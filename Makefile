@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	@echo "Installing bbsd; llama-cpp-python compiles llama.cpp on first install (about 6 minutes on 2 cores)."
 	$(VENV)/bin/pip install --quiet -e '.[test]'
-	@echo "Installing the convert extra for its tests: torch $(CONVERT_TORCH) (see docs/convert.md)."
+	@echo "Installing the convert extra for its tests: torch $(CONVERT_TORCH) (see docs/producer/convert.md)."
 	$(VENV)/bin/pip install --quiet -e '.[test,convert]' 'torch==$(CONVERT_TORCH)'
 	rm -f $(VENV)/.installed-* && touch $@
 

@@ -34,7 +34,7 @@ def truth_export(
 
 def eval_command(
     config: Path = CONFIG,
-    truth_file: Path = typer.Option(..., "--truth", help="The truth manifest (JSONL, see docs/eval.md)."),
+    truth_file: Path = typer.Option(..., "--truth", help="The truth manifest (JSONL, see docs/producer/eval.md)."),
     profile: list[Path] = typer.Option(None, "--profile", help="A TOML overlay of [model]/[engine]/[prompt]/backend "
                                        "keys; repeat to compare. Default: the config as it is."),
     out: Path = typer.Option(Path("bbsd-eval"), "--out", "-o", help="Folder for results and reports; "
@@ -65,11 +65,11 @@ def eval_command(
 @dataset_app.command("export")
 def dataset_export(
     config: Path = CONFIG,
-    truth_file: Path = typer.Option(None, "--truth", help="A truth manifest (JSONL, docs/eval.md). "
+    truth_file: Path = typer.Option(None, "--truth", help="A truth manifest (JSONL, docs/producer/eval.md). "
                                     "Default: the reviewed sidecars, as `bbsd truth export` finds them."),
     out: Path = typer.Option(..., "--out", "-o", help="A new or empty folder for images, samples and the "
                              "trainer's registration file."),
-    fmt: str = typer.Option("internvl", "--format", help="internvl or llama-factory (docs/dataset.md)."),
+    fmt: str = typer.Option("internvl", "--format", help="internvl or llama-factory (docs/producer/dataset.md)."),
 ) -> None:
     """Write reviewed photos and their labels as an instruction-tuning set with bbsd's own prompt."""
     from bbsd import config as config_mod

@@ -257,7 +257,7 @@ def _planned_strategy(raw: dict[str, Any], v: Validator, env: Mapping[str, str])
     value = env.get("BBSD_PROMPT_REFERENCES", body.get("references") if isinstance(body, dict) else None)
     if isinstance(value, str) and value in references.PLANNED:
         raise v.fail("prompt.references", f"{value!r} ({references.PLANNED[value]}) is planned, not built yet",
-                     f"use one of: {', '.join(references.STRATEGIES)} (docs/eval.md: where it would plug in)")
+                     f"use one of: {', '.join(references.STRATEGIES)} (docs/producer/eval.md: where it would plug in)")
 
 
 def _engine_keys() -> dict[str, Key]:

@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw
 from bbsd.models import tiny as tiny_model
 from bbsd.sidecars import record as sidecar
 
-BANNER = "DEMO: tiny random-weight model — labels are MEANINGLESS. See README 'Use a real model'."
+BANNER = "DEMO: tiny random-weight model — labels are MEANINGLESS. See docs/stage/install.md, 'Use a real model'."
 CONFIG = """# Written by `bbsd demo`. Uses a tiny random-weight model: labels are meaningless.
 [watch]
 folders = ["inbox"]

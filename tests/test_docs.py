@@ -66,6 +66,25 @@ def test_every_source_path_named_in_the_docs_exists():
     assert named and sorted(m for m in named if not (REPO / m).exists()) == []
 
 
+def _shipped_texts() -> list[Path]:
+    """What users read outside docs/: hints and --help in the code, the config, the unit, the registry."""
+    code = [p for p in (REPO / "bbsd").rglob("*.py") if "llamacpp" not in p.parts]
+    return [*code, REPO / "config.toml", REPO / "Makefile", REPO / "gguf_models" / "models.toml",
+            REPO / "systemd" / "bbsd.service"]
+
+
+def test_every_docs_page_the_code_points_to_exists():
+    """A hint, a --help text or a comment in the shipped config that names a page (`docs/producer/eval.md`)
+    names one that exists, and none sends a reader to a README section that moved into docs/."""
+    named = {(str(p.relative_to(REPO)), m) for p in _shipped_texts()
+             for m in re.findall(r"(?<![\w/])(docs/[\w/.-]+\.md)", p.read_text())}
+    assert named and sorted(f"{p}: {m}" for p, m in named if not (REPO / m).exists()) == []
+    headings = set(re.findall(r"^#+ (.+)$", README, flags=re.M))  # README "Run as a service" moved to a page
+    sections = {(str(p.relative_to(REPO)), m) for p in _shipped_texts()
+                for m in re.findall(r"README[ :]+[\"'(]+([^\"')]+)", p.read_text())}
+    assert sections and sorted(f"{p}: {m}" for p, m in sections if m not in headings) == []
+
+
 def test_the_readme_is_a_front_door():
     """What it is, who it is for, the two commands, the flow, links: the manual lives in docs/."""
     assert len(README.splitlines()) <= 150

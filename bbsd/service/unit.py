@@ -19,7 +19,7 @@ TEMPLATE = """\
 # bbsd — stage-side photo labelling daemon. Reference unit for a CPU-only venue PC.
 # `bbsd service install` writes this unit with absolute paths, the right user and folders,
 # plus a drop-in for GPU access when the backend uses a GPU, and IP networking only for a remote
-# backend (inference servers). See README "Run as a service".
+# backend (inference servers). See docs/stage/service.md.
 [Unit]
 Description=bbsd photo labelling daemon (Balanced Blended Space)
 After=local-fs.target remote-fs.target

@@ -22,7 +22,7 @@ from bbsd.text import nfc
 
 YES_NO = ("yes", "no")
 KINDS = ("yes_no", "choice", "integer", "text")
-MAX_QUESTIONS = 16  # each one costs output tokens on every photo (README: "Questions")
+MAX_QUESTIONS = 16  # each one costs output tokens on every photo (docs/producer/questions.md)
 KEY = re.compile(r"[a-z][a-z0-9_]{0,31}")
 # Catalog branches share the keyword root: a question labelled like one would mix into it.
 RESERVED_LABELS = ("characters", "props")

@@ -13,7 +13,7 @@ with the rest of the prompt's fixed prefix, so a photo still costs one image. `o
 A second strategy, `pairwise` (after the reply, check each uncertain name against its own
 references, one "same character?" question per pair, ranked by the yes-probability), is planned,
 not built: it would plug in at `Pipeline._label`, after the reply is validated and scored
-(`Pipeline.confidence` says which names are uncertain); see docs/eval.md.
+(`Pipeline.confidence` says which names are uncertain); see docs/producer/eval.md.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Invariant: every sample asks exactly bbsd's prompt (`prompt.build`: system and u
 answers with the reply bbsd's grammar would let the model write for the true labels, keys in
 `prompt.reply_schema` order, so a model tuned on it is asked at run time what it learned. The
 originals are only read: each is hard-linked (or copied) into OUT/images/ under a new name.
-Formats and their sources: docs/dataset.md.
+Formats and their sources: docs/producer/dataset.md.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from bbsd.text import nfc
 
 FIELDS = ("file", "characters", "props", "caption", "scene", "answers")
 FORMAT_HINT = ('each line is one JSON object: {"file": "…", "characters": […], "props": […]} with optional '
-               '"caption", "scene" and "answers" (docs/eval.md)')
+               '"caption", "scene" and "answers" (docs/producer/eval.md)')
 
 
 class TruthError(BbsdError):

@@ -414,7 +414,7 @@ def test_a_gigabyte_reply_is_refused_past_the_cap_without_reading_it(hostile, ba
     assert time.monotonic() - t0 < 5 * SLACK
     wait_until(lambda: s.held, 5, "the client closed the connection (the server's send failed)")
     assert labeler.health()[0]["in_flight"] == 0
-    assert REPLY_LIMIT_BYTES == 2 * 2**20  # as docs/remote.md says
+    assert REPLY_LIMIT_BYTES == 2 * 2**20  # as docs/producer/remote.md says
 
 
 # ---- through a running daemon ------------------------------------------------------------------

@@ -21,7 +21,7 @@ TABLES = {
         "dir": Key("path", None, "folder with the GGUF files and models.toml; default gguf_models/ beside the config"),
         "path": Key("path", None, "text model GGUF (required for the llama backend unless name is set)"),
         "mmproj": Key("path", None, "vision projector GGUF (required for the llama backend unless name is set)"),
-        "lora": Key("path", None, "LoRA adapter GGUF for the text model (a fine-tune of it: docs/dataset.md)"),
+        "lora": Key("path", None, "LoRA adapter GGUF for the text model (a fine-tune of it: docs/producer/dataset.md)"),
         "lora_scale": Key("float", 1.0, "strength of the LoRA adapter; 1 = as trained", 0.0, 4.0),
     },
     "engine": {

@@ -89,7 +89,7 @@ class Context:
         adapter = ll.llama_adapter_lora_init(self.model, str(path).encode())
         if not adapter:
             raise ModelError(f"cannot load LoRA adapter {path.name} for this text model",
-                             "it must be a llama.cpp LoRA GGUF made for this base model (docs/dataset.md); "
+                             "it must be a llama.cpp LoRA GGUF made for this base model (docs/producer/dataset.md); "
                              "see the llama.log event above")
         adapters = (ll.llama_adapter_lora_p_ctypes * 1)(adapter)
         if ll.llama_set_adapters_lora(self.ctx, adapters, 1, (ctypes.c_float * 1)(scale)) != 0:
