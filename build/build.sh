@@ -53,7 +53,8 @@ say "pyinstaller (onedir)"
   "$ROOT/build/bbsd.spec"
 mkdir -p "$OUT/dist/bbsd/gguf_models" "$OUT/dist/bbsd/systemd"
 cp "$ROOT/gguf_models/models.toml" "$ROOT/gguf_models/README.md" "$OUT/dist/bbsd/gguf_models/"
-cp "$ROOT/config.toml" "$ROOT/README.md" "$OUT/dist/bbsd/"
+cp "$ROOT/config.toml" "$ROOT/README.md" "$ROOT/CHANGELOG.md" "$OUT/dist/bbsd/"
+cp -r "$ROOT/docs" "$OUT/dist/bbsd/"  # the README's links: the stage tech's and the editor's pages on the venue PC
 cp "$ROOT/systemd/bbsd.service" "$OUT/dist/bbsd/systemd/"
 VERSION=$("$OUT/dist/bbsd/bbsd" --version | cut -d' ' -f2)
 TARBALL="$OUT/bbsd-$VERSION-linux-x86_64.tar.gz"

@@ -56,6 +56,15 @@ def test_version_verbose_names_llama_cpp_and_its_cpu_variants(bundle):
     assert "cpu_variant_loaded: " in r.stdout
 
 
+def test_the_readme_s_links_reach_pages_in_the_artefact(bundle):
+    """The README travels with the artefact; the pages it links to (docs/) travel with it."""
+    import re
+
+    root = bundle[0] / "bbsd"
+    links = [t.partition("#")[0] for t in re.findall(r"\]\(([^)\s:]+)\)", (root / "README.md").read_text())]
+    assert links and [t for t in links if t and not (root / t).exists()] == []
+
+
 def test_convert_says_the_artefact_cannot_and_where_to_convert(bundle):
     """The artefact leaves torch out: `models convert` says so and where to convert, not `pip install`."""
     root, exe, _, _ = bundle
