@@ -1,25 +1,37 @@
 # Two entry points for a fresh machine (see README "Quick start"):
-#   make demo   set up, then run the daemon on sample photos with a tiny random-weight model
-#   make test   set up, then lint and run the whole test suite
+#   make demo   set up the daemon, then run it on sample photos with a tiny random-weight model
+#   make test   set up the daemon and its test tools, then lint and run the whole test suite
 PYTHON ?= python3
 VENV ?= .venv
-# The tests of `bbsd models convert` need torch: this version is the CPU build these machines keep on disk
-# (a 190 MB wheel); from PyPI alone it would be a CUDA build of several GB.
-CONVERT_TORCH ?= 2.13.0
+# The tests of `bbsd models convert` need torch, CPU build: the local version label pins it, so PyPI's
+# CUDA build (several GB) is never taken. It comes from the configured indexes where they hold it
+# (these machines keep the 190 MB wheel on disk), else from PyTorch's CPU wheel index.
+CONVERT_TORCH ?= 2.13.0+cpu
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+DEV_STAMP := $(VENV)/.dev-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup tools release-tools demo test lint bench fuzz release clean vendor-convert
+.PHONY: setup dev tools release-tools demo test lint bench fuzz release clean vendor-convert
 
+# What the daemon needs, nothing more: `make demo`'s .venv holds no test tools and no torch.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	@echo "Installing bbsd; llama-cpp-python compiles llama.cpp on first install (about 6 minutes on 2 cores)."
-	$(VENV)/bin/pip install --quiet -e '.[test]'
-	@echo "Installing the convert extra for its tests: torch $(CONVERT_TORCH) (see docs/producer/convert.md)."
-	$(VENV)/bin/pip install --quiet -e '.[test,convert]' 'torch==$(CONVERT_TORCH)'
+	$(VENV)/bin/pip install --quiet -e .
 	rm -f $(VENV)/.installed-* && touch $@
 
 setup: $(STAMP)
+
+# The test tools and the convert extra (torch, CPU build), for make test, fuzz, release and bench.
+$(DEV_STAMP): $(STAMP)
+	$(VENV)/bin/pip install --quiet -e '.[test]'
+	@echo "Installing the convert extra for its tests: torch $(CONVERT_TORCH) (see docs/producer/convert.md)."
+	$(VENV)/bin/pip install --quiet -e '.[test,convert]' 'torch==$(CONVERT_TORCH)' 2>/dev/null || \
+	  $(VENV)/bin/pip install --quiet -e '.[test,convert]' 'torch==$(CONVERT_TORCH)' --extra-index-url $(TORCH_CPU_INDEX)
+	rm -f $(VENV)/.dev-* && touch $@
+
+dev: $(DEV_STAMP)
 
 demo: setup
 	$(VENV)/bin/bbsd demo --dir demo
@@ -32,10 +44,10 @@ tools:
 	@for pair in $(TOOLS); do cmd=$${pair%%:*}; pkg=$${pair#*:}; \
 	  command -v $$cmd >/dev/null && continue; \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$pkg || exit 1; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$pkg || exit 1; \
 	  else echo "$$cmd missing: sudo apt-get install $$pkg"; exit 1; fi; done
 
-lint: setup
+lint: dev
 	$(VENV)/bin/ruff check bbsd tests bench train
 	$(VENV)/bin/lint-imports --no-cache
 
@@ -44,24 +56,24 @@ test: lint tools
 
 # The long fuzz run: 300 mutated files for each of five seeds into a running daemon (make test runs 200 of one).
 # BBSD_FUZZ_CORPUS=/path/to/camera/files adds your own photos as seeds.
-fuzz: setup
+fuzz: dev
 	BBSD_FUZZ_FILES=300 BBSD_FUZZ_SEED=1,2,3,4,5 $(VENV)/bin/python -m pytest tests/e2e/test_fuzz.py -v
 
 # qemu-user runs the artefact on an emulated CPU without AVX (Nehalem) in the release test.
 release-tools:
 	@command -v qemu-x86_64 >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-user; \
 	  else echo "qemu-x86_64 missing: sudo apt-get install qemu-user"; exit 1; fi; }
 
 # The venue artefact: build it from this checkout, then its release smoke test (clean environment,
 # no Python on the PATH, an emulated pre-AVX CPU). Size and cold start go to docs/benchmarks.md.
-release: setup release-tools
+release: dev release-tools
 	build/build.sh
 	BBSD_ARTEFACT=$$(ls build/out/bbsd-*-linux-x86_64.tar.gz) $(VENV)/bin/python -m pytest tests/e2e/test_release.py -v
 
 # Benchmarks rewrite their tables in docs/benchmarks.md (not part of `make test`).
-bench: setup  # bench.gpu needs a GPU and a CUDA build: run it by hand there
+bench: dev  # bench.gpu needs a GPU and a CUDA build: run it by hand there
 	$(VENV)/bin/python -m bench.decode
 	$(VENV)/bin/python -m bench.speed
 	$(VENV)/bin/python -m bench.sampler
@@ -70,10 +82,10 @@ bench: setup  # bench.gpu needs a GPU and a CUDA build: run it by hand there
 clean:
 	rm -rf $(VENV) demo .pytest_cache .ruff_cache
 
-# Re-extract llama.cpp's converter from the pinned llama-cpp-python sdist into bbsd/convert/llamacpp (see VENDORED.md).
+# Re-extract llama.cpp's converter from the pinned llama-cpp-python sdist into bbsd/models/convert/llamacpp (see VENDORED.md).
 vendor-convert:
 	tmp=$$(mktemp -d) && v=$$(grep -o 'llama-cpp-python==[0-9.]*' pyproject.toml | cut -d= -f3) && \
 	$(PYTHON) -m pip download --quiet --no-deps --no-binary :all: "llama-cpp-python==$$v" -d $$tmp && \
 	tar -C $$tmp -xzf $$tmp/llama_cpp_python-$$v.tar.gz && src=$$tmp/llama_cpp_python-$$v/vendor/llama.cpp && \
-	for f in __init__ base internvl internlm llama qwen; do cp $$src/conversion/$$f.py bbsd/convert/llamacpp/conversion/; done && \
-	cp $$src/gguf-py/gguf/*.py bbsd/convert/llamacpp/gguf-py/gguf/ && cp $$src/LICENSE bbsd/convert/llamacpp/ && rm -rf $$tmp
+	for f in __init__ base internvl internlm llama qwen; do cp $$src/conversion/$$f.py bbsd/models/convert/llamacpp/conversion/; done && \
+	cp $$src/gguf-py/gguf/*.py bbsd/models/convert/llamacpp/gguf-py/gguf/ && cp $$src/LICENSE bbsd/models/convert/llamacpp/ && rm -rf $$tmp

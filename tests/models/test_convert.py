@@ -1,6 +1,6 @@
 """`bbsd models convert` on tiny random-weight checkpoints with the exact structure of InternVL2-8B (InternLM2
 text model, fused wqkv, SentencePiece) and InternVL2.5-1B (Qwen2, byte-level BPE), through llama.cpp's own
-converter, into the real engine. Needs the convert extra (`make setup` installs it): these tests never skip.
+converter, into the real engine. Needs the convert extra (`make test` installs it): these tests never skip.
 """
 
 from __future__ import annotations
