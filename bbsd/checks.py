@@ -62,8 +62,12 @@ def label_probe(labeler, prompt, settings: Settings) -> str:
         raise ModelError(f"the model could not label a test image ({e.code}: {e.message})", e.hint) from None
     ms = (time.perf_counter() - t0) * 1000
     answered = f" and answered {len(parsed.answers)} questions" if parsed.answers else ""
-    return (f"test label: ok ({ms:.0f} ms; the reply named {len(parsed.characters)} characters and "
-            f"{len(parsed.props)} props from the catalog{answered})")
+    return (f"test label: ok ({ms:.0f} ms; the reply named {_count(len(parsed.characters), 'character')} and "
+            f"{_count(len(parsed.props), 'prop')} from the catalog{answered})")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def backend(settings: Settings) -> list[str]:

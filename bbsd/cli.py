@@ -119,7 +119,8 @@ def run(config: Path = CONFIG) -> None:
 
 @app.command()
 def label(
-    photos: list[Path] = typer.Argument(..., help="Photo files (or folders) to label."),
+    photos: list[Path] = typer.Argument(..., help="Photo files (or folders) to label: one or more.",
+                                        metavar="PHOTO"),
     config: Path = CONFIG,
     force: bool = typer.Option(False, "--force", help="Relabel even when the sidecar is up to date."),
 ) -> None:

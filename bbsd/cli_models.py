@@ -42,9 +42,12 @@ def list_models(folder: Path = DIR) -> None:
 
 
 LEGEND = """status: runnable      llama.cpp runs it: `bbsd models pull NAME`, then [model] name = "NAME"
-        convert       no ready GGUF: convert it with llama.cpp's convert_hf_to_gguf.py (see its notes)
-        not-runnable  llama.cpp has no support for its vision encoder: serve it elsewhere
+        convert       no ready GGUF: download the checkpoint, then `bbsd models convert FOLDER`
+        not-runnable  llama.cpp has no support for its vision encoder: serve it with vLLM or LMDeploy and
+                      use the openai backend (docs/producer/remote.md)
         text-only     cannot see photos; its vision sibling is listed
+route:  how the model reaches bbsd (ready GGUF, convert, remote backend, none)
+here:   the model's GGUF files found in the models folder, with their sizes ("-": none yet)
 `bbsd models fit` estimates memory; gguf_models/models.toml has each row's notes."""
 
 
