@@ -80,6 +80,9 @@ class TinySpec:
     spaces: bool = True
     # Added to the SPM vocabulary's `<unk>` bias: a model that writes it inside strings, as a real one did.
     unknown_bias: float = 0.0
+    # A trained vocabulary (train/toktrain.py): its merges in rank order, "left right" in the tokenizer's own
+    # alphabet (byte-level for "bpe", `▁` for "spm"). Empty: the fixed test vocabulary above.
+    merges: tuple[str, ...] = ()
 
 
 def is_qwen2vl(spec: TinySpec) -> bool:
@@ -103,11 +106,12 @@ def byte_level_alphabet() -> list[str]:
 
 
 def bpe_vocab(spec: TinySpec = TinySpec(), pad: bool = True) -> tuple[list[str], list[int]]:
-    """The byte-level BPE vocabulary: 256 byte tokens, the merges, the specials, then `n_vocab` padding."""
+    """The byte-level BPE vocabulary: 256 byte tokens, the merges (the spec's trained ones, else `MERGES`),
+    the specials, then `n_vocab` padding."""
     import gguf
 
     tokens = byte_level_alphabet()
-    tokens += ["".join(m.split(" ")) for m in MERGES]
+    tokens += merged_pieces(bpe_merges(spec), set(tokens))
     types = [gguf.TokenType.NORMAL] * len(tokens)
     specials = SPECIAL_TOKENS + (VISION_TOKENS if is_qwen2vl(spec) else ())
     tokens += list(specials)
@@ -118,11 +122,29 @@ def bpe_vocab(spec: TinySpec = TinySpec(), pad: bool = True) -> tuple[list[str],
     return tokens, [int(t) for t in types]
 
 
-def spm_vocab() -> tuple[list[str], list[int], list[float]]:
+def bpe_merges(spec: TinySpec) -> tuple[str, ...]:
+    return spec.merges or MERGES
+
+
+def merged_pieces(merges: tuple[str, ...], have: set[str]) -> list[str]:
+    """The pieces the merges make, in rank order, each once and none already in `have`."""
+    out = []
+    for m in merges:
+        piece = m.replace(" ", "")
+        if piece not in have:
+            have.add(piece)
+            out.append(piece)
+    return out
+
+
+def spm_vocab(spec: TinySpec = TinySpec()) -> tuple[list[str], list[int], list[float]]:
     """The SentencePiece-style vocabulary: `<unk>`, BOS/EOS, the 256 byte-fallback pieces, the
-    printable ASCII characters (`▁` for the space), a few scored merges, then ChatML's specials."""
+    printable ASCII characters (`▁` for the space), scored merges (a trained vocabulary's, else the fixed
+    test pieces), then ChatML's specials."""
     import gguf
 
+    if spec.merges:
+        return _trained_spm(spec.merges)
     tokens = [SPM_UNKNOWN, "<s>", "</s>", *(f"<0x{b:02X}>" for b in range(256))]
     types = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL]
     types += [gguf.TokenType.BYTE] * 256
@@ -139,9 +161,27 @@ def spm_vocab() -> tuple[list[str], list[int], list[float]]:
     return tokens, [int(t) for t in types], scores
 
 
+def _trained_spm(merges: tuple[str, ...]) -> tuple[list[str], list[int], list[float]]:
+    """A trained SentencePiece-style vocabulary: the byte-fallback pieces, the characters its merges start
+    from, then each merge's piece scored by its rank (llama.cpp's `llama` tokenizer merges the highest score
+    first, so it applies them in the trainer's order)."""
+    import gguf
+
+    tokens = [SPM_UNKNOWN, "<s>", "</s>", *(f"<0x{b:02X}>" for b in range(256))]
+    have = set(tokens)
+    chars = [c for c in dict.fromkeys("".join(m.replace(" ", "") for m in merges)) if c not in have]
+    chars = list(dict.fromkeys([SPM_SPACE, *sorted(chars)]))
+    pieces = merged_pieces(merges, have | set(chars))
+    tokens += chars + pieces + list(SPECIAL_TOKENS)
+    types = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL] + [gguf.TokenType.BYTE] * 256
+    types += [gguf.TokenType.NORMAL] * (len(chars) + len(pieces)) + [gguf.TokenType.CONTROL] * len(SPECIAL_TOKENS)
+    scores = [0.0] * (259 + len(chars)) + [-1.0 - i for i in range(len(pieces))] + [0.0] * len(SPECIAL_TOKENS)
+    return tokens, [int(t) for t in types], scores
+
+
 def vocabulary(spec: TinySpec) -> list[str]:
     """The text model's tokens, in id order, for `spec`'s tokenizer."""
-    return bpe_vocab(spec)[0] if spec.tokenizer == "bpe" else spm_vocab()[0]
+    return bpe_vocab(spec)[0] if spec.tokenizer == "bpe" else spm_vocab(spec)[0]
 
 
 def _padding(n: int) -> list[str]:
@@ -161,7 +201,7 @@ def write_text(path: Path, spec: TinySpec, tensors: Mapping[str, np.ndarray]) ->
     freq base 1e6), `spec`'s shape and tokenizer, ChatML, then `tensors` in their order."""
     import gguf
 
-    tokens, types = bpe_vocab(spec) if spec.tokenizer == "bpe" else spm_vocab()[:2]
+    tokens, types = bpe_vocab(spec) if spec.tokenizer == "bpe" else spm_vocab(spec)[:2]
     w = gguf.GGUFWriter(str(path), "qwen2vl" if is_qwen2vl(spec) else "llama")
     w.add_name("bbsd-tiny-text")
     w.add_context_length(spec.n_ctx_train)
@@ -189,16 +229,18 @@ def _tokenizer(w, spec: TinySpec, tokens: list[str], types: list[int]) -> None:
         w.add_tokenizer_pre("default")
         w.add_token_list(tokens)
         w.add_token_types(types)
-        w.add_token_scores(spm_vocab()[2])
+        w.add_token_scores(spm_vocab(spec)[2])
         w.add_add_space_prefix(True)
         w.add_unk_token_id(0)
         w.add_bos_token_id(1)
     else:
         w.add_tokenizer_model("gpt2")
-        w.add_tokenizer_pre("default")
+        # a trained vocabulary was pre-tokenized by GPT-2's regex (tokenizers' ByteLevel); llama.cpp's
+        # "default" splits punctuation runs first
+        w.add_tokenizer_pre("gpt-2" if spec.merges else "default")
         w.add_token_list(tokens)
         w.add_token_types(types)
-        w.add_token_merges(list(MERGES))
+        w.add_token_merges(list(bpe_merges(spec)))
         w.add_bos_token_id(tokens.index("<|endoftext|>"))
 
 

@@ -51,7 +51,8 @@ def save(path: Path, spec: TinySpec, text: Mapping[str, np.ndarray], mmproj: Map
 def load(path: Path) -> tuple[TinySpec, dict[str, np.ndarray], dict[str, np.ndarray]]:
     """The spec and both models' tensors of a .npz `save` wrote, checked against the spec's names and shapes."""
     with np.load(path, allow_pickle=False) as z:
-        spec = TinySpec(**json.loads(str(z["spec"])))
+        fields = json.loads(str(z["spec"]))
+        spec = TinySpec(**{**fields, "merges": tuple(fields.get("merges", ()))})  # JSON gives a list
         text = {k.removeprefix("text/"): z[k] for k in z.files if k.startswith("text/")}
         mmproj = {k.removeprefix("mmproj/"): z[k] for k in z.files if k.startswith("mmproj/")}
     _check(spec, text, mmproj)
