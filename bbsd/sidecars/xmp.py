@@ -23,7 +23,7 @@ from defusedxml import DefusedXmlException
 
 from bbsd import __version__, atomic, safefs
 from bbsd.show.questions import Question
-from bbsd.sidecars.merge import ListState, merge_list, merge_text
+from bbsd.sidecars.merge import ListState, link, merge_list, merge_text
 from bbsd.sidecars.naming import fit_name  # a name too long for the suffix: the JSON sidecar's fallback
 
 NS = {
@@ -251,10 +251,11 @@ def _tail_after_root(text: str, root: ET.Element) -> str:
 def merge(doc: Document, proposal: Proposal) -> None:
     """Apply bbsd's proposal to `doc` in place, keeping every human edit."""
     lists = {"Subject": proposal.keywords, "Hierarchical": proposal.hierarchical, "Tags": proposal.tags}
+    states = [ListState(current=doc.items(prop), written=doc.items(f"bbsd:written{stem}"),
+                        last=doc.items(f"bbsd:last{stem}"), suppressed=doc.items(f"bbsd:suppressed{stem}"))
+              for prop, _, stem in LISTS]
     books: dict[str, tuple[str, ...]] = {}
-    for prop, container, stem in LISTS:
-        state = ListState(current=doc.items(prop), written=doc.items(f"bbsd:written{stem}"),
-                          last=doc.items(f"bbsd:last{stem}"), suppressed=doc.items(f"bbsd:suppressed{stem}"))
+    for (prop, container, stem), state in zip(LISTS, link(states, _units(proposal, states[1])), strict=True):
         outcome = merge_list(state, lists[stem])
         doc.set_items(prop, container, outcome.result)
         books.update({f"written{stem}": outcome.written, f"last{stem}": outcome.result,
@@ -264,6 +265,14 @@ def merge(doc: Document, proposal: Proposal) -> None:
         doc.set_alt_default("dc:description", caption.result)
     doc.drop_namespace(NS["bbsd"])
     _write_bbsd(doc, proposal, books, caption.written)
+
+
+def _units(proposal: Proposal, hierarchical: ListState) -> list[tuple[str, str, str]]:
+    """Each bbsd keyword as the three lists write it (`proposal_for`): flat leaf, `a|b|leaf`, `a/b/leaf`;
+    the ones proposed now and those bbsd wrote or suppressed before, so a removal in any list
+    reaches the others."""
+    paths = dict.fromkeys([*proposal.hierarchical, *hierarchical.written, *hierarchical.suppressed])
+    return [(p.rpartition("|")[2], p, p.replace("|", "/")) for p in paths]
 
 
 def _write_bbsd(doc: Document, proposal: Proposal, books: dict, written_caption: str | None) -> None:

@@ -15,6 +15,7 @@ from bbsd.pipeline import Pipeline, Status
 from bbsd.sidecars import record as sidecar
 from tests.conftest import make_photo, sha256_of, write_config
 from tests.fakes.engine import FakeLabeler
+from tests.sidecars.test_hostile_sidecars import needs_exiv2
 from tests.sidecars.test_xmp import GOLDEN, HOSTILE, exiftool, needs_exiftool
 
 
@@ -59,6 +60,62 @@ def test_relabel_keeps_rating_darktable_history_and_a_typed_keyword(make):
     assert [h["Operation"] for h in tags["XMP-darktable:History"]] == ["exposure", "colorbalancergb"]
     assert tags["XMP-dc:Subject"][0] == "curtain call" and "Koschei" in tags["XMP-dc:Subject"]
     assert "Baba Yaga" not in tags["XMP-dc:Subject"]
+
+
+# --- an editor's removal in any keyword list, made with the editors' own tools ------------------------
+
+LISTS = {"dc": ("XMP-dc:Subject", "lantern", "backstage"),
+         "lr": ("XMP-lr:HierarchicalSubject", "BBS|Props|lantern", "Crew|backstage"),
+         "digiKam": ("XMP-digiKam:TagsList", "BBS/Props/lantern", "Crew/backstage")}
+
+
+def keyword_lists(xmp_file) -> dict[str, list[str]]:
+    tags = exiftool(xmp_file)
+    return {k: [v] if isinstance(v, str) else v for k, v in ((k, tags.get(k, [])) for k, _, _ in LISTS.values())}
+
+
+def edit(convention: str, xmp_file, remove: str | None = None, add: str | None = None) -> None:
+    """Edit one list as the editor's tool does: exiftool for Lightroom's and the flat list, exiv2 (digiKam's
+    library) rewriting digiKam's whole TagsList."""
+    key = LISTS[convention][0]
+    if convention == "digiKam":
+        items = [t for t in keyword_lists(xmp_file)[key] if t != remove] + ([add] if add else [])
+        sets = [f"-Mset Xmp.digiKam.TagsList XmpSeq {t}" for t in items]
+        subprocess.run(["exiv2", "-Mdel Xmp.digiKam.TagsList", *sets, str(xmp_file)], check=True)
+        return
+    ops = ([f"-{key}-={remove}"] if remove else []) + ([f"-{key}+={add}"] if add else [])
+    subprocess.run(["exiftool", "-q", "-overwrite_original", *ops, str(xmp_file)], check=True)
+
+
+@needs_exiftool
+@needs_exiv2
+@pytest.mark.parametrize("convention", sorted(LISTS))
+def test_a_removal_in_any_keyword_list_removes_the_keyword_from_all_and_keeps_it_removed(make, convention):
+    inbox, build = make
+    photo = make_photo(inbox / "IMG.JPG")
+    target = inbox / "IMG.JPG.xmp"
+    labeller = build([reply(["Baba Yaga"])] * 4)
+    assert labeller.process(photo).status is Status.LABELED
+    key, lantern, own = LISTS[convention]
+    edit(convention, target, remove=lantern, add=own)
+    for _relabel in range(2):  # removed at the next write, and stays removed; the editor's keyword first
+        assert labeller.process(photo, force=True).status is Status.LABELED
+        lists = keyword_lists(target)
+        assert lists == {
+            "XMP-dc:Subject": [*(["backstage"] if convention == "dc" else []), "Baba Yaga"],
+            "XMP-lr:HierarchicalSubject": [*(["Crew|backstage"] if convention == "lr" else []),
+                                           "BBS|Characters|Baba Yaga"],
+            "XMP-digiKam:TagsList": [*(["Crew/backstage"] if convention == "digiKam" else []),
+                                     "BBS/Characters/Baba Yaga"]}, convention
+    if convention == "digiKam":  # digiKam's own library reads the same
+        out = subprocess.run(["exiv2", "-px", str(target)], capture_output=True, text=True, check=True).stdout
+        assert "lantern" not in "".join(x for x in out.splitlines() if not x.startswith("Xmp.bbsd."))
+    edit(convention, target, add=lantern)  # the editor changes their mind: bbsd's keyword is back everywhere
+    assert labeller.process(photo, force=True).status is Status.LABELED
+    lists = keyword_lists(target)
+    assert "lantern" in lists["XMP-dc:Subject"] and own in lists[key], lists
+    assert "BBS|Props|lantern" in lists["XMP-lr:HierarchicalSubject"], lists
+    assert "BBS/Props/lantern" in lists["XMP-digiKam:TagsList"], lists
 
 
 @pytest.mark.parametrize("kind", sorted(HOSTILE))
