@@ -45,18 +45,18 @@ def link(states: Sequence[ListState], units: Iterable[Sequence[str]]) -> list[Li
     """`states` with each list's suppressed items made one decision per keyword: `units` names each
     keyword as every list writes it (`units[k][i]` in `states[i]`). A keyword a person removed from
     any list since bbsd's last write, or that any list still suppresses, is suppressed in all of
-    them; one a person added back to a list that suppressed it is allowed everywhere again (a
-    removal made at the same time wins). Feed the result to `merge_list`."""
+    them; one a person added back to any list is allowed everywhere again (a removal made at the
+    same time wins). Feed the result to `merge_list`."""
     removed = [set(s.last) - set(s.current) for s in states]
-    readded = [(set(s.current) - set(s.last)) & set(s.suppressed) for s in states]
+    added = [set(s.current) - set(s.last) for s in states]
     suppressed = [set(s.suppressed) for s in states]
     add: list[list[str]] = [[] for _ in states]
     lift: list[set[str]] = [set() for _ in states]
     for unit in units:
-        if _in_any(unit, removed) or (_in_any(unit, suppressed) and not _in_any(unit, readded)):
+        if _in_any(unit, removed) or (_in_any(unit, suppressed) and not _in_any(unit, added)):
             for i, k in enumerate(unit):
                 add[i].append(k)
-        elif _in_any(unit, readded):
+        elif _in_any(unit, added):
             for i, k in enumerate(unit):
                 lift[i].add(k)
     return [replace(s, suppressed=tuple(dict.fromkeys([*(k for k in s.suppressed if k not in lift[i]), *add[i]])))

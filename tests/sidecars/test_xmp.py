@@ -112,6 +112,36 @@ def test_darktable_history_survives_exactly(tmp_path):
     assert 'xmlns:darktable="http://darktable.sf.net/"' in target.read_text()  # prefixes kept
 
 
+def test_the_review_keyword_removed_from_one_list_goes_from_all(tmp_path):
+    target = tmp_path / "IMG.JPG.xmp"
+    marked = xmp.proposal_for(Labels(("Baba Yaga",), (), "c", "s", ()), "BBS", PROVENANCE, review="bbsd|needs review")
+    xmp.write(target, marked)
+    doc = xmp.Document.parse(target.read_bytes())  # checked in Lightroom: the hierarchical keyword removed
+    doc.set_items("lr:hierarchicalSubject", "rdf:Bag", ("BBS|Characters|Baba Yaga",))
+    target.write_bytes(doc.to_bytes())
+    for _ in range(2):
+        xmp.write(target, marked)
+        doc = xmp.Document.parse(target.read_bytes())
+        assert [doc.items(k) for k in ("dc:subject", "lr:hierarchicalSubject", "digiKam:TagsList")] == [
+            ("Baba Yaga",), ("BBS|Characters|Baba Yaga",), ("BBS/Characters/Baba Yaga",)]
+
+
+def test_a_sidecar_that_suppressed_a_keyword_in_one_list_only_loses_it_from_the_others(tmp_path):
+    """Sidecars bbsd wrote before the lists were linked: `lantern` suppressed in the flat list only."""
+    target = tmp_path / "IMG.JPG.xmp"
+    xmp.write(target, proposal())
+    doc = xmp.Document.parse(target.read_bytes())
+    for name in ("dc:subject", "bbsd:lastSubject", "bbsd:writtenSubject"):
+        doc.set_items(name, "rdf:Bag", ("Baba Yaga",))
+    doc.set_items("bbsd:suppressedSubject", "rdf:Bag", ("lantern",))
+    target.write_bytes(doc.to_bytes())
+    xmp.write(target, proposal())
+    doc = xmp.Document.parse(target.read_bytes())
+    assert doc.items("lr:hierarchicalSubject") == ("BBS|Characters|Baba Yaga",)
+    assert doc.items("digiKam:TagsList") == ("BBS/Characters/Baba Yaga",)
+    assert doc.items("bbsd:suppressedTags") == ("BBS/Props/lantern",)
+
+
 HOSTILE = {
     "broken": b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF',
     "billion_laughs": b'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;">'
@@ -203,3 +233,43 @@ def test_document_round_trip_keeps_human_keywords(tmp_path_factory, rounds):
             typed.add(person_word)
     xmp.write(target, proposal(chars=(), props=()))
     assert typed <= set(xmp.Document.parse(target.read_bytes()).items("dc:subject"))
+
+
+LINKED = ((0, "dc:subject", "rdf:Bag", "{}"), (1, "lr:hierarchicalSubject", "rdf:Bag", "BBS|Characters|{}"),
+          (2, "digiKam:TagsList", "rdf:Seq", "BBS/Characters/{}"))
+FEW = st.sampled_from(["Baba Yaga", "Koschei", "lantern"])  # few, so that edits and relabels meet
+EDIT = st.tuples(st.sampled_from(["add", "remove"]), st.sampled_from(LINKED), FEW)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.tuples(st.just("relabel"), st.lists(FEW, max_size=3, unique=True), st.none()), EDIT),
+                max_size=14))
+def test_a_keyword_is_one_decision_in_all_three_lists(actions):
+    """A person edits any of the three lists between relabels: a keyword they removed from one is in
+    none (but where they put it themselves), one they added back is bbsd's to write everywhere again."""
+    doc = xmp.Document.new()
+    removed: set[str] = set()
+    theirs: dict[str, set[int]] = {}  # where a person put a keyword themselves
+    edited = False
+    for kind, where, word in actions:
+        if kind == "relabel":
+            xmp.merge(doc, proposal(chars=where, props=()))
+            edited = False
+            for w in {*theirs, *removed, *where}:
+                bbsd_writes = w in where and w not in removed
+                present = {i for i, name, _, form in LINKED if form.format(w) in doc.items(name)}
+                assert present == ({0, 1, 2} if bbsd_writes else theirs.get(w, set())), (w, present)
+            continue
+        i, name, box, form = where
+        items = doc.items(name)
+        if edited or (form.format(word) in items) == (kind == "add"):
+            continue
+        edited = True
+        if kind == "add":
+            doc.set_items(name, box, (*items, form.format(word)))
+            theirs.setdefault(word, set()).add(i)
+            removed.discard(word)
+        else:
+            doc.set_items(name, box, tuple(x for x in items if x != form.format(word)))
+            theirs.get(word, set()).discard(i)
+            removed.add(word)
