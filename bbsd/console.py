@@ -107,11 +107,22 @@ def status_text(d: dict, running: bool) -> str:
     return "\n".join(printable(line) for line in [
         f"bbsd: {head}, model {d['model']}",
         f"queue: {d['queue_depth']} waiting, in flight: {d['in_flight'] or '-'}{busy}",
-        f"photos since start: {d['labeled']} labelled, {d['failed']} failed",
+        f"photos since start: {d['labeled']} labelled, {failed_text(d['failed'], d.get('failures'))}",
         f"latency: p50 {ms(d['p50_ms'])}, p95 {ms(d['p95_ms'])}, last {ms(d['last_ms'])}",
         f"memory: RSS {d['rss_mb'] or '-'} MB, VRAM {d['vram_mb'] or '-'} MB",
         *[endpoint_line(e) for e in d.get("endpoints", [])],
     ])
+
+
+def codes_text(failures: dict[str, int] | None) -> str:
+    """`truncated 2, not_an_image 1`: failed photos per error code (`metrics.by_code`); "" when none."""
+    return ", ".join(f"{code} {n}" for code, n in (failures or {}).items())
+
+
+def failed_text(failed: int, failures: dict[str, int] | None) -> str:
+    """`3 failed (truncated 2, not_an_image 1)`, or `0 failed`."""
+    codes = codes_text(failures)
+    return f"{failed} failed ({codes})" if codes else f"{failed} failed"
 
 
 def endpoint_line(e: dict) -> str:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import statistics
+from collections import Counter
+from collections.abc import Iterable
 from functools import lru_cache
 
 import psutil
@@ -76,3 +78,9 @@ def percentile(values: list[float], q: float) -> float | None:
     if len(values) == 1:
         return round(float(values[0]), 1)
     return round(statistics.quantiles(values, n=100, method="inclusive")[round(q * 100) - 1], 1)
+
+
+def by_code(codes: Iterable[str]) -> dict[str, int]:
+    """Failed photos per error code, the most frequent first (ties by code): what the report, `bbsd status`
+    and `bbsd eval` show beside their latency and memory, which count labelled photos only."""
+    return dict(sorted(Counter(c or "unknown" for c in codes).items(), key=lambda kv: (-kv[1], kv[0])))

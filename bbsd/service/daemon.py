@@ -342,7 +342,8 @@ class Daemon:
             else:
                 self._no_sidecar.pop(path, None)
         if outcome.status in (Status.LABELED, Status.FAILED):
-            self.monitor.photo_done(outcome.status is Status.LABELED, outcome.total_ms, outcome.memory)
+            self.monitor.photo_done(outcome.status is Status.LABELED, outcome.total_ms, outcome.memory,
+                                    outcome.detail)
         if outcome.status is Status.PENDING and outcome.detail == Code.REFERENCE_CHANGED:
             # re-read the configuration: the new picture is hashed
             self.reload.set()

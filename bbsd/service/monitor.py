@@ -31,8 +31,8 @@ class Monitor:
         self.notifier.ready(self._line(queue_depth))
         self.status.write(self.phase, queue_depth, None, force=True)
 
-    def photo_done(self, ok: bool, total_ms: float | None, memory: dict | None) -> None:
-        self.status.record(ok, total_ms, memory)
+    def photo_done(self, ok: bool, total_ms: float | None, memory: dict | None, code: str = "") -> None:
+        self.status.record(ok, total_ms, memory, code)
 
     def tick(self, queue_depth: int, in_flight: str | None, busy_since: float | None, *, busy: int = 0,
              endpoints: list[dict] | None = None) -> None:

@@ -6,6 +6,8 @@ status file and `bbsd status --config X` reads X's; a daemon refuses to start on
 that a running daemon of another config holds. `status.json` is replaced atomically (readers never see
 half a file) when what it shows changes (at most about once a second), and otherwise every
 HEARTBEAT_S; never fsynced: it is a convenience, and an idle daemon must not wear the disk.
+Latency and memory come from labelled photos only: a failed photo is counted by its error code,
+never as a latency point (its few milliseconds, or none) or as the daemon's own smaller RSS.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections import deque
+from collections import Counter, deque
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ import psutil
 
 from bbsd import atomic, instance
 from bbsd.errors import ConfigError, SidecarWriteError
-from bbsd.metrics import percentile
+from bbsd.metrics import by_code, percentile
 
 FILE = instance.STATUS_FILE
 HEARTBEAT_S = 30.0
@@ -47,6 +49,7 @@ class Status:
         self.started = time.time()
         self.model = model
         self.labeled = self.failed = 0
+        self.failures: Counter[str] = Counter()  # failed photos by error code
         self.latencies: deque[float] = deque(maxlen=1000)
         self.last_ms: float | None = None
         self.rss_mb: float | None = None
@@ -56,11 +59,14 @@ class Status:
         self._written = 0.0
         self._shown: tuple | None = None
 
-    def record(self, ok: bool, total_ms: float | None, memory: dict[str, float | None] | None) -> None:
-        if ok:
-            self.labeled += 1
-        else:
+    def record(self, ok: bool, total_ms: float | None, memory: dict[str, float | None] | None,
+               code: str = "") -> None:
+        """One photo done: a labelled one's time and memory, or a failed one's error code."""
+        if not ok:
             self.failed += 1
+            self.failures[code] += 1
+            return
+        self.labeled += 1
         if total_ms is not None:
             self.latencies.append(total_ms)
             self.last_ms = round(total_ms, 1)
@@ -73,7 +79,8 @@ class Status:
             "pid": os.getpid(), "state": state, "model": self.model, "config": self.config,
             "started_at": datetime.fromtimestamp(self.started, UTC).isoformat(timespec="seconds"),
             "uptime_s": round(time.time() - self.started), "queue_depth": queue_depth, "in_flight": in_flight,
-            "labeled": self.labeled, "failed": self.failed, "last_ms": self.last_ms,
+            "labeled": self.labeled, "failed": self.failed, "failures": by_code(self.failures.elements()),
+            "last_ms": self.last_ms,
             "p50_ms": percentile(lat, 0.5), "p95_ms": percentile(lat, 0.95),
             "rss_mb": self.rss_mb, "vram_mb": self.vram_mb, "busy": self.busy,
             **({"endpoints": self.endpoints} if self.endpoints else {}),
