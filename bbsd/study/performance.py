@@ -2,7 +2,9 @@
 
 Invariant: every figure comes from per-photo records (the JSON sidecars, which carry
 timing, memory, model and time), so the report works for any past run without the
-daemon or a log file; the HTML is one self-contained file with inline SVG plots.
+daemon or a log file; the HTML is one self-contained file with inline SVG plots. Latency and
+memory figures and plots count labelled photos only; failed photos are counted by error code,
+never drawn as a latency point or an RSS dip.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from pathlib import Path
 import psutil
 
 from bbsd.arrive import scan
+from bbsd.console import codes_text
 from bbsd.errors import BbsdError
-from bbsd.metrics import percentile
+from bbsd.metrics import by_code, percentile
 from bbsd.sidecars import record as sidecar
 from bbsd.study import svg
 
@@ -29,12 +32,17 @@ from bbsd.study import svg
 class Record:
     when: datetime
     status: str
-    total_ms: float
+    total_ms: float | None  # a failed photo's is not a latency figure, and may be unknown
     rss_mb: float | None
     vram_mb: float | None
     model: str
     endpoint: str | None = None  # the inference server that answered (remote backends)
     server_ms: float | None = None  # its client-side latency
+    code: str | None = None  # a failed photo's error code
+
+    @property
+    def labelled(self) -> bool:
+        return self.status == "labeled"
 
 
 def parse_since(text: str | None, now: datetime) -> datetime | None:
@@ -62,7 +70,7 @@ def collect(folders: tuple[Path, ...], extensions: tuple[str, ...], since: datet
         try:
             record = _record(doc)
         except (KeyError, TypeError, ValueError, AttributeError):
-            continue  # a sidecar a person damaged, or a figure not measured (null): not a record to plot
+            continue  # a sidecar a person damaged, or a labelled photo's figure not measured (null)
         if not since or record.when >= since:
             records.append(record)
     return sorted(records, key=lambda r: r.when)
@@ -72,6 +80,9 @@ def _record(doc: dict) -> Record:
     when = datetime.fromisoformat(doc["created_at"].replace("Z", "+00:00"))
     mem = doc.get("memory_mb") or {}
     served = doc.get("served") if isinstance(doc.get("served"), dict) else {}
+    if doc["status"] == "error":  # counted by its code; its time and memory are not the model's work
+        code = (doc.get("error") or {}).get("code") or "unknown"
+        return Record(when, "error", None, None, None, doc.get("model", {}).get("file", "?"), code=str(code))
     return Record(when, doc["status"], float(doc["timing_ms"]["total"]), mem.get("rss"), mem.get("vram"),
                   doc.get("model", {}).get("file", "?"), served.get("endpoint"), served.get("latency_ms"))
 
@@ -89,14 +100,17 @@ def machine() -> str:
 
 
 def summarise(records: list[Record]) -> dict[str, object]:
-    lat = [r.total_ms for r in records]
-    rss = [r.rss_mb for r in records if r.rss_mb is not None]
-    vram = [r.vram_mb for r in records if r.vram_mb is not None]
+    """Latency and peak memory over the labelled photos; failures by error code (`failures`)."""
+    done = [r for r in records if r.labelled]
+    lat = [r.total_ms for r in done if r.total_ms is not None]
+    rss = [r.rss_mb for r in done if r.rss_mb is not None]
+    vram = [r.vram_mb for r in done if r.vram_mb is not None]
     span_min = (records[-1].when - records[0].when).total_seconds() / 60 if len(records) > 1 else 0
     return {
         "photos": len(records),
         "labelled": sum(r.status == "labeled" for r in records),
         "failed": sum(r.status == "error" for r in records),
+        "failures": by_code(r.code or "" for r in records if r.status == "error"),
         "p50_ms": percentile(lat, 0.5), "p95_ms": percentile(lat, 0.95), "max_ms": max(lat) if lat else None,
         "per_minute": round(len(records) / span_min, 1) if span_min else None,
         "peak_rss_mb": max(rss) if rss else None, "peak_vram_mb": max(vram) if vram else None,
@@ -114,6 +128,7 @@ def text_summary(s: dict[str, object]) -> str:
 
     return "\n".join([
         f"photos: {s['photos']} ({s['labelled']} labelled, {s['failed']} failed), {s['first']} .. {s['last']}",
+        *([f"failed: {s['failed']} ({codes_text(s['failures'])})"] if s["failures"] else []),
         f"latency: p50 {ms('p50_ms')}, p95 {ms('p95_ms')}, max {ms('max_ms')}",
         f"throughput: {s['per_minute'] if s['per_minute'] is not None else '-'} photos/min",
         f"peak memory: RSS {s['peak_rss_mb'] or '-'} MB, VRAM {s['peak_vram_mb'] or '-'} MB",
@@ -148,15 +163,18 @@ def html(records: list[Record], s: dict[str, object]) -> str:
     t0 = records[0].when if records else datetime.now(UTC)
     xs = [(r.when - t0).total_seconds() + i * 1e-3 for i, r in enumerate(records)]  # keep order within a second
     span = (s["first"] or "", s["last"] or "")
+    done = [(x, r) for x, r in zip(xs, records, strict=True) if r.labelled]  # a failure is no latency or RSS
+    only = f" — labelled photos; {s['failed']} failed, not drawn ({codes_text(s['failures'])})" if s["failures"] else ""
     plots = [
-        svg.scatter(list(zip(xs, [r.total_ms for r in records], strict=True)), "Latency per photo", span, "ms"),
-        svg.histogram([r.total_ms for r in records], "Latency histogram", "ms"),
-        svg.scatter([(x, r.rss_mb) for x, r in zip(xs, records, strict=True) if r.rss_mb is not None],
-                    "Engine memory (RSS) per photo", span, "MB"),
-        svg.bars(_per_minute(records), "Photos per minute", span, "photos"),
+        svg.scatter([(x, r.total_ms) for x, r in done if r.total_ms is not None], f"Latency per photo{only}",
+                    span, "ms"),
+        svg.histogram([r.total_ms for _, r in done if r.total_ms is not None], f"Latency histogram{only}", "ms"),
+        svg.scatter([(x, r.rss_mb) for x, r in done if r.rss_mb is not None], f"Engine memory (RSS) per photo{only}",
+                    span, "MB"),
+        svg.bars(_per_minute(records), "Photos per minute", span, "photos"),  # failed ones too: handled
     ]
-    rows = "".join(f"<tr><th>{escape(k)}</th><td>{escape(str(v if not isinstance(v, list) else ', '.join(v)))}"
-                   f"</td></tr>" for k, v in s.items() if k != "endpoints")
+    rows = "".join(f"<tr><th>{escape(k)}</th><td>{escape(_cell(v))}</td></tr>" for k, v in s.items()
+                   if k != "endpoints")
     ends = "".join(f"<tr><td>{escape(url)}</td><td>{e['photos']}</td><td>{e['p50_ms']}</td><td>{e['p95_ms']}</td>"
                    "</tr>" for url, e in s.get("endpoints", {}).items())
     if ends:
@@ -169,6 +187,12 @@ def html(records: list[Record], s: dict[str, object]) -> str:
         f"<h1>bbsd report</h1><table id='summary'>{rows}</table>{''.join(plots)}"
         f"<script type='application/json' id='data'>{json.dumps(s)}</script></body></html>"
     )
+
+
+def _cell(v: object) -> str:
+    if isinstance(v, dict):  # failures by error code
+        return codes_text(v) or "-"
+    return ", ".join(v) if isinstance(v, list) else str(v)
 
 
 def write(out: Path, records: list[Record]) -> dict[str, object]:

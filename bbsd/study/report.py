@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bbsd import atomic
+from bbsd.console import codes_text
 from bbsd.study import svg
 
 COLUMNS = ("profile", "photos", "failed", "micro F1", "macro F1 ch", "macro F1 pr", "exact", "halluc.",
@@ -45,6 +46,8 @@ def table(summaries: list[dict[str, Any]]) -> str:
         mixed = ", ".join(f"{c['truth']} as {c['predicted']} ×{c['count']}"
                           for kind in ("characters", "props") for c in s[kind]["confusions"][:3])
         lines += [f"{s['profile']} confusions: {mixed}"] if mixed else []
+        if s.get("failures"):  # kept out of latency and memory, which count labelled photos
+            lines.append(f"{s['profile']} failed: {s['failed']} ({codes_text(s['failures'])})")
         lines += [f"{s['profile']} question {key}: accuracy {_fmt(q['accuracy'])} over {q['photos']} photos"
                   for key, q in s["questions"].items()]
         if s.get("threshold_curve"):
@@ -80,12 +83,15 @@ def html(summaries: list[dict[str, Any]], machine: str) -> str:
         f"<tr><td>{escape(s['profile'])}</td><td>{kind}</td><td>{escape(n)}</td><td>{_fmt(v['precision'])}</td>"
         f"<td>{_fmt(v['recall'])}</td><td>{_fmt(v['f1'])}</td><td>{v['tp']}/{v['fp']}/{v['fn']}</td></tr>"
         for s in summaries for kind in ("characters", "props") for n, v in s[kind]["labels"].items())
+    failed = "".join(f"<p class='failed'>{escape(s['profile'])} failed: {s['failed']} "
+                     f"({escape(codes_text(s['failures']))}), not counted in latency or memory</p>"
+                     for s in summaries if s.get("failures"))
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>bbsd eval</title>"
         "<style>body{font-family:sans-serif;margin:2em;max-width:1000px}td,th{text-align:left;padding-right:1em}"
         "svg{display:block;margin:1.5em 0;border:1px solid #ddd}</style></head><body>"
         f"<h1>bbsd eval</h1><p id='machine'>{escape(machine)}</p>"
-        f"<table id='profiles'><tr>{head}</tr>{body}</table>{''.join(plots(summaries))}"
+        f"<table id='profiles'><tr>{head}</tr>{body}</table>{failed}{''.join(plots(summaries))}"
         "<h2>Per label</h2><table id='labels'><tr><th>profile</th><th>kind</th><th>name</th><th>precision</th>"
         f"<th>recall</th><th>F1</th><th>tp/fp/fn</th></tr>{labels}</table>"
         f"<script type='application/json' id='data'>{data}</script>"

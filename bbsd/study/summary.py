@@ -2,13 +2,15 @@
 
 Invariant: only results for photos in the truth set count, each once; figures come from
 `scores` (accuracy) and `metrics.percentile` (latency), so the report and the daemon agree on them.
+Latency and peak memory count the photos the model labelled; a failed one is counted by its error
+code (`failures`), its time and memory kept out of those figures (photos/min still pays for it).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from bbsd.metrics import percentile
+from bbsd.metrics import by_code, percentile
 from bbsd.show.questions import Question
 from bbsd.study import scores
 from bbsd.study.truth import Truth
@@ -22,11 +24,14 @@ def summarise(name: str, truths: list[Truth], photos: dict[str, dict[str, Any]],
     samples = {k: [_sample(t, r, k) for t, r in rows] for k in KINDS}
     kinds = {k: scores.kind_summary(samples[k]) for k in KINDS}
     per_photo = list(zip(samples["characters"], samples["props"], strict=True))
-    ms = [r["ms"] for _, r in rows]
+    done = [r for _, r in rows if not r["error"]]
+    ms = [r["ms"] for r in done]
+    spent = [r["ms"] for _, r in rows]
     return {
         "profile": name,
         "model": loads[-1] if loads else None,
         "photos": len(rows), "failed": sum(bool(r["error"]) for _, r in rows),
+        "failures": by_code(str(r["error"]) for _, r in rows if r["error"]),
         **kinds,
         "micro": scores.kind_summary([s for k in KINDS for s in samples[k]])["micro"],
         "exact": scores.ratio(sum(c.truth == c.predicted and p.truth == p.predicted for c, p in per_photo),
@@ -36,9 +41,9 @@ def summarise(name: str, truths: list[Truth], photos: dict[str, dict[str, Any]],
             [(samples[k][i], r.get("confidence", {}).get(k, {})) for k in KINDS for i, (_, r) in enumerate(rows)]),
         "questions": _questions(rows, questions),
         "latency_ms": {"p50": percentile(ms, 0.5), "p95": percentile(ms, 0.95)},
-        "throughput_per_min": round(60_000 * len(ms) / sum(ms), 2) if ms and sum(ms) else None,
-        "peak_rss_mb": _peak(r.get("rss_mb") for _, r in rows),
-        "peak_vram_mb": _peak(r.get("vram_mb") for _, r in rows),
+        "throughput_per_min": round(60_000 * len(spent) / sum(spent), 2) if spent and sum(spent) else None,
+        "peak_rss_mb": _peak(r.get("rss_mb") for r in done),
+        "peak_vram_mb": _peak(r.get("vram_mb") for r in done),
         "load_ms": loads[0]["load_ms"] if loads else None,  # the first load: a resumed run's reloads are warmer
         "evaluated_tokens": evaluated_tokens([r for _, r in rows]),
     }
