@@ -11,6 +11,7 @@ Training-only (the `tokenizers` package, from the `convert` extra).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
@@ -19,6 +20,11 @@ from bbsd.models import gguf_pair
 from bbsd.models.gguf_pair import SPECIAL_TOKENS, SPM_SPACE, TinySpec
 
 VOCAB_SIZE = 1024  # pieces the trainer may make (alphabet included): every prompt and reply word fits
+# The merges kept: a word, with or without its leading space. No piece holds punctuation, so the reply's JSON
+# is one token a mark however it is cut: bbsd's engine writes the parts the grammar forces (`{"characters":[`,
+# the rest of a name) by tokenizing them alone (jump-forward), and a model trained on `":["` as one token
+# would meet `":[` then `"` and answer `]` (measured: every list empty on the held-out show).
+WORDLIKE = re.compile(f"^[Ġ{SPM_SPACE}]?[A-Za-z0-9]+$")
 
 
 def train_merges(kind: str, corpus: Iterable[str], vocab_size: int = VOCAB_SIZE) -> tuple[str, ...]:
@@ -30,8 +36,8 @@ def train_merges(kind: str, corpus: Iterable[str], vocab_size: int = VOCAB_SIZE)
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, show_progress=False,
                                   initial_alphabet=alphabet, special_tokens=list(SPECIAL_TOKENS))
     tok.train_from_iterator(list(corpus), trainer)
-    merges = json.loads(tok.to_str())["model"]["merges"]
-    return tuple(m if isinstance(m, str) else " ".join(m) for m in merges)
+    merges = (m if isinstance(m, str) else " ".join(m) for m in json.loads(tok.to_str())["model"]["merges"])
+    return tuple(m for m in merges if WORDLIKE.match(m.replace(" ", "")))
 
 
 def _pre(tok: Tokenizer, kind: str) -> None:

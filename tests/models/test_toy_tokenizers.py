@@ -55,7 +55,7 @@ def test_llama_cpp_tokenizes_the_prompt_as_the_trainer_does(trained):
     for text in (before, after):
         assert _llama(ctx, text) == enc.encode(text).ids
     # the prompt's words are whole tokens: a few hundred for 1,500 bytes (was about a token a byte)
-    assert len(enc.encode(before).ids) < len(before) / 4
+    assert len(enc.encode(before).ids) < len(before) / 3
 
 
 def test_llama_cpp_tokenizes_replies_as_the_trainer_does(trained):
