@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 import tempfile
 import time
@@ -26,6 +27,7 @@ from pathlib import Path
 import structlog
 import torch
 from PIL import Image
+from torch import nn
 from torch.nn import functional as F
 
 from bbsd import logs
@@ -38,12 +40,15 @@ from bbsd.models.gguf_pair import TinySpec
 from bbsd.photo import decode
 from bbsd.show import catalog as catalog_mod
 from bbsd.study import toyshow
+from train import prefix as shared
+from train import toktrain
 from train.twin import ToyVLM, seeded
 
-# 8x8-pixel patches on 64 px (64 image tokens); llama.cpp runs v_layer - 1 = 2 ViT blocks (bbsd/models/twin.py)
+# 8x8-pixel patches on 96 px (144 image tokens): the 192x128 photo letterboxed to 96x64, a prop 10-20 px
+# tall; llama.cpp runs v_layer - 1 = 2 ViT blocks (bbsd/models/twin.py)
 SPEC = TinySpec(n_embd=96, n_head=4, n_layer=2, n_ff=256, v_embd=64, v_head=4, v_layer=3, v_ff=128,
-                image_size=64, patch_size=8)
-PHOTO_SIZE = (192, 128)  # rendered; letterboxed to 64 px as libmtmd does
+                image_size=96, patch_size=8)
+PHOTO_SIZE = (192, 128)  # rendered; letterboxed to the spec's image size as libmtmd does
 MAX_SIDE = 768  # [engine] image_max_side's default: bbsd's decoder hands the model at most this
 log = structlog.get_logger("bbsd.train")
 
@@ -88,6 +93,25 @@ def show_photos(folder: Path, seed: int, n: int, max_side: int = MAX_SIDE) -> li
 class Example:
     pieces: list[torch.Tensor]  # token ids (long) and the image's pixels (float), in order
     reply: torch.Tensor  # the reply's token ids, `<|im_end|>` last
+    present: torch.Tensor  # 1.0 for each of the cast (toyshow.CAST's order) in the photo
+
+
+def present(truth: dict) -> torch.Tensor:
+    names = set(truth["characters"]) | set(truth["props"])
+    return torch.tensor([1.0 if c.name in names else 0.0 for c in toyshow.CAST])
+
+
+class Probe(nn.Module):
+    """Training-only: which of the cast an image holds, read from its embeddings (the text model's input) by
+    a linear layer and the strongest patch. Its loss teaches the ViT and projector to make the cast visible
+    in the embeddings sooner than the reply's loss alone does; it is not exported (llama.cpp never runs it)."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.head = nn.Linear(d, len(toyshow.CAST))
+
+    def loss(self, images: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(self.head(images).amax(1), present)
 
 
 class Tokenizer:
@@ -112,7 +136,7 @@ class Tokenizer:
         reply = self._ctx.tokens(reply_text(truth))
         if reply is None:
             raise ValueError(f"the reply for {truth['file']} has no exact tokens")
-        return Example(pieces, torch.tensor([*reply, self.eos]))
+        return Example(pieces, torch.tensor([*reply, self.eos]), present(truth))
 
     def close(self) -> None:
         self._ctx.close()
@@ -130,34 +154,68 @@ def reply_loss(model: ToyVLM, batch: Sequence[Example]) -> torch.Tensor:
     return F.cross_entropy(rows, torch.cat([ex.reply for ex in batch]))
 
 
+def corpus(p: prompt_mod.Prompt, truths: Sequence[dict]) -> list[str]:
+    """What the tokenizers are trained on: the prompt's texts (twice, so their words pass the trainer's
+    minimum count) and the training photos' replies."""
+    return [p.system, p.user] * 2 + [reply_text(t) for t in truths]
+
+
+def schedule(step: int, steps: int, warmup: int = 20) -> float:
+    """The learning rate's factor: linear warm-up, then a cosine down to a tenth."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.1 + 0.45 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+
 def train(out: Path, steps: int, photos: int, seed: int, lr: float, batch: int = 8,
-          spec: TinySpec = SPEC) -> list[float]:
-    """Train on `photos` photos of the toy show `seed` (`show_photos`) for `steps` steps of `batch` photos (in
-    turn); write the weights to `out` (.npz, bbsd.models.twin). Returns the losses."""
+          spec: TinySpec = SPEC, probe_weight: float = 1.0) -> list[float]:
+    """Train on `photos` photos of the toy show `seed` (`show_photos`) for `steps` steps of `batch` photos
+    (shuffled each epoch, seeded), with a tokenizer trained on the prompt and those photos' replies
+    (`toktrain`); write the weights to `out` (.npz, bbsd.models.twin). Returns the losses."""
     torch.manual_seed(seed)
     torch.set_num_threads(2)
     chat_prompt = toy_prompt()
     with tempfile.TemporaryDirectory() as tmp:
+        shown = show_photos(Path(tmp) / "show", seed, photos)
+        if not spec.merges:
+            merges = toktrain.train_merges(spec.tokenizer, corpus(chat_prompt, [t for _, t in shown]))
+            spec = dataclasses.replace(spec, merges=merges)
         tok = Tokenizer(spec, Path(tmp) / "pair")
         try:
             chat = chat_text(chat_prompt, tok.marker)
-            shown = show_photos(Path(tmp) / "show", seed, photos)
             examples = [tok.example(chat, image, truth) for image, truth in shown]
         finally:
             tok.close()
-    log.info("train.examples", photos=photos, tokens=[sum(len(p) if not p.is_floating_point() else 64
-                                                          for p in e.pieces) + len(e.reply) for e in examples])
+    n_image = (spec.image_size // spec.patch_size) ** 2
+    log.info("train.examples", photos=photos, vocabulary=len(gguf_pair.vocabulary(spec)),
+             tokens=[sum(len(p) if not p.is_floating_point() else n_image for p in e.pieces) + len(e.reply)
+                     for e in examples][:8])
+    head = examples[0].pieces[0]  # the system turn: the same tokens before every photo (prefix.py)
+    if not all(torch.equal(e.pieces[0], head) for e in examples):
+        raise ValueError("the examples' prompts differ before the image")
     model = seeded(spec, len(gguf_pair.vocabulary(spec)), seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    losses = []
+    probe = Probe(spec.n_embd)
+    opt = torch.optim.AdamW([*model.parameters(), *probe.parameters()], lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: schedule(s, steps))
+    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed)).tolist()
+    losses, began = [], time.monotonic()
     for step in range(steps):
         start = time.monotonic()
-        loss = reply_loss(model, [examples[(step * batch + j) % len(examples)] for j in range(batch)])
-        opt.zero_grad()
-        loss.backward()
+        picks = [examples[order[(step * batch + j) % len(examples)]] for j in range(batch)]
+        loss, images = shared.reply_loss_and_images(model, head, [e.pieces[1:] for e in picks],
+                                                    [e.reply for e in picks])
+        seen = probe.loss(images, torch.stack([e.present for e in picks]))
+        (loss + probe_weight * seen).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        opt.zero_grad()
+        sched.step()
         losses.append(loss.item())
-        log.info("train.step", step=step, loss=round(losses[-1], 4), seconds=round(time.monotonic() - start, 2))
+        if (step + 1) * batch // len(examples) != step * batch // len(examples):  # a new epoch: reshuffle
+            order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed + step)).tolist()
+        log.info("train.step", step=step, loss=round(losses[-1], 4), probe=round(seen.item(), 4),
+                 seconds=round(time.monotonic() - start, 2),
+                 elapsed=round(time.monotonic() - began))
     toy.save(out, spec, *model.gguf_tensors())
     log.info("train.saved", path=str(out), steps=steps, loss=round(losses[-1], 4) if losses else None)
     return losses
@@ -172,11 +230,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--batch", type=int, default=8, help="photos a step")
     parser.add_argument("--tokenizer", choices=["bpe", "spm"], default="bpe",
-                        help="the vocabulary: byte-level BPE or SentencePiece-style (bbsd.models.gguf_pair)")
+                        help="the vocabulary: byte-level BPE or SentencePiece-style, trained on the prompt and replies")
+    parser.add_argument("--image-size", type=int, default=SPEC.image_size)
+    parser.add_argument("--patch-size", type=int, default=SPEC.patch_size)
+    parser.add_argument("--embd", type=int, default=SPEC.n_embd, help="the text model's width")
+    parser.add_argument("--layers", type=int, default=SPEC.n_layer, help="the text model's blocks")
+    parser.add_argument("--probe", type=float, default=1.0, help="weight of the training-only probe's loss (Probe)")
     args = parser.parse_args(argv)
     logs.configure("info", "console")
-    train(args.out, args.steps, args.photos, args.seed, args.lr, args.batch,
-          dataclasses.replace(SPEC, tokenizer=args.tokenizer))
+    spec = dataclasses.replace(SPEC, tokenizer=args.tokenizer, image_size=args.image_size, patch_size=args.patch_size,
+                               n_embd=args.embd, n_layer=args.layers, n_ff=args.embd * 8 // 3 // 32 * 32 or 64)
+    train(args.out, args.steps, args.photos, args.seed, args.lr, args.batch, spec, args.probe)
     return 0
 
 
