@@ -235,11 +235,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--patch-size", type=int, default=SPEC.patch_size)
     parser.add_argument("--embd", type=int, default=SPEC.n_embd, help="the text model's width")
     parser.add_argument("--layers", type=int, default=SPEC.n_layer, help="the text model's blocks")
+    parser.add_argument("--v-embd", type=int, default=SPEC.v_embd, help="the ViT's width")
+    parser.add_argument("--v-layers", type=int, default=SPEC.v_layer, help="the ViT's blocks (one is never run)")
     parser.add_argument("--probe", type=float, default=1.0, help="weight of the training-only probe's loss (Probe)")
     args = parser.parse_args(argv)
     logs.configure("info", "console")
     spec = dataclasses.replace(SPEC, tokenizer=args.tokenizer, image_size=args.image_size, patch_size=args.patch_size,
-                               n_embd=args.embd, n_layer=args.layers, n_ff=args.embd * 8 // 3 // 32 * 32 or 64)
+                               n_embd=args.embd, n_layer=args.layers, n_ff=args.embd * 8 // 3 // 32 * 32 or 64,
+                               v_embd=args.v_embd, v_layer=args.v_layers, v_ff=args.v_embd * 2)
     train(args.out, args.steps, args.photos, args.seed, args.lr, args.batch, spec, args.probe)
     return 0
 
