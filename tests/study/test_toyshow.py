@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +20,7 @@ from PIL import Image
 
 from bbsd.photo.decode import capture_time, decode
 from bbsd.study import toyshow
-from bbsd.study.toyshow import __main__ as toyshow_cli
-from tests.conftest import CATALOG, run_bbsd, write_config
+from tests.conftest import CATALOG, REPO, run_bbsd, write_config
 
 SMALL = (160, 107)  # a 3:2 camera export, shrunk
 
@@ -148,9 +149,14 @@ def test_bbsd_eval_reads_the_manifest_and_scores_a_backend_that_answers_the_trut
     assert scores["micro"]["f1"] == 1.0 and scores["exact"] == 1.0
 
 
-def test_the_module_command_renders_a_show_and_refuses_a_tiny_photo(tmp_path, capsys):
-    assert toyshow_cli.main([str(tmp_path), "--photos", "2", "--size", "96x64", "--catalog"]) == 0
-    assert capsys.readouterr().out.strip() == str(tmp_path / "truth.jsonl")
+def test_the_module_command_renders_a_show_and_refuses_a_tiny_photo(tmp_path):
+    """As people run it, in a process of its own (its logging setup must not leak into other tests)."""
+    def toyshow(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "bbsd.study.toyshow", *args], capture_output=True, text=True,
+                              timeout=120, cwd=REPO)
+
+    done = toyshow(str(tmp_path), "--photos", "2", "--size", "96x64", "--catalog")
+    assert done.returncode == 0 and done.stdout.strip() == str(tmp_path / "truth.jsonl"), done.stderr
     assert "[[characters]]" in (tmp_path / "catalog.toml").read_text()
-    assert toyshow_cli.main([str(tmp_path / "x"), "--size", "32x32"]) == 2
-    assert "at least 64 pixels" in capsys.readouterr().err
+    refused = toyshow(str(tmp_path / "x"), "--size", "32x32")
+    assert refused.returncode == 2 and "at least 64 pixels" in refused.stderr
