@@ -7,7 +7,6 @@ the start with one line, and an error that came from a setting is redone once th
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -24,7 +23,7 @@ from bbsd.engine.labeler import ModelInfo
 from bbsd.engine.prompt import build
 from bbsd.models import tiny as tiny_model
 from bbsd.sidecars import record as sidecar
-from tests.conftest import SLACK, make_photo, run_bbsd, wait_until, write_config
+from tests.conftest import SLACK, make_photo, run_bbsd, sha256_of, wait_until, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -47,10 +46,6 @@ def _children(pid: int, command: str) -> list[psutil.Process]:
         except psutil.Error:  # gone meanwhile
             continue
     return out
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @contextlib.contextmanager
@@ -175,7 +170,7 @@ def test_another_model_under_the_same_file_name_relabels_and_is_named_in_the_sid
     first = bbsd_run(cfg, "first")
     wait_until(lambda: _labeled(photo), 60, "labelled by the first model")
     before = _doc(photo)["model"]
-    assert before["files"]["file"] == {"size": text.stat().st_size, "sha256": _sha256(text)}
+    assert before["files"]["file"] == {"size": text.stat().st_size, "sha256": sha256_of(text)}
     assert first.stop() == 0
 
     tiny_model.write_text_model(text, tiny_model.TinySpec(seed=1))  # a fine-tune: same name, other weights
@@ -183,7 +178,7 @@ def test_another_model_under_the_same_file_name_relabels_and_is_named_in_the_sid
     assert second.wait_for("daemon.ready")[0]["queued"] == 1
     wait_until(lambda: _doc(photo)["model"] != before, 60, "relabelled by the second model")
     after = _doc(photo)["model"]
-    assert after["file"] == before["file"] and after["files"]["file"]["sha256"] == _sha256(text)
+    assert after["file"] == before["file"] and after["files"]["file"]["sha256"] == sha256_of(text)
     assert after["files"]["file"]["sha256"] != before["files"]["file"]["sha256"]
     assert second.stop() == 0
 
@@ -206,8 +201,8 @@ def test_a_model_path_edited_while_running_is_not_what_a_restarted_worker_loads(
     photo = make_photo(inbox / "b.jpg")
     wait_until(lambda: _labeled(photo), 60, "labelled after the worker restart")
     restarted = run.wait_for("worker.started", count=2)[1]
-    assert restarted["model"] == text.name and restarted["sha256"] == _sha256(text)
-    assert _doc(photo)["model"]["files"]["file"]["sha256"] == _sha256(text)
+    assert restarted["model"] == text.name and restarted["sha256"] == sha256_of(text)
+    assert _doc(photo)["model"]["files"]["file"]["sha256"] == sha256_of(text)
     assert run.stop() == 0
 
 
@@ -278,13 +273,13 @@ def test_model_digests_are_hashed_once_per_file_version_and_a_same_size_copy_is_
     monkeypatch.setattr(fingerprint, "file_sha256", lambda p: hashed.append(p) or real(p))
     state = tmp_path / "state"
     first = fingerprint.files({"file": model, "lora": None}, state)
-    assert first == (("file", 4096, _sha256(model)),) and fingerprint.files({"file": model}, state) == first
+    assert first == (("file", 4096, sha256_of(model)),) and fingerprint.files({"file": model}, state) == first
     assert len(hashed) == 1 and (state / fingerprint.CACHE).exists()
     st = model.stat()
     model.write_bytes(b"b" * 4096)
     os.utime(model, ns=(st.st_atime_ns, st.st_mtime_ns))
     second = fingerprint.files({"file": model}, state)
-    assert len(hashed) == 2 and second[0][2] == _sha256(model) != first[0][2]
+    assert len(hashed) == 2 and second[0][2] == sha256_of(model) != first[0][2]
 
 
 def test_a_decoder_that_cannot_start_at_all_ends_the_start_with_the_reinstall_line(tmp_path):

@@ -9,7 +9,6 @@ is tested without torch; the rest skips without the `convert` extra.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +18,7 @@ from bbsd.errors import ModelError
 from bbsd.models import gguf_pair, tiny
 from bbsd.models import twin as toy
 from bbsd.models.gguf_pair import TinySpec
+from tests.conftest import sha256_of
 
 # 8x8-pixel patches on a 64-px image (64 image tokens), three ViT blocks of which llama.cpp runs two
 SPEC = TinySpec(n_embd=64, n_head=4, n_layer=2, n_ff=128, v_embd=32, v_head=2, v_layer=3, v_ff=64,
@@ -33,19 +33,13 @@ TOLERANCE = 0.01  # image embeddings: of the spread (standard deviation) of the 
 LOGIT_TOLERANCE = 0.001
 
 
-def _sha(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def test_a_saved_toy_model_writes_the_bytes_of_the_arrays_it_came_from(tmp_path):
     """Arrays → .npz → GGUF pair is the random pair's writer: the same arrays give the same files."""
     text, mmproj = tiny.text_tensors(SPEC), tiny.mmproj_tensors(SPEC)
     npz = toy.save(tmp_path / "toy.npz", SPEC, dict(reversed(text.items())), mmproj)  # order does not matter
     got = toy.write_pair_from(npz, tmp_path / "from-npz")
     want = tiny.write_pair(tmp_path / "random", SPEC)
-    assert [_sha(p) for p in got] == [_sha(p) for p in want]
+    assert [sha256_of(p) for p in got] == [sha256_of(p) for p in want]
 
 
 @pytest.mark.parametrize("broken", ["missing", "shape"])
