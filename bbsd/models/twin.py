@@ -35,6 +35,8 @@ from bbsd.models.gguf_pair import TinySpec
 # libmtmd's padding colour for LLaVA-style fixed-size images (clip.cpp, PROJECTOR_TYPE_MLP)
 PAD_COLOR = (122, 116, 104)
 _HINT = "regenerate the weights with train/toyvlm.py (docs: train/README.md)"
+WEIGHTS = Path(__file__).parent / "weights"  # the trained toy VLMs bbsd ships, one per tokenizer kind
+TOKENIZERS = ("bpe", "spm")
 
 
 def save(path: Path, spec: TinySpec, text: Mapping[str, np.ndarray], mmproj: Mapping[str, np.ndarray]) -> Path:
@@ -72,6 +74,16 @@ def write_pair(folder: Path, spec: TinySpec, text: Mapping[str, np.ndarray],
 def write_pair_from(npz: Path, folder: Path) -> tuple[Path, Path]:
     """The GGUF pair of a saved .npz (what tests and the demo run)."""
     return write_pair(folder, *load(npz))
+
+
+def shipped(tokenizer: str = "bpe") -> Path:
+    """The shipped toy VLM's weights with a `tokenizer` ("bpe": byte-level BPE, "spm": SentencePiece-style)."""
+    if tokenizer not in TOKENIZERS:
+        raise ModelError(f"no toy model with a {tokenizer!r} tokenizer", f"pick one of {', '.join(TOKENIZERS)}")
+    path = WEIGHTS / f"toyvlm-{tokenizer}.npz"
+    if not path.is_file():
+        raise ModelError(f"the toy model's weights {path} are missing", _HINT)
+    return path
 
 
 def _check(spec: TinySpec, text: Mapping[str, np.ndarray], mmproj: Mapping[str, np.ndarray]) -> None:
