@@ -40,8 +40,8 @@ def _block(blk: LlamaBlock, xp: torch.Tensor, xs: torch.Tensor) -> tuple[torch.T
     v = torch.cat([vp.expand(b, -1, -1, -1), vs], 2)
     if blk.kv != blk.heads:
         kp, vp, k, v = (z.repeat_interleave(blk.heads // blk.kv, 1) for z in (kp, vp, k, v))
-    mask = torch.ones(s, p + s, dtype=torch.bool)
-    mask[:, p:] = torch.ones(s, s, dtype=torch.bool).tril()
+    mask = torch.ones(s, p + s, dtype=torch.bool, device=xs.device)
+    mask[:, p:] = torch.ones(s, s, dtype=torch.bool, device=xs.device).tril()
     att_p = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True)
     att_s = F.scaled_dot_product_attention(qs, k, v, attn_mask=mask)
     xp = xp + blk.o(att_p.transpose(1, 2).reshape(1, p, d))
@@ -64,7 +64,7 @@ def reply_loss_and_images(model: ToyVLM, prefix: torch.Tensor, rests: Sequence[S
     ViT runs once on all of the batch's images."""
     xp = model.text.embed(prefix)[None]
     pixels = [p for rest in rests for p in rest if p.is_floating_point()]
-    images = model.vision(torch.stack(pixels)) if pixels else torch.zeros(0)
+    images = model.vision(torch.stack(pixels)) if pixels else torch.zeros(0, device=prefix.device)
     it = iter(images)
     seqs = [torch.cat([next(it) if p.is_floating_point() else model.text.embed(p) for p in [*rest, reply[:-1]]])
             for rest, reply in zip(rests, replies, strict=True)]

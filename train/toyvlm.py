@@ -142,6 +142,10 @@ class Tokenizer:
         self._ctx.close()
 
 
+def _to(ex: Example, device: str) -> Example:
+    return Example([p.to(device) for p in ex.pieces], ex.reply.to(device), ex.present.to(device))
+
+
 def reply_loss(model: ToyVLM, batch: Sequence[Example]) -> torch.Tensor:
     """Mean cross-entropy of the replies' tokens given the prompt and the reply so far (teacher forcing); the
     prompts' own tokens carry no loss. The sequences are padded at the end: attention is causal, so no real
@@ -168,12 +172,15 @@ def schedule(step: int, steps: int, warmup: int = 20) -> float:
 
 
 def train(out: Path, steps: int, photos: int, seed: int, lr: float, batch: int = 8,
-          spec: TinySpec = SPEC, probe_weight: float = 1.0) -> list[float]:
+          spec: TinySpec = SPEC, probe_weight: float = 1.0, device: str = "cpu",
+          save_every: int = 0) -> list[float]:
     """Train on `photos` photos of the toy show `seed` (`show_photos`) for `steps` steps of `batch` photos
     (shuffled each epoch, seeded), with a tokenizer trained on the prompt and those photos' replies
-    (`toktrain`); write the weights to `out` (.npz, bbsd.models.twin). Returns the losses."""
+    (`toktrain`); write the weights to `out` (.npz, bbsd.models.twin), also every `save_every` steps (a
+    run cut short still leaves its latest weights). Returns the losses."""
     torch.manual_seed(seed)
-    torch.set_num_threads(2)
+    if device == "cpu":
+        torch.set_num_threads(2)
     chat_prompt = toy_prompt()
     with tempfile.TemporaryDirectory() as tmp:
         shown = show_photos(Path(tmp) / "show", seed, photos)
@@ -193,8 +200,10 @@ def train(out: Path, steps: int, photos: int, seed: int, lr: float, batch: int =
     head = examples[0].pieces[0]  # the system turn: the same tokens before every photo (prefix.py)
     if not all(torch.equal(e.pieces[0], head) for e in examples):
         raise ValueError("the examples' prompts differ before the image")
-    model = seeded(spec, len(gguf_pair.vocabulary(spec)), seed)
-    probe = Probe(spec.n_embd)
+    examples = [_to(e, device) for e in examples]
+    head = head.to(device)
+    model = seeded(spec, len(gguf_pair.vocabulary(spec)), seed).to(device)  # initialised on the CPU: same start
+    probe = Probe(spec.n_embd).to(device)
     opt = torch.optim.AdamW([*model.parameters(), *probe.parameters()], lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: schedule(s, steps))
     order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed)).tolist()
@@ -214,8 +223,11 @@ def train(out: Path, steps: int, photos: int, seed: int, lr: float, batch: int =
         if (step + 1) * batch // len(examples) != step * batch // len(examples):  # a new epoch: reshuffle
             order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed + step)).tolist()
         log.info("train.step", step=step, loss=round(losses[-1], 4), probe=round(seen.item(), 4),
-                 seconds=round(time.monotonic() - start, 2),
+                 seconds=round(time.monotonic() - start, 3),
                  elapsed=round(time.monotonic() - began))
+        if save_every and (step + 1) % save_every == 0 and step + 1 < steps:
+            toy.save(out, spec, *model.gguf_tensors())
+            log.info("train.checkpoint", path=str(out), step=step + 1)
     toy.save(out, spec, *model.gguf_tensors())
     log.info("train.saved", path=str(out), steps=steps, loss=round(losses[-1], 4) if losses else None)
     return losses
@@ -238,12 +250,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--v-embd", type=int, default=SPEC.v_embd, help="the ViT's width")
     parser.add_argument("--v-layers", type=int, default=SPEC.v_layer, help="the ViT's blocks (one is never run)")
     parser.add_argument("--probe", type=float, default=1.0, help="weight of the training-only probe's loss (Probe)")
+    parser.add_argument("--device", default="cpu", help="torch device: cpu (2 threads) or cuda")
+    parser.add_argument("--save-every", type=int, default=0, help="also write the weights every N steps")
     args = parser.parse_args(argv)
     logs.configure("info", "console")
     spec = dataclasses.replace(SPEC, tokenizer=args.tokenizer, image_size=args.image_size, patch_size=args.patch_size,
                                n_embd=args.embd, n_layer=args.layers, n_ff=args.embd * 8 // 3 // 32 * 32 or 64,
                                v_embd=args.v_embd, v_layer=args.v_layers, v_ff=args.v_embd * 2)
-    train(args.out, args.steps, args.photos, args.seed, args.lr, args.batch, spec, args.probe)
+    train(args.out, args.steps, args.photos, args.seed, args.lr, args.batch, spec, args.probe, args.device,
+          args.save_every)
     return 0
 
 

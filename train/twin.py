@@ -77,8 +77,8 @@ class RMSNorm(nn.Module):
 def rope(x: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
     """llama.cpp's rope type NORM: (B, heads, T, hd), pairs of adjacent dimensions rotated by pos * base^(-2i/hd)."""
     t, hd = x.shape[-2], x.shape[-1]
-    inv = base ** (-torch.arange(0, hd, 2, dtype=torch.float32) / hd)
-    ang = torch.arange(t, dtype=torch.float32)[:, None] * inv  # (T, hd/2)
+    inv = base ** (-torch.arange(0, hd, 2, dtype=torch.float32, device=x.device) / hd)
+    ang = torch.arange(t, dtype=torch.float32, device=x.device)[:, None] * inv  # (T, hd/2)
     cos, sin = ang.cos(), ang.sin()
     x0, x1 = x[..., 0::2], x[..., 1::2]
     return torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], -1).flatten(-2)
