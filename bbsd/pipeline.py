@@ -1,8 +1,9 @@
 """One photo, start to finish: fingerprint → (a RAW) pair → decode → label → validate → render → atomic write → log.
 
 Invariants: the photo file is only read, never written; a sidecar appears whole or not at
-all; every photo ends in exactly one `photo.labeled`, `photo.failed`, `photo.skipped`,
-`photo.incomplete` or `sidecar.write_failed` event, and no exception raised while handling
+all; every photo ends in exactly one `photo.labeled`, `photo.failed`, `photo.skipped` or
+`sidecar.write_failed` event, or in `Status.INCOMPLETE` (a debug `photo.not_ready`: the caller that
+waits logs the wait, once when it starts and once when it ends), and no exception raised while handling
 it escapes (it becomes an `internal_error` record); the photo's bytes are hashed here but
 parsed only in the decoder process (`Decoder`), hashed once an attempt (its sha256 goes in its
 `PhotoRef`, with its name and order, to the engine). The same code serves the daemon and `bbsd label`.
@@ -39,6 +40,7 @@ from bbsd.sidecars import editors, pairing
 from bbsd.sidecars import record as sidecar
 
 log = structlog.get_logger("bbsd.pipeline")
+CHANGED_WHILE_HASHED = "the file changed while it was read"
 
 
 class Code(StrEnum):
@@ -183,8 +185,8 @@ class Pipeline:
                 return Outcome(path, Status.GONE, why)
             # "changed": not the file that was hashed (rewritten, or a link swapped in): never an error of its own
             if allow_incomplete or e.code == Code.CHANGED:
-                log.info("photo.incomplete", path=str(path), code=e.code, message=e.message)
-                return Outcome(path, Status.INCOMPLETE, e.code)
+                log.debug("photo.not_ready", path=str(path), code=e.code, message=e.message)
+                return Outcome(path, Status.INCOMPLETE, e.code, message=e.message)
             return self._fail(path, sha, e, timing, ident=ident)
         except PhotoError as e:
             return self._failed(path, sha, e, timing, t0, ident)
@@ -213,8 +215,8 @@ class Pipeline:
             log.warning("photo.ignored", path=str(path), reason=e.strerror)
             return Outcome(path, Status.IGNORED, Code.IGNORED, message=e.strerror)
         except safefs.ChangedError:
-            log.info("photo.incomplete", path=str(path), code="changed", message="the file changed while hashed")
-            return Outcome(path, Status.INCOMPLETE, Code.CHANGED)
+            log.debug("photo.not_ready", path=str(path), code=Code.CHANGED, message=CHANGED_WHILE_HASHED)
+            return Outcome(path, Status.INCOMPLETE, Code.CHANGED, message=CHANGED_WHILE_HASHED)
         except OSError as e:
             return self._fail(path, None, PhotoError(Code.UNREADABLE, f"cannot read the file ({e.strerror})",
                                                      "check its permissions"), {})

@@ -7,12 +7,14 @@ mtime is on), so tests drive it without sleeping. A RAW waits for its JPEG sibli
 at a time; a file that may still be arriving is looked at again until `incomplete_timeout` has
 passed since its last write (and once just after, when it is recorded as what it is); a photo whose
 sidecar could not be written, or whose reference photos cannot be shown, backs off from
-`PENDING_MIN_S`, doubling at each failure in a row, up to `PENDING_MAX_S`.
+`PENDING_MIN_S`, doubling at each failure in a row, up to `PENDING_MAX_S`. `Waits` tells when a
+file's wait as incomplete starts and ends, so that it is logged twice, not at every look.
 """
 
 from __future__ import annotations
 
 from collections.abc import Hashable
+from dataclasses import dataclass
 from enum import StrEnum
 
 PENDING_MIN_S = 2.0
@@ -69,3 +71,31 @@ class Retries:
             self._pending.pop(photo, None)
         return delay(status, attempt, now, mtime=mtime, settle_s=self._settle_s,
                      incomplete_timeout_s=self._incomplete_timeout_s)
+
+
+@dataclass(frozen=True)
+class WaitChange:
+    """A wait as incomplete that starts at this look (`started`), or ends after `waited_s` seconds."""
+
+    started: bool
+    waited_s: float = 0.0
+
+
+class Waits:
+    """Photos waiting as incomplete (an empty or truncated file may still be arriving), and since when.
+    A file that stays incomplete is looked at about once a settle period until its timeout: its wait
+    is worth two log lines (its start, its end), not one a look. Like `Retries`, one thread a photo."""
+
+    def __init__(self) -> None:
+        self._since: dict[Hashable, float] = {}  # photo -> when its wait started (the caller's clock)
+
+    def note(self, photo: Hashable, status: Status, now: float) -> WaitChange | None:
+        """What `photo` ending a look in `status` at `now` does to its wait: starts it, ends it, or
+        nothing (None: still waiting, or not waiting at all)."""
+        if status is Status.INCOMPLETE:
+            if photo in self._since:
+                return None
+            self._since[photo] = now
+            return WaitChange(started=True)
+        since = self._since.pop(photo, None)
+        return None if since is None else WaitChange(started=False, waited_s=now - since)

@@ -32,7 +32,7 @@ import structlog
 from bbsd import config as config_mod
 from bbsd import instance, safefs
 from bbsd.arrive import scan, watcher
-from bbsd.arrive.retry import Retries
+from bbsd.arrive.retry import Retries, Waits
 from bbsd.arrive.settle import SettleTracker, stat_or_none
 from bbsd.arrive.workqueue import PhotoQueue
 from bbsd.config import Settings
@@ -75,6 +75,7 @@ class Daemon:
         self._tracker = SettleTracker(settings.watch.settle_seconds)
         self._work = PhotoQueue()
         self._retries = Retries(settings.watch.settle_seconds, settings.watch.incomplete_timeout_seconds)
+        self._waits = Waits()  # files waiting as incomplete: logged when the wait starts and when it ends
         self.counts = {"labeled": 0, "error": 0, "skipped": 0}
         self.fatal: BbsdError | None = None
         self._prober = Decoder(settings, role="probe")  # the main loop's own decoder process, for capture times
@@ -325,6 +326,7 @@ class Daemon:
     def _handle(self, path: Path, wait_ms: float, order: float) -> None:
         st = stat_or_none(path)
         if st is None:
+            self._log_wait(path, Status.GONE, "", "", young=True)
             return
         young = time.time() - st.st_mtime < self.settings.watch.incomplete_timeout_seconds
         # Taken before the photo is looked at: a sidecar an editor finished saving meanwhile differs from
@@ -332,6 +334,7 @@ class Daemon:
         before = _signature(path)
         outcome = self.pipeline.process(path, queue_wait_ms=wait_ms, allow_incomplete=young, order=order,
                                         cancelled=self.stop.is_set)
+        self._log_wait(path, outcome.status, outcome.detail, outcome.message, young)
         no_sidecar = outcome.sidecar is None and outcome.status in (Status.KEPT, Status.IGNORED, Status.FAILED)
         signature = before if no_sidecar else None
         with self._lock:
@@ -356,6 +359,21 @@ class Daemon:
         if outcome.status is Status.PENDING:
             log.info("photo.retry_scheduled", path=str(path), in_s=delay)
         self._feedback.put((path, time.monotonic() + delay))
+
+    def _log_wait(self, path: Path, status: Status, code: str, message: str, young: bool) -> None:
+        """`photo.incomplete` once when a file starts waiting as incomplete, once when the wait ends:
+        `outcome` says how (`timed_out`: recorded as what it is, an error sidecar, once
+        `incomplete_timeout_seconds` passed)."""
+        change = self._waits.note(path, status, time.monotonic())
+        if change is None:
+            return
+        if change.started:
+            log.info("photo.incomplete", path=str(path), state="waiting", code=code, message=message,
+                     timeout_s=self.settings.watch.incomplete_timeout_seconds)
+            return
+        outcome = status.value if status is not Status.FAILED else "failed" if young else "timed_out"
+        log.info("photo.incomplete", path=str(path), state="ended", code=code, outcome=outcome,
+                 waited_s=round(change.waited_s, 1))
 
 
 def _signature(photo: Path) -> tuple:

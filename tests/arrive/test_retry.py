@@ -57,3 +57,13 @@ def test_failures_in_a_row_are_counted_per_photo_and_start_anew_once_it_ends():
     # written at last: the next failure starts from the shortest wait again
     assert retries.after("a.jpg", Status.LABELED, now, MTIME) is None
     assert retries.after("a.jpg", Status.PENDING, now, MTIME) == 2.0
+
+
+def test_a_wait_as_incomplete_is_noted_when_it_starts_and_when_it_ends_not_at_each_look():
+    waits = retry.Waits()
+    assert waits.note("a.jpg", Status.INCOMPLETE, 10.0) == retry.WaitChange(started=True)
+    assert waits.note("a.jpg", Status.INCOMPLETE, 11.0) is None  # still waiting: nothing new
+    assert waits.note("b.jpg", Status.LABELED, 11.5) is None  # never waited
+    assert waits.note("a.jpg", Status.FAILED, 13.0) == retry.WaitChange(started=False, waited_s=3.0)
+    assert waits.note("a.jpg", Status.FAILED, 14.0) is None  # ended once
+    assert waits.note("a.jpg", Status.INCOMPLETE, 20.0) == retry.WaitChange(started=True)  # a new wait
