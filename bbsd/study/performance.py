@@ -4,7 +4,9 @@ Invariant: every figure comes from per-photo records (the JSON sidecars, which c
 timing, memory, model and time), so the report works for any past run without the
 daemon or a log file; the HTML is one self-contained file with inline SVG plots. Latency and
 memory figures and plots count labelled photos only; failed photos are counted by error code,
-never drawn as a latency point or an RSS dip.
+never drawn as a latency point or an RSS dip. Photos per minute divides by active time: pauses
+longer than `timeline.IDLE_GAP` are left out of it, and shown on the plots as idle bands.
+The page says "-" where a figure is unknown, as the terminal does.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import json
 import os
 import platform
 import re
+from collections import Counter
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from html import escape
 from pathlib import Path
 
@@ -25,7 +28,7 @@ from bbsd.console import codes_text
 from bbsd.errors import BbsdError
 from bbsd.metrics import by_code, percentile
 from bbsd.sidecars import record as sidecar
-from bbsd.study import svg
+from bbsd.study import svg, timeline
 
 
 @dataclass(frozen=True)
@@ -105,14 +108,16 @@ def summarise(records: list[Record]) -> dict[str, object]:
     lat = [r.total_ms for r in done if r.total_ms is not None]
     rss = [r.rss_mb for r in done if r.rss_mb is not None]
     vram = [r.vram_mb for r in done if r.vram_mb is not None]
-    span_min = (records[-1].when - records[0].when).total_seconds() / 60 if len(records) > 1 else 0
+    active = timeline.active_seconds([r.when for r in records], [(r.total_ms or 0) / 1000 for r in records]) / 60
     return {
         "photos": len(records),
         "labelled": sum(r.status == "labeled" for r in records),
         "failed": sum(r.status == "error" for r in records),
         "failures": by_code(r.code or "" for r in records if r.status == "error"),
         "p50_ms": percentile(lat, 0.5), "p95_ms": percentile(lat, 0.95), "max_ms": max(lat) if lat else None,
-        "per_minute": round(len(records) / span_min, 1) if span_min else None,
+        "per_minute": round(len(records) / active, 1) if active else None,  # over active time: no idle gaps
+        "active_minutes": round(active, 2) if records else None,
+        "idle_gap_minutes": timeline.IDLE_GAP.total_seconds() / 60,
         "peak_rss_mb": max(rss) if rss else None, "peak_vram_mb": max(vram) if vram else None,
         "models": sorted({r.model for r in records}),
         **({"endpoints": per_endpoint(records)} if any(r.endpoint for r in records) else {}),
@@ -130,7 +135,9 @@ def text_summary(s: dict[str, object]) -> str:
         f"photos: {s['photos']} ({s['labelled']} labelled, {s['failed']} failed), {s['first']} .. {s['last']}",
         *([f"failed: {s['failed']} ({codes_text(s['failures'])})"] if s["failures"] else []),
         f"latency: p50 {ms('p50_ms')}, p95 {ms('p95_ms')}, max {ms('max_ms')}",
-        f"throughput: {s['per_minute'] if s['per_minute'] is not None else '-'} photos/min",
+        f"throughput: {s['per_minute'] if s['per_minute'] is not None else '-'} photos/min over "
+        f"{_duration(s['active_minutes']) if s['active_minutes'] is not None else '-'} active "
+        f"(pauses over {s['idle_gap_minutes']:g} min left out)",
         f"peak memory: RSS {s['peak_rss_mb'] or '-'} MB, VRAM {s['peak_vram_mb'] or '-'} MB",
         f"model: {', '.join(s['models']) or '-'}",
         *[f"endpoint {url}: {e['photos']} photos, p50 {e['p50_ms']} ms, p95 {e['p95_ms']} ms"
@@ -149,50 +156,94 @@ def per_endpoint(records: list[Record]) -> dict[str, dict[str, object]]:
     return out
 
 
-def _per_minute(records: list[Record]) -> list[int]:
-    if not records:
-        return []
-    start = records[0].when.replace(second=0, microsecond=0)
-    counts = [0] * (int((records[-1].when - start).total_seconds() // 60) + 1)
-    for r in records:
-        counts[int((r.when - start).total_seconds() // 60)] += 1
-    return counts
-
-
-def html(records: list[Record], s: dict[str, object]) -> str:
-    t0 = records[0].when if records else datetime.now(UTC)
-    xs = [(r.when - t0).total_seconds() + i * 1e-3 for i, r in enumerate(records)]  # keep order within a second
-    span = (s["first"] or "", s["last"] or "")
-    done = [(x, r) for x, r in zip(xs, records, strict=True) if r.labelled]  # a failure is no latency or RSS
-    only = f" — labelled photos; {s['failed']} failed, not drawn ({codes_text(s['failures'])})" if s["failures"] else ""
-    plots = [
-        svg.scatter([(x, r.total_ms) for x, r in done if r.total_ms is not None], f"Latency per photo{only}",
-                    span, "ms"),
-        svg.histogram([r.total_ms for _, r in done if r.total_ms is not None], f"Latency histogram{only}", "ms"),
-        svg.scatter([(x, r.rss_mb) for x, r in done if r.rss_mb is not None], f"Engine memory (RSS) per photo{only}",
-                    span, "MB"),
-        svg.bars(_per_minute(records), "Photos per minute", span, "photos"),  # failed ones too: handled
-    ]
-    rows = "".join(f"<tr><th>{escape(k)}</th><td>{escape(_cell(v))}</td></tr>" for k, v in s.items()
-                   if k != "endpoints")
-    ends = "".join(f"<tr><td>{escape(url)}</td><td>{e['photos']}</td><td>{e['p50_ms']}</td><td>{e['p95_ms']}</td>"
-                   "</tr>" for url, e in s.get("endpoints", {}).items())
+def html(records: list[Record], s: dict[str, object], tz: tzinfo | None = None) -> str:
+    """The page: the summary table in words, then the plots over the periods of work, in `tz` (local time)."""
+    tz = tz or datetime.now().astimezone().tzinfo
+    rows = "".join(f"<tr><th>{escape(k)}</th><td>{escape(v)}</td></tr>" for k, v in _rows(s, tz))
+    ends = "".join(f"<tr><td>{escape(url)}</td><td>{e['photos']}</td><td>{_num(e['p50_ms'])}</td>"
+                   f"<td>{_num(e['p95_ms'])}</td></tr>" for url, e in s.get("endpoints", {}).items())
     if ends:
-        rows += ("</table><h2>Endpoints</h2><table id='endpoints'><tr><th>endpoint</th><th>photos</th>"
-                 f"<th>p50 ms</th><th>p95 ms</th></tr>{ends}")
+        rows += ("</table><h2>Endpoints</h2><table id='endpoints'><tr><th>Endpoint</th><th>Photos</th>"
+                 f"<th>Latency p50 (ms)</th><th>Latency p95 (ms)</th></tr>{ends}")
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>bbsd report</title>"
-        "<style>body{font-family:sans-serif;margin:2em;max-width:760px}th{text-align:left;padding-right:1em}"
+        "<style>body{font-family:sans-serif;margin:2em auto;padding:0 2em;max-width:1100px}"
+        "th{text-align:left;padding-right:1.5em;font-weight:600}td{font-variant-numeric:tabular-nums}"
         "svg{display:block;margin:1.5em 0;border:1px solid #ddd}</style></head><body>"
-        f"<h1>bbsd report</h1><table id='summary'>{rows}</table>{''.join(plots)}"
+        f"<h1>bbsd report</h1><table id='summary'>{rows}</table>{''.join(plots(records, s, tz))}"
         f"<script type='application/json' id='data'>{json.dumps(s)}</script></body></html>"
     )
 
 
-def _cell(v: object) -> str:
-    if isinstance(v, dict):  # failures by error code
-        return codes_text(v) or "-"
-    return ", ".join(v) if isinstance(v, list) else str(v)
+def plots(records: list[Record], s: dict[str, object], tz: tzinfo) -> list[str]:
+    """Latency and memory per labelled photo over time, the latency histogram, photos in each minute."""
+    done = [r for r in records if r.labelled]  # a failure is no latency or RSS
+    note = f"labelled photos; {s['failed']} failed, not drawn ({codes_text(s['failures'])})" if s["failures"] else ""
+    hist = svg.histogram([r.total_ms for r in done if r.total_ms is not None], "Latency histogram",
+                         "Latency (ms)", note=note)
+    if not records:
+        return [svg.series([], "Latency per photo", [], "", "ms"), hist,
+                svg.series([], "Engine memory (RSS) per photo", [], "", "MB"),
+                svg.columns([], "Photos per minute", [], "", "photos")]
+    axis = timeline.axis([r.when for r in records], svg.LEFT, svg.RIGHT, tz)
+    ticks, bands = axis.ticks(), axis.bands()
+    caption = axis.caption() + (f" · pauses over {s['idle_gap_minutes']:g} min drawn as idle bands" if bands else "")
+
+    def per_period(value) -> list[list[tuple[float, float]]]:
+        out: list[list[tuple[float, float]]] = [[] for _ in axis.spans]
+        for r in done:
+            if value(r) is not None:
+                out[axis.period_of(r.when)].append((axis.x(r.when), value(r)))
+        return out
+
+    counts = Counter(r.when.replace(second=0, microsecond=0) for r in records)  # failed ones too: handled
+    return [
+        svg.series(per_period(lambda r: r.total_ms), "Latency per photo", ticks, caption, "ms", bands, note),
+        hist,
+        svg.series(per_period(lambda r: r.rss_mb), "Engine memory (RSS) per photo", ticks, caption, "MB", bands,
+                   note),
+        svg.columns([(lo, hi, counts[m]) for lo, hi, m in axis.minutes()], "Photos per minute", ticks, caption,
+                    "photos", bands),
+    ]
+
+
+def _rows(s: dict[str, object], tz: tzinfo) -> list[tuple[str, str]]:
+    """The summary in words and units; "-" for a figure not known, as on the terminal."""
+    failed = f"{s['failed']} ({codes_text(s['failures'])})" if s["failures"] else str(s["failed"])
+    active = (f"{_duration(s['active_minutes'])} (pauses over {s['idle_gap_minutes']:g} min left out)"
+              if s["active_minutes"] is not None else "-")
+    models = s["models"]
+    return [
+        ("Photos handled", str(s["photos"])), ("Labelled", str(s["labelled"])), ("Failed", failed),
+        ("Latency p50 (ms)", _num(s["p50_ms"])), ("Latency p95 (ms)", _num(s["p95_ms"])),
+        ("Latency max (ms)", _num(s["max_ms"])),
+        ("Photos per minute", _num(s["per_minute"], 1)), ("Active time", active),
+        ("Peak RSS (MB)", _num(s["peak_rss_mb"], 1)), ("Peak VRAM (MB)", _num(s["peak_vram_mb"], 1)),
+        ("Models" if len(models) > 1 else "Model", ", ".join(models) or "-"),
+        ("First photo", _when(s["first"], tz)), ("Last photo", _when(s["last"], tz)),
+        ("Machine", str(s["machine"])),
+    ]
+
+
+def _num(v: object, digits: int = 0) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def _duration(minutes: object) -> str:
+    """`48 s`, `6.5 min`, `2 h 49 min`."""
+    m = float(minutes)  # type: ignore[arg-type]
+    if m < 1:
+        return f"{m * 60:.0f} s"
+    hours, rest = divmod(round(m), 60)
+    return f"{m:.1f} min" if m < 60 else f"{hours} h {rest:02d} min"
+
+
+def _when(iso: object, tz: tzinfo) -> str:
+    """`Tue 24 Nov 2026, 19:02:09 UTC` in the report's zone."""
+    if iso is None:
+        return "-"
+    local = datetime.fromisoformat(str(iso)).astimezone(tz)
+    return f"{local:%a %d %b %Y, %H:%M:%S} {local.tzname() or ''}".rstrip()
 
 
 def write(out: Path, records: list[Record]) -> dict[str, object]:

@@ -58,20 +58,21 @@ def table(summaries: list[dict[str, Any]]) -> str:
 
 
 def plots(summaries: list[dict[str, Any]]) -> list[str]:
-    points = [(s["latency_ms"]["p50"], s["micro"]["f1"]) for s in summaries
-              if s["latency_ms"]["p50"] is not None and s["micro"]["f1"] is not None]
+    shown = [s for s in summaries if s["latency_ms"]["p50"] is not None and s["micro"]["f1"] is not None]
     names = ", ".join(s["profile"] for s in summaries)
-    out = [svg.scatter(points, f"Micro F1 vs latency p50, per profile ({names})", ("faster", "slower"), "F1")]
+    out = [svg.scatter([(s["latency_ms"]["p50"], s["micro"]["f1"]) for s in shown],
+                       f"Micro F1 vs latency p50, per profile ({names})", "Latency p50 (ms): faster to the left", "",
+                       names=[s["profile"] for s in shown])]
     for s in summaries:
         labels = {f"{kind[:2]}:{n}": v["f1"] or 0.0 for kind in ("characters", "props")
                   for n, v in s[kind]["labels"].items()}
-        first, last = (next(iter(labels)), list(labels)[-1]) if labels else ("", "")
-        out.append(svg.bars(list(labels.values()), f"Per-label F1 — {s['profile']}", (first, last), "F1"))
+        out.append(svg.bars(list(labels.values()), f"Per-label F1 — {s['profile']}", list(labels), "",
+                            "F1 per label (ch: character, pr: prop)"))
         if s.get("threshold_curve"):
             points = [(c["recall"], c["precision"]) for c in s["threshold_curve"]
                       if c["recall"] is not None and c["precision"] is not None]
             out.append(svg.scatter(points, f"Precision vs recall as the review threshold rises 0 → 0.9 — "
-                                           f"{s['profile']}", ("low recall", "high recall"), "precision"))
+                                           f"{s['profile']}", "Recall (up the side: precision)", ""))
     return out
 
 
@@ -88,7 +89,8 @@ def html(summaries: list[dict[str, Any]], machine: str) -> str:
                      for s in summaries if s.get("failures"))
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>bbsd eval</title>"
-        "<style>body{font-family:sans-serif;margin:2em;max-width:1000px}td,th{text-align:left;padding-right:1em}"
+        "<style>body{font-family:sans-serif;margin:2em auto;padding:0 2em;max-width:1100px}"
+        "td,th{text-align:left;padding-right:1em}"
         "svg{display:block;margin:1.5em 0;border:1px solid #ddd}</style></head><body>"
         f"<h1>bbsd eval</h1><p id='machine'>{escape(machine)}</p>"
         f"<table id='profiles'><tr>{head}</tr>{body}</table>{failed}{''.join(plots(summaries))}"

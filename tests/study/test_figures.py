@@ -67,7 +67,7 @@ def test_report_figures_and_plots_count_labelled_sidecars_and_name_failures_by_c
     assert sum(int(v) for v in re.findall(r'data-value="(\d+)"', histogram)) == 9
     assert sum(int(v) for v in re.findall(r'data-value="(\d+)"', per_minute)) == 12  # every photo handled
     assert "3 failed, not drawn (truncated 2, not_an_image 1)" in latency
-    assert "<th>failures</th><td>truncated 2, not_an_image 1</td>" in page
+    assert "<th>Failed</th><td>3 (truncated 2, not_an_image 1)</td>" in page
 
 
 def test_eval_latency_and_memory_count_labelled_photos_and_failures_by_code(photos):
