@@ -41,13 +41,15 @@ class FolderError(BbsdError):
 
 
 class PhotoError(BbsdError):
-    """One photo cannot be labelled; `code` goes into its error sidecar."""
+    """One photo cannot be labelled; `code` goes into its error sidecar. `message` is bbsd's own
+    words; `detail`, where there is one, a library's (Pillow's, LibRaw's) for whoever digs deeper."""
 
     exit_code = ExitCode.FAILED
 
-    def __init__(self, code: str, message: str, hint: str = "") -> None:
+    def __init__(self, code: str, message: str, hint: str = "", detail: str = "") -> None:
         super().__init__(message, hint)
         self.code = code
+        self.detail = detail
 
 
 class IncompletePhotoError(PhotoError):

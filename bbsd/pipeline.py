@@ -303,13 +303,15 @@ class Pipeline:
             timing = {**timing, "inference": (time.perf_counter() - started) * 1000 - timing["decode"]}
         timing = {"decode": 0.0, "inference": 0.0, **timing}
         timing.setdefault("total", sum(v for k, v in timing.items() if k != "queue_wait"))
+        # the message is bbsd's words; a library's own (Pillow's "image file is truncated") is only a detail
+        error_doc = {"code": error.code, "message": error.message, "hint": error.hint,
+                     **({"detail": error.detail} if error.detail else {})}
         if sha is None:
-            log.error("photo.failed", path=str(path), code=error.code, message=error.message, hint=error.hint)
+            log.error("photo.failed", path=str(path), **error_doc)
             return Outcome(path, Status.FAILED, error.code, message=f"{error.message} — {error.hint}")
         record = sidecar.Record(
             photo=path, sha256=sha, width=None, height=None, labels=None, timing_ms=timing,
-            tokens={"prompt": 0, "output": 0}, memory_mb=self._memory(),
-            error={"code": error.code, "message": error.message, "hint": error.hint},
+            tokens={"prompt": 0, "output": 0}, memory_mb=self._memory(), error=error_doc,
         )
         return self._write(record, "photo.failed", Status.FAILED, ident)
 
@@ -343,8 +345,8 @@ class Pipeline:
         if status is Status.LABELED:
             log.info(event, **fields)
         else:
-            log.warning(event, **fields, code=record.error["code"], message=record.error["message"],
-                        hint=record.error.get("hint"))  # what a stage tech reading the journal should do
+            # the hint: what a stage tech reading the journal should do
+            log.warning(event, **fields, **{"hint": None, **record.error})
         return Outcome(record.photo, status, record.error["code"] if record.error else "", target,
                        total_ms=record.timing_ms.get("total"), memory=record.memory_mb)
 

@@ -81,11 +81,16 @@ def _decode(path: Path, max_side: int, max_pixels: int, fileobj: BinaryIO | None
         raise PhotoError("not_an_image", "the file is not an image Pillow can read",
                          "check the file; only photos belong in the watch folder") from None
     except (OSError, SyntaxError, ValueError) as e:
-        # Pillow reports truncated data as OSError ("image file is truncated", "broken data stream").
-        raise IncompletePhotoError("truncated", f"the image data is incomplete or corrupt ({e})",
-                                   "copy the photo again; it may have been cut off") from None
+        # Pillow reports truncated data as OSError ("image file is truncated", "broken data stream"):
+        # its words go in the detail, never the headline.
+        raise IncompletePhotoError("truncated", TRUNCATED, TRUNCATED_HINT, detail=str(e)[:200]) from None
     image.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
     return Decoded(image=image, width=width, height=height)
+
+
+TRUNCATED = "the image data stops short or is damaged: the file is incomplete or corrupt"
+TRUNCATED_HINT = ("copy the photo again, it may have been cut off on the way; if the copy on the card "
+                  "fails too, the card or the camera damaged it")
 
 
 def capture_time(path: Path, fileobj: BinaryIO | None = None) -> float | None:

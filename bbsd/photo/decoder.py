@@ -83,7 +83,7 @@ class Decoder:
                 log.warning("photo.retry", path=str(path), reason="decoder_crash", how=str(e))
         if reply["type"] == "photo_error":
             cls = IncompletePhotoError if reply["incomplete"] else PhotoError
-            raise cls(reply["code"], reply["message"], reply["hint"])
+            raise cls(reply["code"], reply["message"], reply["hint"], detail=reply.get("detail", ""))
         image = Image.frombytes("RGB", tuple(reply["size"]), payload)
         return Decoded(image=image, width=reply["width"], height=reply["height"])
 

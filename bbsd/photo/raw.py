@@ -51,8 +51,10 @@ def decode(path: Path, max_side: int, max_pixels: int, fileobj: BinaryIO | None 
         raise PhotoError("not_an_image", "LibRaw cannot read this RAW file",
                          "is the camera supported by LibRaw? the JPEG of the shot is labelled normally") from None
     except (rawpy.LibRawIOError, rawpy.LibRawDataError, rawpy.LibRawTooBigError) as e:
-        raise IncompletePhotoError("truncated", f"the RAW data is incomplete or corrupt ({e})",
-                                   "copy the file again; it may have been cut off") from None
+        raise IncompletePhotoError("truncated", "the RAW data stops short or is damaged: the file is "
+                                   "incomplete or corrupt", "copy the file again, it may have been cut off "
+                                   "on the way; the JPEG of the shot is labelled normally",
+                                   detail=str(e)[:200]) from None
     return image, width, height
 
 

@@ -102,13 +102,15 @@ def answer(request: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
                 return {"type": "probed", **probe(path, f)}, b""
             return _decode(path, f, request["max_side"], request["max_pixels"])
     except PhotoError as e:
-        return _error(e.code, e.message, e.hint, incomplete=isinstance(e, IncompletePhotoError)), b""
+        return _error(e.code, e.message, e.hint, incomplete=isinstance(e, IncompletePhotoError),
+                      detail=e.detail), b""
     except MemoryError:
         return _error("too_large", "decoding this file needs more memory than the decoder may use",
                       "export a smaller version, or raise [decode] memory_mb"), b""
     except Exception as e:  # a decoder library's own exception types are many and undocumented
-        return _error("unreadable", f"the file cannot be decoded ({type(e).__name__}: {str(e)[:200]})",
-                      "the file is damaged or not a photo; export or copy it again"), b""
+        return _error("unreadable", "the file cannot be decoded",
+                      "the file is damaged or not a photo; export or copy it again",
+                      detail=f"{type(e).__name__}: {str(e)[:200]}"), b""
 
 
 def _open(path: Path, request: dict[str, Any]) -> BinaryIO:
@@ -156,5 +158,6 @@ def probe(path: Path, f: BinaryIO | None = None) -> dict[str, Any]:
     return {"capture_time": imaging.capture_time(path, f), "width": None, "height": None}
 
 
-def _error(code: str, message: str, hint: str, incomplete: bool = False) -> dict[str, Any]:
-    return {"type": "photo_error", "code": code, "message": message, "hint": hint, "incomplete": incomplete}
+def _error(code: str, message: str, hint: str, incomplete: bool = False, detail: str = "") -> dict[str, Any]:
+    return {"type": "photo_error", "code": code, "message": message, "hint": hint, "incomplete": incomplete,
+            "detail": detail}
