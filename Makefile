@@ -1,5 +1,5 @@
 # Two entry points for a fresh machine (see README "Quick start"):
-#   make demo   set up the daemon, then run it on sample photos with a tiny random-weight model
+#   make demo   set up the daemon, then run it on toy-show photos with bbsd's trained toy model
 #   make test   set up the daemon and its test tools, then lint and run the whole test suite
 PYTHON ?= python3
 VENV ?= .venv

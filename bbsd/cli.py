@@ -284,7 +284,8 @@ app.command("eval")(eval_command)
 def demo(
     folder: Path = typer.Option(Path("demo"), "--dir", help="Where the demo writes its model, photos and inbox."),
 ) -> None:
-    """Run the daemon on sample photos with a tiny random-weight model. Its labels are meaningless."""
+    """Run the daemon on toy-show photos with bbsd's toy model (trained on synthetic puppets) and count how
+    many it labelled right."""
     from bbsd import demo as demo_mod
 
     demo_mod.main(folder)

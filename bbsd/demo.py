@@ -1,8 +1,9 @@
-"""`bbsd demo`: the daemon's real job on sample photos, with a tiny random-weight model.
+"""`bbsd demo`: the daemon's real job on toy-show photos, with bbsd's toy model that sees.
 
-Everything runs for real (watcher, settling, llama.cpp, grammar, atomic sidecars) except
-the model's knowledge: its weights are random, so its labels are meaningless. It says so
-loudly, and it is never used unless asked for by name. Everything it writes stays inside its
+Everything runs for real (watcher, settling, the contained decoder, llama.cpp, grammar, atomic
+sidecars). The model is the toy VLM trained on the toy show (`bbsd.study.toyshow`, train/): it knows
+only that synthetic cast, and the demo says so, then counts how many photos it labelled right against
+the show's truth. It is never used unless asked for by name. Everything it writes stays inside its
 folder (models, photos, inbox, status), and every run labels its photos afresh.
 """
 
@@ -16,13 +17,16 @@ import threading
 import time
 from pathlib import Path
 
-from PIL import Image, ImageDraw
-
-from bbsd.models import tiny as tiny_model
+from bbsd.models import twin
 from bbsd.sidecars import record as sidecar
+from bbsd.study import toyshow
 
-BANNER = "DEMO: tiny random-weight model — labels are MEANINGLESS. See docs/stage/install.md, 'Use a real model'."
-CONFIG = """# Written by `bbsd demo`. Uses a tiny random-weight model: labels are meaningless.
+BANNER = ("DEMO: bbsd's toy model, trained on synthetic puppets (the toy show): it knows only this cast. "
+          "A real show needs a real model: `bbsd models list`, then docs/stage/install.md, 'Use a real model'.")
+SEED = 7  # the demo's own toy show: training uses show 0 and the held-out figure show 1000
+PHOTOS = 8
+SIZE = (1200, 800)  # camera-like 3:2, stored under EXIF orientations 1/3/6/8 as cameras do
+CONFIG = """# Written by `bbsd demo`: bbsd's toy model, trained on the toy show's synthetic puppets only.
 [watch]
 folders = ["inbox"]
 settle_seconds = 0.5
@@ -31,59 +35,27 @@ settle_seconds = 0.5
 path = "models/{text}"
 mmproj = "models/{mmproj}"
 
-[engine]
-image_max_side = 448
-
 [service]
 state_dir = "state"
 
 [log]
 format = "console"
 
-[[characters]]
-name = "Baba Yaga"
-description = "old witch puppet, long nose, patched red shawl"
-
-[[characters]]
-name = "Koschei"
-description = "skeletal puppet king, gold crown"
-
-[[props]]
-name = "lantern"
-description = "brass hand lantern"
-
-[[props]]
-name = "mortar"
-description = "wooden mortar and pestle Baba Yaga flies in"
 """
 
 
-def sample_photos(folder: Path) -> list[Path]:
-    """A few generated photos: a JPEG with EXIF orientation, a PNG with alpha, a WebP."""
-    folder.mkdir(parents=True, exist_ok=True)
-    shots = []
-    for i, (color, fmt) in enumerate([((180, 40, 40), "JPEG"), ((40, 90, 160), "PNG"),
-                                      ((60, 140, 60), "WEBP"), ((200, 170, 60), "JPEG")]):
-        img = Image.new("RGBA" if fmt == "PNG" else "RGB", (640, 480), color)
-        draw = ImageDraw.Draw(img)
-        draw.ellipse((200, 120, 440, 360), fill=(240, 230, 210))
-        draw.text((20, 20), f"BBS stage {i + 1}", fill=(255, 255, 255))
-        path = folder / f"stage_{i + 1:02d}.{ {'JPEG': 'jpg', 'PNG': 'png', 'WEBP': 'webp'}[fmt] }"
-        exif = Image.Exif()
-        if i == 0:
-            exif[0x0112] = 6  # rotate 90° on display
-        img.save(path, fmt, exif=exif) if fmt != "PNG" else img.save(path, fmt)
-        shots.append(path)
-    return shots
+def sample_photos(folder: Path) -> Path:
+    """The demo's toy-show photos in `folder`; returns the show's truth manifest."""
+    return toyshow.render_show(folder, SEED, PHOTOS, SIZE, orientations=(1, 3, 6, 8))
 
 
 def prepare(folder: Path) -> Path:
     """Write models, photos and config under `folder`; return the config path."""
-    text, mmproj = tiny_model.write_pair(folder / "models")
+    text, mmproj = twin.write_pair_from(twin.shipped("bpe"), folder / "models")
     sample_photos(folder / "photos")
     (folder / "inbox").mkdir(parents=True, exist_ok=True)
     config = folder / "config.toml"
-    config.write_text(CONFIG.format(text=text.name, mmproj=mmproj.name))
+    config.write_text(CONFIG.format(text=text.name, mmproj=mmproj.name) + toyshow.catalog_toml())
     return config
 
 
@@ -111,15 +83,37 @@ def main(folder: Path) -> None:
         daemon.stop.set()
         thread.join()
         daemon.pipeline.close()
+    truth = _truth(folder.resolve() / "photos")
+    right = 0
     for photo in targets:
         doc = sidecar.read(photo)
+        labels = (doc or {}).get("labels") or {}
+        verdict, ok = _verdict(labels, truth[photo.name])
+        right += ok
         print(f"\n{_short(photo)}\n  JSON {_short(sidecar.path_for(photo))}\n  XMP  "
               f"{_short(xmp.path_for(photo, settings.xmp.naming))}\n  "
-              + json.dumps(doc.get("labels") if doc else None, ensure_ascii=False))
+              + json.dumps(labels or None, ensure_ascii=False) + f"\n  {verdict}")
+    print(f"\nThe toy model named exactly the right characters and props on {right} of {len(targets)} photos.")
     me = own_command()
     print(f"\n{BANNER}\nRun it yourself: {me} run --config {_short(cfg)}\n"
           f"  then copy photos into {_short(folder / 'inbox')}; `{me} status --config {_short(cfg)}` in another "
           f"terminal shows it (its status file: {_short(daemon.monitor.status.path)})", flush=True)
+
+
+def _truth(photos: Path) -> dict[str, dict]:
+    lines = (photos / toyshow.MANIFEST).read_text(encoding="utf-8").splitlines()
+    return {t["file"]: t for t in map(json.loads, lines)}
+
+
+def _verdict(labels: dict, truth: dict) -> tuple[str, bool]:
+    """`right`, or what the model missed and added, against the toy show's truth."""
+    named = set(labels.get("characters", [])) | set(labels.get("props", []))
+    there = set(truth["characters"]) | set(truth["props"])
+    if named == there:
+        return "right", True
+    parts = [f"missed {', '.join(sorted(there - named))}" if there - named else "",
+             f"not there: {', '.join(sorted(named - there))}" if named - there else ""]
+    return "wrong: " + "; ".join(p for p in parts if p), False
 
 
 def own_command() -> str:
@@ -146,7 +140,7 @@ def _drop_photos(folder: Path) -> list[Path]:
     """Copy the sample photos into the inbox, first removing a previous run's copies and sidecars,
     so every run labels them afresh (and nothing else in the inbox is touched)."""
     targets = []
-    for src in sorted((folder / "photos").iterdir()):
+    for src in sorted((folder / "photos").glob("*.jpg")):
         dst = folder / "inbox" / src.name
         for old in (dst, *dst.parent.glob(f"{dst.name}.*")):
             old.unlink(missing_ok=True)
