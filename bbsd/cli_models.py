@@ -15,7 +15,8 @@ def _logging() -> None:
     logs.configure("info", "auto")  # download.* events on stderr; results on stdout
 
 
-DIR = typer.Option(Path("gguf_models"), "--dir", help="Folder with models.toml and the GGUF files.")
+DIR = typer.Option(Path("gguf_models"), "--dir", help="Folder with the GGUF files (and a models.toml whose rows add "
+                   "to the registry shipped with bbsd, or replace its rows by name).")
 
 
 def _mb(v: float) -> str:
@@ -28,7 +29,7 @@ def list_models(folder: Path = DIR) -> None:
     from bbsd.models import registry as models
 
     typer.echo(f"{'name':24} {'family':13} {'params':>7}  {'status':12} {'route':14} {'proven':9} here")
-    for e in models.load_registry(models.registry_path(folder)):
+    for e in models.load(folder):
         text, mmproj = models.local_files(e, folder) if e.status in ("runnable", "convert") else (None, None)
         here = ", ".join(f"{p.name} ({_mb(p.stat().st_size / 2**20)})" for p in (text, mmproj) if p) or "-"
         typer.echo(f"{e.name:24} {e.family:13} {e.params_b:>6.2f}B  {e.status:12} {models.route(e):14} {e.proven:9} "
@@ -38,7 +39,18 @@ def list_models(folder: Path = DIR) -> None:
     extra = [p for p in sorted(folder.glob("*.gguf"))]
     if extra:
         typer.echo(f"\nGGUF files in {folder}: " + ", ".join(p.name for p in extra))
-    typer.echo("\n" + LEGEND)
+    typer.echo("\n" + _sources(folder) + "\n" + LEGEND)
+
+
+def _sources(folder: Path) -> str:
+    """Where the rows came from: the shipped registry, and the models folder's own where it has one."""
+    from bbsd.models import registry as models
+
+    line = f"registry: {len(models.load_registry(models.shipped()))} rows shipped with bbsd"
+    local = models.registry_path(folder)
+    if local.is_file():
+        line += f", {len(models.load_registry(local))} from {local} (added, or replacing a shipped row by name)"
+    return line
 
 
 LEGEND = """status: runnable      llama.cpp runs it: `bbsd models pull NAME`, then [model] name = "NAME"
@@ -48,7 +60,7 @@ LEGEND = """status: runnable      llama.cpp runs it: `bbsd models pull NAME`, th
         text-only     cannot see photos; its vision sibling is listed
 route:  how the model reaches bbsd (ready GGUF, convert, remote backend, none)
 here:   the model's GGUF files found in the models folder, with their sizes ("-": none yet)
-`bbsd models fit` estimates memory; gguf_models/models.toml has each row's notes."""
+`bbsd models fit` estimates memory; each row's notes are in the registry (bbsd/models/models.toml)."""
 
 
 @models_app.command("inspect")
@@ -77,7 +89,7 @@ def pull(name: str = typer.Argument(..., help="A registry name, e.g. SmolVLM-500
     from bbsd.models import download
     from bbsd.models import registry as models
 
-    entry = models.find(models.load_registry(models.registry_path(folder)), name)
+    entry = models.find(models.load(folder), name)
     for path in download.pull(entry, folder):
         typer.echo(f"ready: {path} ({_mb(path.stat().st_size / 2**20)})")
     typer.echo(f'use it: [model] name = "{entry.name}"')
@@ -86,7 +98,8 @@ def pull(name: str = typer.Argument(..., help="A registry name, e.g. SmolVLM-500
 @models_app.command("convert")
 def convert(checkpoint: Path = typer.Argument(..., help="A downloaded InternVL checkpoint folder (config.json, "
                                                          "*.safetensors, tokenizer files)."),
-            out: Path = typer.Option(Path("gguf_models"), "--out", help="Folder for the pair (and models.toml)."),
+            out: Path = typer.Option(Path("gguf_models"), "--out", help="Folder for the pair (and the models.toml "
+                                     "row of a checkpoint the registry does not know)."),
             quant: str = typer.Option("Q4_K_M", "--quant", help="Text quantisation: Q4_K_M, Q8_0 or F16.")) -> None:
     """InternVL checkpoint -> text GGUF + mmproj GGUF (llama.cpp's converter, extended), verified and registered."""
     import sys
@@ -111,7 +124,7 @@ def fit(name: str = typer.Argument(None, help="One registry name; default: every
     from bbsd import metrics
     from bbsd.models import registry as models
 
-    entries = models.load_registry(models.registry_path(folder))
+    entries = models.load(folder)
     if name:
         entries = [models.find(entries, name)]
     ram = psutil.virtual_memory().available / 2**20

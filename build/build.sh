@@ -52,7 +52,7 @@ say "pyinstaller (onedir)"
 "$OUT/venv/bin/pyinstaller" --noconfirm --log-level WARN --distpath "$OUT/dist" --workpath "$OUT/work" \
   "$ROOT/build/bbsd.spec"
 mkdir -p "$OUT/dist/bbsd/gguf_models" "$OUT/dist/bbsd/systemd"
-cp "$ROOT/gguf_models/models.toml" "$ROOT/gguf_models/README.md" "$OUT/dist/bbsd/gguf_models/"
+cp "$ROOT/gguf_models/README.md" "$OUT/dist/bbsd/gguf_models/"  # the registry ships inside the package
 cp "$ROOT/config.toml" "$ROOT/README.md" "$ROOT/CHANGELOG.md" "$OUT/dist/bbsd/"
 cp -r "$ROOT/docs" "$OUT/dist/bbsd/"  # the README's links: the stage tech's and the editor's pages on the venue PC
 cp "$ROOT/systemd/bbsd.service" "$OUT/dist/bbsd/systemd/"

@@ -69,7 +69,7 @@ def test_every_source_path_named_in_the_docs_exists():
 def _shipped_texts() -> list[Path]:
     """What users read outside docs/: hints and --help in the code, the config, the unit, the registry."""
     code = [p for p in (REPO / "bbsd").rglob("*.py") if "llamacpp" not in p.parts]
-    return [*code, REPO / "config.toml", REPO / "Makefile", REPO / "gguf_models" / "models.toml",
+    return [*code, REPO / "config.toml", REPO / "Makefile", REPO / "bbsd" / "models" / "models.toml",
             REPO / "systemd" / "bbsd.service"]
 
 

@@ -54,6 +54,7 @@ def test_wheel_builds_without_setuptools_warnings_and_ships_the_schema(built):
         names = z.namelist()
         metadata = z.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     assert "bbsd/schema/sidecar.schema.json" in names
+    assert "bbsd/models/models.toml" in names  # the model registry: `bbsd models list` from any folder
     assert "License-Expression: MIT" in metadata
 
 

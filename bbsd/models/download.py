@@ -50,7 +50,7 @@ def _open(url: str, headers: dict[str, str] | None = None):
         return urllib.request.urlopen(req, timeout=TIMEOUT_S)
     except urllib.error.HTTPError as e:
         raise ModelError(f"{url}: HTTP {e.code} {e.reason}",
-                         "check the repository and file names in gguf_models/models.toml") from None
+                         "check the repository and file names in the registry (`bbsd models list`)") from None
     except (urllib.error.URLError, TimeoutError, OSError) as e:
         reason = getattr(e, "reason", e)
         raise ModelError(f"cannot reach {endpoint()} ({reason})",
@@ -81,7 +81,7 @@ def choose(entry: Entry, files: list[RemoteFile]) -> tuple[RemoteFile, RemoteFil
 def pull(entry: Entry, models_dir: Path, progress: bool | None = None) -> list[Path]:
     if entry.status != "runnable":
         raise ModelError(f"{entry.name} is {entry.status}: nothing to pull",
-                         entry.notes or "see gguf_models/models.toml")
+                         entry.notes or "see its row's notes in bbsd/models/models.toml")
     text, mmproj = choose(entry, list_repo(entry.repo))
     wanted = [f for f in (text, mmproj) if not _complete(models_dir / f.path, f, entry)]
     _check_space(models_dir, wanted)

@@ -1,6 +1,10 @@
-"""The model registry (gguf_models/models.toml), GGUF inspection and the hardware-fit estimate.
+"""The model registry (shipped in the package as bbsd/models/models.toml, plus a models folder's own
+models.toml), GGUF inspection and the hardware-fit estimate.
 
-Invariants: the registry is validated when read (a bad row names its line's model and key);
+Invariants: the registry is the same from any working folder (the shipped rows are read through
+importlib.resources, in a wheel and in the venue artefact too); a models folder's models.toml adds
+rows and replaces a shipped row of the same name (any case), never the other way round; it is
+validated when read (a bad row names its file, its model and the key);
 inspection only reads GGUF metadata (never loads weights); a text model and an mmproj belong
 together when the projector's output width equals the text model's embedding width — the
 check libmtmd itself makes, done here before anything is loaded.
@@ -10,6 +14,8 @@ from __future__ import annotations
 
 import tomllib
 from dataclasses import dataclass, field
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -53,14 +59,32 @@ def route(entry: Entry) -> str:
 
 
 def registry_path(models_dir: Path) -> Path:
+    """A models folder's own registry (rows converted or added there): optional."""
     return models_dir / "models.toml"
 
 
-def load_registry(path: Path) -> list[Entry]:
+def shipped() -> Traversable:
+    """The registry that ships with bbsd, inside the package."""
+    return resources.files(__package__) / "models.toml"
+
+
+def load(models_dir: Path | None = None) -> list[Entry]:
+    """The registry: the shipped rows, then those of `models_dir`'s models.toml where there is one. A
+    local row replaces the shipped row of the same name (in its place); the others are added after."""
+    entries = {e.name.casefold(): e for e in load_registry(shipped())}
+    local = registry_path(models_dir) if models_dir is not None else None
+    if local is not None and local.is_file():
+        entries.update((e.name.casefold(), e) for e in load_registry(local))
+    return list(entries.values())
+
+
+def load_registry(path: Path | Traversable) -> list[Entry]:
+    """The rows of one registry file."""
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"model registry {path} not found", "it ships in gguf_models/models.toml") from None
+        raise ConfigError(f"model registry {path} not found", "reinstall bbsd: the registry ships inside "
+                          "the package (bbsd/models/models.toml)") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML ({e})", "fix the syntax at that line") from None
     known = set(Entry.__dataclass_fields__)

@@ -34,7 +34,7 @@ def _convert(tmp: Path, case: str, broken: bool = False) -> tuple[tiny_checkpoin
         _break_attention_layout(ck)
     out = tmp / "gguf_models"
     out.mkdir()
-    shutil.copy(REPO / "gguf_models" / "models.toml", out / "models.toml")
+    shutil.copy(REPO / "bbsd" / "models" / "models.toml", out / "models.toml")
     r = run_bbsd("models", "convert", str(ck.path), "--out", str(out), "--quant", "F16", timeout=300)
     assert r.returncode == 0, r.stderr
     text, mmproj = out / f"{folder}-F16.gguf", out / f"mmproj-{folder}-F16.gguf"

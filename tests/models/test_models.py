@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shutil
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -35,7 +34,7 @@ def test_models_list_shows_every_family_of_the_study_with_its_status():
     assert "convert" in rows["InternVL2-8B"] and "runnable" in rows["Qwen2.5-VL-3B"]
     for status in ("runnable", "convert", "not-runnable", "text-only"):  # the legend says what each means
         assert re.search(rf"^(status:)?\s+{status}\s+\S+ .{{20,}}$", r.stdout, re.M), status
-    notes = {e.name: e.notes for e in models.load_registry(REPO / "gguf_models" / "models.toml")}
+    notes = {e.name: e.notes for e in models.load_registry(models.shipped())}
     assert "RICE-ViT" in notes["LLaVA-OneVision-1.5-4B"] and "remote" in notes["LLaVA-OneVision-1.5-4B"]
     assert "convert" in notes["InternVL2-8B"].lower()
 
@@ -199,8 +198,7 @@ def test_config_model_name_resolves_through_the_registry(hub, tmp_path):
     photo = make_photo(inbox / "a.jpg")
     r = run_bbsd("label", str(photo), "--config", str(cfg))
     assert r.returncode == 0 and r.stdout.startswith("labeled")
-    cfg.write_text(f'model = "Gemma-3-4B"\n[watch]\nfolders = ["{inbox}"]\n')
-    shutil.copyfile(REPO / "gguf_models" / "models.toml", folder / "models.toml")
+    cfg.write_text(f'model = "Gemma-3-4B"\n[watch]\nfolders = ["{inbox}"]\n')  # a shipped row: found too
     r = run_bbsd("check", "--config", str(cfg))
     assert r.returncode == 2 and "bbsd models pull Gemma-3-4B" in r.stderr
 

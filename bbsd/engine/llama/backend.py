@@ -17,8 +17,9 @@ from bbsd.engine.registry import Backend, UnitNeeds
 
 TABLES = {
     "model": {
-        "name": Key("str", None, "a registry name (gguf_models/models.toml); sets path and mmproj"),
-        "dir": Key("path", None, "folder with the GGUF files and models.toml; default gguf_models/ beside the config"),
+        "name": Key("str", None, "a registry name (`bbsd models list`); sets path and mmproj"),
+        "dir": Key("path", None, "folder with the GGUF files, and a models.toml whose rows add to the shipped "
+                   "registry or replace its rows by name; default gguf_models/ beside the config"),
         "path": Key("path", None, "text model GGUF (required for the llama backend unless name is set)"),
         "mmproj": Key("path", None, "vision projector GGUF (required for the llama backend unless name is set)"),
         "lora": Key("path", None, "LoRA adapter GGUF for the text model (a fine-tune of it: docs/producer/dataset.md)"),
@@ -84,7 +85,7 @@ def configure(raw: dict[str, Any], v: Validator, env: Mapping[str, str], engine)
 def _resolve_name(s: LlamaSettings, v: Validator) -> LlamaSettings:
     from bbsd.models import registry as models
 
-    entry = models.find(models.load_registry(models.registry_path(s.dir)), s.name)
+    entry = models.find(models.load(s.dir), s.name)
     if entry.status not in ("runnable", "convert"):
         raise v.fail("model.name", f"{entry.name} is {entry.status}", entry.notes or "pick a runnable model")
     text, mmproj = models.local_files(entry, s.dir)

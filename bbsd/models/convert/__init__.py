@@ -64,7 +64,7 @@ def _check_extra() -> None:
     if missing and getattr(sys, "frozen", False):  # the venue artefact leaves torch out on purpose (GBs)
         raise ConvertError("the venue artefact cannot convert checkpoints (it does not bundle torch)",
                            "convert on a PC with Python (pip install 'bbsd[convert]'), then copy the GGUF pair "
-                           "and gguf_models/models.toml here")
+                           "(and the models.toml the conversion wrote beside it, if any) into gguf_models/ here")
     if missing:
         raise ConvertError(f"conversion needs {', '.join(missing)}, which the default install leaves out",
                            "pip install 'bbsd[convert]'")

@@ -1,7 +1,8 @@
-"""After a conversion: make `model = "NAME"` find the new pair through gguf_models/models.toml.
+"""After a conversion: make `model = "NAME"` find the new pair through the registry.
 
-A registry row whose name or repository matches the checkpoint's folder already finds the files by
-their names; a checkpoint the registry does not know gets a row appended (never a rewrite of the file).
+A registry row (shipped, or in the output folder's models.toml) whose name or repository matches the
+checkpoint's folder already finds the files by their names; a checkpoint the registry does not know
+gets a row appended to the output folder's models.toml (created if need be; never a rewrite of it).
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ from bbsd.models.convert.checkpoint import Checkpoint
 
 def record(out: Path, ck: Checkpoint, text: Path, mmproj: Path) -> str:
     path = models.registry_path(out)
-    entries = models.load_registry(path) if path.is_file() else []
-    for e in entries:
+    for e in models.load(out):
         if ck.name.casefold() in (e.name.casefold(), e.repo.rsplit("/", 1)[-1].casefold()):
             if models.local_files(e, out) == (text, mmproj):
                 return f'registry row {e.name}: model = "{e.name}" uses these files'
