@@ -7,6 +7,7 @@ import errno
 import os
 import tempfile
 import time
+from typing import NamedTuple
 
 from bbsd.config import Settings
 from bbsd.engine import registry
@@ -71,9 +72,37 @@ def _count(n: int, noun: str) -> str:
 
 
 def backend(settings: Settings) -> list[str]:
-    """What the configured backend checks before its model is opened (raises its own `BbsdError`), and
-    whether `max_output_tokens` holds the longest reply."""
-    return registry.get(settings.engine.backend).check(settings) + _output_cap(settings)
+    """What the configured backend checks before its model is opened (raises its own `BbsdError`),
+    whether `max_output_tokens` holds the longest reply, and whether the model is bbsd's own demo or
+    test model (`weights`)."""
+    lines = registry.get(settings.engine.backend).check(settings)
+    if note := weights(settings):
+        lines.append(f"{'warning: ' if note.level == 'warning' else 'model: '}{note.message} — {note.hint}")
+    return lines + _output_cap(settings)
+
+
+class WeightsNote(NamedTuple):
+    level: str  # the log level `bbsd run` says it at: "warning" (random weights) or "info" (the toy model)
+    weights: str
+    message: str
+    hint: str
+
+
+# What bbsd says about a model it made itself (`gguf_pair.WEIGHTS_KEY`): (level, message, hint).
+_REAL_MODEL = "a real show needs a real model: `bbsd models list`, then docs/stage/install.md, 'Use a real model'"
+WEIGHTS = {
+    "random": ("warning", "the model has random weights (bbsd's test model): its labels and confidence figures "
+                          "mean nothing", _REAL_MODEL),
+    "toy": ("info", "bbsd's toy model, trained on synthetic puppets (the toy show): it knows only that cast",
+            _REAL_MODEL),
+}
+
+
+def weights(settings: Settings) -> WeightsNote | None:
+    """What to say when the model is one bbsd made itself (its random test model, its toy model); None for
+    any other. Read from the model files' headers (`Backend.weights`), once, at the start of a command."""
+    kind = registry.get(settings.engine.backend).weights(settings)
+    return WeightsNote(WEIGHTS[kind][0], kind, *WEIGHTS[kind][1:]) if kind in WEIGHTS else None
 
 
 def _output_cap(settings: Settings) -> list[str]:

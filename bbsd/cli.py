@@ -87,6 +87,8 @@ def run(config: Path = CONFIG) -> None:
     """Watch the folders and label every new photo (foreground; stop with Ctrl-C or SIGTERM, reload with SIGHUP)."""
     import threading
 
+    import structlog
+
     from bbsd import checks, instance
     from bbsd.service import state
     from bbsd.service.daemon import Daemon
@@ -101,6 +103,9 @@ def run(config: Path = CONFIG) -> None:
     signal.signal(signal.SIGHUP, lambda *_: reload.set())
     settings = _setup(config)
     checks.folders(settings)
+    if (note := checks.weights(settings)) is not None:  # bbsd's random test model, or its toy: said once
+        getattr(structlog.get_logger("bbsd"), note.level)("model.weights", weights=note.weights,
+                                                          message=note.message, hint=note.hint)
     folder = instance.folder_for(settings.service.state_dir, settings.source)
     state.claim(folder, settings.source)
     notifier = Notifier()

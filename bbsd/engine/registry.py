@@ -68,6 +68,10 @@ class Backend:
     info: Callable[[Settings], ModelInfo] = field(default=lambda s: _plain_info(s))
     check: Callable[[Settings], list[str]] = field(default=lambda s: [])
     unit: Callable[[Settings], UnitNeeds] = field(default=lambda s: UnitNeeds())
+    # Which weights the model holds where bbsd made it itself ("random": its test model; "toy": trained on
+    # the toy show), read from the files' headers without loading them; None for any other model.
+    # `bbsd run` and `bbsd check` say it once at start (`checks.weights`).
+    weights: Callable[[Settings], str | None] = field(default=lambda s: None)
 
 
 def get(name: str) -> Backend:

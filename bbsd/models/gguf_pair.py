@@ -2,8 +2,10 @@
 
 Invariant: one writer for every pair bbsd makes — the random test pair (`tiny`) and a trained toy model
 (`twin`) get the same metadata, vocabulary and chat template for the same `TinySpec`; only the arrays
-differ. Tensors are written in the order given, with the names given (llama.cpp's: `token_embd.weight`,
-`blk.0.attn_q.weight`, `v.patch_embd.weight`, `mm.0.weight` …), so the same arrays make the same bytes.
+differ, and the `bbsd.weights` mark: `random` or `toy` in both files, so `bbsd run` and `bbsd check` can
+say which (from the header, never by loading). Tensors are written in the order given, with the names given
+(llama.cpp's: `token_embd.weight`, `blk.0.attn_q.weight`, `v.patch_embd.weight`, `mm.0.weight` …), so the
+same arrays with the same mark make the same bytes.
 """
 
 from __future__ import annotations
@@ -16,6 +18,10 @@ import numpy as np
 
 TEXT_FILE = "tiny-text.gguf"
 MMPROJ_FILE = "tiny-mmproj.gguf"
+# Which weights a pair bbsd wrote holds: RANDOM (the test and benchmark pairs: labels mean nothing) or TOY
+# (trained on the toy show's synthetic puppets: right only on that cast). Models bbsd did not write lack it.
+WEIGHTS_KEY = "bbsd.weights"
+RANDOM, TOY = "random", "toy"
 
 # ChatML, the convention of Qwen and InternVL; kept inside the GGUF like real models do.
 CHAT_TEMPLATE = (
@@ -196,14 +202,15 @@ def _padding(n: int) -> list[str]:
 # --- the text model -------------------------------------------------------------------------------
 
 
-def write_text(path: Path, spec: TinySpec, tensors: Mapping[str, np.ndarray]) -> Path:
+def write_text(path: Path, spec: TinySpec, tensors: Mapping[str, np.ndarray], *, weights: str) -> Path:
     """Write the text model: llama architecture (qwen2vl for the Qwen2-VL spec: M-RoPE sections,
-    freq base 1e6), `spec`'s shape and tokenizer, ChatML, then `tensors` in their order."""
+    freq base 1e6), `spec`'s shape and tokenizer, ChatML, the `weights` mark, then `tensors` in their order."""
     import gguf
 
     tokens, types = bpe_vocab(spec) if spec.tokenizer == "bpe" else spm_vocab(spec)[:2]
     w = gguf.GGUFWriter(str(path), "qwen2vl" if is_qwen2vl(spec) else "llama")
     w.add_name("bbsd-tiny-text")
+    _mark(w, weights)
     w.add_context_length(spec.n_ctx_train)
     w.add_embedding_length(spec.n_embd)
     w.add_block_count(spec.n_layer)
@@ -255,15 +262,16 @@ def mrope_sections(head_dim: int) -> list[int]:
 # --- the mmproj -----------------------------------------------------------------------------------
 
 
-def write_mmproj(path: Path, spec: TinySpec, tensors: Mapping[str, np.ndarray]) -> Path:
+def write_mmproj(path: Path, spec: TinySpec, tensors: Mapping[str, np.ndarray], *, weights: str) -> Path:
     """Write the vision encoder + projector: a CLIP ViT with LLaVA's `mlp` projector (or InternVL's),
-    or Qwen2-VL's tower for that spec; `tensors` in their order."""
+    or Qwen2-VL's tower for that spec; the `weights` mark; `tensors` in their order."""
     import gguf
 
     if is_qwen2vl(spec):
-        return _write_qwen2vl_mmproj(path, spec, tensors)
+        return _write_qwen2vl_mmproj(path, spec, tensors, weights)
     w = gguf.GGUFWriter(str(path), "clip")
     w.add_name("bbsd-tiny-mmproj")
+    _mark(w, weights)
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
     w.add_clip_has_vision_encoder(True)
     w.add_clip_projector_type(spec.projector)
@@ -289,7 +297,7 @@ IMAGE_MEAN = (0.5, 0.5, 0.5)  # the LLaVA/InternVL spec's normalisation (libmtmd
 IMAGE_STD = (0.5, 0.5, 0.5)
 
 
-def _write_qwen2vl_mmproj(path: Path, spec: TinySpec, tensors: Mapping[str, np.ndarray]) -> Path:
+def _write_qwen2vl_mmproj(path: Path, spec: TinySpec, tensors: Mapping[str, np.ndarray], weights: str) -> Path:
     """Qwen2-VL's vision tower as llama.cpp's converter writes it (projector `qwen2vl_merger`).
 
     Any image size: libmtmd resizes to multiples of 2x2 patches (8 to 4096 merged tokens) and
@@ -300,6 +308,7 @@ def _write_qwen2vl_mmproj(path: Path, spec: TinySpec, tensors: Mapping[str, np.n
 
     w = gguf.GGUFWriter(str(path), "clip")
     w.add_name("bbsd-tiny-qwen2vl-mmproj")
+    _mark(w, weights)
     w.add_type(gguf.GGUFType.MMPROJ)
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
     w.add_clip_has_vision_encoder(True)
@@ -315,6 +324,12 @@ def _write_qwen2vl_mmproj(path: Path, spec: TinySpec, tensors: Mapping[str, np.n
     w.add_vision_image_std([0.26862954, 0.26130258, 0.27577711])
     w.add_vision_attention_layernorm_eps(1e-6)  # no use_gelu / use_silu: quick GELU, as Qwen2-VL's ViT
     return _finish(w, tensors, path)
+
+
+def _mark(w, weights: str) -> None:
+    if weights not in (RANDOM, TOY):
+        raise ValueError(f"weights must be {RANDOM!r} or {TOY!r}, not {weights!r}")
+    w.add_string(WEIGHTS_KEY, weights)
 
 
 def _finish(w, tensors: Mapping[str, np.ndarray], path: Path) -> Path:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bbsd.errors import ConfigError, ModelError
+from bbsd.models.gguf_pair import WEIGHTS_KEY
 
 STATUSES = ("runnable", "convert", "not-runnable", "text-only")
 PROVEN = ("synthetic", "paper")  # ran here end to end on tiny weights of the same structure / read, not run
@@ -145,6 +146,7 @@ class GgufInfo:
     vocab_size: int | None = None
     projector: str | None = None
     projection_dim: int | None = None
+    weights: str | None = None  # bbsd's mark on a pair it wrote itself (gguf_pair.WEIGHTS_KEY): "random" or "toy"
 
 
 def inspect(path: Path) -> GgufInfo:
@@ -163,7 +165,7 @@ def inspect(path: Path) -> GgufInfo:
     ftype = get("general.file_type")
     quant = gguf.LlamaFileType(ftype).name.removeprefix("MOSTLY_") if ftype is not None else "?"
     common = {"path": path, "architecture": arch, "name": get("general.name", path.stem), "quant": quant,
-              "size_bytes": path.stat().st_size}
+              "size_bytes": path.stat().st_size, "weights": get(WEIGHTS_KEY)}
     if arch == "clip":
         return GgufInfo(kind="mmproj", projector=get("clip.projector_type") or get("clip.vision.projector_type"),
                         projection_dim=get("clip.vision.projection_dim"), **common)

@@ -2,7 +2,8 @@
 
 They load and run through the real llama.cpp engine (tokenizer, chat template,
 image encoder, projector, grammar sampling), so tests and the demo exercise
-every real code path; their labels are meaningless by construction.
+every real code path; their labels are meaningless by construction, and their files say so
+(`bbsd.weights` = "random": `bbsd run` and `bbsd check` warn).
 No weights are downloaded: everything is generated here (seeded) and written by `gguf_pair`,
 the writer a trained toy model (`twin`) uses too.
 """
@@ -17,6 +18,7 @@ from bbsd.models.gguf_pair import (
     CHAT_TEMPLATE,
     MERGES,
     MMPROJ_FILE,
+    RANDOM,
     SPECIAL_TOKENS,
     SPM_SPACE,
     SPM_UNKNOWN,
@@ -120,7 +122,7 @@ def text_tensors(spec: TinySpec = TinySpec()) -> dict[str, np.ndarray]:
 def write_text_model(path: Path, spec: TinySpec = TinySpec()) -> Path:
     """Write a random text model with a byte-level BPE vocabulary: llama architecture, or qwen2vl for the
     Qwen2-VL spec (M-RoPE: rotary sections for time, height and width; q/k/v biases like Qwen2)."""
-    return write_text_tensors(path, spec, text_tensors(spec))
+    return write_text_tensors(path, spec, text_tensors(spec), weights=RANDOM)
 
 
 def mmproj_tensors(spec: TinySpec = TinySpec()) -> dict[str, np.ndarray]:
@@ -147,7 +149,7 @@ def mmproj_tensors(spec: TinySpec = TinySpec()) -> dict[str, np.ndarray]:
 
 def write_mmproj(path: Path, spec: TinySpec = TinySpec()) -> Path:
     """Write a random CLIP vision encoder with LLaVA's `mlp` projector (or the spec's) into the text model's width."""
-    return write_mmproj_tensors(path, spec, mmproj_tensors(spec))
+    return write_mmproj_tensors(path, spec, mmproj_tensors(spec), weights=RANDOM)
 
 
 def _vision_blocks(rng: np.random.Generator, spec: TinySpec) -> dict[str, np.ndarray]:

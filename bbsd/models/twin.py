@@ -3,7 +3,8 @@
 Invariant: torch-free (the daemon and the venue artefact never have torch). The .npz holds the `TinySpec`
 and every tensor under its llama.cpp name, exactly the names and shapes `tiny` generates for that spec;
 the pair is written by the same writer as the random pair (`gguf_pair`), in `tiny`'s tensor order, so the
-same weights always give the same bytes. `pixels` is libmtmd's preprocessing for LLaVA's `mlp` projector,
+same weights always give the same bytes; it is marked a toy (`bbsd.weights` = "toy": trained on the toy
+show's synthetic puppets, right only on that cast). `pixels` is libmtmd's preprocessing for LLaVA's `mlp` projector,
 so a model trained on its output sees what llama.cpp feeds it.
 
 What llama.cpp computes for this pair (tools/mtmd/models/llava.cpp, llama-cpp-python 0.3.36), which the
@@ -67,8 +68,10 @@ def write_pair(folder: Path, spec: TinySpec, text: Mapping[str, np.ndarray],
     _check(spec, text, mmproj)
     folder.mkdir(parents=True, exist_ok=True)
     order_text, order_mmproj = tiny.text_tensors(spec), tiny.mmproj_tensors(spec)
-    return (gguf_pair.write_text(folder / gguf_pair.TEXT_FILE, spec, {k: text[k] for k in order_text}),
-            gguf_pair.write_mmproj(folder / gguf_pair.MMPROJ_FILE, spec, {k: mmproj[k] for k in order_mmproj}))
+    return (gguf_pair.write_text(folder / gguf_pair.TEXT_FILE, spec, {k: text[k] for k in order_text},
+                                 weights=gguf_pair.TOY),
+            gguf_pair.write_mmproj(folder / gguf_pair.MMPROJ_FILE, spec, {k: mmproj[k] for k in order_mmproj},
+                                   weights=gguf_pair.TOY))
 
 
 def write_pair_from(npz: Path, folder: Path) -> tuple[Path, Path]:

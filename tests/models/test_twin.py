@@ -15,7 +15,7 @@ import pytest
 from PIL import Image, ImageFilter
 
 from bbsd.errors import ModelError
-from bbsd.models import gguf_pair, tiny
+from bbsd.models import gguf_pair, registry, tiny
 from bbsd.models import twin as toy
 from bbsd.models.gguf_pair import TinySpec
 from tests.conftest import sha256_of
@@ -34,12 +34,16 @@ LOGIT_TOLERANCE = 0.001
 
 
 def test_a_saved_toy_model_writes_the_bytes_of_the_arrays_it_came_from(tmp_path):
-    """Arrays → .npz → GGUF pair is the random pair's writer: the same arrays give the same files."""
+    """Arrays → .npz → GGUF pair is the random pair's writer: the same arrays give the same files, but for
+    the mark that says which weights they hold (a toy's, the random pair's)."""
     text, mmproj = tiny.text_tensors(SPEC), tiny.mmproj_tensors(SPEC)
     npz = toy.save(tmp_path / "toy.npz", SPEC, dict(reversed(text.items())), mmproj)  # order does not matter
     got = toy.write_pair_from(npz, tmp_path / "from-npz")
-    want = tiny.write_pair(tmp_path / "random", SPEC)
+    want = (gguf_pair.write_text(tmp_path / "text.gguf", SPEC, text, weights=gguf_pair.TOY),
+            gguf_pair.write_mmproj(tmp_path / "mmproj.gguf", SPEC, mmproj, weights=gguf_pair.TOY))
     assert [sha256_of(p) for p in got] == [sha256_of(p) for p in want]
+    random = tiny.write_pair(tmp_path / "random", SPEC)
+    assert [registry.inspect(p).weights for p in (*got, *random)] == ["toy", "toy", "random", "random"]
 
 
 @pytest.mark.parametrize("broken", ["missing", "shape"])

@@ -156,5 +156,17 @@ def _chosen(s: LlamaSettings) -> str:
             + (" (parallel 0: the default for this device)" if s.parallel == 0 else ""))
 
 
+def weights(settings) -> str | None:
+    """bbsd's mark in the text GGUF's header (`bbsd.weights`: "random", "toy"), None for a model it did not
+    make, or one whose header cannot be read (loading it then says what is wrong, in its own words)."""
+    from bbsd.errors import ModelError
+    from bbsd.models import registry as models
+
+    try:
+        return models.inspect(settings.backend.path).weights
+    except (ModelError, OSError):
+        return None
+
+
 BACKEND = Backend(name="llama", tables=TABLES, configure=configure, open=open_labeler, isolate=True,
-                  info=info, check=check, unit=unit)
+                  info=info, check=check, unit=unit, weights=weights)
