@@ -31,7 +31,9 @@ Type=notify
 # engine worker never notifies. The artefact's onedir bootloader re-executes in place (same PID).
 NotifyAccess=main
 ExecStart={exec_start}
-ExecReload=/bin/kill -HUP $MAINPID
+# The shell's own kill: /bin/kill is procps's, which a minimal Debian lacks (the reload then fails with
+# 203/EXEC); /bin/sh is on every Debian. $$ is systemd's escape: sh reads $MAINPID from the environment.
+ExecReload=/bin/sh -c 'kill -HUP $$MAINPID'
 # A long model load extends the start timeout itself (EXTEND_TIMEOUT_USEC) while it progresses.
 TimeoutStartSec=120
 TimeoutStopSec=60
