@@ -35,6 +35,18 @@ class Chunk:
     image_id: str = ""  # an image's id, as given to `tokenize` with its bitmap; "" for text
 
 
+def amx_cpu(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether the CPU has Intel AMX (Xeon 4th generation and later). This llama.cpp's AMX kernels, which
+    its extra buffer types route quantised weights to, crash on them (SIGSEGV in ggml_backend_amx_mul_mat
+    on the first decode, for every Q8_0 and Q4_K_M text model tried, 64 to 512 wide; llama-mtmd-cli too;
+    ggml-org/llama.cpp#20824): there the model loads without extra buffer types (no AMX, no repacking)."""
+    try:
+        text = cpuinfo.read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return False
+    return any(line.startswith("flags") and "amx_int8" in line.split() for line in text.splitlines())
+
+
 def _flash_type(ll, on: bool | None) -> int:
     if on is None:
         return ll.LLAMA_FLASH_ATTN_TYPE_AUTO
@@ -52,6 +64,7 @@ class Context:
         self._ll, self._m = ll, mtmd_cpp
         mparams = ll.llama_model_default_params()
         mparams.n_gpu_layers = gpu_layers
+        mparams.use_extra_bufts = not amx_cpu()
         self.model = ll.llama_model_load_from_file(str(model).encode(), mparams)
         if not self.model:
             raise ModelError(f"cannot load text model {model.name}",
