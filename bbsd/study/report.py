@@ -84,6 +84,10 @@ def html(summaries: list[dict[str, Any]], machine: str) -> str:
         f"<tr><td>{escape(s['profile'])}</td><td>{kind}</td><td>{escape(n)}</td><td>{_fmt(v['precision'])}</td>"
         f"<td>{_fmt(v['recall'])}</td><td>{_fmt(v['f1'])}</td><td>{v['tp']}/{v['fp']}/{v['fn']}</td></tr>"
         for s in summaries for kind in ("characters", "props") for n, v in s[kind]["labels"].items())
+    mixed = "".join(
+        f"<tr><td>{escape(s['profile'])}</td><td>{kind}</td><td>{escape(c['truth'])}</td>"
+        f"<td>{escape(c['predicted'])}</td><td>{c['count']}</td></tr>"
+        for s in summaries for kind in ("characters", "props") for c in s[kind]["confusions"])
     failed = "".join(f"<p class='failed'>{escape(s['profile'])} failed: {s['failed']} "
                      f"({escape(codes_text(s['failures']))}), not counted in latency or memory</p>"
                      for s in summaries if s.get("failures"))
@@ -96,6 +100,9 @@ def html(summaries: list[dict[str, Any]], machine: str) -> str:
         f"<table id='profiles'><tr>{head}</tr>{body}</table>{failed}{''.join(plots(summaries))}"
         "<h2>Per label</h2><table id='labels'><tr><th>profile</th><th>kind</th><th>name</th><th>precision</th>"
         f"<th>recall</th><th>F1</th><th>tp/fp/fn</th></tr>{labels}</table>"
+        "<h2>Confusions</h2><p>A name that is there but was missed, and a name given in its place on the same "
+        "photo (the look-alikes show here), most common first.</p><table id='confusions'><tr><th>profile</th>"
+        f"<th>kind</th><th>there</th><th>named instead</th><th>photos</th></tr>{mixed}</table>"
         f"<script type='application/json' id='data'>{data}</script>"
         "</body></html>"
     )

@@ -83,6 +83,8 @@ def test_eval_reports_the_known_figures_of_a_scripted_set(tmp_path):
     assert s["latency_ms"]["p50"] is not None and s["peak_rss_mb"] > 0 and s["load_ms"] > 0
     assert "Baba Yaga P=0.846 R=0.846 F1=0.846" in done.stdout
     assert "confusions: Baba Yaga as Koschei ×2" in done.stdout
+    page = (tmp_path / "out" / "eval.html").read_text()
+    assert "<tr><td>config</td><td>characters</td><td>Baba Yaga</td><td>Koschei</td><td>2</td></tr>" in page
     assert "question outdoor: accuracy 0.850 over 20 photos" in done.stdout
     assert not list((tmp_path / "set").glob("*.json")) and not list((tmp_path / "set").glob("*.xmp"))
 
