@@ -11,7 +11,7 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 DEV_STAMP := $(VENV)/.dev-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup dev tools release-tools demo test lint bench fuzz release clean vendor-convert
+.PHONY: setup dev tools release-tools systemd-tools demo test lint bench fuzz release systemd-test clean vendor-convert
 
 # What the daemon needs, nothing more: `make demo`'s .venv holds no test tools and no torch.
 $(STAMP): pyproject.toml
@@ -71,6 +71,24 @@ release-tools:
 release: dev release-tools
 	build/build.sh
 	BBSD_ARTEFACT=$$(ls build/out/bbsd-*-linux-x86_64.tar.gz) $(VENV)/bin/python -m pytest tests/e2e/test_release.py -v
+
+# The venue artefact under a live systemd (docs/developer/testing.md): a Debian rootfs from Debian's packages
+# (debootstrap, cached in SYSTEMD_ROOTFS) boots systemd in systemd-nspawn; the test installs the artefact as
+# docs/stage/install.md says and drives it with systemctl. Needs root and two Debian packages, installed as `tools`
+# does (apt-get install --no-install-recommends debootstrap systemd-container). Uses build/out's artefact
+# (make release rebuilds it), else builds one. Its log: build/out/systemd-test.log.
+SYSTEMD_ROOTFS ?= $(HOME)/.cache/bbsd-systemd/rootfs
+systemd-tools:
+	@$(MAKE) --no-print-directory tools TOOLS="debootstrap:debootstrap systemd-nspawn:systemd-container"
+
+systemd-test: dev systemd-tools
+	@[ "$$(id -u)" = 0 ] || { echo "make systemd-test boots a container: run it as root"; exit 1; }
+	[ -d $(SYSTEMD_ROOTFS) ] || { rm -rf $(SYSTEMD_ROOTFS).tmp && \
+	  debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,sudo bookworm $(SYSTEMD_ROOTFS).tmp && \
+	  mv $(SYSTEMD_ROOTFS).tmp $(SYSTEMD_ROOTFS); }
+	ls build/out/bbsd-*-linux-x86_64.tar.gz >/dev/null 2>&1 || build/build.sh
+	BBSD_ARTEFACT=$$(ls build/out/bbsd-*-linux-x86_64.tar.gz) BBSD_SYSTEMD_ROOTFS=$(SYSTEMD_ROOTFS) \
+	  $(VENV)/bin/python -m pytest tests/e2e/test_systemd_live.py -v -p no:cacheprovider
 
 # Benchmarks rewrite their tables in docs/benchmarks.md (not part of `make test`).
 bench: dev  # bench.gpu needs a GPU and a CUDA build: run it by hand there

@@ -21,9 +21,10 @@ def test_reload_signals_the_main_pid_with_only_the_shell_every_debian_has(tmp_pa
     argv = [a.replace("$$", "$") for a in shlex.split(_directive(unit.reference(), "ExecReload"))]
     assert argv[0] == "/bin/sh"
     flag = tmp_path / "hup"
-    main = subprocess.Popen([sys.executable, "-c", "import pathlib, signal, sys, time\n"
-                             f"signal.signal(signal.SIGHUP, lambda *_: pathlib.Path({str(flag)!r}).touch())\n"
-                             "print('ready', flush=True)\nwhile True: time.sleep(0.05)"], stdout=subprocess.PIPE, text=True)
+    code = ("import pathlib, signal, time\n"
+            f"signal.signal(signal.SIGHUP, lambda *_: pathlib.Path({str(flag)!r}).touch())\n"
+            "print('ready', flush=True)\nwhile True: time.sleep(0.05)")
+    main = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert main.stdout.readline().strip() == "ready"
         r = subprocess.run(argv, env={"MAINPID": str(main.pid), "PATH": "/nonexistent"}, capture_output=True, text=True)
