@@ -56,7 +56,7 @@ def eval_command(
             results = runs.Results(out, p)
             runs.run(p, truths, results, advance)
             summaries.append(summary.summarise(p.name, truths, results.photos(), results.loads(),
-                                               settings.questions))
+                                               settings.questions, p.settings.xmp.review_below))
     json_path, html_path = eval_report.write(out, summaries, performance.machine())
     typer.echo(eval_report.table(summaries))
     typer.echo(f"eval: {json_path.resolve()} and {html_path.resolve()}")

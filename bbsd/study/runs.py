@@ -3,7 +3,8 @@
 Invariants: each profile labels through `engines.open_labeler` and `Pipeline.label` (the
 contained decoder, the supervised worker, the same validation) and writes nothing beside the
 photos; a photo's result is appended to `OUT/<profile>/photos.jsonl` as soon as it is known,
-so an interrupted run resumes where it stopped and never labels a photo twice.
+so an interrupted run resumes where it stopped and never labels a photo twice. Lines stored by an
+older bbsd stay readable: a field they lack (`scores`) counts as unknown in the summary, never as a value.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import structlog
 from bbsd import config as config_mod
 from bbsd import metrics
 from bbsd.config import Settings
-from bbsd.engine import prompt
+from bbsd.engine import confidence, prompt
 from bbsd.errors import BbsdError, ConfigError, PhotoError
 from bbsd.sidecars import record as sidecar
 from bbsd.study.truth import Truth
@@ -166,6 +167,7 @@ def label_one(pipeline, photo: Path) -> dict[str, Any]:
     else:
         error = None
     ms = (time.perf_counter() - t0) * 1000
+    scored = _scores(pipeline, inference) if labels else None
     rss = inference.rss_mb if inference and inference.rss_mb is not None else metrics.rss_mb()
     vram = inference.vram_mb if inference and inference.rss_mb is not None else metrics.vram_mb(pipeline.labeler.gpu)
     return {
@@ -173,7 +175,11 @@ def label_one(pipeline, photo: Path) -> dict[str, Any]:
         "characters": list(labels.characters) if labels else [], "props": list(labels.props) if labels else [],
         "answers": dict(labels.answers) if labels else {},
         # Each written name's confidence (local engine only), for precision and recall against a review threshold.
-        "confidence": _confidences(pipeline, inference) if labels else {},
+        "confidence": _confidences(scored),
+        # Every field's scores as `confidence.score` gives them (chosen names and the strongest name not
+        # chosen), so `confidence.needs_review` can decide the review set again at any threshold; None
+        # when the photo failed or the backend reports no token probabilities.
+        "scores": scored,
         "rss_mb": rss, "vram_mb": vram,
         "prompt_tokens": inference.prompt_tokens if inference else 0,
         "output_tokens": inference.output_tokens if inference else 0,
@@ -183,7 +189,11 @@ def label_one(pipeline, photo: Path) -> dict[str, Any]:
     }
 
 
-def _confidences(pipeline, inference) -> dict[str, dict[str, float]]:
-    scored = pipeline.confidence(inference) or {}
-    return {kind: {n["name"]: n["confidence"] for n in scored[kind]["names"]}
-            for kind in ("characters", "props") if kind in scored}
+def _scores(pipeline, inference) -> dict[str, dict] | None:
+    """The pipeline's confidence of a reply without its verdict at today's threshold (the fields only)."""
+    full = pipeline.confidence(inference)
+    return None if full is None else {kind: full[kind] for kind in confidence.FIELDS if kind in full}
+
+
+def _confidences(scored: dict[str, dict] | None) -> dict[str, dict[str, float]]:
+    return {kind: {n["name"]: n["confidence"] for n in field["names"]} for kind, field in (scored or {}).items()}

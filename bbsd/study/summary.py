@@ -1,7 +1,8 @@
 """A profile's results against the truth: accuracy, speed and memory as one JSON-ready dict.
 
 Invariant: only results for photos in the truth set count, each once; figures come from
-`scores` (accuracy) and `metrics.percentile` (latency), so the report and the daemon agree on them.
+`scores` (accuracy), `review` (the review set, decided by the pipeline's own rule) and
+`metrics.percentile` (latency), so the report and the daemon agree on them.
 Latency and peak memory count the photos the model labelled; a failed one is counted by its error
 code (`failures`), its time and memory kept out of those figures (photos/min still pays for it).
 """
@@ -12,14 +13,15 @@ from typing import Any
 
 from bbsd.metrics import by_code, percentile
 from bbsd.show.questions import Question
-from bbsd.study import scores
+from bbsd.study import review, scores
 from bbsd.study.truth import Truth
 
 KINDS = ("characters", "props")
 
 
 def summarise(name: str, truths: list[Truth], photos: dict[str, dict[str, Any]], loads: list[dict[str, Any]],
-              questions: tuple[Question, ...]) -> dict[str, Any]:
+              questions: tuple[Question, ...], review_below: float) -> dict[str, Any]:
+    """The profile's figures; `review_below` is the configured review threshold the capture figures are at."""
     rows = [(t, photos[str(t.file)]) for t in truths if str(t.file) in photos]
     samples = {k: [_sample(t, r, k) for t, r in rows] for k in KINDS}
     kinds = {k: scores.kind_summary(samples[k]) for k in KINDS}
@@ -39,6 +41,8 @@ def summarise(name: str, truths: list[Truth], photos: dict[str, dict[str, Any]],
         "hallucination_rate": scores.hallucination_rate(per_photo),
         "threshold_curve": scores.threshold_curve(
             [(samples[k][i], r.get("confidence", {}).get(k, {})) for k in KINDS for i, (_, r) in enumerate(rows)]),
+        "review": review.capture([_reviewed(t, r) for t, r in rows], review_below),
+        "reliability": review.reliability(_written(rows)),
         "questions": _questions(rows, questions),
         "latency_ms": {"p50": percentile(ms, 0.5), "p95": percentile(ms, 0.95)},
         "throughput_per_min": round(60_000 * len(spent) / sum(spent), 2) if spent and sum(spent) else None,
@@ -61,6 +65,19 @@ def evaluated_tokens(results: list[dict[str, Any]]) -> dict[str, float | None]:
 
 def _sample(truth: Truth, result: dict[str, Any], kind: str) -> scores.Sample:
     return scores.Sample(getattr(truth, kind), frozenset(result[kind]), bool(result["error"]))
+
+
+def _reviewed(truth: Truth, result: dict[str, Any]) -> review.Photo:
+    """A name given that is not there and a name there not given are one mistake each; scores a result
+    line lacks (stored before they were recorded) are unknown."""
+    mistakes = sum(len(getattr(truth, k) ^ frozenset(result[k])) for k in KINDS)
+    return review.Photo(mistakes, result.get("scores"), bool(result["error"]))
+
+
+def _written(rows) -> list[tuple[float, bool]]:
+    """Each written name's confidence and whether it is really there (older result lines have these too)."""
+    return [(c, name in getattr(t, k)) for t, r in rows for k in KINDS
+            for name, c in r.get("confidence", {}).get(k, {}).items()]
 
 
 def _questions(rows, questions: tuple[Question, ...]) -> dict[str, Any]:

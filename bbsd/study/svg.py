@@ -2,7 +2,7 @@
 
 Each chart scales to the width of the page (a viewBox, width 100%) and has a value axis with
 round ticks and faint grid lines. Each mark carries a `data-kind` attribute (`point`, `bar`,
-`segment`, `gap`) so tests can count what a chart shows; only bars carry a `data-value`.
+`segment`, `gap`, `diagonal`) so tests can count what a chart shows; only bars carry a `data-value`.
 """
 
 from __future__ import annotations
@@ -161,3 +161,44 @@ def histogram(values: Sequence[float], title: str, x_caption: str, bins: int = 2
         for i, n in enumerate(counts))
     ticks = [(sx(t), _number(t)) for t in nice_ticks(lo, hi, 8) if lo <= t <= lo + step * bins]
     return _frame(title, note, body, y_marks, ticks, x_caption)
+
+
+def _unit_axes() -> tuple:
+    """Both axes from 0 to 100 %, a tick every 20 %, and the diagonal where y equals x."""
+    sx, sy = _scale(0.0, 1.0, LEFT, RIGHT), _scale(0.0, 1.0, BOTTOM, TOP)
+    steps = [k / 5 for k in range(6)]
+    y_marks = "".join(
+        f'<line x1="{LEFT}" y1="{sy(t):.1f}" x2="{RIGHT}" y2="{sy(t):.1f}" stroke="{GRID}"/>'
+        f'<text x="{LEFT - 8}" y="{sy(t) + 4:.1f}" font-size="12" text-anchor="end">{t:.0%}</text>' for t in steps)
+    diagonal = (f'<line data-kind="diagonal" x1="{sx(0):.1f}" y1="{sy(0):.1f}" x2="{sx(1):.1f}" y2="{sy(1):.1f}" '
+                f'stroke="#999" stroke-dasharray="4 4"/>')
+    return sx, sy, y_marks + diagonal, [(sx(t), f"{t:.0%}") for t in steps]
+
+
+def shares(points: Sequence[tuple[float, float]], title: str, x_caption: str, note: str = "",
+           names: Sequence[str] = ()) -> str:
+    """Shares (x, y) from 0 to 1 as dots joined in x order, with the dashed diagonal y = x (what picking
+    at random would give); each named beside it where `names` gives a name."""
+    sx, sy, y_marks, x_ticks = _unit_axes()
+    order = sorted(range(len(points)), key=lambda i: points[i])
+    placed = [(sx(points[i][0]), sy(points[i][1])) for i in order]
+    middle = (LEFT + RIGHT) / 2  # names on the right half end at their dot, so they stay in the frame
+    tags = "".join(
+        f'<text x="{x + 5 if x < middle else x - 5:.1f}" y="{y - 6:.1f}" font-size="11" '
+        f'text-anchor="{"start" if x < middle else "end"}">{escape(names[i])}</text>'
+        for i, (x, y) in zip(order, placed, strict=True) if names and names[i])
+    body = (_line(placed) + _dots(placed) + tags) if points else ""
+    return _frame(title, note, body, y_marks, x_ticks, x_caption)
+
+
+def reliability(bins: Sequence[tuple[float, float, float, int]], title: str, note: str = "") -> str:
+    """A reliability diagram: per confidence bin (low, high, share right, count) a bar as high as the
+    share right, its count above it; on the dashed diagonal, confidence would mean what it says."""
+    sx, sy, y_marks, x_ticks = _unit_axes()
+    body = "".join(
+        f'<rect data-kind="bar" data-value="{v:g}" x="{sx(lo) + 1:.1f}" y="{sy(v):.1f}" '
+        f'width="{sx(hi) - sx(lo) - 2:.1f}" height="{BOTTOM - sy(v):.1f}" fill="{GREEN}" fill-opacity="0.8"/>'
+        f'<text x="{sx((lo + hi) / 2):.1f}" y="{sy(v) - 4:.1f}" font-size="11" text-anchor="middle">{n}</text>'
+        for lo, hi, v, n in bins if n)
+    return _frame(title, note, body, y_marks, x_ticks, "Confidence of the written name (bar: share of them right; "
+                  "number: names in the bin)")

@@ -21,6 +21,7 @@ from PIL import Image
 
 from bbsd.config_keys import Key, Validator, section
 from bbsd.engine import registry
+from bbsd.engine.confidence import Step
 from bbsd.engine.labeler import UNNAMED, Inference, ModelInfo, PhotoRef
 from bbsd.engine.prompt import Prompt
 
@@ -29,6 +30,9 @@ TABLES = {"fake": {
     "delay_ms": Key("int", 0, "time each reply takes", 0, 600_000),
     "replies": Key("path", None, "JSON file mapping a photo's file name to the reply object to give for it "
                    "(`bbsd eval` tests with answers known in advance)"),
+    "confidences": Key("path", None, "JSON file mapping a photo's file name to the token probabilities of its "
+                       "scripted reply, per field: {\"names\": {name: confidence}, \"missed\": [name or null, "
+                       "score]} (tests of confidence and review figures)"),
 }}
 
 
@@ -37,6 +41,7 @@ class FakeSettings:
     concurrency: int
     delay_ms: int
     replies: Path | None
+    confidences: Path | None = None
 
 
 class FakeLabeler:
@@ -45,17 +50,20 @@ class FakeLabeler:
     `replies` scripts raw reply texts in order (then falls back to the default),
     which lets tests feed invalid replies through the real validation path. `by_name` scripts a
     reply per photo file name (as the pipeline names the photo: `PhotoRef.name`), whatever order photos come in.
+    `confidences` gives such a photo token probabilities (`Inference.steps`), as the local engine reports them:
+    per field, each name's confidence and the strongest name not written (`confidence.score` reads them back).
     """
 
     gpu = False
 
     def __init__(self, replies: Iterable[str] = (), delay_s: float = 0.0, concurrency: int = 1,
-                 by_name: Mapping[str, Any] | None = None) -> None:
+                 by_name: Mapping[str, Any] | None = None, confidences: Mapping[str, Any] | None = None) -> None:
         self.info = ModelInfo(backend="fake", file="fake", mmproj=None)
         self.concurrency = concurrency
         self._replies = list(replies)
         self._delay_s = delay_s
         self._by_name = dict(by_name or {})
+        self._confidences = dict(confidences or {})
         self._lock = threading.Lock()
         self.calls = 0
 
@@ -69,7 +77,9 @@ class FakeLabeler:
         if scripted is None and named is not None:
             scripted = named if isinstance(named, str) else json.dumps(named)
         text = scripted if scripted is not None else self._default(image, prompt)
-        return Inference(text=text, prompt_tokens=0, output_tokens=len(text), encode_ms=0.0, generate_ms=0.0)
+        steps = _steps(text, self._confidences[photo.name]) if photo.name in self._confidences else ()
+        return Inference(text=text, prompt_tokens=0, output_tokens=len(text), encode_ms=0.0, generate_ms=0.0,
+                         steps=steps)
 
     @staticmethod
     def _default(image: Image.Image, prompt: Prompt) -> str:
@@ -91,6 +101,23 @@ class FakeLabeler:
         pass
 
 
+def _steps(text: str, fields: Mapping[str, Any]) -> tuple[Step, ...]:
+    """One sampled step per scripted name (its quoted text, at its confidence) and one at each list's `]`,
+    whose alternative is one more name (`missed`: that name, or null for a bare `,`) at its score."""
+    steps = []
+    for field, want in fields.items():
+        key = f'"{field}": ['
+        at = text.index(key) + len(key)
+        close = text.index("]", at)  # the fake's scripted names hold no `]`
+        for name, p in want.get("names", {}).items():
+            start = text.index(json.dumps(name), at, close)
+            steps.append(Step(start, start + len(json.dumps(name)), p, None))
+        name, score = want.get("missed") or (None, 0.0)
+        alt = (", " + json.dumps(name) if name else ", ") if score else None
+        steps.append(Step(close, close + 1, 1.0 - score, alt, score))
+    return tuple(sorted(steps, key=lambda s: s.start))
+
+
 def _first_answer(schema: dict[str, Any]) -> str | int:
     if "enum" in schema:
         return schema["enum"][0]
@@ -104,7 +131,8 @@ def configure(raw: dict[str, Any], v: Validator, env: Mapping[str, str], engine)
 def open_labeler(settings) -> FakeLabeler:
     s: FakeSettings = settings.backend
     by_name = json.loads(s.replies.read_text(encoding="utf-8")) if s.replies else None
-    return FakeLabeler(delay_s=s.delay_ms / 1000, concurrency=s.concurrency, by_name=by_name)
+    confidences = json.loads(s.confidences.read_text(encoding="utf-8")) if s.confidences else None
+    return FakeLabeler(delay_s=s.delay_ms / 1000, concurrency=s.concurrency, by_name=by_name, confidences=confidences)
 
 
 BACKEND = registry.Backend(name="fake", tables=TABLES, configure=configure, open=open_labeler, isolate=True)

@@ -201,6 +201,7 @@ def test_the_tiny_real_model_with_and_without_references_reports_latency_memory_
         assert 0 < p["latency_ms"]["p50"] <= p["latency_ms"]["p95"]
         assert p["peak_rss_mb"] > 0 and p["load_ms"] > 0 and p["throughput_per_min"] > 0
         assert [c["threshold"] for c in p["threshold_curve"]][:2] == [0.0, 0.1]  # the engine's confidences
+        _review_figures_hold_together(p)
     plain, gallery = (p["evaluated_tokens"] for p in doc["profiles"])
     # The first photo pays for the gallery once: two reference images of 16 tokens and their caption lines.
     assert gallery["first"] > plain["first"] + 2 * 16
@@ -214,10 +215,31 @@ def test_the_tiny_real_model_with_and_without_references_reports_latency_memory_
     assert "eval tok 1st" in header and "eval tok rest" in header
     assert f"{gallery['first']:.1f}" in next(line for line in table if line.startswith("gallery "))
     page = (tmp_path / "out" / "eval.html").read_text()
-    # F1 vs latency, then per profile its per-label F1 bars and its review-threshold curve
-    assert page.count("<svg") == 5 and "plain" in page and "gallery" in page
+    # F1 vs latency, then per profile its per-label F1 bars, its review-threshold curve, the review set's
+    # catch against its size and the reliability diagram
+    assert page.count("<svg") == 9 and "plain" in page and "gallery" in page
+    assert page.count("<title>Mistakes caught vs photos") == 2 and page.count("<title>Reliability of") == 2
     assert "<th>eval tok 1st</th>" in page and f"<td>{gallery['first']:.1f}</td>" in page
     _renders_in_chromium(tmp_path / "out" / "eval.html", tmp_path / "eval.png")
+
+
+def _review_figures_hold_together(p: dict) -> None:
+    """Random weights: the figures mean nothing, but each is there and agrees with the others."""
+    r, rel = p["review"], p["reliability"]
+    assert (r["threshold"], r["photos"], r["failed"], r["unknown"]) == (0.5, 3 - p["failed"], p["failed"], 0)
+    labels = [v for kind in ("characters", "props") for v in p[kind]["labels"].values()]
+    wrong, missed = sum(v["fp"] for v in labels), sum(v["fn"] for v in labels)
+    assert r["mistakes"] == wrong + missed if not p["failed"] else r["mistakes"] <= wrong + missed
+    assert 0 <= r["caught"] <= r["mistakes"] and 0 <= r["flagged"] <= r["photos"]
+    thresholds = [c["threshold"] for c in r["curve"]]
+    assert thresholds == sorted(set(thresholds)) and thresholds[0] == 0.0 and 0.5 in thresholds
+    assert all(0 <= c["caught"] <= r["mistakes"] and 0 <= c["flagged"] <= r["photos"] for c in r["curve"])
+    assert (r["curve"][0]["flagged"], r["curve"][0]["caught"]) == (0, 0)  # 0 marks nothing
+    at = next(c for c in r["curve"] if c["threshold"] == 0.5)
+    assert (at["flagged"], at["caught"]) == (r["flagged"], r["caught"])
+    # Every written name has a confidence, in exactly one bin.
+    assert rel["names"] == sum(v["tp"] + v["fp"] for v in labels) == sum(b["names"] for b in rel["bins"])
+    assert rel["right"] == sum(v["tp"] for v in labels) and 0 <= rel["ece"] <= 1
 
 
 def _renders_in_chromium(page: Path, png: Path) -> None:

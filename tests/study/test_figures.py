@@ -75,7 +75,7 @@ def test_eval_latency_and_memory_count_labelled_photos_and_failures_by_code(phot
     every = [*good, *(inbox / n for n in BAD)]
     results = {str(p): runs.label_one(pipeline, p) for p in every}
     truths = [Truth(p, frozenset(), frozenset()) for p in every]
-    s = summary.summarise("fake", truths, results, [], ())
+    s = summary.summarise("fake", truths, results, [], (), 0.5)
     ms = [results[str(p)]["ms"] for p in good]
     assert s["latency_ms"] == {"p50": percentile(ms, 0.5), "p95": percentile(ms, 0.95)}
     assert (s["photos"], s["failed"], s["failures"]) == (12, 3, {"truncated": 2, "not_an_image": 1})
