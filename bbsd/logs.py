@@ -10,6 +10,11 @@ never raw, so an escape sequence in a file name cannot drive the terminal; JSON 
 itself (ASCII only, lone surrogates of an undecodable file name included). Rendering never
 raises: a value that cannot be rendered is shown by its type, as a failing log line would
 otherwise cost the photo or the worker.
+
+Where stderr is the journal's stream (systemd's $JOURNAL_STREAM names its device and inode,
+systemd.exec(5)), every line starts with its syslog priority, `<4>` for a warning (sd-daemon(3)):
+journald reads it as PRIORITY=, so `journalctl -p warning` finds bbsd's warnings and errors. A
+terminal, a file or a pipe gets no prefix, even where the variable was inherited from a unit.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import structlog
 from bbsd.text import printable
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+_PRIORITIES = {"critical": 2, "error": 3, "warning": 4, "info": 6, "debug": 7}  # syslog's, as journald reads them
 
 
 def _stream() -> TextIO:
@@ -105,11 +111,35 @@ def _plain(value) -> str:
         return f"<{type(value).__name__} that cannot be shown>"
 
 
+def to_journal(stream: TextIO, env: dict[str, str] | None = None) -> bool:
+    """Whether `stream` is the journal's: its device and inode are $JOURNAL_STREAM's `dev:inode`.
+    Compared, not just present: a command started from a unit's shell inherits the variable
+    with its stderr sent elsewhere."""
+    dev, _, inode = (os.environ if env is None else env).get("JOURNAL_STREAM", "").partition(":")
+    try:
+        st = os.fstat(stream.fileno())
+        return (st.st_dev, st.st_ino) == (int(dev), int(inode))
+    except (AttributeError, OSError, ValueError):  # not set, malformed, or no real fd
+        return False
+
+
+class _Prioritised:
+    """Each rendered line prefixed with its level's syslog priority (`<3>` error … `<7>` debug);
+    every line of a multi-line event (a console traceback), as journald splits at line breaks."""
+
+    def __init__(self, renderer) -> None:
+        self._renderer = renderer
+
+    def __call__(self, logger, name: str, event_dict: dict) -> str:
+        prefix = f"<{_PRIORITIES.get(event_dict.get('level', name), 6)}>"
+        return "\n".join(prefix + line for line in self._renderer(logger, name, event_dict).split("\n"))
+
+
 def configure(level: str = "info", fmt: str = "auto") -> None:
     global _switch
     stream = _switch = _Switch(_stream())
     use_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
-    renderer = structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=False)
+    renderer = _Safe(structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=False))
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -117,7 +147,7 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             *([] if use_json else [_escaped]),
-            _Safe(renderer),
+            _Prioritised(renderer) if to_journal(stream.stream) else renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         logger_factory=structlog.PrintLoggerFactory(file=stream),

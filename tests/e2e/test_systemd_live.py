@@ -301,7 +301,9 @@ def test_kill_9_of_the_main_pid_restarts_and_the_journal_replays(box):
 
 
 def test_the_journal_holds_the_structured_fields(box):
-    """`journalctl -o json`: the unit's fields from systemd, bbsd's event and its fields in MESSAGE (JSON)."""
+    """`journalctl -o json`: the unit's fields from systemd, bbsd's event and its fields in MESSAGE (JSON),
+    its level as PRIORITY (the `<N>` prefix bbsd writes on the journal's stream), so `journalctl -p warning`
+    shows bbsd's warnings (the kill -9 step's daemon.died_with_photo) and not its info lines."""
     c = box
     labelled = c.events("photo.labeled")
     assert labelled
@@ -309,6 +311,11 @@ def test_the_journal_holds_the_structured_fields(box):
     assert {"path", "total_ms", "characters", "props", "level", "timestamp"} <= set(entry)
     journal = entry["_journal"]
     assert journal["_SYSTEMD_UNIT"] == "bbsd.service" and journal["_UID"] == c.sh("id -u bbsd").stdout.strip()
+    assert journal["PRIORITY"] == "6"
+    warned = c.events("daemon.died_with_photo")
+    assert warned and {e["_journal"]["PRIORITY"] for e in warned} == {"4"}
+    shown = c.sh("journalctl -u bbsd -p warning --no-pager -o cat").stdout
+    assert "daemon.died_with_photo" in shown and "photo.labeled" not in shown, shown
 
 
 def test_stop_exits_0_within_the_stop_timeout(box):
