@@ -68,7 +68,7 @@ def review_text(r: dict[str, Any] | None) -> str:
         return "review: - (no photo has confidence scores: the backend reports no token probabilities)"
     share = "-" if r["caught_share"] is None else f"{r['caught_share']:.0%}"
     text = (f"review at {r['threshold']:g}: {r['flagged']} of {r['photos']} photos hold {r['caught']} of "
-            f"{r['mistakes']} mistakes ({share})")
+            f"{r['mistakes']} mistakes ({share}; {r['flagged']} photos could hold {r['best']})")
     apart = [f"{r['failed']} failed"] * bool(r["failed"]) + [f"{r['unknown']} without confidence scores"] * bool(
         r["unknown"])
     return f"{text}; not counted: {', '.join(apart)}" if apart else text
@@ -170,7 +170,8 @@ def _review_tables(summaries: list[dict[str, Any]]) -> str:
         for s in shown)
     curve = "".join(
         f"<tr><td>{escape(s['profile'])}</td><td>{c['threshold']:g}</td><td>{c['flagged']} ({_pct(c['flagged_share'])})"
-        f"</td><td>{c['caught']} ({_pct(c['caught_share'])})</td></tr>" for s in shown for c in s["review"]["curve"])
+        f"</td><td>{c['caught']} ({_pct(c['caught_share'])})</td><td>{c['best']} ({_pct(c['best_share'])})</td></tr>"
+        for s in shown for c in s["review"]["curve"])
     bins = "".join(
         f"<tr><td>{escape(s['profile'])}</td><td>{b['low']:g}–{b['high']:g}</td><td>{b['names']}</td><td>{b['right']}</td>"
         f"<td>{_fmt(b['confidence'])}</td><td>{_fmt(b['accuracy'])}</td></tr>"
@@ -180,10 +181,11 @@ def _review_tables(summaries: list[dict[str, Any]]) -> str:
         "or a name not written at or above it), and the model's mistakes they hold: a name given that is not "
         "there, a name there not given. Failed photos (an error, not labels) and photos without confidence "
         "scores are not counted.</p><table id='review'><tr><th>profile</th><th>review_below</th><th>photos</th>"
-        "<th>marked</th><th>mistakes</th><th>held by the marked</th><th>not counted</th></tr>"
+        "<th>marked</th><th>mistakes</th><th>held by the marked</th><th>at most, as many photos</th>"
+        "<th>not counted</th></tr>"
         f"{head}</table>"
         "<h3>Over thresholds</h3><table id='review-curve'><tr><th>profile</th><th>review_below</th>"
-        f"<th>photos marked</th><th>mistakes they hold</th></tr>{curve}</table>"
+        f"<th>photos marked</th><th>mistakes they hold</th><th>at most, as many photos</th></tr>{curve}</table>"
         "<h3>Reliability</h3><table id='reliability'><tr><th>profile</th><th>confidence</th><th>names</th>"
         f"<th>right</th><th>mean confidence</th><th>share right</th></tr>{bins}</table>"
     )
@@ -191,7 +193,8 @@ def _review_tables(summaries: list[dict[str, Any]]) -> str:
 
 def _review_cells(r: dict[str, Any]) -> list[str]:
     return [f"{r['threshold']:g}", str(r["photos"]), f"{r['flagged']} ({_pct(r['flagged_share'])})", str(r["mistakes"]),
-            f"{r['caught']} ({_pct(r['caught_share'])})", f"{r['failed']} failed, {r['unknown']} unknown"]
+            f"{r['caught']} ({_pct(r['caught_share'])})", f"{r['best']} ({_pct(r['best_share'])})",
+            f"{r['failed']} failed, {r['unknown']} unknown"]
 
 
 def _pct(v: float | None) -> str:

@@ -46,10 +46,14 @@ def capture(photos: Sequence[Photo], threshold: float, thresholds: Sequence[floa
 
 
 def _point(known: Sequence[Photo], threshold: float) -> dict[str, Any]:
+    """The set at one threshold, and the most mistakes any set of as many photos could hold (`best`):
+    where the model errs on more photos than the editors check, no confidence can catch them all."""
     flagged = [p for p in known if confidence.needs_review(p.scores, threshold)]
     caught, mistakes = sum(p.mistakes for p in flagged), sum(p.mistakes for p in known)
+    best = sum(sorted((p.mistakes for p in known), reverse=True)[:len(flagged)])
     return {"threshold": threshold, "flagged": len(flagged), "caught": caught,
-            "flagged_share": ratio(len(flagged), len(known)), "caught_share": ratio(caught, mistakes)}
+            "flagged_share": ratio(len(flagged), len(known)), "caught_share": ratio(caught, mistakes),
+            "best": best, "best_share": ratio(best, mistakes)}
 
 
 def reliability(names: Sequence[tuple[float, bool]], bins: int = BINS) -> dict[str, Any] | None:

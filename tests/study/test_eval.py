@@ -233,7 +233,7 @@ def _review_figures_hold_together(p: dict) -> None:
     assert 0 <= r["caught"] <= r["mistakes"] and 0 <= r["flagged"] <= r["photos"]
     thresholds = [c["threshold"] for c in r["curve"]]
     assert thresholds == sorted(set(thresholds)) and thresholds[0] == 0.0 and 0.5 in thresholds
-    assert all(0 <= c["caught"] <= r["mistakes"] and 0 <= c["flagged"] <= r["photos"] for c in r["curve"])
+    assert all(0 <= c["caught"] <= c["best"] <= r["mistakes"] and 0 <= c["flagged"] <= r["photos"] for c in r["curve"])
     assert (r["curve"][0]["flagged"], r["curve"][0]["caught"]) == (0, 0)  # 0 marks nothing
     at = next(c for c in r["curve"] if c["threshold"] == 0.5)
     assert (at["flagged"], at["caught"]) == (r["flagged"], r["caught"])

@@ -50,6 +50,7 @@ def test_the_review_set_holds_the_mistakes_counted_by_hand(tmp_path):
     # They hold p05's, p07's, p08's two and p15's mistakes; p06 (0.2), p09 (0.8) and p16 (0.65) escape.
     assert (r["threshold"], r["photos"], r["flagged"], r["mistakes"], r["caught"]) == (0.6, 19, 5, 9, 5)
     assert (r["failed"], r["unknown"]) == (1, 0)
+    assert (r["best"], r["best_share"]) == (7, pytest.approx(7 / 9))  # any 5 photos: p08, p09 and three of one
     assert (r["flagged_share"], r["caught_share"]) == (pytest.approx(5 / 19), pytest.approx(5 / 9))
     curve = {c["threshold"]: (c["flagged"], c["caught"]) for c in r["curve"]}
     assert curve[0.0] == (0, 0)  # 0: never mark a photo
@@ -60,10 +61,12 @@ def test_the_review_set_holds_the_mistakes_counted_by_hand(tmp_path):
     assert curve[1.0] == (19, 9)
     assert [c["threshold"] for c in r["curve"]] == sorted(curve)
     assert (curve[0.6], r["curve"][0]["flagged_share"]) == ((5, 5), 0.0)
-    assert "config review at 0.6: 5 of 19 photos hold 5 of 9 mistakes (56%); not counted: 1 failed" in done.stdout
+    assert [c["best"] for c in r["curve"] if c["threshold"] in (0.0, 0.2, 0.7, 1.0)] == [0, 4, 8, 9]
+    assert ("config review at 0.6: 5 of 19 photos hold 5 of 9 mistakes (56%; 5 photos could hold 7); "
+            "not counted: 1 failed") in done.stdout
     page = (tmp_path / "out" / "eval.html").read_text()
-    assert "<tr><td>config</td><td>0.6</td><td>19</td><td>5 (26%)</td><td>9</td><td>5 (56%)</td>" in page
-    assert "<tr><td>config</td><td>0.7</td><td>6 (32%)</td><td>6 (67%)</td></tr>" in page
+    assert "<td>0.6</td><td>19</td><td>5 (26%)</td><td>9</td><td>5 (56%)</td><td>7 (78%)</td>" in page
+    assert "<tr><td>config</td><td>0.7</td><td>6 (32%)</td><td>6 (67%)</td><td>8 (89%)</td></tr>" in page
     plot = next(c for c in re.findall(r"<svg.*?</svg>", page, flags=re.S) if "Mistakes caught vs photos" in c)
     # One dot per distinct (marked, caught), named by its thresholds: p05 and p06 are marked from 0.05 to 0.2,
     # p05 alone at 0.25 and 0.3, p05 and p15 at 0.35 and 0.4 — two photos holding two mistakes again.
