@@ -249,6 +249,17 @@ def test_a_replaced_xmp_keeps_its_owner_group_and_mode(tmp_path):
     assert (stat.S_IMODE(after.st_mode), after.st_uid, after.st_gid) == (0o640, before.st_uid, before.st_gid)
 
 
+def _give_away(target: Path) -> None:
+    """Make `target` another owner's: another user as root, else another of this user's groups."""
+    if os.geteuid() == 0:
+        os.chown(target, 4321, 8765)
+        return
+    others = [g for g in os.getgroups() if g != os.getegid()]
+    if not others:
+        pytest.skip("not root and in one group only: no file of another owner can be made")
+    os.chown(target, -1, others[0])
+
+
 def test_where_the_owner_cannot_be_kept_the_mode_is_and_it_is_said_once(tmp_path, monkeypatch):
     def refuse(*_):
         raise PermissionError(1, "Operation not permitted")
@@ -260,9 +271,33 @@ def test_where_the_owner_cannot_be_kept_the_mode_is_and_it_is_said_once(tmp_path
         for target in targets:
             target.write_bytes(b"old")
             target.chmod(0o604)
+            _give_away(target)
             atomic.write_bytes(target, b"new", keep_owner=True)
     assert [stat.S_IMODE(t.stat().st_mode) for t in targets] == [0o604, 0o604]
     assert [e["event"] for e in logs] == ["sidecar.owner_not_kept"]
+
+
+def test_a_file_bbsd_owns_already_is_replaced_without_a_chown(tmp_path, monkeypatch):
+    """Under the unit chown is refused outright (~@privileged): replacing bbsd's own sidecar must not
+    try it, nor warn that the owner was not kept."""
+    tried = []
+
+    def refuse(*args):
+        tried.append(args)
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "fchown", refuse)
+    monkeypatch.setattr(atomic, "_owner_warned", False)
+    target = tmp_path / "IMG.JPG.xmp"
+    target.write_bytes(b"old")
+    target.chmod(0o640)
+    before = target.stat()
+    with structlog.testing.capture_logs() as logs:
+        atomic.write_bytes(target, b"new", keep_owner=True)
+    after = target.stat()
+    assert tried == [] and logs == []
+    assert target.read_bytes() == b"new" and after.st_ino != before.st_ino
+    assert (stat.S_IMODE(after.st_mode), after.st_uid, after.st_gid) == (0o640, before.st_uid, before.st_gid)
 
 
 def test_new_sidecars_honour_the_umask(tmp_path):
