@@ -23,22 +23,34 @@ def folders(settings: Settings) -> list[str]:
                               f"create it (mkdir -p {folder}) or fix [watch] folders in {settings.source}")
         if not folder.is_dir():
             raise FolderError(f"watch folder {folder} is not a folder", f"fix [watch] folders in {settings.source}")
-        _probe_write(folder)
+        _probe_write(folder, settings)
         lines.append(f"folder {folder}: ok (readable and writable)")
     return lines
 
 
-def _probe_write(folder) -> None:
+def _probe_write(folder, settings: Settings) -> None:
     """Create and delete a file: permission bits lie to root and say nothing of read-only mounts."""
     try:
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".bbsd-probe-"):
             pass
     except OSError as e:
         why = "is on a read-only filesystem" if e.errno == errno.EROFS else f"is not writable ({e.strerror})"
-        raise FolderError(f"watch folder {folder} {why}",
-                          "sidecars are written beside the photos: grant the bbsd user write access") from None
+        raise FolderError(f"watch folder {folder} {why}", _write_hint(e.errno, settings)) from None
     if not os.access(folder, os.R_OK | os.X_OK):
         raise FolderError(f"watch folder {folder} is not readable", "grant the bbsd user read access")
+
+
+def _write_hint(code: int | None, settings: Settings) -> str:
+    if code == errno.EROFS and _under_systemd():  # ProtectSystem=strict: a folder not in the unit's ReadWritePaths
+        return ("the unit lets bbsd write only to the watch folders it was installed with: run "
+                f"`sudo bbsd service install --config {settings.source}` again, then `sudo systemctl daemon-reload` "
+                "and `sudo systemctl restart bbsd` (a disk mounted read-only: remount it read-write)")
+    return "sidecars are written beside the photos: grant the bbsd user write access"
+
+
+def _under_systemd() -> bool:
+    """Started by systemd as a service: it sets $INVOCATION_ID for every unit, $NOTIFY_SOCKET for ours."""
+    return bool(os.environ.get("INVOCATION_ID") or os.environ.get("NOTIFY_SOCKET"))
 
 
 def label_probe(labeler, prompt, settings: Settings) -> str:

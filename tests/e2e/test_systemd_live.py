@@ -232,6 +232,7 @@ def test_the_sandbox_denies_a_folder_outside_the_unit_with_a_clear_line(box):
     assert c.sh("systemctl restart bbsd", check=False).returncode != 0
     journal = c.sh("journalctl -u bbsd --no-pager -o cat -n 40").stdout
     assert f"bbsd: error: watch folder {OUTSIDE} is on a read-only filesystem" in journal, journal
+    assert "bbsd service install --config" in journal and "grant the bbsd user" not in journal, journal
     assert "Traceback" not in journal and c.show("ExecMainStatus") == "2"
     write_config(c, config_text(c))
     c.sh("systemctl reset-failed bbsd; systemctl restart bbsd")
