@@ -24,7 +24,8 @@ def folder_for(configured: Path | None, config: Path) -> Path:
 
 
 def instance_name(config: Path) -> str:
-    """A readable, stable name per config file: `etc-bbsd-config-1a2b3c4d` for /etc/bbsd/config.toml."""
+    """A readable, stable name per config file: `bbsd-config-1a2b3c4d` for /etc/bbsd/config.toml
+    (its folder's name and its stem, then the first 8 hex digits of the sha256 of its resolved path)."""
     config = Path(config).resolve()
     slug = re.sub(r"[^A-Za-z0-9]+", "-", f"{config.parent.name}-{config.stem}").strip("-")[:40] or "bbsd"
     return f"{slug}-{hashlib.sha256(str(config).encode()).hexdigest()[:8]}"
