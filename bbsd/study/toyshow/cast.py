@@ -216,13 +216,13 @@ def draw_mortar(p: Pen) -> None:
 
 
 def draw_spinning_wheel(p: Pen) -> None:
-    red = (170, 50, 40)
+    red = (205, 35, 35)  # a broad bright rim and bold spokes: a thin ring vanished into the backdrop at 96 px
     p.line([100, 100, 40, 195], (120, 80, 40), 8)  # legs and the stand
     p.line([100, 100, 160, 195], (120, 80, 40), 8)
     p.line([30, 195, 170, 195], (120, 80, 40), 8)
-    p.ellipse([25, 25, 175, 175], None, red, 10)  # the wheel and its spokes
+    p.ellipse([22, 22, 178, 178], None, red, 22)  # the wheel and its spokes
     for dx, dy in ((75, 0), (53, 53), (0, 75), (-53, 53)):
-        p.line([100 - dx, 100 - dy, 100 + dx, 100 + dy], (200, 160, 80), 4)
+        p.line([100 - dx, 100 - dy, 100 + dx, 100 + dy], (235, 190, 70), 8)
     p.ellipse([88, 88, 112, 112], (230, 190, 60))
     p.line([160, 40, 190, 5], (200, 160, 80), 5)
     p.ellipse([178, -5, 198, 25], (245, 245, 235))  # the flax on the distaff
