@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -61,14 +62,29 @@ def evaluate(npz: Path, seed: int, photos: int, out: Path) -> dict:
             "exact": s["exact"], "photos": s["photos"], "failed": s["failed"]}
 
 
+def screenshot(html: Path, png: Path, width: int = 1280, height: int = 2000) -> Path:
+    """`html` as headless Chromium draws it, for the docs' worked example (look at it before committing)."""
+    browser = shutil.which("chromium-headless-shell") or shutil.which("chromium")
+    if browser is None:
+        raise SystemExit("no headless Chromium: `make tools` installs chromium-headless-shell")
+    png.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    f"--window-size={width},{height}", f"--screenshot={png.resolve()}", html.resolve().as_uri()],
+                   check=True, capture_output=True, timeout=120)
+    return png
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("weights", type=Path)
     parser.add_argument("--seed", type=int, default=1000, help="the held-out toy show (training uses 0 by default)")
     parser.add_argument("--photos", type=int, default=100)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--screenshot", type=Path, help="also draw eval.html with headless Chromium into this PNG")
     args = parser.parse_args(argv)
     print(json.dumps(evaluate(args.weights, args.seed, args.photos, args.out)))
+    if args.screenshot:
+        screenshot(args.out / "report" / "eval.html", args.screenshot)
     return 0
 
 
