@@ -6,8 +6,8 @@ Invariants: seeded (the same arguments give the same weights on the same torch b
 bbsd gives llama.cpp — the chat rendered by the GGUF's template as bbsd's engine renders it for the LLaVA
 family (system turn; the image, then the instruction), tokenized by llama.cpp itself, and the photo as bbsd's
 decoder and libmtmd prepare it (`bbsd.models.twin.pixels`); the loss is on the reply's tokens only (the compact JSON
-the reply grammar admits, then `<|im_end|>`). CPU, 2 threads. A skeleton: it runs end to end, it does not
-yet chase accuracy. Needs torch (the `convert` extra).
+the reply grammar admits, then `<|im_end|>`). CPU (2 threads by default) or `--device cuda`. Needs torch (the
+`convert` extra).
 """
 
 from __future__ import annotations
@@ -173,14 +173,14 @@ def schedule(step: int, steps: int, warmup: int = 20) -> float:
 
 def train(out: Path, steps: int, photos: int, seed: int, lr: float, batch: int = 8,
           spec: TinySpec = SPEC, probe_weight: float = 1.0, device: str = "cpu",
-          save_every: int = 0) -> list[float]:
+          save_every: int = 0, threads: int = 2) -> list[float]:
     """Train on `photos` photos of the toy show `seed` (`show_photos`) for `steps` steps of `batch` photos
     (shuffled each epoch, seeded), with a tokenizer trained on the prompt and those photos' replies
     (`toktrain`); write the weights to `out` (.npz, bbsd.models.twin), also every `save_every` steps (a
     run cut short still leaves its latest weights). Returns the losses."""
     torch.manual_seed(seed)
     if device == "cpu":
-        torch.set_num_threads(2)
+        torch.set_num_threads(threads)
     chat_prompt = toy_prompt()
     with tempfile.TemporaryDirectory() as tmp:
         shown = show_photos(Path(tmp) / "show", seed, photos)
@@ -252,13 +252,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--probe", type=float, default=1.0, help="weight of the training-only probe's loss (Probe)")
     parser.add_argument("--device", default="cpu", help="torch device: cpu (2 threads) or cuda")
     parser.add_argument("--save-every", type=int, default=0, help="also write the weights every N steps")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (the sums' order, so the last bits, "
+                        "follow it: the same count gives the same weights)")
     args = parser.parse_args(argv)
     logs.configure("info", "console")
     spec = dataclasses.replace(SPEC, tokenizer=args.tokenizer, image_size=args.image_size, patch_size=args.patch_size,
                                n_embd=args.embd, n_layer=args.layers, n_ff=args.embd * 8 // 3 // 32 * 32 or 64,
                                v_embd=args.v_embd, v_layer=args.v_layers, v_ff=args.v_embd * 2)
     train(args.out, args.steps, args.photos, args.seed, args.lr, args.batch, spec, args.probe, args.device,
-          args.save_every)
+          args.save_every, args.threads)
     return 0
 
 
