@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from bbsd.engine.llama import native
+from bbsd.engine.llama import cpu
 from bbsd.models import convert
 from tests.conftest import make_photo, run_bbsd, write_config
 
@@ -25,5 +25,5 @@ def test_a_quantised_text_model_labels_a_photo(tiny_models, tmp_path, quant):
 def test_amx_is_read_from_the_cpu_flags(tmp_path, flags, amx):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
-    assert native.amx_cpu(cpuinfo) is amx
-    assert native.amx_cpu(tmp_path / "absent") is False
+    assert cpu.amx(cpuinfo) is amx
+    assert cpu.amx(tmp_path / "absent") is False

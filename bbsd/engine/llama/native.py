@@ -19,6 +19,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from bbsd.engine.llama import cpu
 from bbsd.engine.llama.sampler import Sampler
 from bbsd.errors import ModelError, PhotoError
 
@@ -33,18 +34,6 @@ class Chunk:
     n_tokens: int
     n_pos: int  # positions it takes (libmtmd's count): fewer than n_tokens for an M-RoPE image
     image_id: str = ""  # an image's id, as given to `tokenize` with its bitmap; "" for text
-
-
-def amx_cpu(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """Whether the CPU has Intel AMX (Xeon 4th generation and later). This llama.cpp's AMX kernels, which
-    its extra buffer types route quantised weights to, crash on them (SIGSEGV in ggml_backend_amx_mul_mat
-    on the first decode, for every Q8_0 and Q4_K_M text model tried, 64 to 512 wide; llama-mtmd-cli too;
-    ggml-org/llama.cpp#20824): there the model loads without extra buffer types (no AMX, no repacking)."""
-    try:
-        text = cpuinfo.read_text(encoding="ascii", errors="replace")
-    except OSError:
-        return False
-    return any(line.startswith("flags") and "amx_int8" in line.split() for line in text.splitlines())
 
 
 def _flash_type(ll, on: bool | None) -> int:
@@ -64,7 +53,7 @@ class Context:
         self._ll, self._m = ll, mtmd_cpp
         mparams = ll.llama_model_default_params()
         mparams.n_gpu_layers = gpu_layers
-        mparams.use_extra_bufts = not amx_cpu()
+        mparams.use_extra_bufts = not cpu.amx()
         self.model = ll.llama_model_load_from_file(str(model).encode(), mparams)
         if not self.model:
             raise ModelError(f"cannot load text model {model.name}",
