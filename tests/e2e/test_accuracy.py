@@ -34,10 +34,14 @@ pytestmark = pytest.mark.slow
 
 SEED, PHOTOS, SIZE = 1000, 48, (192, 128)  # a held-out show (training renders seed 0), at training's size
 # The figures each shipped model must reach on this show at the baseline and on every path: one place
-# to raise them when new weights land (measured for each model in train/README.md).
+# to raise them when new weights land. The issue's 0.90 is measured on 300 photos (train/README.md:
+# toyvlm-bpe 0.94 / 0.95); on these 48 a photo moves a prop's F1 by several hundredths, so the props'
+# floor leaves 0.02 below it (measured here 2026-12-08: bpe 0.952 / 0.939).
 FLOORS = {
-    "bpe": {"characters": 0.85, "props": 0.40},
-    "spm": {"characters": 0.85, "props": 0.40},
+    "bpe": {"characters": 0.90, "props": 0.88},
+    # SentencePiece twin: 0.87 / 0.92 on 300 photos; it rarely writes Baba Yaga (recall 0.18, jump-forward on
+    # or off alike), where the BPE twin reaches 0.80 (train/README.md)
+    "spm": {"characters": 0.80, "props": 0.85},
 }
 # How far a path that hands the model the same photo may move macro F1 from the baseline: re-encoding,
 # demosaicing, rescaling and a quantised computation shift a borderline reply or two (a photo is 1/48 of
@@ -183,11 +187,13 @@ def test_a_worker_recycled_mid_burst(show, summary):
     holds(show, got, "worker recycled every 10 photos in a burst at parallel 8", summary)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+# Not strict: the gap is a photo or two wide (2026-12-08: 0.911 / 0.879 against 0.952 / 0.939), so another
+# CPU's rounding may close it on a run; the figures print either way.
+@pytest.mark.xfail(strict=False, raises=AssertionError, reason=(
     "llama-server renders the photo's turn as <image>Label this photo… where bbsd's local engine (and so the "
-    "toy model's training) renders <image>\\nLabel this photo…: characters 0.83 against the baseline's 0.90 "
-    "(0.90 when the request's text part starts with the newline); how other servers join an image part and "
-    "a text part is not measured here, so the request is left as it is until that is decided"))
+    "toy model's training) renders <image>\\nLabel this photo…: characters 0.911 / props 0.879 against the "
+    "baseline's 0.952 / 0.939 (2026-12-07's weights: 0.83 against 0.90, and 0.90 with the newline sent); how "
+    "other servers join an image part and a text part is not measured here, so the request is left as it is"))
 def test_the_remote_backend_through_llama_server(show, summary, tmp_path):
     server = LlamaServer(acc.server_binary(), show.models, tmp_path / "server.log", slots=2,
                          start_timeout_s=120 * SLACK)

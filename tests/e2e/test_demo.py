@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 pytestmark = pytest.mark.slow
-DEMO_RIGHT = 4  # of the demo's 8 photos, the fewest the shipped toy model may label exactly right ("most")
+DEMO_RIGHT = 6  # of the demo's 8 photos, the fewest the shipped toy model may label exactly right ("most"; 7 here)
 
 
 def test_demo_tells_the_truth_about_paths_and_labels_afresh_each_run(tmp_path):
