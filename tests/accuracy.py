@@ -23,7 +23,7 @@ from PIL import Image
 from bbsd.sidecars import record as sidecar
 from bbsd.study import scores, toyshow
 from bbsd.study.toyshow.show import STORED, TAG_ORIENTATION
-from tests.conftest import SLACK, run_bbsd
+from tests.conftest import SLACK, run_bbsd, write_dng
 
 KINDS = ("characters", "props")
 EVAL_S = 600  # one `bbsd eval` of a few profiles on 2 busy cores (stretched by SLACK)
@@ -176,24 +176,8 @@ def _bayer(image: Image.Image) -> np.ndarray:
 
 
 def _write_dng(path: Path, raw: np.ndarray, orientation: int) -> Path:
-    from pidng.core import RAW2DNG, DNGTags, Tag
-    from pidng.defs import CalibrationIlluminant, CFAPattern, DNGVersion, PhotometricInterpretation
-
-    h, w = raw.shape
     matrix = [[round(v * 10000), 10000] for row in XYZ_TO_SRGB for v in row]
-    tags = DNGTags()
-    for tag, value in [(Tag.ImageWidth, w), (Tag.ImageLength, h), (Tag.TileWidth, w), (Tag.TileLength, h),
-                       (Tag.Orientation, orientation), (Tag.SamplesPerPixel, 1), (Tag.BitsPerSample, 12),
-                       (Tag.PhotometricInterpretation, PhotometricInterpretation.Color_Filter_Array),
-                       (Tag.CFARepeatPatternDim, [2, 2]), (Tag.CFAPattern, CFAPattern.RGGB),
-                       (Tag.BlackLevel, 0), (Tag.WhiteLevel, 4095), (Tag.AsShotNeutral, [[1, 1], [1, 1], [1, 1]]),
-                       (Tag.ColorMatrix1, matrix), (Tag.CalibrationIlluminant1, CalibrationIlluminant.D65),
-                       (Tag.DNGVersion, DNGVersion.V1_4), (Tag.Make, "BBS"), (Tag.Model, "StageCam")]:
-        tags.set(tag, value)
-    writer = RAW2DNG()
-    writer.options(tags, path="", compress=False)
-    writer.convert(raw, filename=str(path.with_suffix("")))  # pidng adds ".dng"
-    return path
+    return write_dng(path, raw, orientation, matrix)
 
 
 def orientation_of(path: Path) -> int:

@@ -238,3 +238,28 @@ def engine(tiny_models, tmp_path_factory):
 def sha256_of(path: Path) -> str:
     """The file's sha256 computed here, independently of bbsd's own code."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def write_dng(path: Path, raw, orientation: int, color_matrix: list[list[int]]) -> Path:
+    """A real DNG (LibRaw opens it) of 12-bit RGGB Bayer data `raw` (h, w) with an orientation tag and a
+    ColorMatrix1 (9 rationals), written by pidng; the file is `path` as given (pidng writes ".dng")."""
+    from pidng.core import RAW2DNG, DNGTags, Tag
+    from pidng.defs import CalibrationIlluminant, CFAPattern, DNGVersion, PhotometricInterpretation
+
+    h, w = raw.shape
+    tags = DNGTags()
+    for tag, value in [(Tag.ImageWidth, w), (Tag.ImageLength, h), (Tag.TileWidth, w), (Tag.TileLength, h),
+                       (Tag.Orientation, orientation), (Tag.SamplesPerPixel, 1), (Tag.BitsPerSample, 12),
+                       (Tag.PhotometricInterpretation, PhotometricInterpretation.Color_Filter_Array),
+                       (Tag.CFARepeatPatternDim, [2, 2]), (Tag.CFAPattern, CFAPattern.RGGB),
+                       (Tag.BlackLevel, 0), (Tag.WhiteLevel, 4095), (Tag.AsShotNeutral, [[1, 1], [1, 1], [1, 1]]),
+                       (Tag.ColorMatrix1, color_matrix), (Tag.CalibrationIlluminant1, CalibrationIlluminant.D65),
+                       (Tag.DNGVersion, DNGVersion.V1_4), (Tag.Make, "BBS"), (Tag.Model, "StageCam")]:
+        tags.set(tag, value)
+    writer = RAW2DNG()
+    writer.options(tags, path="", compress=False)
+    writer.convert(raw, filename=str(path.with_suffix("")))
+    written = path.with_suffix(".dng")  # pidng always writes a lower-case .dng
+    if written != path:
+        written.rename(path)
+    return path

@@ -35,6 +35,7 @@ from tests.conftest import (
     sha256_of,
     wait_until,
     write_config,
+    write_dng,
 )
 from tests.fakes import FAULTS
 
@@ -45,28 +46,10 @@ pytestmark = pytest.mark.slow
 
 def make_dng(path: Path, size=(256, 192), orientation: int = 1) -> Path:
     """A real DNG (LibRaw opens it) with Bayer data and an orientation tag, written by pidng."""
-    from pidng.core import RAW2DNG, DNGTags, Tag
-    from pidng.defs import CalibrationIlluminant, CFAPattern, DNGVersion, PhotometricInterpretation
-
     w, h = size
     raw = np.random.default_rng(1).integers(0, 4095, (h, w)).astype(np.uint16)
-    t = DNGTags()
-    for tag, value in [(Tag.ImageWidth, w), (Tag.ImageLength, h), (Tag.TileWidth, w), (Tag.TileLength, h),
-                       (Tag.Orientation, orientation), (Tag.SamplesPerPixel, 1), (Tag.BitsPerSample, 12),
-                       (Tag.PhotometricInterpretation, PhotometricInterpretation.Color_Filter_Array),
-                       (Tag.CFARepeatPatternDim, [2, 2]), (Tag.CFAPattern, CFAPattern.RGGB),
-                       (Tag.BlackLevel, 0), (Tag.WhiteLevel, 4095), (Tag.AsShotNeutral, [[1, 1], [1, 1], [1, 1]]),
-                       (Tag.ColorMatrix1, [[1, 1], [0, 1], [0, 1], [0, 1], [1, 1], [0, 1], [0, 1], [0, 1], [1, 1]]),
-                       (Tag.CalibrationIlluminant1, CalibrationIlluminant.D65), (Tag.DNGVersion, DNGVersion.V1_4),
-                       (Tag.Make, "BBS"), (Tag.Model, "StageCam")]:
-        t.set(tag, value)
-    r = RAW2DNG()
-    r.options(t, path="", compress=False)
-    r.convert(raw, filename=str(path.with_suffix("")))
-    written = path.with_suffix(".dng")  # pidng always writes a lower-case .dng
-    if written != path:
-        written.rename(path)
-    return path
+    identity = [[1, 1], [0, 1], [0, 1], [0, 1], [1, 1], [0, 1], [0, 1], [0, 1], [1, 1]]
+    return write_dng(path, raw, orientation, identity)
 
 
 @pytest.mark.parametrize("orientation, size", [(1, (400, 200)), (2, (400, 200)), (3, (400, 200)),
